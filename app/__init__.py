@@ -1,0 +1,1 @@
+"""ci-executor: the execution plane of the CI system."""

@@ -1,0 +1,99 @@
+"""Log routes: paged chunks, raw text, appends, and the live SSE stream."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse
+
+from app.api.deps import DbDep, HubDep, ReaderDep, ReadSessionDep, SettingsDep, WriterDep
+from app.errors import Invalid, TooLarge
+from app.logs.stream import stream_build
+from app.models import LogAppend, LogChunkPublic, LogPage
+from app.services import logs as service
+from app.services.builds import get_build
+
+router = APIRouter(tags=["logs"])
+
+
+@router.post("/builds/{build_id}/logs", status_code=201, response_model=LogChunkPublic)
+async def append_logs(
+    build_id: int,
+    body: LogAppend,
+    response: Response,
+    db: DbDep,
+    settings: SettingsDep,
+    _caller: WriterDep,
+) -> LogChunkPublic:
+    """AppendBuildLogs. Without `seq` the chunk goes at the end (201). With `seq`: writing the
+    same content at the same seq again is a no-op (200); different content there, or a seq that
+    would leave a gap, is a 409. Secret values are masked before storing."""
+    if len(body.content.encode()) > settings.max_log_append_bytes:
+        raise TooLarge(f"content is larger than {settings.max_log_append_bytes} bytes")
+    async with db.transaction() as session:
+        chunk, created = await service.append(session, build_id, body)
+    if not created:
+        response.status_code = 200
+    return chunk
+
+
+@router.get("/builds/{build_id}/logs", response_model=LogPage)
+async def get_logs(
+    build_id: int,
+    session: ReadSessionDep,
+    _caller: ReaderDep,
+    offset: Annotated[int, Query(ge=0, description="Return chunks with seq > offset.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    job: str | None = None,
+    step: Annotated[int | None, Query(ge=0)] = None,
+) -> LogPage:
+    """GetBuildLogs: chunks after `offset` in seq order, optionally of one job (and step).
+    `complete` is true once the build is finished and nothing follows."""
+    return await service.page(session, build_id, offset=offset, limit=limit, job=job, step=step)
+
+
+@router.get("/builds/{build_id}/logs/raw", response_class=StreamingResponse)
+async def get_raw_logs(
+    build_id: int,
+    db: DbDep,
+    _caller: ReaderDep,
+    job: str | None = None,
+    step: Annotated[int | None, Query(ge=0)] = None,
+) -> StreamingResponse:
+    """The whole log (or one job's, or one step's) as text/plain, streamed."""
+    async with db.read() as session:
+        await get_build(session, build_id)
+    return StreamingResponse(
+        service.raw(db, build_id, job=job, step=step), media_type="text/plain; charset=utf-8"
+    )
+
+
+@router.get("/builds/{build_id}/logs/stream")
+async def stream_logs(
+    build_id: int,
+    db: DbDep,
+    hub: HubDep,
+    settings: SettingsDep,
+    _caller: ReaderDep,
+    offset: Annotated[int | None, Query(ge=0)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    """StreamBuildLogs (Server-Sent Events). Replays chunks after `offset` (or the
+    `Last-Event-ID` header) from the database, then follows live:
+    `event: log` (`id` = seq, data = the chunk), `event: status` (build/job/step changes),
+    and `event: end` (data `{"status": ...}`) once the build is finished and every chunk was
+    sent. Comment pings keep proxies from closing an idle stream."""
+    after = offset or 0
+    if last_event_id:
+        if not last_event_id.strip().isdigit():
+            raise Invalid("Last-Event-ID must be a log seq")
+        after = max(after, int(last_event_id))
+    async with db.read() as session:
+        await get_build(session, build_id)
+    return EventSourceResponse(
+        stream_build(db, hub, build_id, after),
+        ping=int(settings.sse_ping_seconds),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,110 @@
+"""The `ci-executor` command: serve the API, migrate the database, or run a workflow locally."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from app.config import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]).upper()
+            print(f"ci-executor: bad setting {name}: {err['msg']}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2) from None
+
+
+def _serve(_args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 15,
+    )
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from app.migrate import downgrade, upgrade
+
+    settings = _settings()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.downgrade:
+        downgrade(settings.database_url, args.revision or "base")
+    else:
+        upgrade(settings.database_url, args.revision or "head")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from app.local_run import run_workflow
+
+    return run_workflow(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ci-executor",
+        description="ci-executor: stores builds, runs their DAG of jobs and steps, and serves "
+        "builds and live logs. Settings come from environment variables (see .env.example).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP API with the scheduler and log writer",
+        description="Serve the API on HOST:PORT (default 127.0.0.1:10056) with the queue "
+        "consumer, scheduler and log writer. The database must be migrated first.",
+    )
+    serve.set_defaults(func=_serve)
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply database migrations (DATABASE_URL)",
+        description="Upgrade the database at DATABASE_URL to the newest schema (or to REVISION).",
+    )
+    migrate.add_argument("revision", nargs="?", help="target revision (default: head / base)")
+    migrate.add_argument("--downgrade", action="store_true", help="downgrade instead")
+    migrate.set_defaults(func=_migrate)
+    run = sub.add_parser(
+        "run",
+        help="run a workflow file on this machine, without a server",
+        description="Run WORKFLOW.yml in process with the local runner, printing live output "
+        "prefixed [job/step] and a summary table. Exit code 0 only when the build succeeded. "
+        "Ctrl-C cancels the build.",
+    )
+    run.add_argument("workflow", help="path to the workflow YAML")
+    run.add_argument("--var", action="append", default=[], metavar="K=V", help="a build variable")
+    run.add_argument("--repo", help="repository URL to check out in every job")
+    run.add_argument("--sha", help="commit to check out (with --repo)")
+    run.add_argument("--branch", help="branch to check out when no --sha is given")
+    run.add_argument(
+        "--database-url", help="keep the build in this database (default: a throwaway SQLite)"
+    )
+    run.add_argument("--workspace", help="workspace root (default: a temporary directory)")
+    run.set_defaults(func=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Settings from the environment (and `.env`). Every setting is documented in `.env.example`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiToken:
+    """One named bearer token with a role, parsed from `API_TOKENS` (`name:token:role,...`)."""
+
+    __slots__ = ("name", "role", "token")
+
+    def __init__(self, name: str, token: str, role: Literal["read", "write"]) -> None:
+        self.name = name
+        self.token = token
+        self.role = role
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./ci-executor.db"
+    queue_url: str = "memory://"
+    queue_name: str = "ci.builds"
+    runner: Literal["local", "kubernetes"] = "local"
+    host: str = "127.0.0.1"
+    port: int = Field(default=10056, ge=1, le=65535)
+    workspace_root: Path = Path("./workspaces")
+    pipeline_service_url: str = "http://127.0.0.1:10055"
+    pipeline_yaml_field: str = "workflow_yaml"
+    pipeline_service_timeout_seconds: float = Field(default=10.0, gt=0)
+    k8s_namespace: str = "ci"
+    k8s_default_image: str = "busybox:1.36"
+    k8s_ttl_seconds_after_finished: int = Field(default=3600, ge=0)
+    k8s_marker_secret: str = ""
+    kubeconfig: str | None = None
+    max_concurrent_builds: int = Field(default=4, ge=1)
+    max_concurrent_jobs: int = Field(default=4, ge=1)
+    api_tokens: str = ""
+    lease_seconds: float = Field(default=30.0, gt=0)
+    requeue_after_seconds: float = Field(default=60.0, gt=0)
+    cancel_grace_seconds: float = Field(default=5.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    log_flush_interval_ms: int = Field(default=100, ge=1, le=10_000)
+    log_chunk_max_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    max_workflow_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_variables: int = Field(default=100, ge=0)
+    max_log_append_bytes: int = Field(default=1024 * 1024, ge=1024)
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0)
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
+    sse_queue_size: int = Field(default=1000, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "DATABASE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _check_tokens(cls, value: str) -> str:
+        parse_tokens(value)
+        return value
+
+    @property
+    def tokens(self) -> list[ApiToken]:
+        return parse_tokens(self.api_tokens)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def parse_tokens(value: str) -> list[ApiToken]:
+    tokens: list[ApiToken] = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        parts = item.split(":")
+        if len(parts) != 3 or not parts[0] or not parts[1] or parts[2] not in ("read", "write"):
+            raise ValueError(
+                "API_TOKENS entries must look like name:token:read or name:token:write"
+            )
+        role: Literal["read", "write"] = "write" if parts[2] == "write" else "read"
+        tokens.append(ApiToken(parts[0], parts[1], role))
+    return tokens
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

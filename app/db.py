@@ -1,0 +1,98 @@
+"""The database handle: engine, session factory and the one place that commits.
+
+Nothing is created at import time: the lifespan (or the CLI) builds a Database and disposes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+SessionFactory = async_sessionmaker[AsyncSession]
+# Receives the events a transaction recorded (session.info["events"]) once it has committed.
+EventSink = Callable[[list[Any]], None]
+
+
+def create_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Hand transaction control to SQLAlchemy so the "begin" hook below decides the mode.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            # WAL lets readers (SSE, API) run beside the writer; the busy timeout makes
+            # concurrent writers wait instead of failing with "database is locked".
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        # SQLite takes the write lock lazily, so two read-then-write transactions can deadlock
+        # (SQLITE_BUSY without waiting). BEGIN IMMEDIATE takes it up front and the busy timeout
+        # queues writers instead.
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            readonly = conn.get_execution_options().get("ci_readonly", False)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+class Database:
+    """Engine + sessions. `transaction()` is the unit of work: commit, then publish events."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self.sessions: SessionFactory = async_sessionmaker(
+            self.engine, class_=AsyncSession, expire_on_commit=False
+        )
+        self.readers: SessionFactory = async_sessionmaker(
+            self.engine.execution_options(ci_readonly=True),
+            class_=AsyncSession,
+            expire_on_commit=False,
+        )
+        self.sinks: list[EventSink] = []
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session:
+            try:
+                yield session
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
+            events: list[Any] = session.info.pop("events", [])
+        # Side effects only after the commit succeeded: subscribers never see a state that
+        # could still roll back.
+        if events:
+            for sink in self.sinks:
+                sink(events)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A short read-only session (no commit); on SQLite it does not take the write lock."""
+        async with self.readers() as session:
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def record_event(session: AsyncSession, event_: Any) -> None:
+    """Queue an event to publish once this session's transaction commits."""
+    session.info.setdefault("events", []).append(event_)

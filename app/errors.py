@@ -1,0 +1,35 @@
+"""Errors the services raise; app/main.py turns them into JSON answers (`{"detail": ...}`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    status_code = 500
+
+    def __init__(self, detail: Any) -> None:
+        super().__init__(str(detail))
+        self.detail = detail
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class Invalid(ServiceError):
+    status_code = 422
+
+
+class TooLarge(ServiceError):
+    status_code = 413
+
+
+class UpstreamError(ServiceError):
+    """pipeline_service failed: not the caller's fault."""
+
+    status_code = 502

@@ -1,0 +1,90 @@
+"""Secret masking and line assembly for step output.
+
+Output is masked a whole line at a time: a partial line is held back until its newline arrives
+(or the step ends, or it grows past the chunk limit), so a secret split across two writes or two
+reads is still seen whole. Multi-line secret values are masked line by line. Values shorter than
+MIN_SECRET_LENGTH are not masked: masking "a" or "on" would destroy every log while hiding nothing.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Iterable, Mapping
+
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)
+MIN_SECRET_LENGTH = 4
+MASK = "***"
+ADD_MASK = "::add-mask::"
+
+
+def is_secret_name(name: str) -> bool:
+    return SECRET_NAME.search(name) is not None
+
+
+def secret_names(variables: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(name for name in variables if is_secret_name(name))
+
+
+def masked_variables(variables: Mapping[str, str]) -> dict[str, str]:
+    """Variables as every API response shows them: secret values replaced by ***."""
+    return {k: (MASK if is_secret_name(k) and v else v) for k, v in variables.items()}
+
+
+class Masker:
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self._values: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        for value in values:
+            self.add(value)
+
+    def add(self, value: str) -> None:
+        new = {
+            line.strip("\r")
+            for line in value.split("\n")
+            if len(line.strip("\r")) >= MIN_SECRET_LENGTH
+        }
+        if new - self._values:
+            self._values |= new
+            # Longest first so a secret containing another is replaced whole.
+            ordered = sorted(self._values, key=len, reverse=True)
+            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+
+    def mask_line(self, line: str) -> str:
+        """Mask one line (without or with its newline), honouring `::add-mask::VALUE`."""
+        stripped = line.rstrip("\r\n")
+        if stripped.startswith(ADD_MASK):
+            self.add(stripped[len(ADD_MASK) :])
+            return ADD_MASK + MASK + line[len(stripped) :]
+        if self._pattern is None:
+            return line
+        return self._pattern.sub(MASK, line)
+
+    def mask_text(self, text: str) -> str:
+        return "".join(self.mask_line(line) for line in text.splitlines(keepends=True))
+
+
+class LineAssembler:
+    """Bytes in, complete masked lines out. Invalid UTF-8 becomes U+FFFD, never an error."""
+
+    def __init__(self, masker: Masker, max_partial: int) -> None:
+        self._masker = masker
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._max_partial = max_partial
+
+    def feed(self, data: bytes) -> str:
+        text = self._partial + self._decoder.decode(data)
+        cut = text.rfind("\n") + 1
+        if cut == 0 and len(text) < self._max_partial:
+            self._partial = text
+            return ""
+        if cut == 0:  # an endless line (progress bar): release it rather than hold it forever
+            cut = len(text)
+        self._partial = text[cut:]
+        return self._masker.mask_text(text[:cut])
+
+    def close(self) -> str:
+        text = self._partial + self._decoder.decode(b"", final=True)
+        self._partial = ""
+        return self._masker.mask_text(text)

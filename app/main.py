@@ -1,0 +1,152 @@
+"""The app factory and its lifespan, which owns every background service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api import builds, health, logs
+from app.config import Settings, get_settings
+from app.db import Database
+from app.errors import ServiceError
+from app.logs.hub import LiveHub
+from app.logs.writer import LogWriter
+from app.metrics import Metrics
+from app.queue import create_queue
+from app.runners import create_runner
+from app.services.pipelines import PipelineClient
+from app.services.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
+API_PREFIX = "/api/v1"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if not settings.tokens:
+        log.warning(
+            "API_TOKENS is empty: the API is served WITHOUT authentication (bound to %s)",
+            settings.host,
+        )
+    async with AsyncExitStack() as stack:
+        db = Database(settings.database_url)
+        stack.push_async_callback(db.dispose)
+        metrics = Metrics()
+        hub = LiveHub(settings.sse_queue_size)
+        db.sinks.append(hub.publish_many)
+        metrics.sse_subscribers.set_function(lambda: hub.subscriber_count)
+        pipelines = PipelineClient(
+            settings.pipeline_service_url,
+            yaml_field=settings.pipeline_yaml_field,
+            timeout=settings.pipeline_service_timeout_seconds,
+        )
+        stack.push_async_callback(pipelines.close)
+        writer = LogWriter(
+            db,
+            metrics,
+            flush_interval=settings.log_flush_interval_ms / 1000,
+            chunk_max_bytes=settings.log_chunk_max_bytes,
+        )
+        await writer.start()
+        stack.push_async_callback(writer.stop)
+        runner = create_runner(settings)
+        await runner.start()
+        stack.push_async_callback(runner.stop)
+        queue = create_queue(
+            settings.queue_url,
+            queue_name=settings.queue_name,
+            prefetch=settings.max_concurrent_builds,
+        )
+        scheduler = Scheduler(
+            db=db, queue=queue, runner=runner, writer=writer, metrics=metrics, settings=settings
+        )
+        await scheduler.start()
+        stack.push_async_callback(scheduler.stop)
+        app.state.db = db
+        app.state.metrics = metrics
+        app.state.hub = hub
+        app.state.pipelines = pipelines
+        app.state.writer = writer
+        app.state.runner = runner
+        app.state.queue = queue
+        app.state.scheduler = scheduler
+        yield
+
+
+def _error(status: int, detail: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="ci-executor",
+        version="0.1.0",
+        description="The execution plane of the CI system: builds, their DAG of jobs and steps, "
+        "and their logs (JSON and SSE).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(builds.router, prefix=API_PREFIX)
+    app.include_router(logs.router, prefix=API_PREFIX)
+    app.include_router(health.router)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(exc.status_code, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return _error(422, errors)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged with its trace here; the client gets no internals.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal error; see the service log")
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        limit = settings.max_workflow_bytes * 2 + 64 * 1024
+        if length is not None and length.isdigit() and int(length) > limit:
+            return _error(413, f"request body larger than {limit} bytes")
+        return await call_next(request)
+
+    _mount_ui(app)
+    return app
+
+
+def _mount_ui(app: FastAPI) -> None:
+    """Serve the built UI at / with history-mode fallback, never shadowing the API routes."""
+    if not (WEB_DIST / "index.html").is_file():
+        log.info("web UI not built (no %s); serving the API only", WEB_DIST / "index.html")
+        return
+    if (WEB_DIST / "assets").is_dir():
+        app.mount("/assets", StaticFiles(directory=WEB_DIST / "assets"), name="assets")
+    index = WEB_DIST / "index.html"
+    reserved = ("api/", "docs", "redoc", "openapi.json", "healthz", "readyz", "metrics")
+
+    @app.get("/{path:path}", include_in_schema=False)
+    async def _ui(path: str) -> FileResponse:
+        if path.startswith(reserved):
+            raise StarletteHTTPException(404, "Not Found")
+        candidate = (WEB_DIST / path).resolve()
+        if path and candidate.is_file() and WEB_DIST in candidate.parents:
+            return FileResponse(candidate)
+        return FileResponse(index)

@@ -1,0 +1,156 @@
+"""Public request/response schemas. They mirror the tables' columns that the API exposes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.models.status import BuildStatus, JobStatus
+
+_NAME = Field(min_length=1, max_length=255)
+
+
+class BuildCreate(BaseModel):
+    """CreateBuild's body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline_id: str = Field(min_length=1, max_length=255, pattern=r"^[^\s/]+$")
+    triggered_by: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Who started the build; defaults to the API token's name.",
+    )
+    commit_sha: str | None = Field(default=None, max_length=255)
+    branch: str | None = Field(default=None, max_length=255)
+    repo_url: str | None = Field(default=None, max_length=2048)
+    variables: dict[str, str] = Field(default_factory=dict)
+    workflow_yaml: str | None = Field(
+        default=None, description="The workflow; read from pipeline_service when omitted."
+    )
+    dispatch: bool = Field(default=True, description="Publish the build id to the queue.")
+
+    @field_validator("variables")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+        if bad:
+            raise ValueError(f"variable names must be shell identifiers: {', '.join(bad[:5])}")
+        return value
+
+
+class BuildPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    pipeline_id: str
+    number: int
+    triggered_by: str
+    status: BuildStatus
+    commit_sha: str | None
+    branch: str | None
+    repo_url: str | None
+    variables: dict[str, str] = Field(description="Secret values are shown as ***.")
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+    retry_of: int | None
+
+
+class StepPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    index: int
+    name: str
+    status: JobStatus
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    display_name: str
+    index: int
+    status: JobStatus
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    needs: list[str]
+    steps: list[StepPublic]
+
+
+class EdgePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    from_job: str
+    to_job: str
+
+
+class BuildDetail(BuildPublic):
+    yaml_sha256: str
+    jobs: list[JobPublic]
+    edges: list[EdgePublic]
+
+
+class BuildPage(BaseModel):
+    items: list[BuildPublic]
+    total: int
+    page: int
+    size: int
+
+
+class SnapshotPublic(BaseModel):
+    build_id: int
+    pipeline_id: str
+    workflow_yaml: str
+    yaml_sha256: str
+
+
+class LogAppend(BaseModel):
+    """AppendBuildLogs' body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str
+    seq: int | None = Field(default=None, ge=1)
+    job_name: str | None = Field(default=None, max_length=255)
+    step_index: int | None = Field(default=None, ge=0)
+
+
+class LogChunkPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    job_name: str | None
+    step_index: int | None
+    content: str
+    created_at: datetime
+
+
+class LogPage(BaseModel):
+    items: list[LogChunkPublic]
+    next_offset: int = Field(description="Pass as `offset` to get what follows.")
+    complete: bool = Field(description="The build is finished and nothing follows.")
+
+
+class StatusEvent(BaseModel):
+    """A build, job or step status change, as sent on the SSE stream (`event: status`)."""
+
+    kind: str  # "build" | "job" | "step"
+    build_id: int
+    job_name: str | None = None
+    step_index: int | None = None
+    status: str
+    exit_code: int | None = None
+    error: str | None = None

@@ -1,0 +1,140 @@
+"""SQLModel tables (DESIGN.md §3). Columns marked + in the design are the executor's additions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from app.models.types import BigIntPK, JSONVariant, UTCDateTime, utcnow
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _fk_build() -> Any:
+    return Field(
+        sa_column=Column(
+            BigIntPK, ForeignKey("builds.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+
+
+class Build(SQLModel, table=True):
+    __tablename__ = "builds"
+    __table_args__ = (
+        UniqueConstraint("pipeline_id", "number"),
+        UniqueConstraint("pipeline_id", "idempotency_key"),
+        Index("ix_builds_pipeline_id_id", "pipeline_id", "id"),
+        Index("ix_builds_status_id", "status", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True))
+    pipeline_id: str = Field(max_length=255)
+    number: int
+    triggered_by: str = Field(max_length=255)
+    status: str = Field(default="queued", max_length=16)
+    commit_sha: str | None = Field(default=None, max_length=255)
+    branch: str | None = Field(default=None, max_length=255)
+    repo_url: str | None = Field(default=None, sa_type=Text)
+    variables: dict[str, str] = Field(default_factory=dict, sa_type=JSONVariant)
+    error: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    retry_of: int | None = Field(
+        default=None, sa_column=Column(BigIntPK, ForeignKey("builds.id"), nullable=True)
+    )
+    last_log_seq: int = Field(default=0)
+    lease_owner: str | None = Field(default=None, max_length=255)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # + when the id was last handed to the queue; the requeue sweep re-publishes stale ones.
+    dispatched_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+
+
+class BuildSnapshot(SQLModel, table=True):
+    __tablename__ = "build_snapshots"
+
+    id: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True))
+    build_id: int = Field(
+        sa_column=Column(
+            BigIntPK, ForeignKey("builds.id", ondelete="CASCADE"), nullable=False, unique=True
+        )
+    )
+    pipeline_id: str = Field(max_length=255)
+    workflow_yaml: str = Field(sa_type=Text)
+    yaml_sha256: str = Field(max_length=64)
+
+
+class BuildJob(SQLModel, table=True):
+    __tablename__ = "build_jobs"
+    __table_args__ = (UniqueConstraint("build_id", "name"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True))
+    build_id: int = _fk_build()
+    name: str = Field(max_length=255)
+    display_name: str = Field(max_length=255)
+    status: str = Field(default="pending", max_length=16)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    index: int
+    error: str | None = Field(default=None, sa_type=Text)
+    # + the runner's byte offset (e.g. into the pod log) up to which output is stored.
+    log_offset: int = Field(default=0, sa_type=BigInteger)
+
+
+class BuildJobEdge(SQLModel, table=True):
+    __tablename__ = "build_job_edges"
+
+    id: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True))
+    build_id: int = _fk_build()
+    from_job: str = Field(max_length=255)
+    to_job: str = Field(max_length=255)
+
+
+class BuildStep(SQLModel, table=True):
+    __tablename__ = "build_steps"
+    __table_args__ = (UniqueConstraint("build_id", "job_name", "index"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True))
+    build_id: int = _fk_build()
+    job_name: str = Field(max_length=255)
+    index: int
+    name: str = Field(sa_type=Text)
+    status: str = Field(default="pending", max_length=16)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    exit_code: int | None = None
+
+
+class BuildLogChunk(SQLModel, table=True):
+    __tablename__ = "build_log_chunks"
+    __table_args__ = (UniqueConstraint("build_id", "seq"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True))
+    build_id: int = Field(
+        sa_column=Column(BigIntPK, ForeignKey("builds.id", ondelete="CASCADE"), nullable=False)
+    )
+    seq: int
+    job_name: str | None = Field(default=None, max_length=255)
+    step_index: int | None = None
+    content: str = Field(sa_type=Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PipelineCounter(SQLModel, table=True):
+    """+ Per-pipeline build number allocator (an upsert serialises concurrent creates)."""
+
+    __tablename__ = "pipeline_counters"
+
+    pipeline_id: str = Field(primary_key=True, max_length=255)
+    last_number: int = 0

@@ -1,0 +1,102 @@
+"""The runner interface: how the scheduler hands one DAG job to an execution backend.
+
+A runner executes every step of one job in order and reports what happens through a JobReporter.
+The step loop's rules are the same for every runner (see `should_run_step`): a step runs when its
+`if:` condition holds given whether an earlier step failed; a failed step without
+`continue-on-error` makes the job fail; `timed_out` and `error` steps fail the job too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from app.workflow.conditions import Condition
+
+StepOutcome = Literal["success", "failed", "skipped", "cancelled", "timed_out", "error"]
+JobOutcome = Literal["success", "failed", "cancelled", "timed_out", "error"]
+
+
+@dataclass(frozen=True)
+class StepRun:
+    index: int
+    name: str
+    script: str  # the `run:` text, matrix-substituted; never contains variable values
+    shell: Literal["bash", "sh"]
+    env: dict[str, str]  # the step's final environment (predefined < workflow < job < step < vars)
+    condition: Condition
+    continue_on_error: bool
+    timeout_seconds: float | None
+    working_directory: str | None  # relative to the job workspace
+
+
+@dataclass(frozen=True, eq=False)  # identity semantics: runners keep live jobs in sets
+class JobRun:
+    build_id: int
+    job_name: str  # unique expanded name, e.g. "test (3.11)"
+    image: str | None
+    timeout_seconds: float | None
+    steps: tuple[StepRun, ...]
+    secret_names: frozenset[str] = frozenset()  # env names whose values are masked secrets
+    # Set by the scheduler to stop the job (build cancel, fail-fast). The runner kills what runs,
+    # reports the running step `cancelled`, the rest `skipped`/`cancelled`, and returns "cancelled".
+    cancel: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    status: JobOutcome
+    error: str | None = None  # infrastructure reason for `error` / `timed_out`
+
+
+class JobReporter(Protocol):
+    """What a runner tells the service. Calls for one job are made from one task, in order.
+
+    Re-reporting a transition that already happened (a runner re-attaching after a restart) is
+    harmless: the state machine ignores it.
+    """
+
+    async def step_started(self, index: int) -> None: ...
+
+    async def step_output(self, index: int, data: bytes, source_offset: int | None = None) -> None:
+        """Raw output of a step. `source_offset`, when given, is the runner's own byte offset
+        (e.g. into the pod log) just after `data`; it is stored with the chunks so a runner that
+        re-attaches can skip what was already stored (`JobReporter.stored_offset`)."""
+        ...
+
+    async def step_finished(
+        self, index: int, status: StepOutcome, exit_code: int | None, error: str | None = None
+    ) -> None: ...
+
+    async def stored_offset(self) -> int:
+        """The largest `source_offset` whose data is durably stored for this job (0 if none)."""
+        ...
+
+
+class Runner(Protocol):
+    name: str
+
+    async def start(self) -> None:
+        """Check the backend is usable (config present, permissions); raise a clear error if not."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    async def run_job(
+        self, job: JobRun, reporter: JobReporter, *, resume: bool = False
+    ) -> JobResult:
+        """Run (or, with resume=True, re-attach to) one job until it ends. Must not raise for
+        problems of the user's commands; infrastructure failures return status "error"."""
+        ...
+
+    async def cancel_build(self, build_id: int) -> None:
+        """Stop everything of this build this runner knows about (best effort, idempotent)."""
+        ...
+
+
+def should_run_step(step: StepRun, *, failed: bool, cancelled: bool) -> bool:
+    """The step `if:` rule shared by all runners: success() means no earlier step failed."""
+    return step.condition.evaluate(
+        success=not failed and not cancelled, failure=failed, cancelled=cancelled
+    )

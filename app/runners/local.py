@@ -1,0 +1,204 @@
+"""The local runner: each step is a subprocess on this machine.
+
+Every step runs as `bash -eo pipefail -c SCRIPT` (or `sh -c SCRIPT`) in the job's workspace
+`WORKSPACE_ROOT/<build>/<job>`, in a new session (its own process group), so a cancel or a timeout
+can kill the whole tree: SIGTERM to the group, then SIGKILL after a grace period. When the step's
+main process exits, anything it left running in its group is killed too, as a CI user expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+from app.runners.base import (
+    JobReporter,
+    JobResult,
+    JobRun,
+    StepOutcome,
+    StepRun,
+    should_run_step,
+)
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 64 * 1024
+
+
+def job_dir_name(job_name: str) -> str:
+    """A filesystem-safe, unique directory name for a job ("test (3.11)" → "test-3.11-1a2b3c4d")."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", job_name).strip("-")[:60] or "job"
+    if slug == job_name:
+        return slug
+    return f"{slug}-{hashlib.sha256(job_name.encode()).hexdigest()[:8]}"
+
+
+def _kill_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+class LocalRunner:
+    name = "local"
+
+    def __init__(self, workspace_root: Path, *, kill_grace_seconds: float = 5.0) -> None:
+        self.workspace_root = workspace_root.resolve()
+        self.kill_grace_seconds = kill_grace_seconds
+        self._jobs: dict[int, set[JobRun]] = {}
+
+    async def start(self) -> None:
+        self.workspace_root.mkdir(parents=True, exist_ok=True)
+
+    async def stop(self) -> None:
+        for jobs in list(self._jobs.values()):
+            for job in jobs:
+                job.cancel.set()
+
+    def workspace(self, build_id: int, job_name: str) -> Path:
+        return self.workspace_root / str(build_id) / job_dir_name(job_name)
+
+    async def cancel_build(self, build_id: int) -> None:
+        for job in self._jobs.get(build_id, ()):
+            job.cancel.set()
+
+    async def run_job(
+        self, job: JobRun, reporter: JobReporter, *, resume: bool = False
+    ) -> JobResult:
+        if resume:
+            # Our processes died with the executor that started them; nothing to re-attach to.
+            return JobResult(
+                "error", "the executor running this job stopped; its processes are gone"
+            )
+        self._jobs.setdefault(job.build_id, set()).add(job)
+        try:
+            return await self._run(job, reporter)
+        finally:
+            jobs = self._jobs.get(job.build_id)
+            if jobs is not None:
+                jobs.discard(job)
+                if not jobs:
+                    del self._jobs[job.build_id]
+
+    async def _run(self, job: JobRun, reporter: JobReporter) -> JobResult:
+        workspace = self.workspace(job.build_id, job.job_name)
+        await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
+        deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
+        failed = False
+        outcome: JobResult | None = None
+        for step in job.steps:
+            if outcome is not None:  # the job already ended (cancel, timeout, error)
+                await reporter.step_finished(step.index, "skipped", None)
+                continue
+            cancelled = job.cancel.is_set()
+            if cancelled or not should_run_step(step, failed=failed, cancelled=False):
+                await reporter.step_finished(step.index, "skipped", None)
+                if cancelled:
+                    outcome = JobResult("cancelled")
+                continue
+            await reporter.step_started(step.index)
+            status, code, message = await self._run_step(job, step, workspace, reporter, deadline)
+            await reporter.step_finished(step.index, status, code, message)
+            if status == "cancelled":
+                outcome = JobResult("cancelled")
+            elif status == "timed_out" and deadline is not None and time.monotonic() >= deadline:
+                outcome = JobResult(
+                    "timed_out", f"job exceeded its timeout of {job.timeout_seconds:g}s"
+                )
+            elif status == "error":
+                outcome = JobResult("error", message)
+            elif status in ("failed", "timed_out") and not step.continue_on_error:
+                failed = True
+        if outcome is not None:
+            return outcome
+        return JobResult("failed" if failed else "success")
+
+    async def _run_step(
+        self,
+        job: JobRun,
+        step: StepRun,
+        workspace: Path,
+        reporter: JobReporter,
+        job_deadline: float | None,
+    ) -> tuple[StepOutcome, int | None, str | None]:
+        cwd = workspace
+        if step.working_directory:
+            cwd = (workspace / step.working_directory).resolve()
+            if not cwd.is_dir():
+                message = f"working-directory '{step.working_directory}' does not exist\n"
+                await reporter.step_output(step.index, message.encode())
+                return "failed", None, None
+        argv = ["bash", "-eo", "pipefail", "-c", step.script]
+        if step.shell == "sh":
+            argv = ["sh", "-c", step.script]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workspace)}
+        env.update({"LANG": "C.UTF-8"})
+        env.update(step.env)
+        env["CI_WORKSPACE"] = str(workspace)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return "error", None, f"could not start {argv[0]}: {exc}"
+        assert proc.stdout is not None
+        pump = asyncio.create_task(self._pump(proc.stdout, step.index, reporter))
+        waiter = asyncio.create_task(proc.wait())
+        canceller = asyncio.create_task(job.cancel.wait())
+        timeouts = [t for t in (step.timeout_seconds,) if t]
+        if job_deadline is not None:
+            timeouts.append(max(0.0, job_deadline - time.monotonic()))
+        timeout = min(timeouts) if timeouts else None
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, canceller}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if waiter in done:
+                status: StepOutcome = "success" if proc.returncode == 0 else "failed"
+                code = proc.returncode
+                # Orphans the step left in its group would hold the pipe open (and keep running).
+                _kill_group(proc.pid, signal.SIGKILL)
+                await pump
+                return status, code, None
+            status = "cancelled" if canceller in done else "timed_out"
+            await self._terminate(proc)
+            if status == "timed_out":
+                limit = timeout or 0
+                await reporter.step_output(
+                    step.index, f"\nstep timed out after {limit:g}s; killed\n".encode()
+                )
+            await pump
+            return status, proc.returncode, None
+        finally:
+            canceller.cancel()
+            if not waiter.done():
+                _kill_group(proc.pid, signal.SIGKILL)
+                waiter.cancel()
+            if not pump.done():
+                pump.cancel()
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        _kill_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self.kill_grace_seconds)
+        except TimeoutError:
+            pass
+        # Whatever survived SIGTERM (including grandchildren that ignore it) dies now.
+        _kill_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+    async def _pump(self, stream: asyncio.StreamReader, index: int, reporter: JobReporter) -> None:
+        while data := await stream.read(_READ_SIZE):
+            await reporter.step_output(index, data)

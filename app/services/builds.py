@@ -1,0 +1,275 @@
+"""Build state changes and reads: create, cancel, retry, detail, list. Services flush; the
+caller's unit of work commits."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.errors import Conflict, Invalid, NotFound
+from app.logs.masking import masked_variables
+from app.models import (
+    Build,
+    BuildDetail,
+    BuildJob,
+    BuildJobEdge,
+    BuildPage,
+    BuildPublic,
+    BuildSnapshot,
+    BuildStatus,
+    BuildStep,
+    EdgePublic,
+    JobPublic,
+    JobStatus,
+    PipelineCounter,
+    StepPublic,
+)
+from app.models.types import utcnow
+from app.services import state
+from app.services.plan import planned_steps
+from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
+
+
+@dataclass(frozen=True)
+class NewBuild:
+    pipeline_id: str
+    triggered_by: str
+    workflow_yaml: str
+    commit_sha: str | None = None
+    branch: str | None = None
+    repo_url: str | None = None
+    variables: dict[str, str] | None = None
+    dispatch: bool = True
+    retry_of: int | None = None
+    idempotency_key: str | None = None
+
+
+def parse_or_422(text: str) -> WorkflowSpec:
+    try:
+        return parse_workflow(text)
+    except WorkflowError as exc:
+        raise Invalid(
+            [{"line": p.line, "column": p.column, "message": p.message} for p in exc.problems]
+        ) from exc
+
+
+async def find_idempotent(session: AsyncSession, pipeline_id: str, key: str) -> Build | None:
+    result = await session.exec(
+        select(Build).where(Build.pipeline_id == pipeline_id, Build.idempotency_key == key)
+    )
+    return result.first()
+
+
+async def _next_number(session: AsyncSession, pipeline_id: str) -> int:
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(PipelineCounter)
+    stmt = (
+        ins.values(pipeline_id=pipeline_id, last_number=1)
+        .on_conflict_do_update(
+            index_elements=["pipeline_id"],
+            set_={"last_number": col(PipelineCounter.last_number) + 1},
+        )
+        .returning(col(PipelineCounter.last_number))
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def create_build(session: AsyncSession, new: NewBuild) -> Build:
+    """Validate the workflow and store the build, its snapshot, jobs, edges and steps.
+
+    Raises Invalid (422, every problem with line and column) before anything is written."""
+    spec = parse_or_422(new.workflow_yaml)
+    now = utcnow()
+    build = Build(
+        pipeline_id=new.pipeline_id,
+        number=await _next_number(session, new.pipeline_id),
+        triggered_by=new.triggered_by,
+        status=BuildStatus.queued,
+        commit_sha=new.commit_sha,
+        branch=new.branch,
+        repo_url=new.repo_url,
+        variables=dict(new.variables or {}),
+        created_at=now,
+        retry_of=new.retry_of,
+        idempotency_key=new.idempotency_key,
+        # Set optimistically in the same transaction: if the publish after commit fails, the
+        # requeue sweep sees a stale dispatched_at and publishes again.
+        dispatched_at=now if new.dispatch else None,
+    )
+    session.add(build)
+    await session.flush()
+    assert build.id is not None
+    session.add(
+        BuildSnapshot(
+            build_id=build.id,
+            pipeline_id=new.pipeline_id,
+            workflow_yaml=new.workflow_yaml,
+            yaml_sha256=hashlib.sha256(new.workflow_yaml.encode()).hexdigest(),
+        )
+    )
+    jobs = [
+        {"build_id": build.id, "name": j.name, "display_name": j.display_name, "index": j.index}
+        for j in spec.jobs
+    ]
+    await session.execute(insert(BuildJob), jobs)
+    edges = [{"build_id": build.id, "from_job": a, "to_job": b} for a, b in spec.edges]
+    if edges:
+        await session.execute(insert(BuildJobEdge), edges)
+    steps = [
+        {"build_id": build.id, "job_name": j.name, "index": s.index, "name": s.name}
+        for j in spec.jobs
+        for s in planned_steps(j, checkout=bool(new.repo_url))
+    ]
+    await session.execute(insert(BuildStep), steps)
+    await session.flush()
+    return build
+
+
+def is_idempotency_race(exc: IntegrityError) -> bool:
+    return "idempotency_key" in str(exc.orig)
+
+
+async def get_build(session: AsyncSession, build_id: int) -> Build:
+    build = await session.get(Build, build_id)
+    if build is None:
+        raise NotFound(f"build {build_id} not found")
+    return build
+
+
+def public(build: Build) -> BuildPublic:
+    out = BuildPublic.model_validate(build)
+    out.variables = masked_variables(build.variables)
+    return out
+
+
+async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
+    build = await get_build(session, build_id)
+    sha = (
+        await session.exec(
+            select(BuildSnapshot.yaml_sha256).where(BuildSnapshot.build_id == build_id)
+        )
+    ).one()
+    job_rows = (
+        await session.exec(
+            select(BuildJob).where(BuildJob.build_id == build_id).order_by(col(BuildJob.index))
+        )
+    ).all()
+    step_rows = (
+        await session.exec(
+            select(BuildStep)
+            .where(BuildStep.build_id == build_id)
+            .order_by(col(BuildStep.job_name), col(BuildStep.index))
+        )
+    ).all()
+    edge_rows = (
+        await session.exec(
+            select(BuildJobEdge)
+            .where(BuildJobEdge.build_id == build_id)
+            .order_by(col(BuildJobEdge.id))
+        )
+    ).all()
+    steps_by_job: dict[str, list[StepPublic]] = {}
+    for step in step_rows:
+        steps_by_job.setdefault(step.job_name, []).append(StepPublic.model_validate(step))
+    needs: dict[str, list[str]] = {}
+    for edge in edge_rows:
+        needs.setdefault(edge.to_job, []).append(edge.from_job)
+    jobs = [
+        JobPublic.model_validate(
+            {
+                **{k: getattr(row, k) for k in ("id", "name", "display_name", "index", "status")},
+                "started_at": row.started_at,
+                "finished_at": row.finished_at,
+                "error": row.error,
+                "needs": needs.get(row.name, []),
+                "steps": steps_by_job.get(row.name, []),
+            }
+        )
+        for row in job_rows
+    ]
+    return BuildDetail(
+        **public(build).model_dump(),
+        yaml_sha256=sha,
+        jobs=jobs,
+        edges=[EdgePublic.model_validate(e) for e in edge_rows],
+    )
+
+
+async def list_builds(
+    session: AsyncSession,
+    *,
+    pipeline_id: str | None,
+    status: BuildStatus | None,
+    branch: str | None,
+    page: int,
+    size: int,
+) -> BuildPage:
+    query = select(Build)
+    count = select(func.count()).select_from(Build)
+    for column, value in (
+        (Build.pipeline_id, pipeline_id),
+        (Build.status, status),
+        (Build.branch, branch),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+            count = count.where(column == value)
+    total = (await session.exec(count)).one()
+    rows = (
+        await session.exec(
+            query.order_by(col(Build.id).desc()).offset((page - 1) * size).limit(size)
+        )
+    ).all()
+    return BuildPage(items=[public(b) for b in rows], total=total, page=page, size=size)
+
+
+async def request_cancel(session: AsyncSession, build_id: int) -> Build:
+    """Cancel a build: a queued one at once; a running one is flagged for its executor, which
+    stops the work and records `cancelled` (any replica sees the flag)."""
+    build = await get_build(session, build_id)
+    if BuildStatus(build.status).finished:
+        raise Conflict(f"build {build_id} is already {build.status}")
+    now = utcnow()
+    if await state.build(
+        session,
+        build_id,
+        BuildStatus.cancelled,
+        only_from=[BuildStatus.queued],
+        extra={"cancel_requested_at": now},
+    ):
+        await state.jobs(session, build_id, JobStatus.cancelled)
+        await state.steps(session, build_id, JobStatus.skipped)
+    else:
+        await session.execute(
+            update(Build)
+            .where(col(Build.id) == build_id, col(Build.cancel_requested_at).is_(None))
+            .values(cancel_requested_at=now)
+        )
+    await session.flush()
+    await session.refresh(build)
+    return build
+
+
+async def retry_source(session: AsyncSession, build_id: int) -> tuple[Build, str]:
+    build = await get_build(session, build_id)
+    if not BuildStatus(build.status).finished:
+        raise Conflict(f"build {build_id} is still {build.status}; cancel it or wait for it")
+    yaml_text = (
+        await session.exec(
+            select(BuildSnapshot.workflow_yaml).where(BuildSnapshot.build_id == build_id)
+        )
+    ).one()
+    return build, yaml_text
+
+
+async def snapshot(session: AsyncSession, build_id: int) -> BuildSnapshot:
+    await get_build(session, build_id)
+    return (
+        await session.exec(select(BuildSnapshot).where(BuildSnapshot.build_id == build_id))
+    ).one()

@@ -1,0 +1,316 @@
+"""Runs one build: walks its DAG, hands ready jobs to the runner, records what happens.
+
+The executor is the only writer of a running build's job and step statuses (through
+app/services/state.py). A cancel request only sets `cancel_requested_at` and signals the executor,
+which stops the runner's work and records the outcome, so there is one writer per running build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlmodel import select
+
+from app.db import Database
+from app.logs.masking import LineAssembler, Masker, secret_names
+from app.logs.writer import LogWriter
+from app.metrics import Metrics
+from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, BuildStep, JobStatus
+from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
+from app.services import state
+from app.services.plan import job_run
+from app.workflow import JobSpec, WorkflowSpec, parse_workflow
+
+log = logging.getLogger(__name__)
+J = JobStatus
+
+
+class _Reporter(JobReporter):
+    def __init__(self, ctx: BuildContext, job_name: str) -> None:
+        self.ctx = ctx
+        self.job_name = job_name
+        self._lines: dict[int, LineAssembler] = {}
+
+    def _assembler(self, index: int) -> LineAssembler:
+        if index not in self._lines:
+            self._lines[index] = LineAssembler(self.ctx.masker, self.ctx.writer.chunk_max_bytes)
+        return self._lines[index]
+
+    async def step_started(self, index: int) -> None:
+        async with self.ctx.db.transaction() as session:
+            await state.step(session, self.ctx.build_id, self.job_name, index, J.running)
+
+    async def step_output(self, index: int, data: bytes, source_offset: int | None = None) -> None:
+        text = self._assembler(index).feed(data)
+        await self.ctx.writer.write(self.ctx.build_id, self.job_name, index, text, source_offset)
+
+    async def step_finished(
+        self, index: int, status: StepOutcome, exit_code: int | None, error: str | None = None
+    ) -> None:
+        tail = self._lines.pop(index).close() if index in self._lines else ""
+        if error:
+            tail += f"{error}\n"
+        await self.ctx.writer.write(self.ctx.build_id, self.job_name, index, tail)
+        # Logs first, then the status: a client that sees the step end has all its output.
+        await self.ctx.writer.flush(self.ctx.build_id)
+        async with self.ctx.db.transaction() as session:
+            await state.step(
+                session, self.ctx.build_id, self.job_name, index, J(status), exit_code=exit_code
+            )
+            row = await session.exec(
+                select(BuildStep).where(
+                    BuildStep.build_id == self.ctx.build_id,
+                    BuildStep.job_name == self.job_name,
+                    BuildStep.index == index,
+                )
+            )
+            step = row.first()
+        if step and step.started_at and step.finished_at:
+            self.ctx.metrics.step_duration.labels(status).observe(
+                (step.finished_at - step.started_at).total_seconds()
+            )
+
+    async def stored_offset(self) -> int:
+        async with self.ctx.db.read() as session:
+            job = (
+                await session.exec(
+                    select(BuildJob).where(
+                        BuildJob.build_id == self.ctx.build_id, BuildJob.name == self.job_name
+                    )
+                )
+            ).first()
+        return job.log_offset if job else 0
+
+
+@dataclass
+class BuildContext:
+    build_id: int
+    db: Database
+    writer: LogWriter
+    runner: Runner
+    metrics: Metrics
+    max_jobs: int
+    masker: Masker = field(default_factory=Masker)
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the executor shuts down: runners that can re-attach detach instead of finishing.
+    detach: bool = False
+
+    def request_cancel(self) -> None:
+        self.cancel.set()
+        self.wake.set()
+
+
+def _ancestors(spec: WorkflowSpec, name: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(spec.job(name).needs)
+    while todo:
+        need = todo.pop()
+        if need not in seen:
+            seen.add(need)
+            todo.extend(spec.job(need).needs)
+    return seen
+
+
+StartFn = Callable[[JobSpec], None]
+
+
+class BuildExecutor:
+    def __init__(self, ctx: BuildContext) -> None:
+        self.ctx = ctx
+        self._job_cancels: dict[str, asyncio.Event] = {}
+        self._keys: dict[str, str] = {}
+
+    async def run(self, *, resume: bool = False) -> None:
+        ctx = self.ctx
+        async with ctx.db.read() as session:
+            build = await session.get(Build, ctx.build_id)
+            snapshot = (
+                await session.exec(
+                    select(BuildSnapshot).where(BuildSnapshot.build_id == ctx.build_id)
+                )
+            ).first()
+            rows = (
+                await session.exec(select(BuildJob).where(BuildJob.build_id == ctx.build_id))
+            ).all()
+        if build is None or snapshot is None:
+            log.error("build %s vanished before it ran", ctx.build_id)
+            return
+        if build.cancel_requested_at is not None:
+            ctx.cancel.set()
+        spec = parse_workflow(snapshot.workflow_yaml)
+        secrets = secret_names(build.variables)
+        for name in secrets:
+            ctx.masker.add(build.variables[name])
+        statuses = {row.name: J(row.status) for row in rows}
+        self._keys = {job.name: job.key for job in spec.jobs}
+        tasks: dict[str, asyncio.Task[JobResult]] = {}
+        jobs_by_name = {job.name: job for job in spec.jobs}
+
+        def start(job: JobSpec, reattach: bool = False) -> None:
+            run = job_run(build, spec, job, secrets)
+            tasks[job.name] = asyncio.create_task(
+                self._run_job(run, reattach=reattach), name=f"job {job.name}"
+            )
+
+        for name, status in statuses.items():
+            if status == J.running:
+                start(jobs_by_name[name], resume)
+
+        while True:
+            if ctx.cancel.is_set():
+                await self._cancel_pending(statuses)
+            else:
+                await self._start_ready(spec, statuses, start)
+            if not tasks:
+                break
+            ctx.wake.clear()
+            waiter = asyncio.create_task(ctx.wake.wait())
+            done, _ = await asyncio.wait(
+                {*tasks.values(), waiter}, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiter.cancel()
+            for name, task in list(tasks.items()):
+                if task in done:
+                    del tasks[name]
+                    result = task.result()
+                    statuses[name] = J(result.status)
+                    if result.status in ("failed", "timed_out", "error"):
+                        await self._fail_fast(jobs_by_name[name], statuses, tasks)
+            if ctx.detach and not tasks:
+                return
+        if ctx.detach:
+            return
+        await self._finish(statuses)
+
+    async def _start_ready(
+        self,
+        spec: WorkflowSpec,
+        statuses: dict[str, JobStatus],
+        start: StartFn,
+    ) -> None:
+        running = sum(1 for s in statuses.values() if s == J.running)
+        for job in spec.jobs:
+            if statuses[job.name] != J.pending:
+                continue
+            needs = [statuses[n] for n in job.needs]
+            if any(not s.finished for s in needs):
+                continue
+            success = all(s == J.success for s in needs)
+            failure = any(statuses[a].is_failure for a in _ancestors(spec, job.name))
+            if not job.condition.evaluate(success=success, failure=failure, cancelled=False):
+                async with self.ctx.db.transaction() as session:
+                    await state.job(session, self.ctx.build_id, job.name, J.skipped)
+                    await state.steps(session, self.ctx.build_id, J.skipped, job_name=job.name)
+                statuses[job.name] = J.skipped
+                self.ctx.wake.set()  # jobs needing this one may now be decidable
+                continue
+            if running >= self.ctx.max_jobs:
+                continue
+            if job.max_parallel is not None:
+                siblings = [
+                    j for j in spec.jobs if j.key == job.key and statuses[j.name] == J.running
+                ]
+                if len(siblings) >= job.max_parallel:
+                    continue
+            async with self.ctx.db.transaction() as session:
+                moved = await state.job(session, self.ctx.build_id, job.name, J.running)
+            if not moved:
+                continue
+            statuses[job.name] = J.running
+            running += 1
+            start(job)
+
+    async def _fail_fast(
+        self,
+        job: JobSpec,
+        statuses: dict[str, JobStatus],
+        tasks: dict[str, asyncio.Task[JobResult]],
+    ) -> None:
+        if job.matrix is None or not job.fail_fast:
+            return
+        siblings = [n for n in statuses if n != job.name and self._keys.get(n) == job.key]
+        pending = [n for n in siblings if statuses[n] == J.pending]
+        if pending:
+            async with self.ctx.db.transaction() as session:
+                for name in await state.jobs(
+                    session, self.ctx.build_id, J.cancelled, names=pending
+                ):
+                    statuses[name] = J.cancelled
+                for name in pending:
+                    await state.steps(session, self.ctx.build_id, J.skipped, job_name=name)
+        for name in siblings:
+            if name in tasks:
+                self._job_cancels[name].set()
+
+    async def _cancel_pending(self, statuses: dict[str, JobStatus]) -> None:
+        for event in self._job_cancels.values():
+            event.set()
+        pending = [n for n, s in statuses.items() if s == J.pending]
+        if pending:
+            async with self.ctx.db.transaction() as session:
+                for name in await state.jobs(
+                    session, self.ctx.build_id, J.cancelled, names=pending
+                ):
+                    statuses[name] = J.cancelled
+                    await state.steps(session, self.ctx.build_id, J.skipped, job_name=name)
+        await self.ctx.runner.cancel_build(self.ctx.build_id)
+
+    async def _run_job(self, run: JobRun, *, reattach: bool) -> JobResult:
+        ctx = self.ctx
+        name = run.job_name
+        self._job_cancels[name] = run.cancel
+        if ctx.cancel.is_set():
+            run.cancel.set()
+        ctx.metrics.running_jobs.inc()
+        try:
+            result = await ctx.runner.run_job(run, _Reporter(ctx, name), resume=reattach)
+        except Exception as exc:
+            log.exception("runner failed on job %r of build %s", name, ctx.build_id)
+            result = JobResult(
+                "error", f"the {ctx.runner.name} runner failed: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            ctx.metrics.running_jobs.dec()
+            self._job_cancels.pop(name, None)
+        if ctx.detach and result.status in ("cancelled", "error") and _can_reattach(ctx.runner):
+            return result
+        await ctx.writer.flush(ctx.build_id)
+        async with ctx.db.transaction() as session:
+            await state.job(session, ctx.build_id, name, J(result.status), error=result.error)
+            # Steps the runner never reached: a cancelled or broken job leaves them pending.
+            await state.steps(session, ctx.build_id, J.skipped, job_name=name)
+            leftover = J.cancelled if result.status == "cancelled" else J.error
+            await state.steps(session, ctx.build_id, leftover, job_name=name)
+        return result
+
+    async def _finish(self, statuses: dict[str, JobStatus]) -> None:
+        ctx = self.ctx
+        await ctx.writer.flush(ctx.build_id)
+        values = set(statuses.values())
+        if ctx.cancel.is_set():
+            final, error = BuildStatus.cancelled, None
+        elif J.error in values:
+            final, error = BuildStatus.error, "a job failed for an infrastructure reason"
+        elif J.timed_out in values:
+            final, error = BuildStatus.timed_out, None
+        elif J.failed in values:
+            final, error = BuildStatus.failed, None
+        else:
+            final, error = BuildStatus.success, None
+        async with ctx.db.transaction() as session:
+            moved = await state.build(session, ctx.build_id, final, error=error)
+            build = await session.get(Build, ctx.build_id) if moved else None
+        if build is not None:
+            ctx.metrics.builds_finished.labels(final).inc()
+            if build.started_at and build.finished_at:
+                ctx.metrics.build_duration.observe(
+                    (build.finished_at - build.started_at).total_seconds()
+                )
+
+
+def _can_reattach(runner: Runner) -> bool:
+    return bool(getattr(runner, "can_reattach", False))

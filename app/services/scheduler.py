@@ -1,0 +1,289 @@
+"""The scheduler: takes build ids from the queue, claims them, runs them, keeps their leases.
+
+- Claim: one conditional UPDATE (queued → running, lease owner = this replica). A redelivered or
+  duplicated id finds the build no longer queued and is simply acknowledged.
+- Leases: every running build's lease is renewed by the replica that runs it. A sweep takes over
+  builds whose lease expired (their replica died): runners that can re-attach (Kubernetes) follow
+  the work on; the local runner's processes died with their replica, so those jobs end `error`.
+- Cancel: the API sets cancel_requested_at and signals this scheduler; other replicas notice the
+  flag when they renew their leases.
+- Requeue: builds still `queued` long after they were dispatched are published again, so a lost
+  publish never loses a build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlmodel import col, or_, select
+
+from app.config import Settings
+from app.db import Database
+from app.logs.writer import LogWriter
+from app.metrics import Metrics
+from app.models import Build, BuildStatus
+from app.models.types import utcnow
+from app.queue.base import BuildQueue
+from app.runners.base import Runner
+from app.services import state
+from app.services.executor import BuildContext, BuildExecutor
+
+log = logging.getLogger(__name__)
+
+
+def replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        queue: BuildQueue,
+        runner: Runner,
+        writer: LogWriter,
+        metrics: Metrics,
+        settings: Settings,
+        owner: str | None = None,
+    ) -> None:
+        self.db = db
+        self.queue = queue
+        self.runner = runner
+        self.writer = writer
+        self.metrics = metrics
+        self.settings = settings
+        self.owner = owner or replica_id()
+        self._slots = asyncio.Semaphore(settings.max_concurrent_builds)
+        self._running: dict[int, tuple[BuildContext, asyncio.Task[None]]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.lease_seconds)
+
+    async def start(self) -> None:
+        await self.queue.start(self.on_delivery)
+        self._loops = [
+            asyncio.create_task(self._lease_loop(), name="lease-keeper"),
+            asyncio.create_task(self._sweep_loop(), name="lease-sweeper"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop consuming, let running builds finish within the grace period, then stop them."""
+        self._stopping = True
+        await self.queue.stop()
+        tasks = [task for _, task in self._running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
+        for ctx, _ in list(self._running.values()):
+            ctx.detach = bool(getattr(self.runner, "can_reattach", False))
+            if not ctx.detach:
+                ctx.request_cancel()
+        remaining = [task for _, task in self._running.values()]
+        if remaining:
+            await asyncio.wait(remaining, timeout=self.settings.cancel_grace_seconds + 10)
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        # Hand whatever is left to the next replica right away instead of after lease expiry.
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(Build)
+                .where(col(Build.lease_owner) == self.owner)
+                .values(lease_expires_at=utcnow())
+            )
+
+    @property
+    def running_builds(self) -> list[int]:
+        return list(self._running)
+
+    def cancel(self, build_id: int) -> bool:
+        """Signal an in-process cancel; returns whether this replica runs the build."""
+        entry = self._running.get(build_id)
+        if entry is None:
+            return False
+        entry[0].request_cancel()
+        return True
+
+    async def on_delivery(self, build_id: int) -> None:
+        if self._stopping:
+            raise RuntimeError("scheduler is stopping")  # returned to the queue for another replica
+        await self._slots.acquire()
+        try:
+            claimed = await self._claim(build_id)
+        except BaseException:
+            self._slots.release()
+            raise
+        if not claimed:
+            self._slots.release()
+            return
+        self._spawn(build_id, resume=False)
+
+    async def _claim(self, build_id: int) -> bool:
+        now = utcnow()
+        async with self.db.transaction() as session:
+            claimed = await state.build(
+                session,
+                build_id,
+                BuildStatus.running,
+                only_from=[BuildStatus.queued],
+                extra={"lease_owner": self.owner, "lease_expires_at": now + self.lease},
+            )
+            build = await session.get(Build, build_id) if claimed else None
+        if build is None:
+            log.info("build %s not claimable (unknown, cancelled or taken); acknowledged", build_id)
+            return False
+        self.metrics.queue_wait.observe((now - build.created_at).total_seconds())
+        return True
+
+    def _spawn(self, build_id: int, *, resume: bool) -> None:
+        ctx = BuildContext(
+            build_id=build_id,
+            db=self.db,
+            writer=self.writer,
+            runner=self.runner,
+            metrics=self.metrics,
+            max_jobs=self.settings.max_concurrent_jobs,
+        )
+        task = asyncio.create_task(self._execute(ctx, resume=resume), name=f"build {build_id}")
+        self._running[build_id] = (ctx, task)
+        self.metrics.running_builds.inc()
+
+    async def _execute(self, ctx: BuildContext, *, resume: bool) -> None:
+        try:
+            await BuildExecutor(ctx).run(resume=resume)
+        except Exception as exc:
+            log.exception("build %s failed inside the executor", ctx.build_id)
+            try:
+                async with self.db.transaction() as session:
+                    await state.build(
+                        session,
+                        ctx.build_id,
+                        BuildStatus.error,
+                        error=f"internal executor error: {type(exc).__name__}",
+                    )
+            except Exception:
+                log.exception("could not record the failure of build %s", ctx.build_id)
+        finally:
+            self._running.pop(ctx.build_id, None)
+            self.metrics.running_builds.dec()
+            self._slots.release()
+
+    async def _lease_loop(self) -> None:
+        interval = max(0.2, self.settings.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._renew()
+            except Exception:
+                log.exception("lease renewal failed; retrying")
+
+    async def _renew(self) -> None:
+        ids = list(self._running)
+        if not ids:
+            return
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(Build)
+                .where(col(Build.id).in_(ids), col(Build.lease_owner) == self.owner)
+                .values(lease_expires_at=utcnow() + self.lease)
+            )
+            flagged = (
+                await session.exec(
+                    select(Build.id).where(
+                        col(Build.id).in_(ids), col(Build.cancel_requested_at).is_not(None)
+                    )
+                )
+            ).all()
+        for build_id in flagged:
+            if build_id is not None:
+                self.cancel(build_id)
+
+    async def _sweep_loop(self) -> None:
+        interval = max(0.2, min(self.settings.lease_seconds / 2, 10.0))
+        while True:
+            try:
+                await self._take_over_expired()
+                await self._requeue_stale()
+            except Exception:
+                log.exception("lease sweep failed; retrying")
+            await asyncio.sleep(interval)
+
+    async def _take_over_expired(self) -> None:
+        if self._stopping:
+            return
+        now = utcnow()
+        async with self.db.read() as session:
+            candidates = (
+                await session.exec(
+                    select(Build.id)
+                    .where(
+                        Build.status == BuildStatus.running,
+                        or_(
+                            col(Build.lease_expires_at).is_(None),
+                            col(Build.lease_expires_at) < now,
+                        ),
+                    )
+                    .limit(50)
+                )
+            ).all()
+        for build_id in candidates:
+            if build_id is None or build_id in self._running or self._slots.locked():
+                continue
+            await self._slots.acquire()
+            async with self.db.transaction() as session:
+                result = await session.execute(
+                    update(Build)
+                    .where(
+                        col(Build.id) == build_id,
+                        col(Build.status) == BuildStatus.running,
+                        or_(
+                            col(Build.lease_expires_at).is_(None),
+                            col(Build.lease_expires_at) < now,
+                        ),
+                    )
+                    .values(lease_owner=self.owner, lease_expires_at=utcnow() + self.lease)
+                    .returning(col(Build.id))
+                )
+                taken = result.first() is not None
+            if not taken:
+                self._slots.release()
+                continue
+            log.warning("took over build %s after its lease expired", build_id)
+            self._spawn(build_id, resume=True)
+
+    async def _requeue_stale(self) -> None:
+        cutoff = utcnow() - timedelta(seconds=self.settings.requeue_after_seconds)
+        async with self.db.read() as session:
+            stale = (
+                await session.exec(
+                    select(Build.id)
+                    .where(
+                        Build.status == BuildStatus.queued,
+                        col(Build.dispatched_at).is_not(None),
+                        col(Build.dispatched_at) < cutoff,
+                    )
+                    .limit(100)
+                )
+            ).all()
+        for build_id in stale:
+            if build_id is None:
+                continue
+            try:
+                await self.queue.publish(build_id)
+            except Exception:
+                log.warning("re-publishing build %s failed; will retry", build_id, exc_info=True)
+                return
+            async with self.db.transaction() as session:
+                await session.execute(
+                    update(Build).where(col(Build.id) == build_id).values(dispatched_at=utcnow())
+                )
+            log.info("re-published build %s, still queued after its dispatch", build_id)

@@ -1,0 +1,166 @@
+"""The one place statuses change.
+
+Every transition is a single conditional UPDATE (`... WHERE status IN (legal sources)`), so two
+writers racing (a cancel and a step finishing, two replicas claiming) cannot both win, and a
+repeated report (a runner re-attaching) is a no-op. Each transition that happened records a
+StatusEvent that is published after commit. Entering `running` sets started_at; entering a
+final status sets finished_at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.db import record_event
+from app.models import Build, BuildJob, BuildStatus, BuildStep, JobStatus
+from app.models.schemas import StatusEvent
+from app.models.types import utcnow
+
+B, J = BuildStatus, JobStatus
+
+BUILD_TRANSITIONS: dict[BuildStatus, frozenset[BuildStatus]] = {
+    B.queued: frozenset({B.running, B.cancelled, B.error}),
+    B.running: frozenset({B.success, B.failed, B.cancelled, B.timed_out, B.error}),
+}
+UNIT_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    J.pending: frozenset({J.running, J.skipped, J.cancelled, J.error}),
+    J.running: frozenset({J.success, J.failed, J.cancelled, J.timed_out, J.error}),
+}
+
+
+def _sources(table: dict[Any, frozenset[Any]], to: Any) -> list[str]:
+    return [str(source) for source, targets in table.items() if to in targets]
+
+
+def _timestamps(to: BuildStatus | JobStatus, now: datetime) -> dict[str, Any]:
+    if to == "running":
+        return {"started_at": now}
+    if to.finished:
+        return {"finished_at": now}
+    return {}
+
+
+async def build(
+    session: AsyncSession,
+    build_id: int,
+    to: BuildStatus,
+    *,
+    error: str | None = None,
+    extra: dict[str, Any] | None = None,
+    only_from: Iterable[BuildStatus] | None = None,
+) -> bool:
+    """Move a build to `to` if legal (and, with only_from, only from those statuses)."""
+    sources = _sources(BUILD_TRANSITIONS, to)
+    if only_from is not None:
+        sources = [s for s in sources if s in {str(x) for x in only_from}]
+    values: dict[str, Any] = {"status": str(to), **_timestamps(to, utcnow()), **(extra or {})}
+    if error is not None:
+        values["error"] = error
+    if to.finished:
+        values["lease_owner"] = None
+        values["lease_expires_at"] = None
+    result = await session.execute(
+        update(Build)
+        .where(col(Build.id) == build_id, col(Build.status).in_(sources))
+        .values(**values)
+        .returning(col(Build.id))
+    )
+    if result.first() is None:
+        return False
+    record_event(session, StatusEvent(kind="build", build_id=build_id, status=to, error=error))
+    return True
+
+
+async def jobs(
+    session: AsyncSession,
+    build_id: int,
+    to: JobStatus,
+    *,
+    names: Iterable[str] | None = None,
+    error: str | None = None,
+) -> list[str]:
+    """Move the named jobs (all of the build's when None) to `to` where legal; returns the names
+    that moved."""
+    values: dict[str, Any] = {"status": str(to), **_timestamps(to, utcnow())}
+    if error is not None:
+        values["error"] = error
+    stmt = update(BuildJob).where(
+        col(BuildJob.build_id) == build_id,
+        col(BuildJob.status).in_(_sources(UNIT_TRANSITIONS, to)),
+    )
+    if names is not None:
+        stmt = stmt.where(col(BuildJob.name).in_(list(names)))
+    result = await session.execute(stmt.values(**values).returning(col(BuildJob.name)))
+    moved = [row[0] for row in result.all()]
+    for name in moved:
+        record_event(
+            session,
+            StatusEvent(kind="job", build_id=build_id, job_name=name, status=to, error=error),
+        )
+    return moved
+
+
+async def job(
+    session: AsyncSession, build_id: int, name: str, to: JobStatus, *, error: str | None = None
+) -> bool:
+    return bool(await jobs(session, build_id, to, names=[name], error=error))
+
+
+async def steps(
+    session: AsyncSession,
+    build_id: int,
+    to: JobStatus,
+    *,
+    job_name: str | None = None,
+    index: int | None = None,
+    exit_code: int | None = None,
+) -> list[tuple[str, int]]:
+    """Move steps (one, a job's, or the build's) to `to` where legal."""
+    values: dict[str, Any] = {"status": str(to), **_timestamps(to, utcnow())}
+    if exit_code is not None:
+        values["exit_code"] = exit_code
+    stmt = update(BuildStep).where(
+        col(BuildStep.build_id) == build_id,
+        col(BuildStep.status).in_(_sources(UNIT_TRANSITIONS, to)),
+    )
+    if job_name is not None:
+        stmt = stmt.where(col(BuildStep.job_name) == job_name)
+    if index is not None:
+        stmt = stmt.where(col(BuildStep.index) == index)
+    result = await session.execute(
+        stmt.values(**values).returning(col(BuildStep.job_name), col(BuildStep.index))
+    )
+    moved = [(row[0], row[1]) for row in result.all()]
+    for moved_job, moved_index in moved:
+        record_event(
+            session,
+            StatusEvent(
+                kind="step",
+                build_id=build_id,
+                job_name=moved_job,
+                step_index=moved_index,
+                status=to,
+                exit_code=exit_code,
+            ),
+        )
+    return moved
+
+
+async def step(
+    session: AsyncSession,
+    build_id: int,
+    job_name: str,
+    index: int,
+    to: JobStatus,
+    *,
+    exit_code: int | None = None,
+) -> bool:
+    return bool(
+        await steps(session, build_id, to, job_name=job_name, index=index, exit_code=exit_code)
+    )

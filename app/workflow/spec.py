@@ -1,0 +1,78 @@
+"""The validated, expanded form of a workflow: what the rest of the service consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from app.workflow.conditions import Condition
+
+Shell = Literal["bash", "sh"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a workflow; line and column are 1-based (0 when unknown)."""
+
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}, column {self.column}: {self.message}"
+
+
+class WorkflowError(ValueError):
+    """Raised by parse_workflow with every problem found (never just the first)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    index: int  # 0-based position in the job (after a checkout step is prepended, if any)
+    name: str  # `name:` or the first line of `run`, matrix-substituted
+    run: str  # matrix-substituted script text
+    env: dict[str, str] = field(default_factory=dict)  # the step's own `env:` only
+    condition: Condition = field(default_factory=lambda: Condition.default())
+    continue_on_error: bool = False
+    timeout_minutes: float | None = None
+    working_directory: str | None = None
+    shell: Shell = "bash"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str  # unique expanded job name, e.g. "build" or "test (3.11, a)"; = build_jobs.name
+    key: str  # the YAML job id, e.g. "test"
+    display_name: str  # `name:` (matrix-substituted) or the expanded name
+    index: int  # position in a topological order of the DAG
+    needs: tuple[str, ...]  # expanded names of the jobs this one needs directly
+    steps: tuple[StepSpec, ...]
+    condition: Condition = field(default_factory=lambda: Condition.default())
+    image: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the job's own `env:` only
+    timeout_minutes: float | None = None
+    matrix: dict[str, str] | None = None  # this combination's values, None for plain jobs
+    fail_fast: bool = True  # matrix only: a failure cancels still-running siblings
+    max_parallel: int | None = None  # matrix only: at most this many siblings run at once
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    name: str | None
+    env: dict[str, str]
+    jobs: tuple[JobSpec, ...]  # in topological order (JobSpec.index == position)
+
+    def job(self, name: str) -> JobSpec:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise KeyError(name)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        """(from_job, to_job) pairs: from_job must finish before to_job."""
+        return [(need, job.name) for job in self.jobs for need in job.needs]

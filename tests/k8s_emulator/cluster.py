@@ -1,0 +1,588 @@
+"""The emulated cluster: API semantics of create/delete/patch, the garbage collector, the Job
+controller and the kubelet wired together over one Store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.k8s_emulator.errors import ApiError
+from tests.k8s_emulator.kubelet import MAX_GRACE_SECONDS, Kubelet
+from tests.k8s_emulator.selectors import FieldRequirement, Requirement
+from tests.k8s_emulator.store import JOBS, KINDS, PODS, Event, Kind, Store, meta, now
+from tests.k8s_emulator.validation import Invalid, admit, check_labels, generated_name
+
+Obj = dict[str, Any]
+
+TERMINAL = ("Succeeded", "Failed")
+POLICIES = ("Orphan", "Background", "Foreground")
+# A retried Job pod is created after this back-off (real: 10 s doubling), short for tests.
+RETRY_BACKOFF_SECONDS = 0.3
+GC_SWEEP_SECONDS = 0.5
+
+
+@dataclass
+class Toggles:
+    missing_images: set[str] = field(default_factory=set)
+    config_error_images: set[str] = field(default_factory=set)
+    unschedulable: bool = False
+    # None: allowed. Otherwise a filter; empty lists mean "everything".
+    forbid: dict[str, list[str]] | None = None
+
+    def forbidden(self, verb: str, resource: str) -> bool:
+        if self.forbid is None:
+            return False
+        verbs = self.forbid.get("verbs") or []
+        resources = self.forbid.get("resources") or []
+        return (not verbs or verb in verbs) and (not resources or resource in resources)
+
+
+def controller_of(obj: Obj) -> Obj | None:
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def success_status(kind: Kind, obj: Obj) -> Obj:
+    md = obj["metadata"]
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": md["name"], "group": kind.group, "kind": kind.resource, "uid": md["uid"]},
+    }
+
+
+class Cluster:
+    def __init__(self, state_dir: Path, port: int = 0) -> None:
+        self.state_dir = state_dir
+        self.port = port
+        self.store = Store()
+        self.toggles = Toggles()
+        self.kubelet = Kubelet(self, state_dir / "pods")
+        self.jobs = JobController(self)
+        self.calls: list[Obj] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.store.listeners.append(self._on_event)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def start(self) -> None:
+        self.spawn(self._gc_loop())
+
+    def shutdown(self) -> None:
+        self.kubelet.shutdown()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def reset(self) -> None:
+        """Back to an empty cluster: everything deleted at once, toggles and call log cleared."""
+        self.toggles = Toggles()
+        self.calls.clear()
+        for kind in KINDS.values():
+            for obj in self.store.list(kind, None):
+                md = obj["metadata"]
+                if kind is PODS:
+                    runtime = self.kubelet.runtime_for(obj)
+                    if runtime is not None:
+                        runtime.request_stop("deleted", 0)
+                self._remove(kind, md["namespace"], md["name"])
+
+    def _on_event(self, event: Event) -> None:
+        md = event.obj["metadata"]
+        if event.kind is PODS:
+            if event.type == "ADDED":
+                self.kubelet.pod_added(event.obj)
+            owner = controller_of(event.obj)
+            if owner and owner.get("kind") == "Job":
+                self.jobs.enqueue(md["namespace"], owner["name"])
+        elif event.kind is JOBS:
+            if event.type == "DELETED":
+                self.jobs.forget(md["uid"])
+            else:
+                self.jobs.enqueue(md["namespace"], md["name"])
+
+    def pod_changed(self, namespace: str, name: str) -> None:
+        pod = self.store.get(PODS, namespace, name)
+        owner = controller_of(pod) if pod else None
+        if owner:
+            self.jobs.enqueue(namespace, owner["name"])
+
+    # -- create / update -------------------------------------------------------------------
+
+    def create(self, kind: Kind, namespace: str, body: Obj) -> Obj:
+        obj = admit(kind, body, namespace)
+        return self.store.create(kind, obj)
+
+    def patch(self, kind: Kind, namespace: str, name: str, patch: Any, json_patch: bool) -> Obj:
+        current = self.store.require(kind, namespace, name)
+        target = copy.deepcopy(current)
+        new = apply_json_patch(target, patch) if json_patch else merge_patch(target, patch)
+        return self._update(kind, current, new)
+
+    def replace(self, kind: Kind, namespace: str, name: str, body: Obj) -> Obj:
+        current = self.store.require(kind, namespace, name)
+        wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {kind.qualified} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                {"name": name, "group": kind.group, "kind": kind.resource},
+            )
+        return self._update(kind, current, copy.deepcopy(body))
+
+    def _update(self, kind: Kind, current: Obj, new: Obj) -> Obj:
+        if not isinstance(new, dict) or not isinstance(new.get("metadata"), dict):
+            raise ApiError.bad_request("the body of the request was in an unknown format")
+        md, old_md = new["metadata"], current["metadata"]
+        for key in ("uid", "name", "namespace", "creationTimestamp", "deletionTimestamp"):
+            if key in old_md:
+                md[key] = old_md[key]
+        new["status"] = current.get("status", {})
+        errors = Invalid(kind, old_md["name"])
+        check_labels(errors, "metadata.labels", md.get("labels"))
+        if kind is JOBS:
+            for key in ("template", "selector", "completions"):
+                if new.get("spec", {}).get(key) != current["spec"].get(key):
+                    errors.add(f"spec.{key}", "field is immutable", "FieldValueInvalid")
+        elif kind is PODS:
+            changed = {k for k in set(new.get("spec", {})) | set(current["spec"])
+                       if new.get("spec", {}).get(k) != current["spec"].get(k)}
+            if changed - {"activeDeadlineSeconds"}:
+                errors.add("spec", "Forbidden: pod updates may not change fields other than "
+                           "`spec.containers[*].image`, `spec.activeDeadlineSeconds`", "FieldValueForbidden")
+        errors.raise_if_any()
+
+        def change(obj: Obj) -> None:
+            obj.clear()
+            obj.update(new)
+
+        result = self.store.modify(kind, old_md["namespace"], old_md["name"], change)
+        assert result is not None
+        return result
+
+    # -- delete and garbage collection -----------------------------------------------------
+
+    def delete(
+        self, kind: Kind, namespace: str, name: str, policy: str | None, grace: int | None
+    ) -> Obj:
+        obj = self.store.require(kind, namespace, name)
+        if policy is not None and policy not in POLICIES:
+            raise ApiError(
+                422, "Invalid", f'propagationPolicy: Unsupported value: "{policy}": supported '
+                'values: "Foreground", "Background", "Orphan"'
+            )
+        if kind is PODS:
+            return self._delete_pod(obj, grace)
+        # batch/v1 Jobs keep their pods unless told otherwise (the API's compatibility default).
+        policy = policy or ("Orphan" if kind is JOBS else "Background")
+        if policy == "Foreground":
+            def mark(o: Obj) -> None:
+                m = meta(o)
+                m.setdefault("deletionTimestamp", now())
+                m.setdefault("deletionGracePeriodSeconds", 0)
+                finalizers = m.setdefault("finalizers", [])
+                if "foregroundDeletion" not in finalizers:
+                    finalizers.append("foregroundDeletion")
+
+            marked = self.store.modify(kind, namespace, name, mark)
+            assert marked is not None
+            self._collect_dependents(marked, "Background")
+            self._release_foreground(marked)
+            return marked
+        gone = self._remove(kind, namespace, name)
+        assert gone is not None
+        self._collect_dependents(gone, policy)
+        return success_status(kind, obj)
+
+    def delete_collection(
+        self,
+        kind: Kind,
+        namespace: str,
+        labels: list[Requirement],
+        fields: list[FieldRequirement],
+        policy: str | None,
+        grace: int | None,
+    ) -> list[Obj]:
+        deleted = []
+        for obj in self.store.list(kind, namespace, labels, fields):
+            with contextlib.suppress(ApiError):
+                self.delete(kind, namespace, obj["metadata"]["name"], policy, grace)
+                deleted.append(obj)
+        return deleted
+
+    def _delete_pod(self, pod: Obj, grace: int | None) -> Obj:
+        md = pod["metadata"]
+        ns, name = md["namespace"], md["name"]
+        if grace is None:
+            grace = int(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        runtime = self.kubelet.runtime_for(pod)
+        done = runtime is None or runtime.log_complete or pod["status"].get("phase") in TERMINAL
+        if md.get("deletionTimestamp") and grace != 0 and not done:
+            return pod
+
+        def mark(o: Obj) -> None:
+            meta(o).setdefault("deletionTimestamp", now())
+            meta(o)["deletionGracePeriodSeconds"] = grace
+
+        marked = self.store.modify(PODS, ns, name, mark)
+        assert marked is not None
+        if done or grace == 0:
+            # Nothing to wait for (or a forced delete): gone from the API now; the kubelet still
+            # kills whatever runs.
+            if runtime is not None and not runtime.log_complete:
+                runtime.request_stop("deleted", 0)
+            self._remove(PODS, ns, name)
+        elif runtime is not None:
+            runtime.request_stop("deleted", min(float(grace), MAX_GRACE_SECONDS))
+        return marked
+
+    async def pod_finished_terminating(self, namespace: str, name: str, uid: str) -> None:
+        pod = self.store.get(PODS, namespace, name)
+        if pod is not None and pod["metadata"]["uid"] == uid:
+            self._remove(PODS, namespace, name)
+        await self.kubelet.forget(uid)
+
+    def _remove(self, kind: Kind, namespace: str, name: str) -> Obj | None:
+        gone = self.store.remove(kind, namespace, name)
+        if gone is None:
+            return None
+        if kind is PODS:
+            runtime = self.kubelet.runtime_for(gone)
+            if runtime is not None and runtime.task is not None and runtime.task.done():
+                self.spawn(self.kubelet.forget(gone["metadata"]["uid"]))
+        for ref in gone["metadata"].get("ownerReferences") or []:
+            owner = self._find_uid(namespace, ref.get("uid", ""))
+            if owner is not None:
+                self._release_foreground(owner[1])
+        return gone
+
+    def _find_uid(self, namespace: str, uid: str) -> tuple[Kind, Obj] | None:
+        for kind, obj in self.store.all_in_namespace(namespace):
+            if obj["metadata"]["uid"] == uid:
+                return kind, obj
+        return None
+
+    def _dependents(self, owner: Obj) -> list[tuple[Kind, Obj]]:
+        md = owner["metadata"]
+        return [
+            (kind, obj)
+            for kind, obj in self.store.all_in_namespace(md["namespace"])
+            if any(r.get("uid") == md["uid"] for r in obj["metadata"].get("ownerReferences") or [])
+        ]
+
+    def _release_foreground(self, owner: Obj) -> None:
+        md = owner["metadata"]
+        if "foregroundDeletion" not in (md.get("finalizers") or []) or self._dependents(owner):
+            return
+        kind = KINDS[{"Job": "jobs", "Pod": "pods", "Secret": "secrets"}[owner["kind"]]]
+        self._remove(kind, md["namespace"], md["name"])
+
+    def _collect_dependents(self, owner: Obj, policy: str) -> None:
+        owner_uid = owner["metadata"]["uid"]
+        for kind, dep in self._dependents(owner):
+            md = dep["metadata"]
+            others = [r for r in md.get("ownerReferences") or [] if r.get("uid") != owner_uid]
+            alive = [r for r in others if self._find_uid(md["namespace"], r.get("uid", ""))]
+            if policy == "Orphan" or alive:
+                def drop_ref(o: Obj, keep: list[Obj] = others) -> None:
+                    if keep:
+                        meta(o)["ownerReferences"] = keep
+                    else:
+                        meta(o).pop("ownerReferences", None)
+
+                self.store.modify(kind, md["namespace"], md["name"], drop_ref)
+            else:
+                with contextlib.suppress(ApiError):
+                    self.delete(kind, md["namespace"], md["name"], "Background", None)
+
+    async def _gc_loop(self) -> None:
+        """Delete objects whose owners all vanished (e.g. created pointing at a deleted Job)."""
+        while True:
+            await asyncio.sleep(GC_SWEEP_SECONDS)
+            for kind in KINDS.values():
+                for obj in self.store.list(kind, None):
+                    md = obj["metadata"]
+                    refs = md.get("ownerReferences") or []
+                    if not refs or md.get("deletionTimestamp"):
+                        continue
+                    if not any(self._find_uid(md["namespace"], r.get("uid", "")) for r in refs):
+                        with contextlib.suppress(ApiError):
+                            self.delete(kind, md["namespace"], md["name"], "Background", None)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (also used for strategic merge patches: close enough here)."""
+    if not isinstance(patch, dict):
+        return patch
+    if not isinstance(target, dict):
+        target = {}
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = merge_patch(target.get(key), value)
+    return target
+
+
+def apply_json_patch(target: Obj, operations: Any) -> Obj:
+    if not isinstance(operations, list):
+        raise ApiError.bad_request("json patch must be a list of operations")
+    for op in operations:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in str(op.get("path", "")).split("/")[1:]]
+        if not parts:
+            raise ApiError(422, "Invalid", "json patch path must not be empty")
+        parent: Any = target
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
+        last = parts[-1]
+        kind = op.get("op")
+        if kind in ("add", "replace"):
+            if isinstance(parent, list):
+                if last == "-":
+                    parent.append(op.get("value"))
+                elif kind == "add":
+                    parent.insert(int(last), op.get("value"))
+                else:
+                    parent[int(last)] = op.get("value")
+            else:
+                parent[last] = op.get("value")
+        elif kind == "remove":
+            if isinstance(parent, list):
+                parent.pop(int(last))
+            else:
+                parent.pop(last, None)
+        elif kind != "test":
+            raise ApiError(422, "Invalid", f"json patch operation {kind!r} not supported")
+    return target
+
+
+@dataclass
+class JobState:
+    counted: set[str] = field(default_factory=set)  # pod uids already in succeeded/failed
+    known: set[str] = field(default_factory=set)  # every pod uid seen for this Job
+    started: float | None = None  # monotonic, for activeDeadlineSeconds
+    deadline_timer: asyncio.TimerHandle | None = None
+    retry_timer: asyncio.TimerHandle | None = None
+    ttl_timer: asyncio.TimerHandle | None = None
+
+
+def _has(conditions: list[Obj], type_: str) -> Obj | None:
+    for condition in conditions:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _condition(type_: str, reason: str, message: str) -> Obj:
+    stamp = now()
+    return {
+        "type": type_,
+        "status": "True",
+        "lastProbeTime": stamp,
+        "lastTransitionTime": stamp,
+        "reason": reason,
+        "message": message,
+    }
+
+
+class JobController:
+    """One pod per Job (completions 1), retries up to backoffLimit, activeDeadlineSeconds,
+    ttlSecondsAfterFinished, and the status/conditions of a 1.31+ controller (SuccessCriteriaMet /
+    FailureTarget first, Complete / Failed once no pod is still running)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.states: dict[str, JobState] = {}
+        self._pending: set[tuple[str, str]] = set()
+
+    def enqueue(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        if key not in self._pending:
+            self._pending.add(key)
+            asyncio.get_running_loop().call_soon(self._sync, key)
+
+    def _sync(self, key: tuple[str, str]) -> None:
+        self._pending.discard(key)
+        self.reconcile(*key)
+
+    def forget(self, uid: str) -> None:
+        state = self.states.pop(uid, None)
+        if state is not None:
+            for timer in (state.deadline_timer, state.retry_timer, state.ttl_timer):
+                if timer is not None:
+                    timer.cancel()
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        store = self.cluster.store
+        job = store.get(JOBS, namespace, name)
+        if job is None:
+            return
+        md, spec = job["metadata"], job["spec"]
+        uid = md["uid"]
+        state = self.states.setdefault(uid, JobState())
+        status = copy.deepcopy(job.get("status") or {})
+        pods = [p for p in store.list(PODS, namespace) if (controller_of(p) or {}).get("uid") == uid]
+        present = {p["metadata"]["uid"] for p in pods}
+        state.known |= present
+        succeeded, failed = status.get("succeeded", 0), status.get("failed", 0)
+        for pod in pods:
+            phase = pod["status"].get("phase")
+            if phase in TERMINAL and pod["metadata"]["uid"] not in state.counted:
+                state.counted.add(pod["metadata"]["uid"])
+                if phase == "Succeeded":
+                    succeeded += 1
+                else:
+                    failed += 1
+        for vanished in state.known - present - state.counted:
+            state.counted.add(vanished)
+            failed += 1
+        running = [p for p in pods if p["status"].get("phase") not in TERMINAL]
+        active = [p for p in running if not p["metadata"].get("deletionTimestamp")]
+        terminating = [p for p in running if p["metadata"].get("deletionTimestamp")]
+        conditions: list[Obj] = status.setdefault("conditions", [])
+        finished = bool(_has(conditions, "Complete") or _has(conditions, "Failed"))
+        deleting = bool(md.get("deletionTimestamp"))
+        suspended = bool(spec.get("suspend"))
+        if not suspended and not deleting and state.started is None:
+            state.started = time.monotonic()
+            status.setdefault("startTime", now())
+        newly_finished = False
+        if not finished and not deleting:
+            deadline = spec.get("activeDeadlineSeconds")
+            if not _has(conditions, "SuccessCriteriaMet") and not _has(conditions, "FailureTarget"):
+                if succeeded >= spec.get("completions", 1):
+                    conditions.append(_condition(
+                        "SuccessCriteriaMet", "CompletionsReached",
+                        "Reached expected number of succeeded pods"))
+                elif failed > spec.get("backoffLimit", 6):
+                    conditions.append(_condition(
+                        "FailureTarget", "BackoffLimitExceeded",
+                        "Job has reached the specified backoff limit"))
+                elif (
+                    deadline is not None
+                    and state.started is not None
+                    and time.monotonic() >= state.started + deadline
+                ):
+                    conditions.append(_condition(
+                        "FailureTarget", "DeadlineExceeded",
+                        "Job was active longer than specified deadline"))
+            target = _has(conditions, "FailureTarget")
+            if target is not None:
+                for pod in active:
+                    runtime = self.cluster.kubelet.runtime_for(pod)
+                    if runtime is not None:
+                        reason = "DeadlineExceeded" if target["reason"] == "DeadlineExceeded" else "Killed"
+                        grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+                        runtime.request_stop(reason, min(float(grace), MAX_GRACE_SECONDS))
+                if not running:
+                    conditions.append(_condition("Failed", target["reason"], target["message"]))
+                    newly_finished = True
+            elif _has(conditions, "SuccessCriteriaMet"):
+                if not running:
+                    conditions.append(_condition(
+                        "Complete", "CompletionsReached", "Reached expected number of succeeded pods"))
+                    status["completionTime"] = now()
+                    newly_finished = True
+            elif not suspended and not running and state.retry_timer is None:
+                if failed == 0:
+                    self._create_pod(job)
+                else:
+                    state.retry_timer = asyncio.get_running_loop().call_later(
+                        RETRY_BACKOFF_SECONDS, self._retry, namespace, name, uid
+                    )
+            if deadline is not None and state.started is not None and not newly_finished:
+                if state.deadline_timer is not None:
+                    state.deadline_timer.cancel()
+                delay = max(0.0, state.started + deadline - time.monotonic())
+                state.deadline_timer = asyncio.get_running_loop().call_later(
+                    delay, self.enqueue, namespace, name
+                )
+        if newly_finished:
+            ttl = spec.get("ttlSecondsAfterFinished")
+            if ttl is not None:
+                state.ttl_timer = asyncio.get_running_loop().call_later(
+                    float(ttl), self._expire, namespace, name, uid
+                )
+        if not conditions:
+            del status["conditions"]
+        for key, value in (("active", len(active)), ("succeeded", succeeded), ("failed", failed)):
+            if value:
+                status[key] = value
+            else:
+                status.pop(key, None)
+        status["ready"] = sum(1 for p in active if p["status"].get("phase") == "Running")
+        status["terminating"] = len(terminating)
+        status["uncountedTerminatedPods"] = {}
+
+        def change(obj: Obj) -> None:
+            obj["status"] = status
+
+        store.modify(JOBS, namespace, name, change)
+
+    def _retry(self, namespace: str, name: str, uid: str) -> None:
+        state = self.states.get(uid)
+        if state is not None:
+            state.retry_timer = None
+            job = self.cluster.store.get(JOBS, namespace, name)
+            if job is not None and job["metadata"]["uid"] == uid:
+                conditions = job.get("status", {}).get("conditions") or []
+                if not any(_has(conditions, t) for t in ("FailureTarget", "SuccessCriteriaMet")):
+                    self._create_pod(job)
+
+    def _expire(self, namespace: str, name: str, uid: str) -> None:
+        job = self.cluster.store.get(JOBS, namespace, name)
+        if job is not None and job["metadata"]["uid"] == uid:
+            with contextlib.suppress(ApiError):
+                self.cluster.delete(JOBS, namespace, name, "Background", None)
+
+    def _create_pod(self, job: Obj) -> None:
+        md = job["metadata"]
+        template = copy.deepcopy(job["spec"]["template"])
+        tmeta = template.get("metadata") or {}
+        pod: Obj = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": generated_name(f"{md['name']}-"),
+                "generateName": f"{md['name']}-",
+                "namespace": md["namespace"],
+                "labels": tmeta.get("labels", {}),
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": md["name"],
+                        "uid": md["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": template.get("spec", {}),
+        }
+        if tmeta.get("annotations"):
+            pod["metadata"]["annotations"] = tmeta["annotations"]
+        for _ in range(5):
+            try:
+                self.cluster.create(PODS, md["namespace"], copy.deepcopy(pod))
+                return
+            except ApiError as exc:
+                if exc.code != 409:
+                    raise
+                pod["metadata"]["name"] = generated_name(f"{md['name']}-")

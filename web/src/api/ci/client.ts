@@ -1,0 +1,33 @@
+// The app's one BuildsClient: base URL from the build (VITE_CI_API_BASE, default `/api/v1`) and
+// an optional bearer token kept in localStorage, editable in the header.
+import { ref, computed } from 'vue'
+import { BuildsClient } from './builds'
+
+const TOKEN_KEY = 'ci-executor.token'
+export const apiBase = import.meta.env.VITE_CI_API_BASE || '/api/v1'
+
+function readToken(): string {
+  try {
+    return localStorage.getItem(TOKEN_KEY) ?? ''
+  } catch {
+    return ''
+  }
+}
+
+export const apiToken = ref(readToken())
+
+export function setToken(token: string): void {
+  apiToken.value = token.trim()
+  try {
+    if (apiToken.value) localStorage.setItem(TOKEN_KEY, apiToken.value)
+    else localStorage.removeItem(TOKEN_KEY)
+  } catch {
+    // Private browsing may refuse storage; the token still works for this page.
+  }
+}
+
+const client = computed(() => new BuildsClient(apiBase, apiToken.value || null))
+
+export function useBuildsClient(): BuildsClient {
+  return client.value
+}

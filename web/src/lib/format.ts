@@ -1,0 +1,71 @@
+// Small display helpers shared by the pages.
+
+export function shortSha(sha: string | null | undefined): string {
+  return sha ? sha.slice(0, 7) : ''
+}
+
+/** "850ms", "12s", "3m 05s", "2h 04m". */
+export function formatDuration(ms: number | null): string {
+  if (ms === null || !Number.isFinite(ms) || ms < 0) return ''
+  if (ms < 1000) return `${Math.round(ms)}ms`
+  const total = Math.floor(ms / 1000)
+  const h = Math.floor(total / 3600)
+  const m = Math.floor((total % 3600) / 60)
+  const s = total % 60
+  if (h > 0) return `${h}h ${String(m).padStart(2, '0')}m`
+  if (m > 0) return `${m}m ${String(s).padStart(2, '0')}s`
+  return `${s}s`
+}
+
+/** Milliseconds from start to end (or to `now` while still running); null before the start. */
+export function elapsed(start: string | null, end: string | null, now: number = Date.now()): number | null {
+  if (!start) return null
+  const a = Date.parse(start)
+  const b = end ? Date.parse(end) : now
+  if (Number.isNaN(a) || Number.isNaN(b)) return null
+  return Math.max(0, b - a)
+}
+
+export function formatTime(iso: string | null): string {
+  if (!iso) return ''
+  const d = new Date(iso)
+  if (Number.isNaN(d.getTime())) return iso
+  return d.toLocaleString(undefined, {
+    year: 'numeric',
+    month: 'short',
+    day: '2-digit',
+    hour: '2-digit',
+    minute: '2-digit',
+    second: '2-digit',
+  })
+}
+
+export interface ParsedVariables {
+  variables: Record<string, string>
+  errors: string[]
+}
+
+/** `KEY=value` lines (blank lines and `#` comments skipped); the value may contain `=`. */
+export function parseVariables(text: string): ParsedVariables {
+  const variables: Record<string, string> = {}
+  const errors: string[] = []
+  text.split(/\r?\n/).forEach((line, i) => {
+    const trimmed = line.trim()
+    if (!trimmed || trimmed.startsWith('#')) return
+    const eq = line.indexOf('=')
+    const key = eq < 0 ? '' : line.slice(0, eq).trim()
+    if (eq < 0 || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) {
+      errors.push(`line ${i + 1}: expected KEY=value with a name of letters, digits and _`)
+      return
+    }
+    variables[key] = line.slice(eq + 1)
+  })
+  return { variables, errors }
+}
+
+export const ACTIVE_STATUSES: ReadonlySet<string> = new Set(['queued', 'running', 'pending'])
+export const BUILD_STATUSES = ['queued', 'running', 'success', 'failed', 'cancelled', 'timed_out', 'error'] as const
+
+export function statusLabel(status: string): string {
+  return status.replace(/_/g, ' ')
+}

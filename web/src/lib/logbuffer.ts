@@ -1,0 +1,137 @@
+// The lines of one log (a step's, a job's or the build's): numbering, hidden marker lines,
+// `::group::` / `::endgroup::` folding and search, kept incremental so 100k lines stay cheap.
+import { type AnsiState, PLAIN, endState, stripAnsi } from './ansi'
+
+/** Lines the runner writes for itself (step boundaries); never shown. */
+export const MARKER_PREFIX = '##[ci-executor:'
+const GROUP_START = '::group::'
+const GROUP_END = '::endgroup::'
+
+export interface LogLine {
+  /** Line number shown in the gutter (1-based, markers and group ends not counted). */
+  n: number
+  raw: string
+  /** Text without escape sequences: what search looks at. */
+  plain: string
+  /** ANSI state at the start of the line. */
+  start: AnsiState
+  /** Index into `groups` when this line opens a group. */
+  opens: number
+  /** Nesting depth (0 outside any group). */
+  depth: number
+}
+
+export interface LogGroup {
+  title: string
+  /** Index of the header line in `lines`. */
+  header: number
+  /** Index just past the group's last line; the line count while the group is still open. */
+  end: number
+  open: boolean
+}
+
+export class LogBuffer {
+  readonly lines: LogLine[] = []
+  readonly groups: LogGroup[] = []
+  /** Text after the last newline: shown, but not a line until it is completed. */
+  tail = ''
+  version = 0
+  private state: AnsiState = PLAIN
+  private stack: number[] = []
+  private listeners = new Set<() => void>()
+
+  append(content: string): void {
+    if (!content) return
+    const text = this.tail + content
+    const parts = text.split('\n')
+    this.tail = parts.pop() ?? ''
+    for (const part of parts) this.addLine(part)
+    for (const g of this.stack) this.groups[g]!.end = this.lines.length
+    this.version++
+    for (const fn of this.listeners) fn()
+  }
+
+  subscribe(fn: () => void): () => void {
+    this.listeners.add(fn)
+    return () => this.listeners.delete(fn)
+  }
+
+  get lineCount(): number {
+    return this.lines.length
+  }
+
+  /** The displayable tail line, if the last chunk did not end with a newline. */
+  get pendingLine(): string | null {
+    if (!this.tail) return null
+    const plain = stripAnsi(this.tail)
+    if (plain.startsWith(MARKER_PREFIX)) return null
+    return this.tail
+  }
+
+  private addLine(rawLine: string): void {
+    // A progress bar rewrites its line with CR; the last rewrite is what a terminal would show.
+    let raw = rawLine.endsWith('\r') ? rawLine.slice(0, -1) : rawLine
+    const cr = raw.lastIndexOf('\r')
+    if (cr >= 0) raw = raw.slice(cr + 1)
+    const plain = stripAnsi(raw)
+    const start = this.state
+    this.state = endState(raw, start)
+    if (plain.startsWith(MARKER_PREFIX)) return
+    if (plain.startsWith(GROUP_END)) {
+      const g = this.stack.pop()
+      if (g !== undefined) {
+        this.groups[g]!.end = this.lines.length
+        this.groups[g]!.open = false
+      }
+      return
+    }
+    const n = this.lines.length + 1
+    if (plain.startsWith(GROUP_START)) {
+      const title = plain.slice(GROUP_START.length).trim() || 'group'
+      const g = this.groups.length
+      this.groups.push({ title, header: this.lines.length, end: this.lines.length + 1, open: true })
+      this.lines.push({ n, raw: title, plain: title, start: PLAIN, opens: g, depth: this.stack.length })
+      this.stack.push(g)
+      return
+    }
+    this.lines.push({ n, raw, plain, start, opens: -1, depth: this.stack.length })
+  }
+}
+
+/**
+ * Indices of the lines to show, skipping the insides of collapsed groups. Walks headers and
+ * visible lines only, so a folded 100k-line group costs one step.
+ */
+export function visibleLines(buf: LogBuffer, collapsed: ReadonlySet<number>): number[] {
+  const out: number[] = []
+  const lines = buf.lines
+  let i = 0
+  while (i < lines.length) {
+    out.push(i)
+    const g = lines[i]!.opens
+    i = g >= 0 && collapsed.has(g) ? Math.max(buf.groups[g]!.end, i + 1) : i + 1
+  }
+  return out
+}
+
+/** Indices of the lines whose text contains `query` (case-insensitive). */
+export function searchLines(buf: LogBuffer, query: string): number[] {
+  if (!query) return []
+  const needle = query.toLowerCase()
+  const out: number[] = []
+  const lines = buf.lines
+  for (let i = 0; i < lines.length; i++) {
+    if (lines[i]!.plain.toLowerCase().includes(needle)) out.push(i)
+  }
+  return out
+}
+
+/** The groups enclosing line `index` (outermost first): unfold them to reveal it. */
+export function enclosingGroups(buf: LogBuffer, index: number): number[] {
+  const out: number[] = []
+  for (let g = 0; g < buf.groups.length; g++) {
+    const grp = buf.groups[g]!
+    if (grp.header < index && index < grp.end) out.push(g)
+  }
+  return out
+}
