@@ -27,7 +27,7 @@ async def readyz(db: DbDep, queue: QueueDep, request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         async with db.read() as session:
-            await session.execute(text("SELECT 1"))
+            await session.exec(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
         log.warning("readiness: database unreachable: %s", exc)

@@ -46,7 +46,7 @@ async def insert_chunks(
     session: AsyncSession, build_id: int, parts: list[tuple[str | None, int | None, str]]
 ) -> list[LogChunkPublic]:
     """Allocate seqs and insert chunks in the caller's transaction; events publish on commit."""
-    result = await session.execute(
+    result = await session.exec(
         update(Build)
         .where(col(Build.id) == build_id)
         .values(last_log_seq=col(Build.last_log_seq) + len(parts))
@@ -66,7 +66,7 @@ async def insert_chunks(
         }
         for i, (job, step, text) in enumerate(parts)
     ]
-    await session.execute(insert(BuildLogChunk), rows)
+    await session.exec(insert(BuildLogChunk), params=rows)
     chunks = [LogChunkPublic.model_validate(row) for row in rows]
     for chunk in chunks:
         record_event(session, LogEvent(build_id, chunk))
@@ -136,7 +136,7 @@ class LogWriter:
                     if parts:
                         await insert_chunks(session, build_id, parts)
                     for job_name, offset in offsets.items():
-                        await session.execute(
+                        await session.exec(
                             update(BuildJob)
                             .where(col(BuildJob.build_id) == build_id)
                             .where(col(BuildJob.name) == job_name)

@@ -478,8 +478,8 @@ class KubernetesRunner:
             existing = [p for p in paths if Path(p).is_file()]
             if not existing:
                 raise RuntimeError(
-                    "no Kubernetes config: set KUBECONFIG (or K8S kubeconfig setting) or run "
-                    f"in a cluster (looked for {', '.join(paths)})"
+                    "no Kubernetes config: set KUBECONFIG or run in a cluster "
+                    f"(no in-cluster service account; looked for {', '.join(paths)})"
                 )
             await k8s_config.load_kube_config(
                 config_file=os.pathsep.join(existing),
@@ -789,24 +789,9 @@ class KubernetesRunner:
 
                 if now >= next_job_check or (pod is not None and pod.terminating):
                     next_job_check = now + s.job_check_interval_seconds
-                    try:
-                        job_obj = await self.kube.read_job(name)
-                    except (KubeError, aiohttp.ClientError, OSError) as exc:
-                        log.info("reading Job %s failed, will retry: %s", name, exc)
-                        continue
-                    if job_obj is None:
-                        if job.cancel.is_set():
-                            continue
-                        return await self._infra_error(
-                            name, steps, "the Kubernetes Job was deleted outside the executor"
-                        )
-                    deadline = _deadline_exceeded(job_obj)
-                    if deadline is not None and log_task is None:
-                        return await self._timed_out(steps, deadline)
-                    if tracked is None and _job_finished(job_obj) and not state.pods:
-                        return await self._infra_error(
-                            name, steps, "the Job finished but its pod is gone: no log to read"
-                        )
+                    ended = await self._check_job(job, name, steps, state, tracked, log_task)
+                    if ended is not None:
+                        return ended
 
                 timers = [next_job_check - now]
                 if pull_since is not None:
@@ -824,6 +809,36 @@ class KubernetesRunner:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _check_job(
+        self,
+        job: JobRun,
+        name: str,
+        steps: _Steps,
+        state: _JobState,
+        tracked: str | None,
+        log_task: asyncio.Task[None] | None,
+    ) -> JobResult | None:
+        """Look at the Job itself: the pod watch alone cannot tell a deadline or a deleted Job."""
+        try:
+            job_obj = await self.kube.read_job(name)
+        except (KubeError, aiohttp.ClientError, OSError) as exc:
+            log.info("reading Job %s failed, will retry: %s", name, exc)
+            return None
+        if job_obj is None:
+            if job.cancel.is_set():
+                return None  # the loop's cancel branch reports it
+            return await self._infra_error(
+                name, steps, "the Kubernetes Job was deleted outside the executor"
+            )
+        deadline = _deadline_exceeded(job_obj)
+        if deadline is not None and log_task is None:
+            return await self._timed_out(steps, deadline)
+        if tracked is None and _job_finished(job_obj) and not state.pods:
+            return await self._infra_error(
+                name, steps, "the Job finished but its pod is gone: no log to read"
+            )
+        return None
 
     async def _finish(
         self,

@@ -40,6 +40,13 @@ def job_dir_name(job_name: str) -> str:
     return f"{slug}-{hashlib.sha256(job_name.encode()).hexdigest()[:8]}"
 
 
+def _exit_code(returncode: int | None) -> int | None:
+    """Report death by signal the way shells do (SIGKILL → 137), not as Python's -9."""
+    if returncode is not None and returncode < 0:
+        return 128 - returncode
+    return returncode
+
+
 def _kill_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -91,6 +98,7 @@ class LocalRunner:
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
         deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
         failed = False
+        failure: JobResult = JobResult("failed")
         outcome: JobResult | None = None
         for step in job.steps:
             if outcome is not None:  # the job already ended (cancel, timeout, error)
@@ -114,10 +122,14 @@ class LocalRunner:
             elif status == "error":
                 outcome = JobResult("error", message)
             elif status in ("failed", "timed_out") and not step.continue_on_error:
+                if not failed and status == "timed_out":
+                    failure = JobResult(
+                        "timed_out", f"step {step.index + 1} ({step.name}) timed out"
+                    )
                 failed = True
         if outcome is not None:
             return outcome
-        return JobResult("failed" if failed else "success")
+        return failure if failed else JobResult("success")
 
     async def _run_step(
         self,
@@ -167,7 +179,7 @@ class LocalRunner:
             )
             if waiter in done:
                 status: StepOutcome = "success" if proc.returncode == 0 else "failed"
-                code = proc.returncode
+                code = _exit_code(proc.returncode)
                 # Orphans the step left in its group would hold the pipe open (and keep running).
                 _kill_group(proc.pid, signal.SIGKILL)
                 await pump
@@ -180,7 +192,7 @@ class LocalRunner:
                     step.index, f"\nstep timed out after {limit:g}s; killed\n".encode()
                 )
             await pump
-            return status, proc.returncode, None
+            return status, _exit_code(proc.returncode), None
         finally:
             canceller.cancel()
             if not waiter.done():

@@ -77,7 +77,7 @@ async def _next_number(session: AsyncSession, pipeline_id: str) -> int:
         )
         .returning(col(PipelineCounter.last_number))
     )
-    return int((await session.execute(stmt)).scalar_one())
+    return int((await session.exec(stmt)).scalar_one())
 
 
 async def create_build(session: AsyncSession, new: NewBuild) -> Build:
@@ -117,16 +117,16 @@ async def create_build(session: AsyncSession, new: NewBuild) -> Build:
         {"build_id": build.id, "name": j.name, "display_name": j.display_name, "index": j.index}
         for j in spec.jobs
     ]
-    await session.execute(insert(BuildJob), jobs)
+    await session.exec(insert(BuildJob), params=jobs)
     edges = [{"build_id": build.id, "from_job": a, "to_job": b} for a, b in spec.edges]
     if edges:
-        await session.execute(insert(BuildJobEdge), edges)
+        await session.exec(insert(BuildJobEdge), params=edges)
     steps = [
         {"build_id": build.id, "job_name": j.name, "index": s.index, "name": s.name}
         for j in spec.jobs
         for s in planned_steps(j, checkout=bool(new.repo_url))
     ]
-    await session.execute(insert(BuildStep), steps)
+    await session.exec(insert(BuildStep), params=steps)
     await session.flush()
     return build
 
@@ -246,7 +246,7 @@ async def request_cancel(session: AsyncSession, build_id: int) -> Build:
         await state.jobs(session, build_id, JobStatus.cancelled)
         await state.steps(session, build_id, JobStatus.skipped)
     else:
-        await session.execute(
+        await session.exec(
             update(Build)
             .where(col(Build.id) == build_id, col(Build.cancel_requested_at).is_(None))
             .values(cancel_requested_at=now)

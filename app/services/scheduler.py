@@ -95,7 +95,7 @@ class Scheduler:
         await asyncio.gather(*self._loops, return_exceptions=True)
         # Hand whatever is left to the next replica right away instead of after lease expiry.
         async with self.db.transaction() as session:
-            await session.execute(
+            await session.exec(
                 update(Build)
                 .where(col(Build.lease_owner) == self.owner)
                 .values(lease_expires_at=utcnow())
@@ -191,7 +191,7 @@ class Scheduler:
         if not ids:
             return
         async with self.db.transaction() as session:
-            await session.execute(
+            await session.exec(
                 update(Build)
                 .where(col(Build.id).in_(ids), col(Build.lease_owner) == self.owner)
                 .values(lease_expires_at=utcnow() + self.lease)
@@ -240,7 +240,7 @@ class Scheduler:
                 continue
             await self._slots.acquire()
             async with self.db.transaction() as session:
-                result = await session.execute(
+                result = await session.exec(
                     update(Build)
                     .where(
                         col(Build.id) == build_id,
@@ -283,7 +283,7 @@ class Scheduler:
                 log.warning("re-publishing build %s failed; will retry", build_id, exc_info=True)
                 return
             async with self.db.transaction() as session:
-                await session.execute(
+                await session.exec(
                     update(Build).where(col(Build.id) == build_id).values(dispatched_at=utcnow())
                 )
             log.info("re-published build %s, still queued after its dispatch", build_id)

@@ -65,7 +65,7 @@ async def build(
     if to.finished:
         values["lease_owner"] = None
         values["lease_expires_at"] = None
-    result = await session.execute(
+    result = await session.exec(
         update(Build)
         .where(col(Build.id) == build_id, col(Build.status).in_(sources))
         .values(**values)
@@ -96,7 +96,7 @@ async def jobs(
     )
     if names is not None:
         stmt = stmt.where(col(BuildJob.name).in_(list(names)))
-    result = await session.execute(stmt.values(**values).returning(col(BuildJob.name)))
+    result = await session.exec(stmt.values(**values).returning(col(BuildJob.name)))
     moved = [row[0] for row in result.all()]
     for name in moved:
         record_event(
@@ -133,7 +133,7 @@ async def steps(
         stmt = stmt.where(col(BuildStep.job_name) == job_name)
     if index is not None:
         stmt = stmt.where(col(BuildStep.index) == index)
-    result = await session.execute(
+    result = await session.exec(
         stmt.values(**values).returning(col(BuildStep.job_name), col(BuildStep.index))
     )
     moved = [(row[0], row[1]) for row in result.all()]

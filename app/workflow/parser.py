@@ -64,6 +64,8 @@ STRATEGY_KEYS = ("matrix", "fail-fast", "max-parallel")
 SHELLS: tuple[Shell, ...] = ("bash", "sh")
 _HINTS = {"runs-on": " (use `image:` to choose the container image)"}
 
+MAX_BRACKET_DEPTH = 100
+_BRACKET = re.compile(r"[\[\]{}]")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
 
@@ -92,6 +94,10 @@ class _Problems:
 
 def _load(text: str, problems: _Problems) -> CommentedMap | None:
     """The document's top-level mapping, or None after recording why there is none."""
+    too_deep = _too_deep(text)
+    if too_deep is not None:
+        problems.add(too_deep, f"invalid YAML: brackets nest more than {MAX_BRACKET_DEPTH} deep")
+        return None
     try:
         root_node = YAML(typ="rt").compose(text)
     except YAMLError as exc:
@@ -131,6 +137,26 @@ def _load(text: str, problems: _Problems) -> CommentedMap | None:
         problems.add((1, 1), "the workflow must be a mapping with a `jobs` key")
         return None
     return data
+
+
+def _too_deep(text: str) -> Pos | None:
+    """Where brackets first nest deeper than MAX_BRACKET_DEPTH, if they do.
+
+    Deliberately naive (brackets inside strings and scripts count too): real workflows nest a few
+    levels, and anything this deep is rejected cheaply before ruamel, whose scanner slows down
+    super-linearly with flow nesting (800 levels of `[` take seconds).
+    """
+    depth = 0
+    for match in _BRACKET.finditer(text):
+        if match.group() in "[{":
+            depth += 1
+            if depth > MAX_BRACKET_DEPTH:
+                line = text.count("\n", 0, match.start()) + 1
+                column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+                return line, column
+        else:
+            depth = max(depth - 1, 0)
+    return None
 
 
 def _mark_pos(exc: YAMLError) -> Pos:

@@ -669,7 +669,9 @@ def render_manifests(
 ) -> list[dict[str, Any]]:
     """Render and parse: the non-empty YAML documents, in template order."""
     docs: list[dict[str, Any]] = []
-    rendered = render_chart(chart_dir, release_name=release_name, namespace=namespace, values=values)
+    rendered = render_chart(
+        chart_dir, release_name=release_name, namespace=namespace, values=values
+    )
     for text in rendered.values():
         docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return docs

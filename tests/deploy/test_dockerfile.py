@@ -16,7 +16,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from dockerfile_parse import DockerIgnore, Stage, parse_dockerfile
+
+from tests.deploy.dockerfile_parse import DockerIgnore, Stage, parse_dockerfile
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

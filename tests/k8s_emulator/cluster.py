@@ -57,7 +57,12 @@ def success_status(kind: Kind, obj: Obj) -> Obj:
         "apiVersion": "v1",
         "metadata": {},
         "status": "Success",
-        "details": {"name": md["name"], "group": kind.group, "kind": kind.resource, "uid": md["uid"]},
+        "details": {
+            "name": md["name"],
+            "group": kind.group,
+            "kind": kind.resource,
+            "uid": md["uid"],
+        },
     }
 
 
@@ -93,7 +98,7 @@ class Cluster:
         self.toggles = Toggles()
         self.calls.clear()
         for kind in KINDS.values():
-            for obj in self.store.list(kind, None):
+            for obj in self.store.query(kind, None):
                 md = obj["metadata"]
                 if kind is PODS:
                     runtime = self.kubelet.runtime_for(obj)
@@ -161,11 +166,18 @@ class Cluster:
                 if new.get("spec", {}).get(key) != current["spec"].get(key):
                     errors.add(f"spec.{key}", "field is immutable", "FieldValueInvalid")
         elif kind is PODS:
-            changed = {k for k in set(new.get("spec", {})) | set(current["spec"])
-                       if new.get("spec", {}).get(k) != current["spec"].get(k)}
+            changed = {
+                k
+                for k in set(new.get("spec", {})) | set(current["spec"])
+                if new.get("spec", {}).get(k) != current["spec"].get(k)
+            }
             if changed - {"activeDeadlineSeconds"}:
-                errors.add("spec", "Forbidden: pod updates may not change fields other than "
-                           "`spec.containers[*].image`, `spec.activeDeadlineSeconds`", "FieldValueForbidden")
+                errors.add(
+                    "spec",
+                    "Forbidden: pod updates may not change fields other than "
+                    "`spec.containers[*].image`, `spec.activeDeadlineSeconds`",
+                    "FieldValueForbidden",
+                )
         errors.raise_if_any()
 
         def change(obj: Obj) -> None:
@@ -184,14 +196,17 @@ class Cluster:
         obj = self.store.require(kind, namespace, name)
         if policy is not None and policy not in POLICIES:
             raise ApiError(
-                422, "Invalid", f'propagationPolicy: Unsupported value: "{policy}": supported '
-                'values: "Foreground", "Background", "Orphan"'
+                422,
+                "Invalid",
+                f'propagationPolicy: Unsupported value: "{policy}": supported '
+                'values: "Foreground", "Background", "Orphan"',
             )
         if kind is PODS:
             return self._delete_pod(obj, grace)
         # batch/v1 Jobs keep their pods unless told otherwise (the API's compatibility default).
         policy = policy or ("Orphan" if kind is JOBS else "Background")
         if policy == "Foreground":
+
             def mark(o: Obj) -> None:
                 m = meta(o)
                 m.setdefault("deletionTimestamp", now())
@@ -220,7 +235,7 @@ class Cluster:
         grace: int | None,
     ) -> list[Obj]:
         deleted = []
-        for obj in self.store.list(kind, namespace, labels, fields):
+        for obj in self.store.query(kind, namespace, labels, fields):
             with contextlib.suppress(ApiError):
                 self.delete(kind, namespace, obj["metadata"]["name"], policy, grace)
                 deleted.append(obj)
@@ -300,6 +315,7 @@ class Cluster:
             others = [r for r in md.get("ownerReferences") or [] if r.get("uid") != owner_uid]
             alive = [r for r in others if self._find_uid(md["namespace"], r.get("uid", ""))]
             if policy == "Orphan" or alive:
+
                 def drop_ref(o: Obj, keep: list[Obj] = others) -> None:
                     if keep:
                         meta(o)["ownerReferences"] = keep
@@ -316,7 +332,7 @@ class Cluster:
         while True:
             await asyncio.sleep(GC_SWEEP_SECONDS)
             for kind in KINDS.values():
-                for obj in self.store.list(kind, None):
+                for obj in self.store.query(kind, None):
                     md = obj["metadata"]
                     refs = md.get("ownerReferences") or []
                     if not refs or md.get("deletionTimestamp"):
@@ -344,7 +360,9 @@ def apply_json_patch(target: Obj, operations: Any) -> Obj:
     if not isinstance(operations, list):
         raise ApiError.bad_request("json patch must be a list of operations")
     for op in operations:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in str(op.get("path", "")).split("/")[1:]]
+        parts = [
+            p.replace("~1", "/").replace("~0", "~") for p in str(op.get("path", "")).split("/")[1:]
+        ]
         if not parts:
             raise ApiError(422, "Invalid", "json patch path must not be empty")
         parent: Any = target
@@ -437,7 +455,9 @@ class JobController:
         uid = md["uid"]
         state = self.states.setdefault(uid, JobState())
         status = copy.deepcopy(job.get("status") or {})
-        pods = [p for p in store.list(PODS, namespace) if (controller_of(p) or {}).get("uid") == uid]
+        pods = [
+            p for p in store.query(PODS, namespace) if (controller_of(p) or {}).get("uid") == uid
+        ]
         present = {p["metadata"]["uid"] for p in pods}
         state.known |= present
         succeeded, failed = status.get("succeeded", 0), status.get("failed", 0)
@@ -467,27 +487,43 @@ class JobController:
             deadline = spec.get("activeDeadlineSeconds")
             if not _has(conditions, "SuccessCriteriaMet") and not _has(conditions, "FailureTarget"):
                 if succeeded >= spec.get("completions", 1):
-                    conditions.append(_condition(
-                        "SuccessCriteriaMet", "CompletionsReached",
-                        "Reached expected number of succeeded pods"))
+                    conditions.append(
+                        _condition(
+                            "SuccessCriteriaMet",
+                            "CompletionsReached",
+                            "Reached expected number of succeeded pods",
+                        )
+                    )
                 elif failed > spec.get("backoffLimit", 6):
-                    conditions.append(_condition(
-                        "FailureTarget", "BackoffLimitExceeded",
-                        "Job has reached the specified backoff limit"))
+                    conditions.append(
+                        _condition(
+                            "FailureTarget",
+                            "BackoffLimitExceeded",
+                            "Job has reached the specified backoff limit",
+                        )
+                    )
                 elif (
                     deadline is not None
                     and state.started is not None
                     and time.monotonic() >= state.started + deadline
                 ):
-                    conditions.append(_condition(
-                        "FailureTarget", "DeadlineExceeded",
-                        "Job was active longer than specified deadline"))
+                    conditions.append(
+                        _condition(
+                            "FailureTarget",
+                            "DeadlineExceeded",
+                            "Job was active longer than specified deadline",
+                        )
+                    )
             target = _has(conditions, "FailureTarget")
             if target is not None:
                 for pod in active:
                     runtime = self.cluster.kubelet.runtime_for(pod)
                     if runtime is not None:
-                        reason = "DeadlineExceeded" if target["reason"] == "DeadlineExceeded" else "Killed"
+                        reason = (
+                            "DeadlineExceeded"
+                            if target["reason"] == "DeadlineExceeded"
+                            else "Killed"
+                        )
                         grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
                         runtime.request_stop(reason, min(float(grace), MAX_GRACE_SECONDS))
                 if not running:
@@ -495,8 +531,13 @@ class JobController:
                     newly_finished = True
             elif _has(conditions, "SuccessCriteriaMet"):
                 if not running:
-                    conditions.append(_condition(
-                        "Complete", "CompletionsReached", "Reached expected number of succeeded pods"))
+                    conditions.append(
+                        _condition(
+                            "Complete",
+                            "CompletionsReached",
+                            "Reached expected number of succeeded pods",
+                        )
+                    )
                     status["completionTime"] = now()
                     newly_finished = True
             elif not suspended and not running and state.retry_timer is None:

@@ -39,5 +39,7 @@ class ApiError(Exception):
             404,
             "NotFound",
             f'{qualified} "{name}" not found',
-            {"name": name, "group": group, "kind": resource} if group else {"name": name, "kind": resource},
+            {"name": name, "group": group, "kind": resource}
+            if group
+            else {"name": name, "kind": resource},
         )

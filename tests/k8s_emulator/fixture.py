@@ -31,8 +31,16 @@ class EmulatorProcess:
         state_dir.mkdir(parents=True, exist_ok=True)
         log = open(state_dir / "emulator.log", "ab")  # noqa: SIM115 - kept open for the process
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.k8s_emulator", "--port", "0", "--state-dir",
-             str(state_dir), "--exit-on-stdin-eof"],
+            [
+                sys.executable,
+                "-m",
+                "tests.k8s_emulator",
+                "--port",
+                "0",
+                "--state-dir",
+                str(state_dir),
+                "--exit-on-stdin-eof",
+            ],
             cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -89,9 +97,6 @@ class EmulatorProcess:
         path = path.removeprefix("/").removeprefix("_emulator/")
         url = f"{self.url}/_emulator/{path}"
         with httpx.Client(timeout=10) as client:
-            if body is None:
-                response = client.get(url)
-            else:
-                response = client.post(url, json=body)
+            response = client.get(url) if body is None else client.post(url, json=body)
         response.raise_for_status()
         return response.json()

@@ -188,7 +188,12 @@ class Kubelet:
         return runtime.transitions[type_][1]
 
     def _condition(
-        self, runtime: PodRuntime, type_: str, status: str, reason: str | None = None, message: str | None = None
+        self,
+        runtime: PodRuntime,
+        type_: str,
+        status: str,
+        reason: str | None = None,
+        message: str | None = None,
     ) -> Obj:
         condition: Obj = {
             "type": type_,
@@ -222,7 +227,9 @@ class Kubelet:
         elif runtime.scheduled:
             terminal = runtime.phase in ("Succeeded", "Failed")
             ready = "True" if runtime.ready else "False"
-            not_ready_reason = None if runtime.ready else ("PodCompleted" if terminal else "ContainersNotReady")
+            not_ready_reason = (
+                None if runtime.ready else ("PodCompleted" if terminal else "ContainersNotReady")
+            )
             not_ready_message = None
             if not runtime.ready and not terminal:
                 not_ready_message = f"containers with unready status: [{container['name']}]"
@@ -230,9 +237,13 @@ class Kubelet:
                 self._condition(
                     runtime, "PodReadyToStartContainers", "False" if terminal else "True"
                 ),
-                self._condition(runtime, "Initialized", "True", "PodCompleted" if terminal else None),
+                self._condition(
+                    runtime, "Initialized", "True", "PodCompleted" if terminal else None
+                ),
                 self._condition(runtime, "Ready", ready, not_ready_reason, not_ready_message),
-                self._condition(runtime, "ContainersReady", ready, not_ready_reason, not_ready_message),
+                self._condition(
+                    runtime, "ContainersReady", ready, not_ready_reason, not_ready_message
+                ),
                 self._condition(runtime, "PodScheduled", "True"),
             ]
             status["hostIP"] = HOST_IP
@@ -288,7 +299,9 @@ class Kubelet:
             runtime.log_complete = True
             runtime.notify()
             if runtime.stop_reason == "deleted":
-                await self.cluster.pod_finished_terminating(runtime.namespace, runtime.name, runtime.uid)
+                await self.cluster.pod_finished_terminating(
+                    runtime.namespace, runtime.name, runtime.uid
+                )
             self.cluster.pod_changed(runtime.namespace, runtime.name)
 
     async def _prepare(self, runtime: PodRuntime, pod: Obj) -> tuple[str, dict[str, str]] | None:
@@ -319,7 +332,7 @@ class Kubelet:
             if await self._stopped_within(runtime, 0.2):
                 return None
             while image in toggles.missing_images:
-                if "ImagePullBackOff" != runtime.waiting_reason():
+                if runtime.waiting_reason() != "ImagePullBackOff":
                     runtime.state = {
                         "waiting": {
                             "reason": "ImagePullBackOff",
@@ -373,7 +386,9 @@ class Kubelet:
                 "The node was low on resource: memory. Threshold quantity: 100Mi, available: 10Mi."
             )
 
-    def _container_spawn(self, runtime: PodRuntime, pod: Obj) -> tuple[list[str], str, dict[str, str]]:
+    def _container_spawn(
+        self, runtime: PodRuntime, pod: Obj
+    ) -> tuple[list[str], str, dict[str, str]]:
         """Work out argv, cwd and env; raises ConfigError like the kubelet's config step."""
         spec = pod["spec"]
         container = spec["containers"][0]
@@ -403,7 +418,7 @@ class Kubelet:
                     return local_path + value[len(mount_path) :]
             return None
 
-        env = self._resolve_env(runtime, pod, container)
+        env = self._resolve_env(runtime, container)
         env = {key: translate(value) or value for key, value in env.items()}
         home = runtime.directory / "home"
         home.mkdir(parents=True, exist_ok=True)
@@ -423,15 +438,17 @@ class Kubelet:
             cwd = translate(working_dir)
             if cwd is None:
                 # Not a volume: the runtime would create it inside the container's filesystem.
-                cwd = working_dir if os.path.isdir(working_dir) else str(
-                    runtime.directory / "rootfs" / working_dir.lstrip("/")
+                cwd = (
+                    working_dir
+                    if os.path.isdir(working_dir)
+                    else str(runtime.directory / "rootfs" / working_dir.lstrip("/"))
                 )
         else:
             cwd = str(runtime.directory / "rootfs")
         Path(cwd).mkdir(parents=True, exist_ok=True)
         return argv, cwd, full_env
 
-    def _resolve_env(self, runtime: PodRuntime, pod: Obj, container: Obj) -> dict[str, str]:
+    def _resolve_env(self, runtime: PodRuntime, container: Obj) -> dict[str, str]:
         env: dict[str, str] = {}
         store = self.cluster.store
         for source in container.get("envFrom") or []:
@@ -561,7 +578,12 @@ class Kubelet:
         self._finish(runtime, exit_code, "Completed" if exit_code == 0 else "Error", started_at)
 
     def _finish(
-        self, runtime: PodRuntime, exit_code: int, reason: str, started_at: str, message: str | None = None
+        self,
+        runtime: PodRuntime,
+        exit_code: int,
+        reason: str,
+        started_at: str,
+        message: str | None = None,
     ) -> None:
         terminated: Obj = {
             "exitCode": exit_code,
@@ -633,9 +655,13 @@ class Kubelet:
                     if not follow or complete:
                         return
                     if follower.broken:
-                        raise LogStreamBroken(f"log stream of {runtime.name} broken by the emulator")
+                        raise LogStreamBroken(
+                            f"log stream of {runtime.name} broken by the emulator"
+                        )
                     await follower.wake.wait()
                     if follower.broken:
-                        raise LogStreamBroken(f"log stream of {runtime.name} broken by the emulator")
+                        raise LogStreamBroken(
+                            f"log stream of {runtime.name} broken by the emulator"
+                        )
         finally:
             runtime.followers.discard(follower)

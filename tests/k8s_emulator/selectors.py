@@ -146,10 +146,10 @@ def parse_field_selector(resource: str, text: str | None) -> list[FieldRequireme
                 key, _, value = term.partition(op)
                 break
         else:
-            raise ApiError.bad_request(f'invalid selector: \'{text}\'; can\'t understand \'{term}\'')
+            raise ApiError.bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
         key = key.strip()
         if key not in supported:
-            raise ApiError.bad_request(f'field label not supported: {key}')
+            raise ApiError.bad_request(f"field label not supported: {key}")
         requirements.append(FieldRequirement(supported[key], op == "!=", value.strip()))
     return requirements
 

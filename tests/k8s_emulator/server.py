@@ -37,8 +37,13 @@ VERSION = {
 }
 RESOURCE_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 # (group, resource) pairs this server serves, with their discovery entries.
-SERVED = {("batch", "jobs"), ("", "pods"), ("", "secrets"), ("", "namespaces"),
-          ("authorization.k8s.io", "selfsubjectaccessreviews")}
+SERVED = {
+    ("batch", "jobs"),
+    ("", "pods"),
+    ("", "secrets"),
+    ("", "namespaces"),
+    ("authorization.k8s.io", "selfsubjectaccessreviews"),
+}
 
 
 class StreamBroken(Exception):
@@ -132,8 +137,12 @@ def _list_body(kind: Kind, items: list[Obj], rv: int, cont: str | None, remainin
         listing["remainingItemCount"] = remaining
     # The API server omits kind/apiVersion on the items of a typed list.
     stripped = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]
-    return {"kind": f"{kind.kind}List", "apiVersion": kind.api_version, "metadata": listing,
-            "items": stripped}
+    return {
+        "kind": f"{kind.kind}List",
+        "apiVersion": kind.api_version,
+        "metadata": listing,
+        "items": stripped,
+    }
 
 
 def build_app(cluster: Cluster) -> Starlette:
@@ -143,7 +152,9 @@ def build_app(cluster: Cluster) -> Starlette:
         group = info.group
         target = f"{info.resource}.{group}" if group else str(info.resource)
         subject = f'{target} "{info.name}"' if info.name else target
-        where = f' in the namespace "{info.namespace}"' if info.namespace else " at the cluster scope"
+        where = (
+            f' in the namespace "{info.namespace}"' if info.namespace else " at the cluster scope"
+        )
         return ApiError(
             403,
             "Forbidden",
@@ -171,7 +182,9 @@ def build_app(cluster: Cluster) -> Starlette:
                 response = discovery(info)
             else:
                 if (info.group, info.resource) not in SERVED or info.version != "v1":
-                    raise ApiError(404, "NotFound", "the server could not find the requested resource")
+                    raise ApiError(
+                        404, "NotFound", "the server could not find the requested resource"
+                    )
                 if info.resource != "selfsubjectaccessreviews" and cluster.toggles.forbidden(
                     info.verb, info.full_resource
                 ):
@@ -187,13 +200,15 @@ def build_app(cluster: Cluster) -> Starlette:
         if path == "/version":
             return json_response(VERSION)
         if path == "/api":
-            return json_response({
-                "kind": "APIVersions",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{cluster.port}"}
-                ],
-            })
+            return json_response(
+                {
+                    "kind": "APIVersions",
+                    "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [
+                        {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{cluster.port}"}
+                    ],
+                }
+            )
         if path == "/apis":
             groups = []
             for name in ("batch", "authorization.k8s.io"):
@@ -201,9 +216,16 @@ def build_app(cluster: Cluster) -> Starlette:
                 groups.append({"name": name, "versions": [version], "preferredVersion": version})
             return json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 
-        def resource(name: str, kind: str, namespaced: bool = True, verbs: list[str] | None = None) -> Obj:
-            return {"name": name, "singularName": "" if "/" in name else kind.lower(),
-                    "namespaced": namespaced, "kind": kind, "verbs": verbs or RESOURCE_VERBS}
+        def resource(
+            name: str, kind: str, namespaced: bool = True, verbs: list[str] | None = None
+        ) -> Obj:
+            return {
+                "name": name,
+                "singularName": "" if "/" in name else kind.lower(),
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": verbs or RESOURCE_VERBS,
+            }
 
         if path == "/api/v1":
             resources = [
@@ -213,10 +235,14 @@ def build_app(cluster: Cluster) -> Starlette:
                 resource("pods/status", "Pod", verbs=["get"]),
                 resource("secrets", "Secret"),
             ]
-            return json_response({"kind": "APIResourceList", "groupVersion": "v1", "resources": resources})
+            return json_response(
+                {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
+            )
         if path == "/apis/batch/v1":
             resources = [resource("jobs", "Job"), resource("jobs/status", "Job", verbs=["get"])]
-            return json_response({"kind": "APIResourceList", "groupVersion": "batch/v1", "resources": resources})
+            return json_response(
+                {"kind": "APIResourceList", "groupVersion": "batch/v1", "resources": resources}
+            )
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
     async def dispatch(info: RequestInfo, request: Request) -> Response:
@@ -234,7 +260,11 @@ def build_app(cluster: Cluster) -> Starlette:
             if info.verb == "list":
                 return list_objects(kind, info.namespace, labels, fields, query)
             if info.namespace is None:
-                raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+                raise ApiError(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                )
             if info.verb == "create":
                 body = await _json_body(request)
                 if not isinstance(body, dict):
@@ -242,9 +272,15 @@ def build_app(cluster: Cluster) -> Starlette:
                 return json_response(cluster.create(kind, info.namespace, body), 201)
             if info.verb == "deletecollection":
                 policy, grace = await delete_options(request)
-                deleted = cluster.delete_collection(kind, info.namespace, labels, fields, policy, grace)
+                deleted = cluster.delete_collection(
+                    kind, info.namespace, labels, fields, policy, grace
+                )
                 return json_response(_list_body(kind, deleted, store.rv, None, 0))
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
         namespace = info.namespace or ""
         if info.subresource == "log" and kind is PODS and info.verb == "get":
             return await pod_log(namespace, info.name, request)
@@ -258,22 +294,32 @@ def build_app(cluster: Cluster) -> Starlette:
             code = 202 if result.get("kind") != "Status" and kind is not PODS else 200
             headers = None
             if kind.resource == "jobs" and policy is None:
-                headers = {"Warning": '299 - "child pods are preserved by default when jobs are '
-                           'deleted; set propagationPolicy=Background to remove them or set '
-                           'propagationPolicy=Orphan to suppress this warning"'}
+                headers = {
+                    "Warning": '299 - "child pods are preserved by default when jobs are '
+                    "deleted; set propagationPolicy=Background to remove them or set "
+                    'propagationPolicy=Orphan to suppress this warning"'
+                }
             return json_response(result, code, headers)
         if info.verb == "patch":
             content_type = request.headers.get("content-type", "")
             if "apply-patch" in content_type:
-                raise ApiError(415, "UnsupportedMediaType", "apply patches are not supported by the emulator")
+                raise ApiError(
+                    415, "UnsupportedMediaType", "apply patches are not supported by the emulator"
+                )
             body = await _json_body(request)
-            return json_response(cluster.patch(kind, namespace, info.name, body, "json-patch" in content_type))
+            return json_response(
+                cluster.patch(kind, namespace, info.name, body, "json-patch" in content_type)
+            )
         if info.verb == "update":
             body = await _json_body(request)
             if not isinstance(body, dict):
                 raise ApiError.bad_request("the body of the request was in an unknown format")
             return json_response(cluster.replace(kind, namespace, info.name, body))
-        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        raise ApiError(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
 
     async def delete_options(
         request: Request, kind: Kind | None = None, namespace: str = "", name: str | None = None
@@ -292,24 +338,34 @@ def build_app(cluster: Cluster) -> Starlette:
             for field, key in (("uid", "uid"), ("resourceVersion", "resourceVersion")):
                 wanted = preconditions.get(field)
                 if wanted and wanted != current.get(key):
+                    label = field[0].upper() + field[1:]
                     raise ApiError(
-                        409, "Conflict",
-                        f"Precondition failed: {field[0].upper()}{field[1:]} in precondition: "
-                        f"{wanted}, {field[0].upper()}{field[1:]} in object meta: {current.get(key)}",
+                        409,
+                        "Conflict",
+                        f"Precondition failed: {label} in precondition: {wanted}, "
+                        f"{label} in object meta: {current.get(key)}",
                     )
         return policy, grace
 
-    def list_objects(kind: Kind, namespace: str | None, labels: Any, fields: Any, query: Any) -> Response:
-        items = store.list(kind, namespace, labels, fields)
+    def list_objects(
+        kind: Kind, namespace: str | None, labels: Any, fields: Any, query: Any
+    ) -> Response:
+        items = store.query(kind, namespace, labels, fields)
         rv = store.rv
         after = query.get("continue")
         if after:
             try:
                 token = json.loads(base64.urlsafe_b64decode(after.encode()))
                 rv = token["rv"]
-                items = [o for o in items if (o["metadata"]["namespace"], o["metadata"]["name"]) > tuple(token["after"])]
+                items = [
+                    o
+                    for o in items
+                    if (o["metadata"]["namespace"], o["metadata"]["name"]) > tuple(token["after"])
+                ]
             except (ValueError, KeyError, TypeError):
-                raise ApiError(410, "Expired", "The provided continue parameter is too old") from None
+                raise ApiError(
+                    410, "Expired", "The provided continue parameter is too old"
+                ) from None
         limit = int(query.get("limit") or 0)
         cont = None
         remaining = 0
@@ -344,7 +400,9 @@ def build_app(cluster: Cluster) -> Starlette:
                             raise StreamBroken("watch broken by the emulator")
                         return
                     kind_name, obj = item
-                    yield (json.dumps({"type": kind_name, "object": obj}, separators=(",", ":")) + "\n").encode()
+                    yield (
+                        json.dumps({"type": kind_name, "object": obj}, separators=(",", ":")) + "\n"
+                    ).encode()
             finally:
                 store.unwatch(watcher)
 
@@ -352,24 +410,49 @@ def build_app(cluster: Cluster) -> Starlette:
 
     def namespaces(info: RequestInfo) -> Response:
         if info.verb not in ("get", "list"):
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
 
         def namespace(name: str) -> Obj:
-            return {"kind": "Namespace", "apiVersion": "v1",
-                    "metadata": {"name": name, "uid": f"ns-{name}", "resourceVersion": "1",
-                                 "creationTimestamp": "2026-01-01T00:00:00Z",
-                                 "labels": {"kubernetes.io/metadata.name": name}},
-                    "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+            return {
+                "kind": "Namespace",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": name,
+                    "uid": f"ns-{name}",
+                    "resourceVersion": "1",
+                    "creationTimestamp": "2026-01-01T00:00:00Z",
+                    "labels": {"kubernetes.io/metadata.name": name},
+                },
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            }
 
         if info.name:
             return json_response(namespace(info.name))
-        names = sorted({o["metadata"]["namespace"] for k in KINDS.values() for o in store.list(k, None)} | {"ci", "default"})
-        return json_response({"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": str(store.rv)},
-                              "items": [namespace(n) for n in names]})
+        names = sorted(
+            {o["metadata"]["namespace"] for k in KINDS.values() for o in store.query(k, None)}
+            | {"ci", "default"}
+        )
+        return json_response(
+            {
+                "kind": "NamespaceList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(store.rv)},
+                "items": [namespace(n) for n in names],
+            }
+        )
 
     async def access_review(info: RequestInfo, request: Request) -> Response:
         if info.verb != "create":
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
         body = await _json_body(request) or {}
         attributes = (body.get("spec") or {}).get("resourceAttributes") or {}
         resource = attributes.get("resource", "")
@@ -379,13 +462,16 @@ def build_app(cluster: Cluster) -> Starlette:
         status: Obj = {"allowed": allowed}
         if not allowed:
             status["denied"] = False
-        return json_response({
-            "kind": "SelfSubjectAccessReview",
-            "apiVersion": "authorization.k8s.io/v1",
-            "metadata": {"creationTimestamp": None},
-            "spec": body.get("spec") or {},
-            "status": status,
-        }, 201)
+        return json_response(
+            {
+                "kind": "SelfSubjectAccessReview",
+                "apiVersion": "authorization.k8s.io/v1",
+                "metadata": {"creationTimestamp": None},
+                "spec": body.get("spec") or {},
+                "status": status,
+            },
+            201,
+        )
 
     async def pod_log(namespace: str, name: str, request: Request) -> Response:
         pod = store.require(PODS, namespace, name)
@@ -393,8 +479,9 @@ def build_app(cluster: Cluster) -> Starlette:
         container = request.query_params.get("container")
         if container is None:
             if len(names) > 1:
+                choices = " ".join(names)
                 raise ApiError.bad_request(
-                    f"a container name must be specified for pod {name}, choose one of: [{' '.join(names)}]"
+                    f"a container name must be specified for pod {name}, choose one of: [{choices}]"
                 )
             container = names[0]
         if container not in names:
@@ -410,8 +497,11 @@ def build_app(cluster: Cluster) -> Starlette:
         if container != names[0]:
             return Response(b"", media_type="text/plain")
         follow = _flag(request, "follow")
-        stream = cluster.kubelet.read_log(runtime, follow=follow, timestamps=_flag(request, "timestamps"))
+        stream = cluster.kubelet.read_log(
+            runtime, follow=follow, timestamps=_flag(request, "timestamps")
+        )
         if follow:
+
             async def body() -> AsyncIterator[bytes]:
                 try:
                     async for chunk in stream:
@@ -424,7 +514,7 @@ def build_app(cluster: Cluster) -> Starlette:
         tail = request.query_params.get("tailLines")
         if tail is not None:
             lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-int(tail):]) if int(tail) > 0 else b""
+            data = b"".join(lines[-int(tail) :]) if int(tail) > 0 else b""
         limit = request.query_params.get("limitBytes")
         if limit is not None:
             data = data[: int(limit)]
@@ -453,8 +543,12 @@ def build_app(cluster: Cluster) -> Starlette:
             toggles.unschedulable = bool(body.get("value", True))
         elif action == "forbid":
             toggles.forbid = (
-                {"verbs": list(body.get("verbs") or []), "resources": list(body.get("resources") or [])}
-                if body.get("value", True) else None
+                {
+                    "verbs": list(body.get("verbs") or []),
+                    "resources": list(body.get("resources") or []),
+                }
+                if body.get("value", True)
+                else None
             )
         elif action == "break-log-streams":
             return json_response({"broken": cluster.kubelet.break_log_streams()})
@@ -474,19 +568,23 @@ def build_app(cluster: Cluster) -> Starlette:
     def evict(body: Obj) -> Response:
         name = body.get("pod")
         namespace = body.get("namespace")
-        for pod in store.list(PODS, namespace):
+        for pod in store.query(PODS, namespace):
             if pod["metadata"]["name"] == name:
                 runtime = cluster.kubelet.runtime_for(pod)
                 if runtime is not None:
-                    runtime.request_stop("Evicted", float(body.get("gracePeriodSeconds", 0)), body.get("message"))
+                    runtime.request_stop(
+                        "Evicted", float(body.get("gracePeriodSeconds", 0)), body.get("message")
+                    )
                 return json_response({"ok": True, "at": now()})
         return json_response({"error": f"pod {name} not found"}, 404)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    return Starlette(routes=[
-        Route("/_emulator/{action}", control, methods=["GET", "POST"]),
-        Route("/{path:path}", api, methods=methods),
-    ])
+    return Starlette(
+        routes=[
+            Route("/_emulator/{action}", control, methods=["GET", "POST"]),
+            Route("/{path:path}", api, methods=methods),
+        ]
+    )
 
 
 __all__ = ["StreamBroken", "build_app"]

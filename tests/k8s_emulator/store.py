@@ -154,7 +154,7 @@ class Store:
             raise kind.not_found(name)
         return obj
 
-    def list(
+    def query(
         self,
         kind: Kind,
         namespace: str | None,
@@ -166,7 +166,9 @@ class Store:
             for (resource, ns, _), obj in self._objects.items()
             if resource == kind.resource and (namespace is None or ns == namespace)
         ]
-        found = [o for o in found if labels_match(labels or [], o) and fields_match(fields or [], o)]
+        found = [
+            o for o in found if labels_match(labels or [], o) and fields_match(fields or [], o)
+        ]
         return sorted(found, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
 
     def all_in_namespace(self, namespace: str) -> list[tuple[Kind, Obj]]:
@@ -191,7 +193,9 @@ class Store:
         self._emit(kind, "ADDED", obj, None)
         return obj
 
-    def modify(self, kind: Kind, namespace: str, name: str, change: Callable[[Obj], None]) -> Obj | None:
+    def modify(
+        self, kind: Kind, namespace: str, name: str, change: Callable[[Obj], None]
+    ) -> Obj | None:
         """Apply `change` to a copy and store it as a new version; None if the object is gone.
         Stored versions are never mutated, so events already queued keep their snapshot."""
         old = self.get(kind, namespace, name)
@@ -226,7 +230,7 @@ class Store:
         watcher = Watcher(kind, namespace, labels, fields)
         if resource_version in (None, "", "0"):
             # "Start at most recent": synthetic ADDED events for the current state, then live.
-            for obj in self.list(kind, namespace, labels, fields):
+            for obj in self.query(kind, namespace, labels, fields):
                 watcher.queue.put_nowait(("ADDED", obj))
         else:
             try:

@@ -304,7 +304,7 @@ def _admit_secret(secret: Obj, namespace: str) -> Obj:
             base64.b64decode(str(value), validate=True)
         except (binascii.Error, ValueError):
             raise ApiError.bad_request(
-                "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data"
+                'Secret in version "v1" cannot be handled as a Secret: illegal base64 data'
             ) from None
     for key, value in (secret.pop("stringData", None) or {}).items():
         data[key] = base64.b64encode(str(value).encode()).decode()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -7,7 +8,13 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client, config
 
-from tests.k8s_emulator.fixture import EmulatorProcess
+# The emulator is imported as `tests.k8s_emulator` (it also runs as `python -m tests.k8s_emulator`
+# from the repository root); pytest only puts `tests/` itself on sys.path.
+_REPO_ROOT = str(Path(__file__).resolve().parents[2])
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from tests.k8s_emulator.fixture import EmulatorProcess  # noqa: E402
 
 
 @pytest.fixture(scope="session")

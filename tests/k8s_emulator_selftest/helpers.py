@@ -64,7 +64,9 @@ async def wait_event(
 ) -> Obj:
     """Watch until an event satisfies `predicate`; the event dict has type/object/raw_object."""
     async with watch.Watch() as stream:
-        async for event in stream.stream(list_func, namespace, timeout_seconds=WAIT_SECONDS, **kwargs):
+        async for event in stream.stream(
+            list_func, namespace, timeout_seconds=WAIT_SECONDS, **kwargs
+        ):
             if predicate(event):
                 return dict(event)
     raise AssertionError(f"no matching event within {WAIT_SECONDS}s")
@@ -88,7 +90,9 @@ def job_condition(job: Any, type_: str) -> Any:
     return None
 
 
-async def eventually(check: Callable[[], Awaitable[Any] | Any], timeout: float = WAIT_SECONDS) -> Any:
+async def eventually(
+    check: Callable[[], Awaitable[Any] | Any], timeout: float = WAIT_SECONDS
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = check()

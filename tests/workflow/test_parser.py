@@ -230,6 +230,13 @@ def test_top_level_on_is_accepted_and_ignored(on: str) -> None:
     assert [job.name for job in spec.jobs] == ["j"]
 
 
+def test_brackets_up_to_the_depth_limit_are_fine() -> None:
+    nested = "[" * 100 + "]" * 100
+    # stray closers in a script must not let later openers go uncounted, nor fail on their own
+    text = f"on: {nested}\njobs:\n  j:\n    steps: [{{run: 'echo ]]]] {{x}} [[ -f a ]]'}}]\n"
+    assert parse_workflow(text).jobs[0].steps[0].run == "echo ]]]] {x} [[ -f a ]]"
+
+
 def test_needs_as_string_or_list_and_repeats_collapse() -> None:
     spec = parse_workflow(
         dedent(
@@ -368,8 +375,14 @@ PROBLEM_CASES: list[tuple[str, str, Found]] = [
     ),
     (
         "nested-too-deeply",
-        "jobs: " + "[" * 5000 + "]" * 5000 + "\n",
+        # block style: ruamel's scanner is quadratic in flow (`[[[`) nesting, which would be slow
+        "jobs:\n  " + "- " * 3000 + "x\n",
         [(0, 0, "invalid YAML: the document is nested too deeply")],
+    ),
+    (
+        "brackets-too-deep",
+        "jobs:\n  a: " + "[" * 100 + "{" + "}" + "]" * 100 + "\n",
+        [(2, 106, "invalid YAML: brackets nest more than 100 deep")],
     ),
     # --- top level
     ("no-jobs", "name: ci\n", [(1, 1, "the workflow has no `jobs` key")]),
@@ -921,3 +934,32 @@ def test_problems_across_valid_matrix_and_plain_jobs_are_all_found() -> None:
         """
     )
     assert [(line, column) for line, column, _ in problems(text)] == [(4, 19), (6, 16), (7, 29)]
+
+
+MERGED = """\
+jobs:
+  a: &base
+    image: py
+    timeout-minutes: {timeout}
+    steps: &steps
+      - run: x
+  b:
+    <<: *base
+    name: B
+    steps: *steps
+"""
+
+
+def test_anchors_aliases_and_merge_keys() -> None:
+    spec = parse_workflow(MERGED.format(timeout=3))
+    b = spec.job("b")
+    assert (b.display_name, b.image, b.timeout_minutes) == ("B", "py", 3.0)
+    assert b.steps == spec.job("a").steps
+
+
+def test_a_problem_in_a_merged_key_points_at_the_merging_mapping() -> None:
+    # keys that arrive through `<<:` have no position of their own
+    assert problems(MERGED.format(timeout=0)) == [
+        (4, 22, "`timeout-minutes` of job 'a' must be a number greater than 0, not 0"),
+        (8, 5, "`timeout-minutes` of job 'b' must be a number greater than 0, not 0"),
+    ]

@@ -52,6 +52,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Release.Namespace .Values.config.k8sNamespace -}}
 {{- end -}}
 
+{{/* The migration hook's Job (and its Secret): Job names feed a 63-character pod label. */}}
+{{- define "ci-executor.migrationName" -}}
+{{- printf "%s-migrate" (include "ci-executor.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- end -}}
+
 {{- define "ci-executor.secretName" -}}
 {{- default (include "ci-executor.fullname" .) .Values.secret.existingSecret -}}
 {{- end -}}

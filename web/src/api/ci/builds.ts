@@ -231,7 +231,7 @@ export class BuildsClient {
       handlers.onLog?.(chunk)
     }
     const done = runEventStream({
-      url: () => this.url(`/builds/${id}/logs/stream`, { offset: lastSeq }),
+      url: () => this.url(`/builds/${id}/logs/stream`, { offset: lastSeq || undefined }),
       // Resume from what was delivered, not from the parser's last id, so a chunk dropped as a
       // repeat can never move the resume point backwards.
       headers: () => {

@@ -1,0 +1,93 @@
+"""CancelBuild: process trees die, statuses follow, queued and finished builds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import create, job, wait_for_build, wait_until, workflow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_cancel_kills_grandchildren_and_marks_everything(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    body = await create(
+        client,
+        workflow(
+            f"""
+            jobs:
+              a:
+                steps:
+                  - run: |
+                      bash -c 'trap "" TERM; sleep 300' &
+                      echo $! > {pidfile}
+                      wait
+                  - run: echo never
+              b:
+                needs: a
+                steps:
+                  - run: echo never
+            """
+        ),
+    )
+    build_id = body["id"]
+
+    async def started() -> bool:
+        return pidfile.exists() and pidfile.read_text().strip().isdigit()
+
+    await wait_until(started)
+    pid = int(pidfile.read_text())
+    assert _alive(pid)
+    response = await client.post(f"/builds/{build_id}/cancel")
+    assert response.status_code == 202
+    assert response.json()["cancel_requested_at"] is not None
+    done = await wait_for_build(client, build_id, timeout=20)
+    assert done["status"] == "cancelled"
+
+    async def dead() -> bool:
+        return not _alive(pid)
+
+    await wait_until(dead, timeout=10)  # the grandchild ignored SIGTERM: SIGKILL got it
+    a, b = job(done, "a"), job(done, "b")
+    assert a["status"] == "cancelled"
+    assert [s["status"] for s in a["steps"]] == ["cancelled", "skipped"]
+    assert b["status"] == "cancelled"
+    assert [s["status"] for s in b["steps"]] == ["skipped"]
+    assert done["finished_at"] is not None
+    again = await client.post(f"/builds/{build_id}/cancel")
+    assert again.status_code == 409
+    assert "already cancelled" in again.json()["detail"]
+
+
+async def test_cancel_queued_build_at_once(client: httpx.AsyncClient) -> None:
+    body = await create(client, "jobs:\n  a:\n    steps:\n      - run: echo x\n", dispatch=False)
+    response = await client.post(f"/builds/{body['id']}/cancel")
+    assert response.status_code == 202
+    detail = response.json()
+    assert detail["status"] == "cancelled"
+    assert detail["finished_at"] is not None
+    assert [j["status"] for j in detail["jobs"]] == ["cancelled"]
+    assert [s["status"] for s in detail["jobs"][0]["steps"]] == ["skipped"]
+
+
+async def test_cancel_finished_build_is_409(client: httpx.AsyncClient) -> None:
+    body = await create(client, "jobs:\n  a:\n    steps:\n      - run: echo x\n")
+    await wait_for_build(client, body["id"])
+    response = await client.post(f"/builds/{body['id']}/cancel")
+    assert response.status_code == 409
