@@ -22,8 +22,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY app/ ./app/
 # A plain install: only [project.dependencies], never the dev extra (pytest, mypy, ruff ...).
-RUN pip install --no-compile . \
-    && python -m compileall -q /opt/venv/lib
+RUN pip install .
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM python:3.11-slim AS runtime

@@ -10,6 +10,16 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def _project_root() -> Path:
+    """The source checkout, or (installed into a venv, as in the image) the working directory,
+    which then holds alembic.ini, migrations/ and web/dist."""
+    source_tree = Path(__file__).resolve().parent.parent
+    return source_tree if (source_tree / "alembic.ini").is_file() else Path.cwd()
+
+
+PROJECT_ROOT = _project_root()
+
+
 class ApiToken:
     """One named bearer token with a role, parsed from `API_TOKENS` (`name:token:role,...`)."""
 

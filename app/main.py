@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import builds, health, logs
-from app.config import Settings, get_settings
+from app.config import PROJECT_ROOT, Settings, get_settings
 from app.db import Database
 from app.errors import ServiceError
 from app.logs.hub import LiveHub
@@ -27,7 +26,7 @@ from app.services.pipelines import PipelineClient
 from app.services.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
-WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
+WEB_DIST = PROJECT_ROOT / "web" / "dist"
 API_PREFIX = "/api/v1"
 
 

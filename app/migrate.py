@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parent.parent
+from app.config import PROJECT_ROOT as ROOT
 
 
 def alembic_config(database_url: str) -> Config:

@@ -126,7 +126,7 @@ class LogWriter:
             return True
         async with buf.lock:
             if not buf.segments and not buf.offsets:
-                self._buffers.pop(build_id, None)
+                self._forget(build_id, buf)
                 return True
             segments, offsets = buf.segments, buf.offsets
             buf.segments, buf.offsets, buf.size = [], {}, 0
@@ -157,8 +157,14 @@ class LogWriter:
             self._metrics.log_chunks.inc(len(parts))
             self._metrics.log_bytes.inc(sum(len(p[2].encode()) for p in parts))
             if not buf.segments and not buf.offsets:
-                self._buffers.pop(build_id, None)
+                self._forget(build_id, buf)
             return True
+
+    def _forget(self, build_id: int, buf: _Buffer) -> None:
+        # Only drop the buffer we flushed: while we waited for its lock, it may have been dropped
+        # and a new one (with newer output) created under the same build id.
+        if self._buffers.get(build_id) is buf:
+            del self._buffers[build_id]
 
     def _split(self, segments: list[_Segment]) -> list[tuple[str | None, int | None, str]]:
         """Cut segments into chunks of at most chunk_max_bytes, preferring line ends."""

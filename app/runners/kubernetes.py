@@ -434,6 +434,9 @@ class KubernetesRunner:
     async def start(self) -> None:
         configuration = k8s_client.Configuration()
         source = await self._load_config(configuration)
+        # Every followed job holds two long requests (pod watch, log follow); the default pool of
+        # 100 connections would make job 51 wait for a free connection forever.
+        configuration.connection_pool_maxsize = None
         self._api_client = k8s_client.ApiClient(configuration=configuration)
         self._kube = _Kube(self._api_client, self.settings.namespace)
         try:

@@ -331,15 +331,16 @@ class Cluster:
         """Delete objects whose owners all vanished (e.g. created pointing at a deleted Job)."""
         while True:
             await asyncio.sleep(GC_SWEEP_SECONDS)
-            for kind in KINDS.values():
-                for obj in self.store.query(kind, None):
-                    md = obj["metadata"]
-                    refs = md.get("ownerReferences") or []
-                    if not refs or md.get("deletionTimestamp"):
-                        continue
-                    if not any(self._find_uid(md["namespace"], r.get("uid", "")) for r in refs):
-                        with contextlib.suppress(ApiError):
-                            self.delete(kind, md["namespace"], md["name"], "Background", None)
+            objects = [(k, o) for k in KINDS.values() for o in self.store.query(k, None)]
+            uids = {o["metadata"]["uid"] for _, o in objects}
+            for kind, obj in objects:
+                md = obj["metadata"]
+                refs = md.get("ownerReferences") or []
+                if not refs or md.get("deletionTimestamp"):
+                    continue
+                if not any(r.get("uid") in uids for r in refs):
+                    with contextlib.suppress(ApiError):
+                        self.delete(kind, md["namespace"], md["name"], "Background", None)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

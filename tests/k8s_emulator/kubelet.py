@@ -62,7 +62,7 @@ class PodRuntime:
     grace: float = MAX_GRACE_SECONDS
     pgid: int | None = None
     command: list[str] = field(default_factory=list)
-    started: bool = False
+    started: bool = False  # the container log exists
     log_complete: bool = False
     followers: set[Follower] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
@@ -511,6 +511,8 @@ class Kubelet:
         runtime.directory.mkdir(parents=True, exist_ok=True)
         runtime.log_path.touch()
         runtime.timestamped_log_path.touch()
+        # From here on the log can be read (empty if the command cannot even start).
+        runtime.started = True
         started_at = now()
         if not runtime.command:
             self._finish(runtime, 128, "StartError", started_at, "no command specified")
@@ -549,7 +551,6 @@ class Kubelet:
         pump = asyncio.create_task(self._pump(runtime, read_fd))
         self._next_ip += 1
         runtime.pod_ip = f"10.244.0.{self._next_ip % 250 + 2}"
-        runtime.started = True
         runtime.phase = "Running"
         runtime.ready = True
         runtime.container_id = f"emulator://{proc.pid}"

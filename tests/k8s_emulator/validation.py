@@ -216,9 +216,74 @@ def validate_pod_spec(errors: Invalid, field: str, spec: object, *, for_job: boo
         )
 
 
+def _undecodable(kind: Kind, detail: str) -> ApiError:
+    return ApiError.bad_request(
+        f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+        f"json: {detail}"
+    )
+
+
+def _check_types(kind: Kind, obj: Obj) -> None:
+    """What Go's JSON decoding rejects before validation even runs: a float (even 60.0) or a
+    bool for an integer field, a non-string label, annotation or env value."""
+    md = obj.get("metadata") or {}
+    for field in ("labels", "annotations"):
+        for value in (md.get(field) or {}).values():
+            if not isinstance(value, str):
+                raise _undecodable(
+                    kind,
+                    f"cannot unmarshal {_json_type(value)} into Go struct field "
+                    f"ObjectMeta.metadata.{field} of type string",
+                )
+    raw_spec = obj.get("spec")
+    spec: Obj = raw_spec if isinstance(raw_spec, dict) else {}
+    integers: list[tuple[str, object]] = []
+    pod_spec: object = spec
+    if kind is JOBS:
+        for field in (
+            "activeDeadlineSeconds",
+            "backoffLimit",
+            "ttlSecondsAfterFinished",
+            "completions",
+            "parallelism",
+        ):
+            integers.append((f"JobSpec.spec.{field}", spec.get(field)))
+        template = spec.get("template")
+        pod_spec = template.get("spec") if isinstance(template, dict) else None
+    if isinstance(pod_spec, dict):
+        for field in ("activeDeadlineSeconds", "terminationGracePeriodSeconds"):
+            integers.append((f"PodSpec.spec.{field}", pod_spec.get(field)))
+        for container in pod_spec.get("containers") or []:
+            for env in (container.get("env") or []) if isinstance(container, dict) else []:
+                value = env.get("value") if isinstance(env, dict) else None
+                if value is not None and not isinstance(value, str):
+                    raise _undecodable(
+                        kind,
+                        f"cannot unmarshal {_json_type(value)} into Go struct field "
+                        "EnvVar.spec.containers.env.value of type string",
+                    )
+    for where, value in integers:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _undecodable(
+                kind,
+                f"cannot unmarshal {_json_type(value)} into Go struct field {where} of type int64",
+            )
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
 def admit(kind: Kind, obj: Obj, namespace: str) -> Obj:
     if not isinstance(obj, dict):
         raise ApiError.bad_request("the body of the request was in an unknown format")
+    _check_types(kind, obj)
     if obj.get("kind") not in (None, kind.kind) or obj.get("apiVersion") not in (
         None,
         kind.api_version,

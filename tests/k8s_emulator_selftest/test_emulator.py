@@ -348,6 +348,19 @@ async def test_backoff_limit_retries_with_new_pods(
     assert len({p.metadata.name for p in pods.items}) == 2
 
 
+async def test_missing_executable_is_a_start_error(
+    batch: client.BatchV1Api, core: client.CoreV1Api, ns: str
+) -> None:
+    await batch.create_namespaced_job(
+        ns, job_manifest("noexec", "", command=["/definitely/not/here", "x"])
+    )
+    event = await wait_event(core.list_namespaced_pod, ns, is_terminal)
+    terminated = event["object"].status.container_statuses[0].state.terminated
+    assert (terminated.exit_code, terminated.reason) == (128, "StartError")
+    assert "/definitely/not/here" in terminated.message
+    assert await core.read_namespaced_pod_log(event["object"].metadata.name, ns) == ""
+
+
 async def test_create_existing_name_is_409(core: client.CoreV1Api, ns: str) -> None:
     secret = {"metadata": {"name": "dup"}, "stringData": {"a": "b"}}
     await core.create_namespaced_secret(ns, secret)
@@ -373,6 +386,14 @@ async def test_invalid_job_is_422(batch: client.BatchV1Api, ns: str) -> None:
     body = status_body(caught.value)
     assert body["reason"] == "Invalid"
     assert "must be no more than 63 characters" in str(body["message"])
+
+    # JSON 60.0 does not decode into an int64 field: 400, before validation.
+    manifest = job_manifest("float", "true")
+    manifest["spec"]["activeDeadlineSeconds"] = 60.0
+    with pytest.raises(ApiException) as caught:
+        await batch.create_namespaced_job(ns, manifest)
+    assert caught.value.status == 400
+    assert "cannot unmarshal number 60.0" in str(status_body(caught.value)["message"])
 
     manifest = job_manifest("always", "true")
     manifest["spec"]["template"]["spec"]["restartPolicy"] = "Always"

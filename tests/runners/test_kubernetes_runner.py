@@ -423,8 +423,14 @@ async def test_log_stream_breaks_lose_and_repeat_nothing(
     for n in (5, 15, 25):
         await until(lambda n=n: reporter.text(0).count("\n") >= n, f"{n} lines")
         assert emulator.control("break-log-streams", {})["broken"] >= 1
+    # Compaction makes the watch's resourceVersion too old: the runner must re-list (410).
+    emulator.control("compact", {})
     emulator.control("break-watches", {"abrupt": True})
     result = await asyncio.wait_for(task, WAIT)
+    pod_lists = [
+        c for c in emulator.control("calls") if (c["verb"], c["resource"]) == ("list", "pods")
+    ]
+    assert len(pod_lists) >= 2  # listed again after the 410
     assert result == JobResult("success")
     assert reporter.text(0) == EXPECTED
     assert reporter.text(1) == "tail"
@@ -459,6 +465,51 @@ async def test_resume_after_a_crash_reports_every_line_once(
     assert reporter.statuses() == {0: "success", 1: "success", 2: "success"}
     creates = [c for c in emulator.control("calls") if c["verb"] == "create"]
     assert [c["resource"] for c in creates] == ["jobs"]  # re-attached, not re-created
+
+
+async def test_resume_after_the_job_finished_meanwhile(
+    settings: KubernetesSettings, emulator: EmulatorProcess
+) -> None:
+    job = job_run(step(0, SLOW_SCRIPT), step(1, "exit 3"))
+    reporter = FakeReporter()
+    crashed = KubernetesRunner(settings)
+    await crashed.start()
+    task = asyncio.create_task(crashed.run_job(job, reporter))
+    await until(lambda: reporter.text(0).count("\n") >= 3, "some output")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    name = k8s_job_name(job.build_id, job.job_name)
+
+    async def job_failed() -> bool:
+        obj = await crashed.kube.read_job(name)
+        return bool(obj and (obj.get("status") or {}).get("failed"))
+
+    await until(job_failed, "the Job to fail while nobody follows it")
+    await crashed.stop()
+
+    revived = KubernetesRunner(settings)
+    await revived.start()
+    try:
+        result = await revived.run_job(job, reporter, resume=True)
+    finally:
+        await revived.stop()
+    assert result == JobResult("failed")
+    assert reporter.text(0) == EXPECTED
+    assert reporter.finished[1] == ("failed", 3, None)
+
+
+async def test_api_errors_during_a_run_are_infrastructure_errors(
+    runner: KubernetesRunner, emulator: EmulatorProcess
+) -> None:
+    emulator.control("forbid", {"verbs": ["create"], "resources": ["secrets"]})
+    job = job_run(step(0, "echo hi", env={"PW": "x"}), secrets=frozenset({"PW"}))
+    reporter = FakeReporter()
+    result = await runner.run_job(job, reporter)
+    assert result.status == "error"
+    assert result.error is not None
+    assert "403" in result.error
+    assert reporter.statuses() == {0: "skipped"}
 
 
 async def test_resume_of_a_job_that_never_started_creates_it(runner: KubernetesRunner) -> None:

@@ -117,6 +117,14 @@ describe('ci-executor web UI', { timeout: 240_000 }, () => {
     assert.deepEqual(lines.map((l) => l.trim()), Array.from({ length: 30 }, (_, i) => `line ${i + 1}`))
     assert.equal(await log.locator('.ansi-fg-31', { hasText: 'red text' }).count(), 1)
     assert.ok(!text.includes('::group::') && !text.includes('::endgroup::') && !text.includes('##[ci-executor:'))
+    // 34 rows do not fit the viewer: it followed the tail to the bottom while lines arrived.
+    const viewport = page.locator('.step-log .log-viewport').first()
+    const atBottom = () => viewport.evaluate((el) => el.scrollTop > 0 && el.scrollTop + el.clientHeight >= el.scrollHeight - 1)
+    assert.equal(await atBottom(), true)
+    await viewport.evaluate((el) => {
+      el.scrollTop = 0
+    })
+    await page.getByRole('button', { name: 'Follow tail' }).first().waitFor()
     await log.getByRole('button', { name: /Setup/ }).click()
     await until(async () => !(await log.innerText()).includes('inside the group'), { what: 'group folded' })
   })
@@ -149,17 +157,17 @@ describe('ci-executor web UI', { timeout: 240_000 }, () => {
     await page.goto(`${svc.baseUrl}/ci/builds/${cancelled}`)
     const log = page.getByRole('region', { name: /Log of step wait output/ })
     await until(async () => (await log.innerText()).includes('started'), { what: 'slow step started' })
-    const cancel = page.getByRole('button', { name: 'Cancel' })
+    const cancel = page.getByRole('button', { name: 'Cancel', exact: true })
     assert.equal(await cancel.isEnabled(), true)
     await cancel.click()
     await page.locator('[data-testid="build-status"][data-status="cancelled"]').waitFor({ timeout: 30_000 })
-    await until(async () => !(await page.getByRole('button', { name: 'Cancel' }).isEnabled()), { what: 'Cancel disabled' })
+    await until(async () => !(await page.getByRole('button', { name: 'Cancel', exact: true }).isEnabled()), { what: 'Cancel disabled' })
     assert.equal((await svc.api('GET', `/builds/${cancelled}`)).status, 'cancelled')
     await shot('build-detail-cancelled')
   })
 
   test('retries a finished build and opens the new one', async () => {
-    await page.getByRole('button', { name: 'Retry' }).click()
+    await page.getByRole('button', { name: 'Retry', exact: true }).click()
     await until(() => buildIdFromUrl() !== cancelled, { what: 'navigation to the retry' })
     const retryId = buildIdFromUrl()
     assert.ok(retryId > cancelled)
@@ -177,13 +185,41 @@ describe('ci-executor web UI', { timeout: 240_000 }, () => {
     await until(async () => (await rows.count()) === 3, { what: 'three builds listed' })
     const first = await rows.first().innerText()
     assert.match(first, /#3/)
-    assert.match(await rows.last().innerText(), /#1\s+failed\s+main/)
+    const cells = await rows.last().locator('td').allInnerTexts()
+    assert.deepEqual(cells.slice(0, 3).map((c) => c.replace(/\s+/g, ' ').trim()), ['#1', '✗ failed', 'main'])
+    assert.equal(cells[4].trim(), 'web')
     await shot('build-list')
     await page.getByLabel('Status').selectOption('failed')
     await until(async () => (await rows.count()) === 1, { what: 'filtered to failed builds' })
     assert.match(page.url(), /status=failed/)
     await rows.first().getByRole('link').click()
     await page.waitForURL(new RegExp(`/ci/builds/${liveBuild}$`))
+  })
+
+  test('virtualises a 100k-line log and searches it', async () => {
+    const yaml = 'jobs:\n  big:\n    steps:\n      - name: lots\n        run: seq 1 100000\n'
+    const build = await svc.api('POST', '/builds', { pipeline_id: 'e2e-big', workflow_yaml: yaml })
+    await until(async () => (await svc.api('GET', `/builds/${build.id}`)).status === 'success', { timeoutMs: 60_000, what: 'big build' })
+    await page.goto(`${svc.baseUrl}/ci/builds/${build.id}`)
+    await page.getByRole('button', { name: /lots/ }).click()
+    const viewport = page.getByRole('region', { name: 'Log of step lots output, 100000 lines' })
+    await viewport.waitFor({ timeout: 30_000 })
+    // Only the rows in view (plus overscan) are in the DOM.
+    const rows = viewport.locator('.log-row')
+    assert.ok((await rows.count()) < 120, `rendered ${await rows.count()} rows`)
+    await viewport.evaluate((el) => {
+      el.scrollTop = el.scrollHeight
+    })
+    await until(async () => (await viewport.innerText()).includes('100000'), { what: 'last line rendered' })
+    const search = page.getByLabel('Search Log of step lots')
+    await search.fill('77777')
+    await search.press('Enter')
+    const current = viewport.locator('.log-current')
+    await current.waitFor()
+    assert.equal(await current.getAttribute('data-line'), '77777')
+    assert.equal(await current.locator('mark').innerText(), '77777')
+    assert.ok((await rows.count()) < 120)
+    await shot('build-detail-100k-search')
   })
 
   test('no script errors on any page', () => {
