@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     k8s_default_image: str = "busybox:1.36"
     k8s_ttl_seconds_after_finished: int = Field(default=3600, ge=0)
     k8s_marker_secret: str = ""
-    kubeconfig: str | None = None
+    kubeconfig: str = ""  # empty: in-cluster config, then the default kubeconfig
     max_concurrent_builds: int = Field(default=4, ge=1)
     max_concurrent_jobs: int = Field(default=4, ge=1)
     api_tokens: str = ""

@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(422, errors)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:
         # Logged with its trace here; the client gets no internals.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal error; see the service log")

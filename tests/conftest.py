@@ -68,9 +68,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def database_url(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[str]:
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database for this test."""
     if backend == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")

@@ -67,7 +67,9 @@ async def all_logs(client: httpx.AsyncClient, build_id: int) -> list[dict[str, A
     items: list[dict[str, Any]] = []
     offset = 0
     while True:
-        page = (await client.get(f"/builds/{build_id}/logs", params={"offset": offset, "limit": 1000})).json()
+        page = (
+            await client.get(f"/builds/{build_id}/logs", params={"offset": offset, "limit": 1000})
+        ).json()
         items.extend(page["items"])
         if not page["items"]:
             return items

@@ -91,7 +91,8 @@ async def create_build(
             raise
         async with db.read() as session:  # a concurrent request with the same key won
             existing = await service.find_idempotent(session, body.pipeline_id, idempotency_key)
-            assert existing is not None and existing.id is not None
+            assert existing is not None
+            assert existing.id is not None
             response.status_code = 200
             return await service.detail(session, existing.id)
     assert build_id is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -22,7 +22,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(db: DbDep, queue: QueueDep, request: Request) -> JSONResponse:
+async def readyz(db: DbDep, queue: QueueDep) -> JSONResponse:
     """Readiness: the database and the queue are reachable (503 naming what is not)."""
     checks: dict[str, str] = {}
     try:

@@ -20,6 +20,6 @@ def create_runner(settings: Settings) -> Runner:
             default_image=settings.k8s_default_image,
             ttl_seconds_after_finished=settings.k8s_ttl_seconds_after_finished,
             marker_secret=settings.k8s_marker_secret,
-            kubeconfig=settings.kubeconfig,
+            kubeconfig=settings.kubeconfig or None,
         )
     )

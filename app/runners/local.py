@@ -203,10 +203,8 @@ class LocalRunner:
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         _kill_group(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), self.kill_grace_seconds)
-        except TimeoutError:
-            pass
         # Whatever survived SIGTERM (including grandchildren that ignore it) dies now.
         _kill_group(proc.pid, signal.SIGKILL)
         await proc.wait()

@@ -118,7 +118,7 @@ async def test_invalid_workflow_is_422_with_position_and_stores_nothing(
     problems = response.json()["detail"]
     assert isinstance(problems, list) and problems
     assert all({"line", "column", "message"} <= set(p) for p in problems)
-    assert any(p["line"] == line for p in problems), problems
+    assert any((p["line"], p["column"]) == (line, column) for p in problems), problems
     assert any(fragment in p["message"] for p in problems), problems
     assert (await client.get("/builds")).json()["total"] == 0
 
@@ -147,7 +147,10 @@ async def test_cycle_is_named(client: httpx.AsyncClient) -> None:
 
 
 async def test_every_problem_is_listed(client: httpx.AsyncClient) -> None:
-    yaml_text = "jobs:\n  a:\n    bogus: 1\n    steps:\n      - uses: x\n  b:\n    needs: zz\n    steps: []\n"
+    yaml_text = (
+        "jobs:\n  a:\n    bogus: 1\n    steps:\n      - uses: x\n"
+        "  b:\n    needs: zz\n    steps: []\n"
+    )
     response = await client.post(
         "/builds", json={"pipeline_id": "p1", "triggered_by": "t", "workflow_yaml": yaml_text}
     )
@@ -184,7 +187,9 @@ async def test_oversized_payloads(client: httpx.AsyncClient) -> None:
     assert response.status_code == 422
     assert "too many variables" in response.json()["detail"]
     huge = "x" * (5 * 1024 * 1024)
-    response = await client.post("/builds", content=huge, headers={"content-type": "application/json"})
+    response = await client.post(
+        "/builds", content=huge, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     assert (await client.get("/builds")).json()["total"] == 0
 

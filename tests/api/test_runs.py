@@ -59,13 +59,17 @@ async def test_independent_jobs_overlap_and_needs_order(client: httpx.AsyncClien
                 steps:
                   - run: |
                       touch "$CI_WORKSPACE/../left.started"
-                      for i in $(seq 200); do [ -e "$CI_WORKSPACE/../right.started" ] && exit 0; sleep 0.05; done
+                      for i in $(seq 200); do
+                        [ -e "$CI_WORKSPACE/../right.started" ] && exit 0; sleep 0.05
+                      done
                       exit 1
               right:
                 steps:
                   - run: |
                       touch "$CI_WORKSPACE/../right.started"
-                      for i in $(seq 200); do [ -e "$CI_WORKSPACE/../left.started" ] && exit 0; sleep 0.05; done
+                      for i in $(seq 200); do
+                        [ -e "$CI_WORKSPACE/../left.started" ] && exit 0; sleep 0.05
+                      done
                       exit 1
               after:
                 needs: [left, right]
@@ -172,7 +176,8 @@ async def test_working_directory_shell_and_env_layers(client: httpx.AsyncClient)
                   - run: mkdir -p sub/dir && echo "$0" > shell.txt
                   - run: |
                       echo "pwd=$(basename $(pwd))"
-                      echo "layer=$LAYER w=$W j=$J s=$S v=$VAR ci=$CI id=$CI_BUILD_ID job=$CI_JOB_NAME branch=$CI_BRANCH"
+                      echo "layer=$LAYER w=$W j=$J s=$S v=$VAR ci=$CI id=$CI_BUILD_ID" \
+                        "job=$CI_JOB_NAME branch=$CI_BRANCH"
                     working-directory: sub/dir
                     env: {LAYER: step, S: s, VAR: from-step}
                   - run: echo "sh-ok" && test -z "${BASH_VERSION:-}"
@@ -188,9 +193,7 @@ async def test_working_directory_shell_and_env_layers(client: httpx.AsyncClient)
     done = await wait_for_build(client, body["id"])
     text = await log_text(client, body["id"])
     assert "pwd=dir" in text
-    assert (
-        f"layer=step w=w j=j s=s v=from-vars ci=true id={body['id']} job=a branch=main" in text
-    )
+    assert f"layer=step w=w j=j s=s v=from-vars ci=true id={body['id']} job=a branch=main" in text
     assert "sh-ok" in text
     assert "bash=yes" in text
     assert "working-directory 'does/not/exist' does not exist" in text
@@ -209,7 +212,7 @@ async def test_variables_are_never_spliced_into_scripts(
     evil = "$(touch pwned) `touch pwned2` ; touch pwned3"
     body = await create(
         client,
-        "jobs:\n  a:\n    steps:\n      - run: echo \"v=$EVIL\"\n",
+        'jobs:\n  a:\n    steps:\n      - run: echo "v=$EVIL"\n',
         variables={"EVIL": evil},
     )
     done = await wait_for_build(client, body["id"])
@@ -220,9 +223,7 @@ async def test_variables_are_never_spliced_into_scripts(
 
 
 async def test_max_concurrent_jobs_bounds_parallelism(client: httpx.AsyncClient) -> None:
-    jobs = "\n".join(
-        f"  j{i}:\n    steps:\n      - run: sleep 0.2\n" for i in range(6)
-    )
+    jobs = "\n".join(f"  j{i}:\n    steps:\n      - run: sleep 0.2\n" for i in range(6))
     body = await create(client, "jobs:\n" + jobs)
     done = await wait_for_build(client, body["id"])
     assert done["status"] == "success"

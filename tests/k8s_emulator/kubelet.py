@@ -307,11 +307,10 @@ class Kubelet:
     async def _prepare(self, runtime: PodRuntime, pod: Obj) -> tuple[str, dict[str, str]] | None:
         """Schedule, pull, resolve config: the container's cwd and env, or None if the pod was
         stopped before its container could start."""
-        toggles = self.cluster.toggles
-        if toggles.unschedulable:
+        if self.cluster.toggles.unschedulable:
             runtime.scheduled = False
             self.publish(runtime)
-            while toggles.unschedulable:
+            while self.cluster.toggles.unschedulable:
                 if await self._stopped_within(runtime, 0.1):
                     return None
         runtime.scheduled = True
@@ -319,7 +318,7 @@ class Kubelet:
         self.publish(runtime)
         container = pod["spec"]["containers"][0]
         image = str(container.get("image", ""))
-        if image in toggles.missing_images:
+        if image in self.cluster.toggles.missing_images:
             runtime.state = {
                 "waiting": {
                     "reason": "ErrImagePull",
@@ -331,7 +330,7 @@ class Kubelet:
             self.publish(runtime)
             if await self._stopped_within(runtime, 0.2):
                 return None
-            while image in toggles.missing_images:
+            while image in self.cluster.toggles.missing_images:
                 if runtime.waiting_reason() != "ImagePullBackOff":
                     runtime.state = {
                         "waiting": {
@@ -344,7 +343,7 @@ class Kubelet:
                     return None
         while True:
             try:
-                if image in toggles.config_error_images:
+                if image in self.cluster.toggles.config_error_images:
                     raise ConfigError(f'configmap "{image}-config" not found')
                 spawn = self._container_spawn(runtime, pod)
                 break

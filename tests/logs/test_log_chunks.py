@@ -37,7 +37,9 @@ async def test_chunks_are_batched_sequenced_and_tagged(client: httpx.AsyncClient
 
 
 async def test_invalid_utf8_is_replaced(client: httpx.AsyncClient) -> None:
-    body = await create(client, "jobs:\n  a:\n    steps:\n      - run: printf 'ok \\xff\\xfe bad\\n'\n")
+    body = await create(
+        client, "jobs:\n  a:\n    steps:\n      - run: printf 'ok \\xff\\xfe bad\\n'\n"
+    )
     done = await wait_for_build(client, body["id"])
     assert done["status"] == "success"
     text = "".join(c["content"] for c in await all_logs(client, body["id"]))
@@ -89,9 +91,13 @@ async def test_append_logs_idempotent_by_seq(client: httpx.AsyncClient) -> None:
     url = f"/builds/{body['id']}/logs"
     first = await client.post(url, json={"content": "hello\n"})
     assert first.status_code == 201 and first.json()["seq"] == 1
-    second = await client.post(url, json={"content": "world\n", "seq": 2, "job_name": "a", "step_index": 0})
+    second = await client.post(
+        url, json={"content": "world\n", "seq": 2, "job_name": "a", "step_index": 0}
+    )
     assert second.status_code == 201 and second.json()["seq"] == 2
-    repeat = await client.post(url, json={"content": "world\n", "seq": 2, "job_name": "a", "step_index": 0})
+    repeat = await client.post(
+        url, json={"content": "world\n", "seq": 2, "job_name": "a", "step_index": 0}
+    )
     assert repeat.status_code == 200 and repeat.json()["seq"] == 2
     conflict = await client.post(url, json={"content": "other\n", "seq": 2})
     assert conflict.status_code == 409

@@ -24,7 +24,10 @@ SLOW = workflow(
 
 
 async def _collect(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None, stop_after_logs: int | None = None
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str] | None = None,
+    stop_after_logs: int | None = None,
 ) -> list[SSEEvent]:
     events: list[SSEEvent] = []
     async with client.stream("GET", url, headers=headers or {}) as response:
@@ -64,7 +67,9 @@ async def test_stream_follows_live_then_resumes_without_loss_or_duplicates(
         seqs = [int(e.id or 0) for e in [*seen, *(e for e in rest if e.event == "log")]]
         assert seqs == list(range(1, len(seqs) + 1))
         statuses = [e.json() for e in rest if e.event == "status"]
-        steps = [(s["job_name"], s["step_index"], s["status"]) for s in statuses if s["kind"] == "step"]
+        steps = [
+            (s["job_name"], s["step_index"], s["status"]) for s in statuses if s["kind"] == "step"
+        ]
         assert ("a", 0, "success") in steps
         assert statuses[-1]["kind"] == "build" and statuses[-1]["status"] == "success"
         # Replay with ?offset= from the database after the build finished.

@@ -102,6 +102,8 @@ describe('ci-executor web UI', { timeout: 240_000 }, () => {
   })
 
   test('shows live log lines while the step runs', async () => {
+    // Pin the job: left alone, the page follows the build on to the next running job.
+    await page.locator('g.dag-node[data-job="stream"]').click()
     const log = page.getByRole('region', { name: /Log of step count output/ })
     await log.waitFor()
     const stepStatus = page.locator('li.step[data-step="0"] .step-head .badge')
@@ -118,7 +120,7 @@ describe('ci-executor web UI', { timeout: 240_000 }, () => {
     assert.equal(await log.locator('.ansi-fg-31', { hasText: 'red text' }).count(), 1)
     assert.ok(!text.includes('::group::') && !text.includes('::endgroup::') && !text.includes('##[ci-executor:'))
     // 34 rows do not fit the viewer: it followed the tail to the bottom while lines arrived.
-    const viewport = page.locator('.step-log .log-viewport').first()
+    const viewport = log
     const atBottom = () => viewport.evaluate((el) => el.scrollTop > 0 && el.scrollTop + el.clientHeight >= el.scrollHeight - 1)
     assert.equal(await atBottom(), true)
     await viewport.evaluate((el) => {

@@ -1,0 +1,66 @@
+# ci-executor. `make run` sets up and serves on the embedded defaults; `make test` runs everything.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+NPM := $(shell command -v npm 2>/dev/null)
+WEB_SOURCES := $(shell find web/src web/index.html web/package.json web/vite.config.ts -type f 2>/dev/null)
+
+.PHONY: install ui run migrate test lint typecheck pytest web-test web-e2e bench test-k8s clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+web/node_modules/.package-lock.json: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web/dist/index.html: web/node_modules/.package-lock.json $(WEB_SOURCES)
+	cd web && npm run build
+
+# The UI is optional: without npm the service still runs and logs that the UI was not built.
+ui:
+ifdef NPM
+	@$(MAKE) --no-print-directory web/dist/index.html
+else
+	@echo "npm not found: the web UI is not built; the API is served without it"
+endif
+
+migrate: install
+	$(VENV)/bin/ci-executor migrate
+
+run: install ui migrate
+	exec $(VENV)/bin/ci-executor serve
+
+lint: install
+	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/ruff format --check app tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy app
+
+pytest: install
+	$(VENV)/bin/pytest -q
+
+web-test: web/node_modules/.package-lock.json
+	cd web && npm run typecheck && npm test
+
+web-e2e: install ui
+	cd web && npm run e2e
+
+test: lint typecheck pytest web-test web-e2e
+
+bench: install
+	$(PY) -m bench
+
+# The Kubernetes end-to-end suite against the cluster KUBECONFIG points to (not run in CI here).
+test-k8s: install
+	@test -n "$$KUBECONFIG" || { echo "set KUBECONFIG to a cluster (kind, k3s, ...)"; exit 2; }
+	CI_K8S_REAL_CLUSTER=1 $(VENV)/bin/pytest -q tests/runners/test_kubernetes_runner.py
+
+clean:
+	rm -rf $(VENV) web/node_modules web/dist .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,56 @@
+"""The migrations build the schema on both databases, reverse cleanly, and match the models."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel import SQLModel
+
+import app.models  # noqa: F401
+from app.migrate import downgrade, upgrade
+from tests.conftest import BACKENDS, _pg_admin, _pg_url
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+        return
+    name = f"ci_mig_{tmp_path.name[-8:].lower().replace('-', '_')}"
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'))
+    yield _pg_url(name)
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _inspect(url: str) -> tuple[list[str], list[Any]]:
+    engine = create_async_engine(url)
+    async with engine.connect() as conn:
+
+        def work(sync_conn: Any) -> tuple[list[str], list[Any]]:
+            tables = sorted(inspect(sync_conn).get_table_names())
+            context = MigrationContext.configure(sync_conn, opts={"compare_type": True})
+            return tables, compare_metadata(context, SQLModel.metadata)
+
+        result = await conn.run_sync(work)
+    await engine.dispose()
+    return result
+
+
+def test_upgrade_matches_models_and_downgrade_is_clean(empty_url: str) -> None:
+    upgrade(empty_url)
+    tables, diff = asyncio.run(_inspect(empty_url))
+    assert set(SQLModel.metadata.tables) <= set(tables)
+    assert diff == [], f"models and migrations disagree: {diff}"
+    downgrade(empty_url)
+    tables, _ = asyncio.run(_inspect(empty_url))
+    assert tables == ["alembic_version"] or tables == []
+    upgrade(empty_url)  # and back up again
+    tables, diff = asyncio.run(_inspect(empty_url))
+    assert diff == []
