@@ -1,7 +1,7 @@
 // The app's one BuildsClient: base URL from the build (VITE_CI_API_BASE, default `/api/v1`) and
 // an optional bearer token kept in localStorage, editable in the header.
 import { ref, computed } from 'vue'
-import { BuildsClient } from './builds'
+import { ApiError, BuildsClient } from './builds'
 
 const TOKEN_KEY = 'ci-executor.token'
 export const apiBase = import.meta.env.VITE_CI_API_BASE || '/api/v1'
@@ -27,6 +27,13 @@ export function setToken(token: string): void {
 }
 
 const client = computed(() => new BuildsClient(apiBase, apiToken.value || null))
+
+/** A message for an error from the client, with a hint where the fix is in the UI. */
+export function describeError(e: unknown): string {
+  if (e instanceof ApiError && e.status === 401) return 'not authorised: set an API token (top right)'
+  if (e instanceof ApiError && e.status === 403) return 'forbidden: this API token may not do that'
+  return e instanceof Error ? e.message : String(e)
+}
 
 export function useBuildsClient(): BuildsClient {
   return client.value
