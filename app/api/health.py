@@ -7,7 +7,8 @@ import logging
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from sqlalchemy import literal
+from sqlmodel import select
 
 from app.api.deps import DbDep, MetricsDep, QueueDep
 
@@ -27,7 +28,7 @@ async def readyz(db: DbDep, queue: QueueDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         async with db.read() as session:
-            await session.exec(text("SELECT 1"))
+            await session.exec(select(literal(1)))
         checks["database"] = "ok"
     except Exception as exc:
         log.warning("readiness: database unreachable: %s", exc)

@@ -50,6 +50,10 @@ class Masker:
             ordered = sorted(self._values, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
 
+    @property
+    def longest(self) -> int:
+        return max((len(v) for v in self._values), default=0)
+
     def mask_line(self, line: str) -> str:
         """Mask one line (without or with its newline), honouring `::add-mask::VALUE`."""
         stripped = line.rstrip("\r\n")
@@ -79,8 +83,10 @@ class LineAssembler:
         if cut == 0 and len(text) < self._max_partial:
             self._partial = text
             return ""
-        if cut == 0:  # an endless line (progress bar): release it rather than hold it forever
-            cut = len(text)
+        if cut == 0:
+            # An endless line (a progress bar): release most of it rather than hold it forever,
+            # keeping back enough that a secret straddling the cut is still seen whole later.
+            cut = max(1, len(text) - max(0, self._masker.longest - 1))
         self._partial = text[cut:]
         return self._masker.mask_text(text[:cut])
 

@@ -58,6 +58,15 @@ LABEL_JOB_ID = "ci-executor/job-id"  # the Kubernetes Job name: selects exactly 
 ANNOTATION_JOB_NAME = "ci-executor/job-name"
 CONTAINER = "job"
 
+# Every (API group, resource) -> verbs this runner calls; the Helm chart's Role must grant these
+# (tests check the runner calls nothing else).
+REQUIRED_RBAC: dict[tuple[str, str], frozenset[str]] = {
+    ("batch", "jobs"): frozenset({"create", "get", "list", "delete", "deletecollection"}),
+    ("", "pods"): frozenset({"list", "watch"}),
+    ("", "pods/log"): frozenset({"get"}),
+    ("", "secrets"): frozenset({"create", "get", "patch", "delete"}),
+}
+
 # Waiting reasons after which the container will never start by itself.
 _FATAL_WAITING = {
     "InvalidImageName",
@@ -247,6 +256,12 @@ class _NotFound(Exception):
     pass
 
 
+def _rbac_text() -> str:
+    return "; ".join(
+        f"{resource} ({', '.join(sorted(verbs))})" for (_, resource), verbs in REQUIRED_RBAC.items()
+    )
+
+
 def _raise_for_status(status: int, body: bytes) -> None:
     if 200 <= status <= 299:
         return
@@ -432,7 +447,8 @@ class KubernetesRunner:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        configuration = k8s_client.Configuration()
+        # Any: the library types this pool size as int although it documents None as "no limit".
+        configuration: Any = k8s_client.Configuration()
         source = await self._load_config(configuration)
         # Every followed job holds two long requests (pod watch, log follow); the default pool of
         # 100 connections would make job 51 wait for a free connection forever.
@@ -447,9 +463,7 @@ class KubernetesRunner:
                 raise RuntimeError(
                     f"Kubernetes RBAC forbids listing Jobs in namespace "
                     f"{self.settings.namespace!r} (config from {source}): {exc.message}. "
-                    "The executor's service account needs jobs (create, get, list, watch, "
-                    "delete), pods (get, list, watch), pods/log (get) and secrets (create, get, "
-                    "patch, delete) in that namespace."
+                    f"The executor's service account needs, in that namespace: {_rbac_text()}."
                 ) from exc
             raise RuntimeError(
                 f"Kubernetes API check failed (config from {source}): {exc}"

@@ -243,8 +243,9 @@ class BuildExecutor:
                 for name in pending:
                     await state.steps(session, self.ctx.build_id, J.skipped, job_name=name)
         for name in siblings:
-            if name in tasks:
-                self._job_cancels[name].set()
+            event = self._job_cancels.get(name)  # absent: that sibling already ended
+            if name in tasks and event is not None:
+                event.set()
 
     async def _cancel_pending(self, statuses: dict[str, JobStatus]) -> None:
         for event in self._job_cancels.values():

@@ -14,6 +14,7 @@ from app.workflow import Condition, JobSpec, WorkflowSpec
 
 # Values reach git only through the environment, never spliced into the script.
 CHECKOUT_SCRIPT = """\
+set -e
 git init -q .
 git fetch -q --depth 1 "$CI_REPO_URL" "$CI_CHECKOUT_REF"
 git checkout -q FETCH_HEAD

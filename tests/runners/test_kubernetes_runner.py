@@ -20,6 +20,7 @@ from app.runners.kubernetes import (
     LABEL_BUILD,
     LABEL_JOB,
     LABEL_JOB_ID,
+    REQUIRED_RBAC,
     KubernetesRunner,
     KubernetesSettings,
 )
@@ -124,6 +125,10 @@ async def control(
     """An emulator control call off the event loop (the runner under test shares the loop)."""
     answer = await asyncio.to_thread(emulator.control, path, body)
     return answer[key] if key else answer
+
+
+async def _no_processes(emulator: EmulatorProcess) -> bool:
+    return not await control(emulator, "processes")
 
 
 def pid_alive(pid: int) -> bool:
@@ -281,7 +286,7 @@ async def test_job_deadline_is_timed_out(runner: KubernetesRunner) -> None:
 async def test_image_pull_failure_is_an_error(
     runner: KubernetesRunner, emulator: EmulatorProcess
 ) -> None:
-    emulator.control("missing-images", {"images": ["registry.example/nope:1"]})
+    await control(emulator, "missing-images", {"images": ["registry.example/nope:1"]})
     job = job_run(step(0, "echo hi"), image="registry.example/nope:1")
     reporter = FakeReporter()
     result = await runner.run_job(job, reporter)
@@ -296,7 +301,7 @@ async def test_image_pull_failure_is_an_error(
 async def test_create_container_config_error(
     runner: KubernetesRunner, emulator: EmulatorProcess
 ) -> None:
-    emulator.control("create-config-error", {"images": ["bad-config:1"]})
+    await control(emulator, "create-config-error", {"images": ["bad-config:1"]})
     job = job_run(step(0, "echo hi"), image="bad-config:1")
     result = await runner.run_job(job, FakeReporter())
     assert result.status == "error"
@@ -307,7 +312,7 @@ async def test_create_container_config_error(
 async def test_unschedulable_past_the_timeout(
     runner: KubernetesRunner, emulator: EmulatorProcess
 ) -> None:
-    emulator.control("unschedulable", {"value": True})
+    await control(emulator, "unschedulable", {"value": True})
     job = job_run(step(0, "echo hi"))
     result = await runner.run_job(job, FakeReporter())
     assert result.status == "error"
@@ -328,7 +333,9 @@ async def test_eviction_is_an_error_not_a_failure(
     task = asyncio.create_task(runner.run_job(job, reporter))
     await until(lambda: reporter.text(0).startswith("ready"), "the step to start")
     pod = (await pods_of(runner, job))[0]["metadata"]["name"]
-    emulator.control("evict", {"pod": pod, "namespace": "ci", "message": "node memory pressure"})
+    await control(
+        emulator, "evict", {"pod": pod, "namespace": "ci", "message": "node memory pressure"}
+    )
     result = await asyncio.wait_for(task, WAIT)
     assert result.status == "error"
     assert result.error
@@ -346,17 +353,17 @@ async def test_cancel_deletes_the_job_and_kills_processes(
     reporter = FakeReporter()
     task = asyncio.create_task(runner.run_job(job, reporter))
     await until(lambda: reporter.text(0).startswith("ready"), "the step to start")
-    processes = [p for p in emulator.control("processes") if p["uid"]]
+    processes = [p for p in await control(emulator, "processes") if p["uid"]]
     assert processes
     job.cancel.set()
     result = await asyncio.wait_for(task, WAIT)
     assert result == JobResult("cancelled")
     assert reporter.statuses() == {0: "cancelled", 1: "cancelled"}
-    await until(lambda: not emulator.control("processes"), "the pod's processes to die")
+    await until(lambda: _no_processes(emulator), "the pod's processes to die")
     await until(lambda: _no_pods(runner, job), "the pods to be deleted")
     assert await runner.kube.read_job(k8s_job_name(job.build_id, job.job_name)) is None
     # The pods went away with the Job: without propagationPolicy=Background they would stay.
-    deletes = [c for c in emulator.control("calls") if c["verb"] == "delete"]
+    deletes = [c for c in (await control(emulator, "calls")) if c["verb"] == "delete"]
     assert [c["resource"] for c in deletes] == ["jobs"]
 
 
@@ -364,7 +371,7 @@ async def test_cancel_while_pending_never_starts_work(
     runner: KubernetesRunner, emulator: EmulatorProcess, tmp_path: Path
 ) -> None:
     marker = tmp_path / "started"
-    emulator.control("unschedulable", {"value": True})
+    await control(emulator, "unschedulable", {"value": True})
     job = job_run(step(0, f"touch {marker}; sleep 300"))
     reporter = FakeReporter()
     runner_long = KubernetesRunner(replace(runner.settings, unschedulable_timeout_seconds=600))
@@ -379,9 +386,9 @@ async def test_cancel_while_pending_never_starts_work(
     assert result == JobResult("cancelled")
     assert reporter.statuses() == {0: "cancelled"}
     await until(lambda: _no_pods(runner, job), "the pending pod to be deleted")
-    emulator.control("unschedulable", {"value": False})
+    await control(emulator, "unschedulable", {"value": False})
     # With the pod object gone nothing is left that the kubelet could start.
-    assert not emulator.control("processes")
+    assert not await control(emulator, "processes")
     assert not marker.exists()
 
 
@@ -434,12 +441,16 @@ async def test_log_stream_breaks_lose_and_repeat_nothing(
         await until(
             lambda: control(emulator, "break-log-streams", {}, key="broken"), "a log to break"
         )
-    # Compaction makes the watch's resourceVersion too old: the runner must re-list (410).
+    # An unrelated change, then compaction: the pod watch's resourceVersion is now too old, so
+    # the runner's re-watch gets 410 Gone and it must list again.
+    await runner.kube.create_secret({"metadata": {"name": f"unrelated-{job.build_id}"}})
     await control(emulator, "compact", {})
     await control(emulator, "break-watches", {"abrupt": True})
     result = await asyncio.wait_for(task, WAIT)
     pod_lists = [
-        c for c in emulator.control("calls") if (c["verb"], c["resource"]) == ("list", "pods")
+        c
+        for c in await control(emulator, "calls")
+        if (c["verb"], c["resource"]) == ("list", "pods")
     ]
     assert len(pod_lists) >= 2  # listed again after the 410
     assert result == JobResult("success")
@@ -474,13 +485,11 @@ async def test_resume_after_a_crash_reports_every_line_once(
     assert reporter.text(1) == EXPECTED
     assert reporter.text(2) == "last\n"
     assert reporter.statuses() == {0: "success", 1: "success", 2: "success"}
-    creates = [c for c in emulator.control("calls") if c["verb"] == "create"]
+    creates = [c for c in (await control(emulator, "calls")) if c["verb"] == "create"]
     assert [c["resource"] for c in creates] == ["jobs"]  # re-attached, not re-created
 
 
-async def test_resume_after_the_job_finished_meanwhile(
-    settings: KubernetesSettings, emulator: EmulatorProcess
-) -> None:
+async def test_resume_after_the_job_finished_meanwhile(settings: KubernetesSettings) -> None:
     job = job_run(step(0, SLOW_SCRIPT), step(1, "exit 3"))
     reporter = FakeReporter()
     crashed = KubernetesRunner(settings)
@@ -513,7 +522,7 @@ async def test_resume_after_the_job_finished_meanwhile(
 async def test_api_errors_during_a_run_are_infrastructure_errors(
     runner: KubernetesRunner, emulator: EmulatorProcess
 ) -> None:
-    emulator.control("forbid", {"verbs": ["create"], "resources": ["secrets"]})
+    await control(emulator, "forbid", {"verbs": ["create"], "resources": ["secrets"]})
     job = job_run(step(0, "echo hi", env={"PW": "x"}), secrets=frozenset({"PW"}))
     reporter = FakeReporter()
     result = await runner.run_job(job, reporter)
@@ -579,7 +588,7 @@ async def test_secret_values_never_appear_in_the_pod_spec(runner: KubernetesRunn
 async def test_forbidden_is_a_clear_start_error(
     settings: KubernetesSettings, emulator: EmulatorProcess
 ) -> None:
-    emulator.control("forbid", {"verbs": ["list"], "resources": ["jobs"]})
+    await control(emulator, "forbid", {"verbs": ["list"], "resources": ["jobs"]})
     runner = KubernetesRunner(settings)
     with pytest.raises(RuntimeError, match="RBAC forbids listing Jobs in namespace 'ci'"):
         await runner.start()
@@ -612,3 +621,21 @@ async def test_sweep_deletes_jobs_of_finished_builds_only(runner: KubernetesRunn
     assert asked == [sorted([done.build_id, live.build_id])]
     assert await runner.kube.list_jobs(f"{LABEL_BUILD}={done.build_id}") == []
     assert len(await runner.kube.list_jobs(f"{LABEL_BUILD}={live.build_id}")) == 1
+
+
+async def test_the_runner_calls_exactly_the_verbs_it_declares(
+    runner: KubernetesRunner, emulator: EmulatorProcess
+) -> None:
+    job = job_run(step(0, "echo hi", env={"PW": "x"}), secrets=frozenset({"PW"}))
+    # resume=True also covers reading the Job before creating it
+    assert (await runner.run_job(job, FakeReporter(), resume=True)).status == "success"
+
+    async def finished(ids: list[int]) -> set[int]:
+        return set(ids)
+
+    assert await runner.sweep_orphans(finished) == [k8s_job_name(job.build_id, job.job_name)]
+    await runner.cancel_build(job.build_id)
+    used: dict[tuple[str, str], set[str]] = {}
+    for call in await control(emulator, "calls"):
+        used.setdefault((call["group"], call["resource"]), set()).add(call["verb"])
+    assert used == {key: set(verbs) for key, verbs in REQUIRED_RBAC.items()}

@@ -151,6 +151,36 @@ describe('ci-executor web UI', { timeout: 240_000 }, () => {
     await shot('build-detail-failed')
   })
 
+  test('resumes a dropped log stream with Last-Event-ID, without gaps or repeats', async () => {
+    const requests = []
+    await page.route('**/api/v1/builds/*/logs/stream*', async (route) => {
+      const req = route.request()
+      requests.push({ url: req.url(), lastEventId: req.headers()['last-event-id'], auth: req.headers().authorization })
+      if (requests.length > 1) return route.continue()
+      // The first connection drops after three chunks, before the end event.
+      const res = await route.fetch()
+      const events = (await res.text()).split(/\r?\n\r?\n/).filter((e) => /^event: log$/m.test(e))
+      assert.ok(events.length > 5, `only ${events.length} chunks to replay`)
+      await route.fulfill({ status: 200, headers: { 'Content-Type': 'text/event-stream' }, body: `${events.slice(0, 3).join('\n\n')}\n\n` })
+    })
+    try {
+      await page.goto(`${svc.baseUrl}/ci/builds/${liveBuild}`)
+      await page.locator('g.dag-node[data-job="stream"]').click()
+      await page.getByRole('button', { name: /count/ }).click()
+      const log = page.getByRole('region', { name: /Log of step count output/ })
+      await until(async () => (await log.innerText()).includes('line 30'), { what: 'the whole log after the reconnect' })
+      assert.equal(requests.length, 2)
+      assert.equal(requests[0].lastEventId, undefined)
+      assert.equal(requests[1].lastEventId, '3')
+      assert.match(requests[1].url, /offset=3/)
+      assert.ok(requests.every((r) => r.auth === `Bearer ${TOKEN}`))
+      const lines = (await log.innerText()).split('\n').map((l) => l.trim()).filter((l) => /^line \d+$/.test(l))
+      assert.deepEqual(lines, Array.from({ length: 30 }, (_, i) => `line ${i + 1}`))
+    } finally {
+      await page.unrouteAll()
+    }
+  })
+
   let cancelled = 0
 
   test('cancels a running build from the detail page', async () => {

@@ -1,0 +1,196 @@
+"""`ci-executor run WORKFLOW.yml`: run a workflow here, in process, with no server.
+
+The same services as the server (create, claim through the state machine, the executor, the log
+writer with masking) run against a throwaway SQLite database unless --database-url is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from app.db import Database
+from app.errors import Invalid
+from app.logs.hub import LiveHub, LogEvent
+from app.logs.writer import LogWriter
+from app.metrics import Metrics
+from app.migrate import upgrade
+from app.models import BuildDetail, BuildStatus
+from app.models.schemas import StatusEvent
+from app.runners.local import LocalRunner
+from app.services import builds, state
+from app.services.builds import NewBuild
+from app.services.executor import BuildContext, BuildExecutor
+
+_MARK = {"success": "ok", "failed": "FAILED", "skipped": "skipped", "cancelled": "cancelled"}
+
+
+def _parse_vars(pairs: list[str]) -> dict[str, str]:
+    variables: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"ci-executor run: --var expects K=V, got {pair!r}")
+        variables[name] = value
+    return variables
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return f"{(end - start).total_seconds():.1f}s"
+
+
+def print_summary(detail: BuildDetail, out: TextIO) -> None:
+    rows = [("JOB / STEP", "STATUS", "EXIT", "DURATION")]
+    for job in detail.jobs:
+        rows.append((job.name, job.status, "", _duration(job.started_at, job.finished_at)))
+        for step in job.steps:
+            code = "" if step.exit_code is None else str(step.exit_code)
+            rows.append(
+                (
+                    f"  {step.index + 1}. {step.name[:50]}",
+                    step.status,
+                    code,
+                    _duration(step.started_at, step.finished_at),
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    out.write("\n")
+    for row in rows:
+        out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")
+    out.write(f"\nbuild {detail.id}: {detail.status}")
+    out.write(f" in {_duration(detail.started_at, detail.finished_at)}\n")
+    if detail.error:
+        out.write(f"error: {detail.error}\n")
+
+
+async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    path = Path(args.workflow)
+    try:
+        yaml_text = path.read_text()
+    except OSError as exc:
+        out.write(f"ci-executor run: cannot read {path}: {exc.strerror}\n")
+        return 2
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ci-run-")))
+        url = args.database_url or f"sqlite+aiosqlite:///{tmp / 'ci.db'}"
+        await asyncio.to_thread(upgrade, url)
+        workspace = Path(args.workspace) if args.workspace else tmp / "workspaces"
+        db = Database(url)
+        hub = LiveHub(queue_size=100_000)
+        db.sinks.append(hub.publish_many)
+        metrics = Metrics()
+        writer = LogWriter(db, metrics, flush_interval=0.1, chunk_max_bytes=64 * 1024)
+        runner = LocalRunner(workspace)
+        await writer.start()
+        await runner.start()
+        try:
+            return await _execute(args, yaml_text, db, hub, writer, runner, metrics, out)
+        finally:
+            await writer.stop()
+            await runner.stop()
+            await db.dispose()
+    return 2  # pragma: no cover - unreachable, keeps mypy's flow analysis simple
+
+
+async def _execute(
+    args: argparse.Namespace,
+    yaml_text: str,
+    db: Database,
+    hub: LiveHub,
+    writer: LogWriter,
+    runner: LocalRunner,
+    metrics: Metrics,
+    out: TextIO,
+) -> int:
+    try:
+        async with db.transaction() as session:
+            build = await builds.create_build(
+                session,
+                NewBuild(
+                    pipeline_id="local",
+                    triggered_by="ci-executor run",
+                    workflow_yaml=yaml_text,
+                    commit_sha=args.sha,
+                    branch=args.branch,
+                    repo_url=args.repo,
+                    variables=_parse_vars(args.var),
+                    dispatch=False,
+                ),
+            )
+            assert build.id is not None
+            build_id = build.id
+            await state.build(session, build_id, BuildStatus.running)
+    except Invalid as exc:
+        out.write(f"{args.workflow}: invalid workflow\n")
+        for problem in exc.detail:
+            out.write(
+                f"  line {problem['line']}, column {problem['column']}: {problem['message']}\n"
+            )
+        return 2
+    async with db.read() as session:
+        names = {
+            (job.name, step.index): step.name
+            for job in (await builds.detail(session, build_id)).jobs
+            for step in job.steps
+        }
+    ctx = BuildContext(
+        build_id=build_id, db=db, writer=writer, runner=runner, metrics=metrics, max_jobs=4
+    )
+    loop = asyncio.get_running_loop()
+    interrupts = 0
+
+    def on_interrupt() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            out.write("\ncancelling (Ctrl-C again to abort at once)\n")
+            ctx.request_cancel()
+        else:
+            raise SystemExit(130)
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    try:
+        with hub.subscribe(build_id) as sub:
+            task = asyncio.create_task(BuildExecutor(ctx).run())
+            while not task.done() or not sub.queue.empty():
+                getter = asyncio.create_task(sub.queue.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                event = getter.result()
+                if isinstance(event, LogEvent):
+                    chunk = event.chunk
+                    step = names.get((chunk.job_name or "", chunk.step_index or 0), "")
+                    for line in chunk.content.splitlines():
+                        out.write(f"[{chunk.job_name}/{step}] {line}\n")
+                elif isinstance(event, StatusEvent) and event.kind == "step" and event.job_name:
+                    step = names.get((event.job_name, event.step_index or 0), "")
+                    mark = _MARK.get(event.status, event.status)
+                    if event.status == "running":
+                        out.write(f"==> {event.job_name} / {step}\n")
+                    elif event.status != "success":
+                        out.write(f"<== {event.job_name} / {step}: {mark}\n")
+                out.flush()
+            await task
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGINT)
+    async with db.read() as session:
+        detail = await builds.detail(session, build_id)
+    print_summary(detail, out)
+    return 0 if detail.status == BuildStatus.success else 1
+
+
+def run_workflow(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args, sys.stdout))

@@ -1,0 +1,1 @@
+"""Benchmarks for ci-executor (`make bench`, `python -m bench --help`). Not tests: they print."""

@@ -1,0 +1,64 @@
+"""3. Dispatch latency: 50 concurrent POSTs of a one-step build; p50/p99 from the moment each POST
+is sent to its step's `started_at` (server and client share the machine clock). Baseline: the p50
+round trip of GET /healthz in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from bench._common import (
+    Ctx,
+    Result,
+    client,
+    create_build,
+    median,
+    parse_ts,
+    percentile,
+    require_success,
+    serve,
+    wait_finished,
+)
+
+NAME = "dispatch_latency"
+BACKENDS = ("postgres", "sqlite")
+YAML = "jobs:\n  bench:\n    steps:\n      - run: 'true'\n"
+
+
+async def one(http: httpx.AsyncClient, start: asyncio.Event) -> tuple[float, int]:
+    await start.wait()
+    sent = time.time()
+    build = await create_build(http, YAML)
+    return sent, int(build["id"])
+
+
+async def run(ctx: Ctx, backend: str) -> None:
+    count = 50
+    async with serve(backend, MAX_CONCURRENT_BUILDS="50") as (_db, (server,), _tmp):
+        async with client(server.base, connections=count) as http:
+            # Warm up the connection pool and the server's code paths.
+            await asyncio.gather(*(http.get("/healthz") for _ in range(count)))
+            await wait_finished(http, (await create_build(http, YAML))["id"])
+            pings = []
+            for _ in range(50):
+                t0 = time.perf_counter()
+                (await http.get("/healthz")).raise_for_status()
+                pings.append(time.perf_counter() - t0)
+            start = asyncio.Event()
+            tasks = [asyncio.create_task(one(http, start)) for _ in range(count)]
+            await asyncio.sleep(0.05)
+            start.set()
+            sent = await asyncio.gather(*tasks)
+            latencies = []
+            for when, build_id in sent:
+                build = await wait_finished(http, build_id)
+                require_success(build)
+                latencies.append(parse_ts(build["jobs"][0]["steps"][0]["started_at"]) - when)
+    base = median(pings) * 1000
+    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    ctx.add(Result(NAME, backend, f"POST->step started p50 ({count} concurrent)", p50, "ms", base,
+                   "GET /healthz p50", "<= 20 ms", p50 <= 20))
+    ctx.add(Result(NAME, backend, f"POST->step started p99 ({count} concurrent)", p99, "ms", base,
+                   "GET /healthz p50", "<= 100 ms", p99 <= 100))

@@ -1,0 +1,56 @@
+"""Masking and line assembly, without a database (pure code)."""
+
+from __future__ import annotations
+
+from app.logs.masking import LineAssembler, Masker, masked_variables, secret_names
+
+
+def _feed(masker: Masker, parts: list[bytes], max_partial: int = 64 * 1024) -> str:
+    assembler = LineAssembler(masker, max_partial)
+    return "".join(assembler.feed(p) for p in parts) + assembler.close()
+
+
+def test_secret_split_across_writes_is_masked() -> None:
+    masker = Masker(["hunter22"])
+    assert _feed(masker, [b"pass=hun", b"ter22 ok\n"]) == "pass=*** ok\n"
+
+
+def test_secret_split_across_utf8_boundaries() -> None:
+    masker = Masker(["pässwörd"])
+    data = "x pässwörd y\n".encode()
+    assert _feed(masker, [data[:4], data[4:7], data[7:]]) == "x *** y\n"
+
+
+def test_secret_across_a_forced_cut_of_an_endless_line() -> None:
+    masker = Masker(["SECRETVALUE"])
+    line = b"a" * 95 + b"SECRETVALUE" + b"b" * 50
+    out = _feed(masker, [line[i : i + 7] for i in range(0, len(line), 7)], max_partial=100)
+    assert "SECRET" not in out
+    assert out == "a" * 95 + "***" + "b" * 50
+
+
+def test_multiline_secret_masks_each_line_and_short_values_are_kept() -> None:
+    masker = Masker(["line-one\nline-two\nab"])
+    out = _feed(masker, [b"line-one\nline-two\nab\n"])
+    assert out == "***\n***\nab\n"
+
+
+def test_add_mask_registers_value() -> None:
+    masker = Masker()
+    out = _feed(masker, [b"::add-mask::runtime-secret\nuse runtime-secret now\n"])
+    assert out == "::add-mask::***\nuse *** now\n"
+
+
+def test_variable_names_and_api_masking() -> None:
+    variables = {"API_TOKEN": "t0ken-value", "db_password": "pw-value", "ssh_key": "k", "NAME": "x"}
+    assert secret_names(variables) == {"API_TOKEN", "db_password", "ssh_key"}
+    assert masked_variables(variables) == {
+        "API_TOKEN": "***",
+        "db_password": "***",
+        "ssh_key": "***",
+        "NAME": "x",
+    }
+
+
+def test_invalid_utf8_replaced() -> None:
+    assert _feed(Masker(), [b"\xff ok\n"]) == "\ufffd ok\n"
