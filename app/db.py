@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, func
+from sqlmodel import select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 SessionFactory = async_sessionmaker[AsyncSession]
+NOTIFY_CHANNEL = "ci_executor_events"
 # Receives the events a transaction recorded (session.info["events"]) once it has committed.
 EventSink = Callable[[list[Any]], None]
 
@@ -62,6 +64,8 @@ class Database:
             expire_on_commit=False,
         )
         self.sinks: list[EventSink] = []
+        # Set on Postgres to turn a transaction's events into NOTIFY payloads (cross-replica).
+        self.notify: Callable[[list[Any]], list[str]] | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -72,6 +76,10 @@ class Database:
         async with self.sessions() as session:
             try:
                 yield session
+                pending = session.info.get("events")
+                if pending and self.notify is not None:
+                    for payload in self.notify(pending):
+                        await session.exec(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
                 await session.commit()
             except BaseException:
                 await session.rollback()

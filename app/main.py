@@ -22,6 +22,7 @@ from app.logs.writer import LogWriter
 from app.metrics import Metrics
 from app.queue import create_queue
 from app.runners import create_runner
+from app.services.notify import PgListener, asyncpg_dsn, notify_payloads
 from app.services.pipelines import PipelineClient
 from app.services.scheduler import Scheduler
 
@@ -72,6 +73,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         await scheduler.start()
         stack.push_async_callback(scheduler.stop)
+        if not db.is_sqlite:
+            db.notify = lambda events: notify_payloads(events, scheduler.owner)
+            listener = PgListener(
+                asyncpg_dsn(settings.database_url),
+                sender=scheduler.owner,
+                hub=hub,
+                on_cancel=scheduler.cancel,
+            )
+            await listener.start()
+            stack.push_async_callback(listener.stop)
         app.state.db = db
         app.state.metrics = metrics
         app.state.hub = hub

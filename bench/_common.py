@@ -243,6 +243,10 @@ async def serve(
                 for server in servers:
                     await server.start()
                 yield db, servers, tmp
+            except BaseException:
+                for server in servers:
+                    print(f"--- {server.workdir.name} log tail:\n{server.tail()}", flush=True)
+                raise
             finally:
                 for server in servers:
                     await server.stop()

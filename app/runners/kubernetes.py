@@ -98,6 +98,9 @@ class KubernetesSettings:
     watch_timeout_seconds: int = 60  # server-side lifetime of one watch request
     retry_interval_seconds: float = 1.0  # pause before reconnecting a broken watch or log
     job_check_interval_seconds: float = 10.0  # how often to re-read the Job while following
+    # A log stream silent for this long is reopened: a connection dropped without a FIN (a NAT or
+    # proxy timing out) would otherwise hang the follower forever. Reopening re-reads the log.
+    log_idle_reconnect_seconds: float = 600.0
 
 
 class KubeError(Exception):
@@ -204,10 +207,15 @@ class _Kube:
             )
         )
 
-    async def pod_log(self, name: str) -> Any:
+    async def pod_log(self, name: str, idle_timeout: float) -> Any:
         return await self.stream(
             self._core.read_namespaced_pod_log(
-                name, self.ns, container=CONTAINER, follow=True, _preload_content=False
+                name,
+                self.ns,
+                container=CONTAINER,
+                follow=True,
+                _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(sock_connect=30, sock_read=idle_timeout),
             )
         )
 
@@ -359,7 +367,6 @@ class _JobState:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     pods: dict[str, _PodView] = field(default_factory=dict)  # uid -> latest view
     gone: set[str] = field(default_factory=set)  # uids seen deleted
-    log_done: bool = False
     job_ended: bool = False  # the script's job-end marker was read: the log is complete
 
     def poke(self) -> None:
@@ -416,8 +423,11 @@ class _Steps:
                 if status == "failed":
                     return JobResult("failed")
                 if status == "timed_out":
-                    return JobResult("timed_out", f"step {step.name!r} timed out")
-                return JobResult("error", f"step {step.name!r}: bash is not installed in the image")
+                    return JobResult("timed_out", f"step {step.index + 1} ({step.name}) timed out")
+                return JobResult(
+                    "error",
+                    f"step {step.index + 1} ({step.name}): bash is not installed in the image",
+                )
         if self.job_end is not None and self.job_end.failed:
             return JobResult("failed")
         return JobResult("success")
@@ -638,7 +648,7 @@ class KubernetesRunner:
     async def _run_job(self, job: JobRun, steps: _Steps, resume: bool) -> JobResult:
         name = k8s_job_name(job.build_id, job.job_name)
         if job.cancel.is_set():
-            await steps.end_unfinished("cancelled", "cancelled", None)
+            await steps.end_unfinished("cancelled", "skipped", None)
             return JobResult("cancelled")
         try:
             plan = plan_env(job.steps, job.secret_names)
@@ -756,7 +766,7 @@ class KubernetesRunner:
                 now = time.monotonic()
                 if job.cancel.is_set():
                     await self.kube.delete_job(name)
-                    await steps.end_unfinished("cancelled", "cancelled", None)
+                    await steps.end_unfinished("cancelled", "skipped", None)
                     return JobResult("cancelled")
                 if tracked is None:
                     candidates = [p for p in state.pods.values() if p.uid not in state.gone]
@@ -871,7 +881,7 @@ class KubernetesRunner:
             return steps.outcome()
         if job.cancel.is_set():
             await self.kube.delete_job(name)
-            await steps.end_unfinished("cancelled", "cancelled", None)
+            await steps.end_unfinished("cancelled", "skipped", None)
             return JobResult("cancelled")
         job_obj = await self.kube.read_job(name)
         deadline = _deadline_exceeded(job_obj)
@@ -991,7 +1001,7 @@ class KubernetesRunner:
             view = state.pods.get(uid)
             final = uid in state.gone or (view is not None and view.terminated)
             try:
-                resp = await self.kube.pod_log(pod_name)
+                resp = await self.kube.pod_log(pod_name, s.log_idle_reconnect_seconds)
                 try:
                     seen = 0
                     while True:
@@ -1019,7 +1029,6 @@ class KubernetesRunner:
             if state.job_ended or final:
                 for event in parser.finish():
                     await steps.handle(event)
-                state.log_done = True
                 return
             # The stream ended before the pod did (or broke): wait for news, then re-read.
             with contextlib.suppress(TimeoutError):

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import record_event
 from app.errors import Conflict, Invalid, NotFound
 from app.logs.masking import masked_variables
 from app.models import (
@@ -32,6 +33,7 @@ from app.models import (
 )
 from app.models.types import utcnow
 from app.services import state
+from app.services.notify import CancelRequested
 from app.services.plan import planned_steps
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
 
@@ -251,6 +253,7 @@ async def request_cancel(session: AsyncSession, build_id: int) -> Build:
             .where(col(Build.id) == build_id, col(Build.cancel_requested_at).is_(None))
             .values(cancel_requested_at=now)
         )
+        record_event(session, CancelRequested(build_id))
     await session.flush()
     await session.refresh(build)
     return build

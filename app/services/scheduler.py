@@ -178,24 +178,33 @@ class Scheduler:
             self._slots.release()
 
     async def _lease_loop(self) -> None:
-        interval = max(0.2, self.settings.lease_seconds / 3)
+        """Renew leases every third of their length; check cancel flags every second (the
+        fallback for cancels requested on another replica when there is no NOTIFY)."""
+        renew_every = max(0.2, self.settings.lease_seconds / 3)
+        tick = min(1.0, renew_every)
+        last_renewal = 0.0
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(tick)
             try:
-                await self._renew()
+                renew = loop.time() - last_renewal >= renew_every
+                await self._renew(renew=renew)
+                if renew:
+                    last_renewal = loop.time()
             except Exception:
                 log.exception("lease renewal failed; retrying")
 
-    async def _renew(self) -> None:
+    async def _renew(self, *, renew: bool) -> None:
         ids = list(self._running)
         if not ids:
             return
         async with self.db.transaction() as session:
-            await session.exec(
-                update(Build)
-                .where(col(Build.id).in_(ids), col(Build.lease_owner) == self.owner)
-                .values(lease_expires_at=utcnow() + self.lease)
-            )
+            if renew:
+                await session.exec(
+                    update(Build)
+                    .where(col(Build.id).in_(ids), col(Build.lease_owner) == self.owner)
+                    .values(lease_expires_at=utcnow() + self.lease)
+                )
             flagged = (
                 await session.exec(
                     select(Build.id).where(

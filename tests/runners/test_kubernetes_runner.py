@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,10 @@ async def control(
     """An emulator control call off the event loop (the runner under test shares the loop)."""
     answer = await asyncio.to_thread(emulator.control, path, body)
     return answer[key] if key else answer
+
+
+def _has_lines(reporter: FakeReporter, index: int, n: int) -> bool:
+    return reporter.text(index).count("\n") >= n
 
 
 async def _no_processes(emulator: EmulatorProcess) -> bool:
@@ -358,7 +363,7 @@ async def test_cancel_deletes_the_job_and_kills_processes(
     job.cancel.set()
     result = await asyncio.wait_for(task, WAIT)
     assert result == JobResult("cancelled")
-    assert reporter.statuses() == {0: "cancelled", 1: "cancelled"}
+    assert reporter.statuses() == {0: "cancelled", 1: "skipped"}
     await until(lambda: _no_processes(emulator), "the pod's processes to die")
     await until(lambda: _no_pods(runner, job), "the pods to be deleted")
     assert await runner.kube.read_job(k8s_job_name(job.build_id, job.job_name)) is None
@@ -384,7 +389,7 @@ async def test_cancel_while_pending_never_starts_work(
     finally:
         await runner_long.stop()
     assert result == JobResult("cancelled")
-    assert reporter.statuses() == {0: "cancelled"}
+    assert reporter.statuses() == {0: "skipped"}  # it never started
     await until(lambda: _no_pods(runner, job), "the pending pod to be deleted")
     await control(emulator, "unschedulable", {"value": False})
     # With the pod object gone nothing is left that the kubelet could start.
@@ -436,7 +441,7 @@ async def test_log_stream_breaks_lose_and_repeat_nothing(
     reporter = FakeReporter()
     task = asyncio.create_task(runner.run_job(job, reporter))
     for n in (5, 15, 25):
-        await until(lambda n=n: reporter.text(0).count("\n") >= n, f"{n} lines")
+        await until(partial(_has_lines, reporter, 0, n), f"{n} lines")
         # Retried: right after a break the runner may be between two connections.
         await until(
             lambda: control(emulator, "break-log-streams", {}, key="broken"), "a log to break"
@@ -456,6 +461,30 @@ async def test_log_stream_breaks_lose_and_repeat_nothing(
     assert result == JobResult("success")
     assert reporter.text(0) == EXPECTED
     assert reporter.text(1) == "tail"
+
+
+async def test_silent_log_streams_are_reopened_without_loss(
+    settings: KubernetesSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = KubernetesRunner(replace(settings, log_idle_reconnect_seconds=0.3))
+    await runner.start()
+    try:
+        opened = 0
+        real = runner.kube.pod_log
+
+        async def counting(name: str, idle: float) -> Any:
+            nonlocal opened
+            opened += 1
+            return await real(name, idle)
+
+        monkeypatch.setattr(runner.kube, "pod_log", counting)
+        job = job_run(step(0, "echo a; sleep 1.5; echo b"))
+        reporter = FakeReporter()
+        assert await runner.run_job(job, reporter) == JobResult("success")
+    finally:
+        await runner.stop()
+    assert reporter.text(0) == "a\nb\n"
+    assert opened >= 2
 
 
 async def test_resume_after_a_crash_reports_every_line_once(
