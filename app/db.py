@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, func
-from sqlmodel import select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 SessionFactory = async_sessionmaker[AsyncSession]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -138,25 +139,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return _error(413, f"request body larger than {limit} bytes")
         return await call_next(request)
 
-    _mount_ui(app)
+    _mount_ui(app, WEB_DIST)
     return app
 
 
-def _mount_ui(app: FastAPI) -> None:
+def _mount_ui(app: FastAPI, dist: Path) -> None:
     """Serve the built UI at / with history-mode fallback, never shadowing the API routes."""
-    if not (WEB_DIST / "index.html").is_file():
-        log.info("web UI not built (no %s); serving the API only", WEB_DIST / "index.html")
+    if not (dist / "index.html").is_file():
+        log.warning("web UI not built (no %s): serving the API only; run `make ui`", dist)
         return
-    if (WEB_DIST / "assets").is_dir():
-        app.mount("/assets", StaticFiles(directory=WEB_DIST / "assets"), name="assets")
-    index = WEB_DIST / "index.html"
+    if (dist / "assets").is_dir():
+        app.mount("/assets", StaticFiles(directory=dist / "assets"), name="assets")
+    index = dist / "index.html"
     reserved = ("api/", "docs", "redoc", "openapi.json", "healthz", "readyz", "metrics")
 
     @app.get("/{path:path}", include_in_schema=False)
     async def _ui(path: str) -> FileResponse:
         if path.startswith(reserved):
             raise StarletteHTTPException(404, "Not Found")
-        candidate = (WEB_DIST / path).resolve()
-        if path and candidate.is_file() and WEB_DIST in candidate.parents:
+        candidate = (dist / path).resolve()
+        if path and candidate.is_file() and dist.resolve() in candidate.parents:
             return FileResponse(candidate)
         return FileResponse(index)

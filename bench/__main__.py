@@ -42,7 +42,9 @@ def table(results: list[Result]) -> str:
                 r.backend,
                 r.metric,
                 f"{fmt(r.value)} {r.unit}",
-                f"{fmt(r.baseline)} {r.unit} ({r.baseline_label})" if r.baseline is not None else "-",
+                f"{fmt(r.baseline)} {r.unit} ({r.baseline_label})"
+                if r.baseline is not None
+                else "-",
                 f"{r.ratio:.2f}x" if r.ratio is not None else "-",
                 r.target or "-",
                 {True: "PASS", False: "MISS", None: "-"}[r.passed],
@@ -55,14 +57,20 @@ def table(results: list[Result]) -> str:
 
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"benchmarks to run (default: all): {', '.join(MODULES)}")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default: all): {', '.join(MODULES)}",
+    )
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a fast check")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in MODULES]
     if unknown:
-        parser.error(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+        parser.error(
+            f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(MODULES)}"
+        )
     backends = ("postgres", "sqlite") if args.backend == "both" else (args.backend,)
     ctx = Ctx(quick=args.quick)
     crashed: list[str] = []
@@ -81,7 +89,7 @@ async def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             try:
                 await module.run(ctx, backend)
-            except Exception:  # noqa: BLE001 - report and go on with the next benchmark
+            except Exception:
                 traceback.print_exc()
                 crashed.append(f"{name}/{backend}")
             print(f"   ({time.monotonic() - t0:.1f} s)", flush=True)

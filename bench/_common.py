@@ -67,8 +67,7 @@ class Ctx:
         target = f"  target {result.target} {verdict}" if result.target else ""
         print(
             f"  [{result.backend}] {result.metric}: {fmt(result.value)} {result.unit}"
-            f"{base}  ratio {ratio}{target}"
-            + (f"  ({result.note})" if result.note else ""),
+            f"{base}  ratio {ratio}{target}" + (f"  ({result.note})" if result.note else ""),
             flush=True,
         )
 

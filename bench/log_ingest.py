@@ -63,13 +63,25 @@ async def baseline(db: Database, tmp: Path, size: str) -> tuple[float, str]:
         conn = await asyncpg.connect(db.raw)
         await conn.execute("CREATE TABLE bench_lines (line text)")
         await conn.close()
-        argv = ["psql", "-q", "-v", "ON_ERROR_STOP=1", db.raw, "-c",
-                f"\\copy bench_lines FROM '{path}'"]
+        argv = [
+            "psql",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            db.raw,
+            "-c",
+            f"\\copy bench_lines FROM '{path}'",
+        ]
         label = "psql \\copy"
     elif shutil.which("sqlite3"):
         base = tmp / "baseline.db"
-        argv = ["sqlite3", str(base), "CREATE TABLE bench_lines (line text);", ".mode csv",
-                f".import {path} bench_lines"]
+        argv = [
+            "sqlite3",
+            str(base),
+            "CREATE TABLE bench_lines (line text);",
+            ".mode csv",
+            f".import {path} bench_lines",
+        ]
         label = "sqlite3 .import"
     else:
         return await asyncio.to_thread(_executemany, tmp / "baseline.db", path), "executemany 64KiB"
@@ -94,7 +106,9 @@ async def run(ctx: Ctx, backend: str) -> None:
     async with serve(backend) as (db, (server,), tmp):
         async with client(server.base) as http:
             sent = time.time()
-            build = await create_build(http, f"jobs:\n  bench:\n    steps:\n      - run: '{STEP.format(command(size))}'\n")
+            build = await create_build(
+                http, f"jobs:\n  bench:\n    steps:\n      - run: '{STEP.format(command(size))}'\n"
+            )
             build = await wait_finished(http, build["id"], interval=0.1)
             require_success(build)
             elapsed = parse_ts(build["finished_at"]) - sent
@@ -109,7 +123,22 @@ async def run(ctx: Ctx, backend: str) -> None:
             rss = server.peak_rss_mb()
         base, label = await baseline(db, tmp, size)
     note = "" if stored == expected else f"STORED {stored} of {expected} bytes"
-    ctx.add(Result(NAME, backend, f"{size_mb} MiB POST->finished+stored", elapsed, "s", base, label,
-                   "<= psql" if backend == "postgres" else "", (elapsed <= base and not note) if backend == "postgres" else None, note or f"{stored} bytes stored"))
-    ctx.add(Result(NAME, backend, "serve peak RSS (VmHWM)", rss, "MB", target="< 200 MB",
-                   passed=rss < 200))
+    ctx.add(
+        Result(
+            NAME,
+            backend,
+            f"{size_mb} MiB POST->finished+stored",
+            elapsed,
+            "s",
+            base,
+            label,
+            "<= psql" if backend == "postgres" else "",
+            (elapsed <= base and not note) if backend == "postgres" else None,
+            note or f"{stored} bytes stored",
+        )
+    )
+    ctx.add(
+        Result(
+            NAME, backend, "serve peak RSS (VmHWM)", rss, "MB", target="< 200 MB", passed=rss < 200
+        )
+    )

@@ -35,15 +35,14 @@ async def bare_loop(steps: int) -> float:
 async def run(ctx: Ctx, backend: str) -> None:
     rounds = 2 if ctx.quick else 5
     yaml = "jobs:\n  bench:\n    steps:\n" + "      - run: 'true'\n" * STEPS
-    async with serve(backend) as (_db, (server,), _tmp):
-        async with client(server.base) as http:
-            await wait_finished(http, (await create_build(http, yaml))["id"])  # warm-up
-            durations = []
-            for _ in range(rounds):
-                sent = time.time()
-                build = await wait_finished(http, (await create_build(http, yaml))["id"])
-                require_success(build)
-                durations.append(parse_ts(build["finished_at"]) - sent)
+    async with serve(backend) as (_db, (server,), _tmp), client(server.base) as http:
+        await wait_finished(http, (await create_build(http, yaml))["id"])  # warm-up
+        durations = []
+        for _ in range(rounds):
+            sent = time.time()
+            build = await wait_finished(http, (await create_build(http, yaml))["id"])
+            require_success(build)
+            durations.append(parse_ts(build["finished_at"]) - sent)
     baselines = [await bare_loop(STEPS) for _ in range(rounds)]
     value, base = median(durations), median(baselines)
     ctx.add(

@@ -94,7 +94,7 @@ class PgListener:
                 await conn.add_listener(CHANNEL, self._received)
                 self.connected.set()
                 closed = asyncio.Event()
-                conn.add_termination_listener(lambda _c: closed.set())
+                conn.add_termination_listener(lambda _c, done=closed: done.set())
                 await closed.wait()
                 log.warning("LISTEN connection lost; reconnecting")
             except asyncio.CancelledError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -174,7 +175,7 @@ async def test_matrix_no_fail_fast_and_max_parallel(client: httpx.AsyncClient) -
     done = await wait_for_build(client, body["id"])
     assert [job(done, f"t ({n})")["status"] for n in (1, 2, 3)] == ["failed", "success", "success"]
     spans = sorted((_t(j["started_at"]), _t(j["finished_at"])) for j in done["jobs"])
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end  # one at a time
 
 
@@ -236,7 +237,8 @@ async def test_secrets_masked_in_logs_and_responses(client: httpx.AsyncClient) -
                 steps:
                   - run: |
                       echo "token=$DEPLOY_TOKEN"
-                      printf 'split: %s' "${DEPLOY_TOKEN:0:5}"; sleep 0.3; printf '%s\\n' "${DEPLOY_TOKEN:5}"
+                      printf 'split: %s' "${DEPLOY_TOKEN:0:5}"; sleep 0.3
+                      printf '%s\\n' "${DEPLOY_TOKEN:5}"
                       echo "$SSH_KEY"
                       echo "short=$API_KEY"
                       echo "::add-mask::dynamic-value-123"
