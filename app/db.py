@@ -31,7 +31,11 @@ def create_engine(url: str) -> AsyncEngine:
             cursor = dbapi_conn.cursor()
             # WAL lets readers (SSE, API) run beside the writer; the busy timeout makes
             # concurrent writers wait instead of failing with "database is locked".
-            cursor.execute("PRAGMA journal_mode=WAL")
+            # WAL persists in the file (`migrate` sets it); switching modes needs an exclusive
+            # lock, so only ever try when the file is not in WAL mode yet.
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")

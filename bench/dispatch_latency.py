@@ -36,27 +36,29 @@ async def one(http: httpx.AsyncClient, start: asyncio.Event) -> tuple[float, int
 
 async def run(ctx: Ctx, backend: str) -> None:
     count = 50
-    async with serve(backend, MAX_CONCURRENT_BUILDS="50") as (_db, (server,), _tmp):
-        async with client(server.base, connections=count) as http:
-            # Warm up the server's code paths.
-            await wait_finished(http, (await create_build(http, YAML))["id"])
-            pings = []
-            for _ in range(50):
-                t0 = time.perf_counter()
-                (await http.get("/healthz")).raise_for_status()
-                pings.append(time.perf_counter() - t0)
-            # Fresh keep-alive connections for the burst (uvicorn drops idle ones after 5 s).
-            await asyncio.gather(*(http.get("/healthz") for _ in range(count)))
-            start = asyncio.Event()
-            tasks = [asyncio.create_task(one(http, start)) for _ in range(count)]
-            await asyncio.sleep(0.05)
-            start.set()
-            sent = await asyncio.gather(*tasks)
-            latencies = []
-            for when, build_id in sent:
-                build = await wait_finished(http, build_id)
-                require_success(build)
-                latencies.append(parse_ts(build["jobs"][0]["steps"][0]["started_at"]) - when)
+    async with (
+        serve(backend, MAX_CONCURRENT_BUILDS="50") as (_db, (server,), _tmp),
+        client(server.base, connections=count) as http,
+    ):
+        # Warm up the server's code paths.
+        await wait_finished(http, (await create_build(http, YAML))["id"])
+        pings = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            (await http.get("/healthz")).raise_for_status()
+            pings.append(time.perf_counter() - t0)
+        # Fresh keep-alive connections for the burst (uvicorn drops idle ones after 5 s).
+        await asyncio.gather(*(http.get("/healthz") for _ in range(count)))
+        start = asyncio.Event()
+        tasks = [asyncio.create_task(one(http, start)) for _ in range(count)]
+        await asyncio.sleep(0.05)
+        start.set()
+        sent = await asyncio.gather(*tasks)
+        latencies = []
+        for when, build_id in sent:
+            build = await wait_finished(http, build_id)
+            require_success(build)
+            latencies.append(parse_ts(build["jobs"][0]["steps"][0]["started_at"]) - when)
     base = median(pings) * 1000
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
     ctx.add(

@@ -72,9 +72,10 @@ async def insert(db: Database, total: int) -> None:
 
     def sqlite_insert() -> None:
         stamp = "%Y-%m-%d %H:%M:%S.%f"
+        marks = ", ".join("?" * len(COLUMNS))
         with sqlite3.connect(db.raw) as conn:
             conn.executemany(
-                f"INSERT INTO builds ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                f"INSERT INTO builds ({', '.join(COLUMNS)}) VALUES ({marks})",
                 [
                     (*r[:5], r[5].strftime(stamp), r[6].strftime(stamp), r[7].strftime(stamp), r[8])  # type: ignore[attr-defined]
                     for r in data

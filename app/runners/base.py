@@ -76,6 +76,8 @@ class JobReporter(Protocol):
 
 class Runner(Protocol):
     name: str
+    # True when run_job(resume=True) can follow work started by another (dead) executor.
+    can_reattach: bool
 
     async def start(self) -> None:
         """Check the backend is usable (config present, permissions); raise a clear error if not."""
@@ -92,6 +94,10 @@ class Runner(Protocol):
 
     async def cancel_build(self, build_id: int) -> None:
         """Stop everything of this build this runner knows about (best effort, idempotent)."""
+        ...
+
+    async def cleanup_build(self, build_id: int) -> None:
+        """Release what the build held once it finished (e.g. its Kubernetes Secret)."""
         ...
 
 

@@ -448,6 +448,7 @@ class _Steps:
 
 class KubernetesRunner:
     name = "kubernetes"
+    can_reattach = True  # the Jobs outlive the executor; their logs are re-read from the API
 
     def __init__(self, settings: KubernetesSettings) -> None:
         self.settings = settings
@@ -531,8 +532,12 @@ class KubernetesRunner:
     # ------------------------------------------------------------ build-level operations
 
     async def cancel_build(self, build_id: int) -> None:
-        await self.kube.delete_jobs(f"{LABEL_BUILD}={build_id}")
-        await self.cleanup_build(build_id)
+        """Delete every Job of the build (pods with them, Background) and the build's Secret.
+        Runners following those Jobs notice through their own cancel event or the pod watch."""
+        try:
+            await self.kube.delete_jobs(f"{LABEL_BUILD}={build_id}")
+        finally:
+            await self.cleanup_build(build_id)
 
     async def cleanup_build(self, build_id: int) -> None:
         """Delete the build's Secret (called when the build ends, and by cancel)."""

@@ -54,6 +54,7 @@ def _kill_group(pid: int, sig: signal.Signals) -> None:
 
 class LocalRunner:
     name = "local"
+    can_reattach = False
 
     def __init__(self, workspace_root: Path, *, kill_grace_seconds: float = 5.0) -> None:
         self.workspace_root = workspace_root.resolve()
@@ -70,6 +71,9 @@ class LocalRunner:
 
     def workspace(self, build_id: int, job_name: str) -> Path:
         return self.workspace_root / str(build_id) / job_dir_name(job_name)
+
+    async def cleanup_build(self, build_id: int) -> None:
+        """Workspaces are kept for inspection; WORKSPACE_ROOT is the operator's to prune."""
 
     async def cancel_build(self, build_id: int) -> None:
         for job in self._jobs.get(build_id, ()):

@@ -277,7 +277,7 @@ class BuildExecutor:
         finally:
             ctx.metrics.running_jobs.dec()
             self._job_cancels.pop(name, None)
-        if ctx.detach and result.status in ("cancelled", "error") and _can_reattach(ctx.runner):
+        if ctx.detach and result.status in ("cancelled", "error") and ctx.runner.can_reattach:
             return result
         await ctx.writer.flush(ctx.build_id)
         async with ctx.db.transaction() as session:
@@ -302,6 +302,12 @@ class BuildExecutor:
             final, error = BuildStatus.failed, None
         else:
             final, error = BuildStatus.success, None
+        try:
+            await ctx.runner.cleanup_build(ctx.build_id)
+        except Exception:
+            log.exception(
+                "cleaning up build %s on the %s runner failed", ctx.build_id, ctx.runner.name
+            )
         async with ctx.db.transaction() as session:
             moved = await state.build(session, ctx.build_id, final, error=error)
             build = await session.get(Build, ctx.build_id) if moved else None
@@ -311,7 +317,3 @@ class BuildExecutor:
                 ctx.metrics.build_duration.observe(
                     (build.finished_at - build.started_at).total_seconds()
                 )
-
-
-def _can_reattach(runner: Runner) -> bool:
-    return bool(getattr(runner, "can_reattach", False))

@@ -84,7 +84,7 @@ class Scheduler:
         if tasks:
             await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
         for ctx, _ in list(self._running.values()):
-            ctx.detach = bool(getattr(self.runner, "can_reattach", False))
+            ctx.detach = self.runner.can_reattach
             if not ctx.detach:
                 ctx.request_cancel()
         remaining = [task for _, task in self._running.values()]

@@ -65,3 +65,39 @@ async def test_serve_end_to_end(
     assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in server.log()
     assert "Traceback" not in server.log()
+
+
+async def test_graceful_shutdown_lets_steps_finish_then_cancels(
+    serve_factory: Callable[..., ServeProcess], database_url: str, tmp_path: Path
+) -> None:
+    env = {
+        "DATABASE_URL": database_url,
+        "WORKSPACE_ROOT": str(tmp_path / "ws"),
+        "SHUTDOWN_GRACE_SECONDS": "3",
+        "CANCEL_GRACE_SECONDS": "1",
+    }
+    server = serve_factory(env)
+    go = tmp_path / "go"
+    async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
+        short = await create(
+            client,
+            "jobs:\n  a:\n    steps:\n      - run: echo up; while [ ! -e $GO ]; do sleep 0.05; done\n",
+            variables={"GO": str(go)},
+        )
+        long = await create(client, "jobs:\n  a:\n    steps:\n      - run: echo up; sleep 300\n")
+
+        async def both_running() -> bool:
+            pages = [
+                (await client.get(f"/builds/{b['id']}/logs")).json() for b in (short, long)
+            ]
+            return all(p["items"] for p in pages)
+
+        await wait_until(both_running)
+    server.proc.send_signal(signal.SIGTERM)
+    go.touch()  # the short build can finish within the grace period; the long one cannot
+    assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    restarted = serve_factory(env, name="again")
+    async with httpx.AsyncClient(base_url=f"{restarted.url}/api/v1", timeout=30) as client:
+        assert (await client.get(f"/builds/{short['id']}")).json()["status"] == "success"
+        stopped = (await client.get(f"/builds/{long['id']}")).json()
+        assert stopped["status"] == "cancelled"

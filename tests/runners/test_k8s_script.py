@@ -36,7 +36,8 @@ from app.workflow.conditions import parse_condition
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 TOKEN = marker_token("s3cret", 42)
 
-SHELLS = [["/bin/sh"]]
+# /bin/sh is dash here; images differ (busybox ash on alpine, bash on some distributions).
+SHELLS = [["/bin/sh"], ["bash", "--posix"]]
 if shutil.which("busybox"):
     SHELLS.append([shutil.which("busybox") or "busybox", "sh"])
 SHELL_IDS = [" ".join(Path(a).name for a in s) for s in SHELLS]
