@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     k8s_ttl_seconds_after_finished: int = Field(default=3600, ge=0)
     k8s_marker_secret: str = ""
     kubeconfig: str = ""  # empty: in-cluster config, then the default kubeconfig
+    k8s_job_deadline_seconds: int = Field(default=3600, ge=1)
+    k8s_unschedulable_timeout_seconds: float = Field(default=300, gt=0)
+    k8s_image_pull_timeout_seconds: float = Field(default=30, gt=0)
+    k8s_cpu_request: str = ""
+    k8s_memory_request: str = ""
+    k8s_cpu_limit: str = ""
+    k8s_memory_limit: str = ""
+    k8s_run_as_user: int = Field(default=1000, ge=1)
     max_concurrent_builds: int = Field(default=4, ge=1)
     max_concurrent_jobs: int = Field(default=4, ge=1)
     api_tokens: str = ""
@@ -80,6 +88,15 @@ class Settings(BaseSettings):
     def _check_tokens(cls, value: str) -> str:
         parse_tokens(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_kubernetes(self) -> Settings:
+        if self.runner == "kubernetes" and not self.k8s_marker_secret:
+            raise ValueError(
+                "RUNNER=kubernetes needs K8S_MARKER_SECRET (the same random value on every "
+                "replica), so step markers cannot be forged and builds can be re-attached"
+            )
+        return self
 
     @property
     def tokens(self) -> list[ApiToken]:

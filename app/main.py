@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlmodel import col, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import builds, health, logs
@@ -21,8 +22,10 @@ from app.errors import ServiceError
 from app.logs.hub import LiveHub
 from app.logs.writer import LogWriter
 from app.metrics import Metrics
+from app.models import Build, BuildStatus
 from app.queue import create_queue
 from app.runners import create_runner
+from app.runners.base import Runner
 from app.services.notify import PgListener, asyncpg_dsn, notify_payloads
 from app.services.pipelines import PipelineClient
 from app.services.scheduler import Scheduler
@@ -64,6 +67,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner = create_runner(settings)
         await runner.start()
         stack.push_async_callback(runner.stop)
+        await sweep_orphans(runner, db)
         queue = create_queue(
             settings.queue_url,
             queue_name=settings.queue_name,
@@ -93,6 +97,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.queue = queue
         app.state.scheduler = scheduler
         yield
+
+
+async def sweep_orphans(runner: Runner, db: Database) -> None:
+    """Delete Kubernetes Jobs left behind by builds that are already finished."""
+    sweep = getattr(runner, "sweep_orphans", None)
+    if sweep is None:
+        return
+
+    async def finished(ids: list[int]) -> set[int]:
+        async with db.read() as session:
+            rows = await session.exec(
+                select(Build.id).where(
+                    col(Build.id).in_(ids),
+                    col(Build.status).not_in([BuildStatus.queued, BuildStatus.running]),
+                )
+            )
+            return {i for i in rows.all() if i is not None}
+
+    await sweep(finished)
 
 
 def _error(status: int, detail: Any) -> JSONResponse:

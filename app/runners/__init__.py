@@ -21,5 +21,13 @@ def create_runner(settings: Settings) -> Runner:
             ttl_seconds_after_finished=settings.k8s_ttl_seconds_after_finished,
             marker_secret=settings.k8s_marker_secret,
             kubeconfig=settings.kubeconfig or None,
+            default_deadline_seconds=settings.k8s_job_deadline_seconds,
+            unschedulable_timeout_seconds=settings.k8s_unschedulable_timeout_seconds,
+            image_pull_timeout_seconds=settings.k8s_image_pull_timeout_seconds,
+            cpu_request=settings.k8s_cpu_request or None,
+            memory_request=settings.k8s_memory_request or None,
+            cpu_limit=settings.k8s_cpu_limit or None,
+            memory_limit=settings.k8s_memory_limit or None,
+            run_as_user=settings.k8s_run_as_user,
         )
     )

@@ -83,9 +83,13 @@ class Scheduler:
         tasks = [task for _, task in self._running.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
-        for ctx, _ in list(self._running.values()):
-            ctx.detach = self.runner.can_reattach
-            if not ctx.detach:
+        for ctx, task in list(self._running.values()):
+            if self.runner.can_reattach:
+                # The work goes on in the cluster; stop following it and let the next replica
+                # (or this one after a restart) re-attach once the lease is released below.
+                ctx.detach = True
+                task.cancel()
+            else:
                 ctx.request_cancel()
         remaining = [task for _, task in self._running.values()]
         if remaining:

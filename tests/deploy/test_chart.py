@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from app.config import Settings
+from app.runners.kubernetes import REQUIRED_RBAC
 from tests.deploy.chart_render import TemplateError, merge_values, render_chart, render_manifests
 from tests.deploy.k8s_schema import validate
 
@@ -37,21 +38,9 @@ NAMESPACE = "ci"
 # Every Kubernetes API call app/runners/kubernetes.py makes, as (api group, resource, verb). The
 # Role must grant exactly these, no more and no less; test_runner_calls_are_the_listed_ones keeps
 # this list equal to what the runner's source calls.
+# The verbs the runner calls, from the runner itself: one source of truth for code and chart.
 RUNNER_API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
-    {
-        ("batch", "jobs", "create"),
-        ("batch", "jobs", "get"),
-        ("batch", "jobs", "list"),
-        ("batch", "jobs", "delete"),
-        ("batch", "jobs", "deletecollection"),
-        ("", "pods", "list"),
-        ("", "pods", "watch"),
-        ("", "pods/log", "get"),
-        ("", "secrets", "create"),
-        ("", "secrets", "get"),
-        ("", "secrets", "delete"),
-        ("", "secrets", "patch"),
-    }
+    (group, resource, verb) for (group, resource), verbs in REQUIRED_RBAC.items() for verb in verbs
 )
 SECRET_SETTINGS = frozenset({"DATABASE_URL", "QUEUE_URL", "API_TOKENS", "K8S_MARKER_SECRET"})
 DB_PASSWORD = "s3cret-db-pw"

@@ -87,9 +87,7 @@ async def test_graceful_shutdown_lets_steps_finish_then_cancels(
         long = await create(client, "jobs:\n  a:\n    steps:\n      - run: echo up; sleep 300\n")
 
         async def both_running() -> bool:
-            pages = [
-                (await client.get(f"/builds/{b['id']}/logs")).json() for b in (short, long)
-            ]
+            pages = [(await client.get(f"/builds/{b['id']}/logs")).json() for b in (short, long)]
             return all(p["items"] for p in pages)
 
         await wait_until(both_running)
