@@ -60,7 +60,7 @@ bench: install
 # The Kubernetes end-to-end suite against the cluster KUBECONFIG points to (not run in CI here).
 test-k8s: install
 	@test -n "$$KUBECONFIG" || { echo "set KUBECONFIG to a cluster (kind, k3s, ...)"; exit 2; }
-	CI_K8S_REAL_CLUSTER=1 $(VENV)/bin/pytest -q tests/runners/test_kubernetes_runner.py
+	CI_K8S_REAL_CLUSTER=1 $(VENV)/bin/pytest -q tests/k8s
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist .mypy_cache .ruff_cache .pytest_cache

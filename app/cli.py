@@ -21,12 +21,44 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
+async def _preflight(settings: Settings) -> str | None:
+    """Check what the service cannot run without, so a bad setup is one clear line, not a
+    stack trace from inside the server's startup."""
+    from sqlalchemy import literal
+    from sqlmodel import select
+
+    from app.db import Database
+    from app.runners import create_runner
+
+    db = Database(settings.database_url)
+    try:
+        async with db.read() as session:
+            await session.exec(select(literal(1)))
+    except Exception as exc:
+        return f"cannot reach the database at DATABASE_URL: {type(exc).__name__}: {exc}"
+    finally:
+        await db.dispose()
+    runner = create_runner(settings)
+    try:
+        await runner.start()
+    except Exception as exc:
+        return f"the {settings.runner} runner cannot start: {exc}"
+    await runner.stop()
+    return None
+
+
 def _serve(_args: argparse.Namespace) -> int:
+    import asyncio
+
     import uvicorn
 
     from app.main import create_app
 
     settings = _settings()
+    problem = asyncio.run(_preflight(settings))
+    if problem:
+        print(f"ci-executor: {problem}", file=sys.stderr)  # noqa: T201
+        return 3
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -176,10 +176,12 @@ class Server:
 
     async def start(self) -> None:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        loop = os.environ.get("BENCH_LOOP")
+        argv = [sys.executable, "-m", "bench._serve", loop] if loop else [CLI, "serve"]
         self.proc = subprocess.Popen(
-            [CLI, "serve"],
+            argv,
             env=self.env,
-            cwd=self.workdir,
+            cwd=ROOT if loop else self.workdir,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

@@ -116,7 +116,7 @@ async def memory_run(count: int) -> tuple[float, list[float]]:
 
 
 async def run(ctx: Ctx, backend: str) -> None:
-    count = 50 if ctx.quick else 200
+    count = 30 if ctx.quick else 200
     rate, lat = await amqp_run(count)
     base_rate, base_lat = await memory_run(count)
     label = "1 replica memory://"

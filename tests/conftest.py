@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
+import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from asgi_lifespan import LifespanManager
 from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
+from tests.helpers import free_port
+from tests.serve import ServeProcess, start_serve
 
 PG_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_HOST = PG_DSN.rsplit("/", 1)[0].split("://", 1)[1]
@@ -119,13 +121,6 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def live_url(settings: Settings) -> AsyncIterator[str]:
     """The app served by a real uvicorn on loopback (for SSE over real HTTP)."""
@@ -142,3 +137,17 @@ async def live_url(settings: Settings) -> AsyncIterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     await asyncio.wait_for(task, 60)
+
+
+@pytest.fixture
+def serve_factory(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def factory(env: dict[str, str], name: str = "serve") -> ServeProcess:
+        server = start_serve(env, tmp_path, name)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop(signal.SIGKILL, timeout=10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
 
 FINISHED = {"success", "failed", "cancelled", "timed_out", "error"}
 

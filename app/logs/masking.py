@@ -69,13 +69,27 @@ class Masker:
 
 
 class LineAssembler:
-    """Bytes in, complete masked lines out. Invalid UTF-8 becomes U+FFFD, never an error."""
+    """Bytes in, complete masked lines out. Invalid UTF-8 becomes U+FFFD, never an error.
+
+    Bytes are decoded with surrogateescape while held so that `held_bytes` is exact: a runner
+    that records how far its output is stored must not count the partial line still held here.
+    """
 
     def __init__(self, masker: Masker, max_partial: int) -> None:
         self._masker = masker
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
         self._partial = ""
         self._max_partial = max_partial
+
+    @property
+    def held_bytes(self) -> int:
+        """Raw bytes received but not yet returned (the partial line, a split character)."""
+        pending, _ = self._decoder.getstate()
+        return len(self._partial.encode("utf-8", "surrogateescape")) + len(pending)
+
+    def _emit(self, text: str) -> str:
+        clean = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return self._masker.mask_text(clean)
 
     def feed(self, data: bytes) -> str:
         text = self._partial + self._decoder.decode(data)
@@ -88,9 +102,9 @@ class LineAssembler:
             # keeping back enough that a secret straddling the cut is still seen whole later.
             cut = max(1, len(text) - max(0, self._masker.longest - 1))
         self._partial = text[cut:]
-        return self._masker.mask_text(text[:cut])
+        return self._emit(text[:cut])
 
     def close(self) -> str:
         text = self._partial + self._decoder.decode(b"", final=True)
         self._partial = ""
-        return self._masker.mask_text(text)
+        return self._emit(text)

@@ -366,6 +366,15 @@ class MarkerParser:
             events.append(event)
             self._advance(nl + 1)
 
+    def release_idle(self) -> list[Event]:
+        """The log went quiet: a lone held newline is the output's own line end, not the start
+        of a marker (the script writes a marker's newline and text in one printf). Releasing it
+        lets a live viewer see the last line of a step that is still running."""
+        events: list[Event] = []
+        if self._buf == b"\n":
+            self._emit(1, events)
+        return events
+
     def finish(self) -> list[Event]:
         """End of the log: whatever is held back is plain output."""
         events: list[Event] = []

@@ -75,6 +75,9 @@ _FATAL_WAITING = {
     "CreateContainerError",
     "RunContainerError",
 }
+# After this long without log bytes, a held-back newline is released as output (see
+# MarkerParser.release_idle) so the last line of a quiet step shows up live.
+_IDLE_RELEASE_SECONDS = 0.2
 # Image pull failures can be a registry blip; the kubelet retries them, we wait a little.
 _PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
 
@@ -1010,7 +1013,17 @@ class KubernetesRunner:
                 try:
                     seen = 0
                     while True:
-                        chunk = await resp.content.readany()
+                        # One read at a time, never cancelled: aiohttp's reader keeps state.
+                        read = asyncio.ensure_future(resp.content.readany())
+                        try:
+                            while not read.done():
+                                await asyncio.wait({read}, timeout=_IDLE_RELEASE_SECONDS)
+                                if not read.done():
+                                    for event in parser.release_idle():
+                                        await steps.handle(event)
+                        finally:
+                            read.cancel()  # no-op once done; on our cancellation, stop it too
+                        chunk = read.result()
                         if not chunk:
                             break
                         new = chunk[max(0, parser.consumed - seen) :]

@@ -44,7 +44,11 @@ class _Reporter(JobReporter):
             await state.step(session, self.ctx.build_id, self.job_name, index, J.running)
 
     async def step_output(self, index: int, data: bytes, source_offset: int | None = None) -> None:
-        text = self._assembler(index).feed(data)
+        assembler = self._assembler(index)
+        text = assembler.feed(data)
+        if source_offset is not None:
+            # Only what left the assembler is stored; a re-attaching runner resumes from there.
+            source_offset -= assembler.held_bytes
         await self.ctx.writer.write(self.ctx.build_id, self.job_name, index, text, source_offset)
 
     async def step_finished(

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 PIPELINES: dict[str, Any] = {
     "good": {"id": "good", "workflow_yaml": "jobs:\n  a:\n    steps:\n      - run: echo from-ps\n"},

@@ -18,8 +18,8 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.e2e.conftest import ServeProcess
 from tests.helpers import create, sse_events, wait_for_build, wait_until, workflow
+from tests.serve import ServeProcess
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 pytestmark = pytest.mark.parametrize("backend", ["postgres"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import ServeProcess
 from tests.helpers import create, sse_events, wait_for_build, wait_until, workflow
+from tests.serve import ServeProcess
 
 
 async def test_serve_end_to_end(
@@ -81,7 +81,8 @@ async def test_graceful_shutdown_lets_steps_finish_then_cancels(
     async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
         short = await create(
             client,
-            "jobs:\n  a:\n    steps:\n      - run: echo up; while [ ! -e $GO ]; do sleep 0.05; done\n",
+            "jobs:\n  a:\n    steps:\n"
+            "      - run: echo up; while [ ! -e $GO ]; do sleep 0.05; done\n",
             variables={"GO": str(go)},
         )
         long = await create(client, "jobs:\n  a:\n    steps:\n      - run: echo up; sleep 300\n")

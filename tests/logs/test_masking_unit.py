@@ -54,3 +54,13 @@ def test_variable_names_and_api_masking() -> None:
 
 def test_invalid_utf8_replaced() -> None:
     assert _feed(Masker(), [b"\xff ok\n"]) == "\ufffd ok\n"
+
+
+def test_held_bytes_counts_raw_bytes_of_the_partial_line() -> None:
+    assembler = LineAssembler(Masker(), 64 * 1024)
+    assert assembler.feed(b"done\npart\xff") == "done\n"
+    assert assembler.held_bytes == 5
+    assert assembler.feed("ial \u00e9"[:4].encode() + b"\xc3") == ""
+    assert assembler.held_bytes == 10  # "part\xff" + "ial " + the first byte of "é"
+    assert assembler.feed(b"\xa9\n") == "part\ufffdial \u00e9\n"
+    assert assembler.held_bytes == 0

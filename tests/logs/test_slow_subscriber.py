@@ -22,7 +22,8 @@ async def test_slow_subscriber_gets_every_chunk(live_url: str) -> None:
     async with httpx.AsyncClient(base_url=f"{live_url}/api/v1", timeout=60) as client:
         body = await create(
             client,
-            "jobs:\n  a:\n    steps:\n      - run: for i in $(seq 1 400); do echo l$i; sleep 0.002; done\n",
+            "jobs:\n  a:\n    steps:\n"
+            "      - run: for i in $(seq 1 400); do echo l$i; sleep 0.002; done\n",
         )
         lines: list[str] = []
         seqs: list[int] = []

@@ -123,7 +123,7 @@ async def test_stream_closes_on_server_shutdown(settings: Any) -> None:
     import uvicorn
 
     from app.main import create_app
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     port = free_port()
     server = uvicorn.Server(

@@ -414,3 +414,17 @@ def test_k8s_escape_survives_kubernetes_expansion() -> None:
 
     text = "echo $(HOME) $$ $X ${Y} $((1+2)) $"
     assert expand(k8s_escape(text), mapping_for({"HOME": "/h", "X": "x"})) == text
+
+
+def test_release_idle_emits_a_lone_held_newline_only() -> None:
+    token = marker_token("s", 1)
+    parser = MarkerParser(token)
+    events = parser.feed(b"up\n")
+    assert [e.data for e in events if isinstance(e, Output)] == [b"up"]
+    released = parser.release_idle()
+    assert [(e.data, e.end) for e in released if isinstance(e, Output)] == [(b"\n", 3)]
+    events = parser.feed(f"\n##[ci-executor:{token}] step-end 0 success 0\n".encode())
+    assert [type(e).__name__ for e in events] == ["StepEnd"]
+    half = MarkerParser(token)
+    half.feed(b"x\n##[ci-exec")
+    assert half.release_idle() == []  # a marker being written is never released

@@ -1,4 +1,4 @@
-"""Start real `ci-executor serve` processes for end-to-end tests."""
+"""Start real `ci-executor serve` processes for end-to-end tests (fixture: serve_factory)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "app.cli"]
@@ -70,17 +68,3 @@ def start_serve(env_overrides: dict[str, str], tmp_path: Path, name: str = "serv
             server.stop(signal.SIGKILL)
             raise AssertionError(f"serve did not become healthy:\n{server.log()}")
         time.sleep(0.1)
-
-
-@pytest.fixture
-def serve_factory(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
-    started: list[ServeProcess] = []
-
-    def factory(env: dict[str, str], name: str = "serve") -> ServeProcess:
-        server = start_serve(env, tmp_path, name)
-        started.append(server)
-        return server
-
-    yield factory
-    for server in started:
-        server.stop(signal.SIGKILL, timeout=10)

@@ -1,0 +1,183 @@
+"""The service with RUNNER=kubernetes, end to end: real `ci-executor serve` processes against the
+in-repo Kubernetes API emulator (default), or against the cluster KUBECONFIG points to when
+CI_K8S_REAL_CLUSTER=1 (`make test-k8s`; the image must have `sh`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import create, free_port, log_text, wait_for_build, wait_until, workflow
+from tests.k8s_emulator.fixture import EmulatorProcess
+from tests.serve import ROOT, ServeProcess
+
+REAL = os.environ.get("CI_K8S_REAL_CLUSTER") == "1"
+IMAGE = os.environ.get("K8S_TEST_IMAGE", "busybox:1.36")
+NAMESPACE = os.environ.get("K8S_TEST_NAMESPACE", "ci")
+pytestmark = pytest.mark.parametrize("backend", ["postgres"])  # replicas share one database
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess | None]:
+    if REAL:
+        yield None
+        return
+    process = EmulatorProcess.start(tmp_path_factory.mktemp("k8s"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def kube_env(emulator: EmulatorProcess | None) -> dict[str, str]:
+    kubeconfig = os.environ["KUBECONFIG"] if REAL else str(emulator.kubeconfig_path)  # type: ignore[union-attr]
+    return {
+        "RUNNER": "kubernetes",
+        "KUBECONFIG": kubeconfig,
+        "K8S_NAMESPACE": NAMESPACE,
+        "K8S_DEFAULT_IMAGE": IMAGE,
+        "K8S_MARKER_SECRET": "test-marker-secret",
+        "LEASE_SECONDS": "2",
+    }
+
+
+@pytest.fixture
+def k8s_serve(
+    serve_factory: Callable[..., ServeProcess], database_url: str, kube_env: dict[str, str]
+) -> Callable[[str], ServeProcess]:
+    def start(name: str) -> ServeProcess:
+        return serve_factory({"DATABASE_URL": database_url, **kube_env}, name=name)
+
+    return start
+
+
+async def test_build_runs_as_kubernetes_jobs(k8s_serve: Callable[[str], ServeProcess]) -> None:
+    server = k8s_serve("a")
+    async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
+        body = await create(
+            client,
+            workflow(
+                """
+                jobs:
+                  build:
+                    steps:
+                      - run: echo "building with $DEPLOY_TOKEN"
+                      - run: exit 3
+                        continue-on-error: true
+                  test:
+                    needs: build
+                    steps:
+                      - run: echo tested; exit 2
+                      - run: echo never
+                """
+            ),
+            variables={"DEPLOY_TOKEN": "k8s-secret-value"},
+        )
+        done = await wait_for_build(client, body["id"], timeout=120)
+        statuses = {
+            j["name"]: [(s["status"], s["exit_code"]) for s in j["steps"]] for j in done["jobs"]
+        }
+        assert statuses == {
+            "build": [("success", 0), ("failed", 3)],
+            "test": [("failed", 2), ("skipped", None)],
+        }
+        assert done["status"] == "failed"
+        text = await log_text(client, body["id"])
+        assert "building with ***" in text
+        assert "k8s-secret-value" not in text
+        assert "##[ci-executor" not in text  # markers never reach the stored log
+
+
+async def test_replica_killed_mid_build_is_reattached_without_loss(
+    k8s_serve: Callable[[str], ServeProcess],
+) -> None:
+    a = k8s_serve("a")
+    script = "for i in $(seq 1 60); do echo line-$i; sleep 0.1; done"
+    async with httpx.AsyncClient(base_url=f"{a.url}/api/v1", timeout=30) as client:
+        body = await create(client, f"jobs:\n  long:\n    steps:\n      - run: {script}\n")
+
+        async def some_output() -> bool:
+            return "line-5" in await log_text(client, body["id"])
+
+        await wait_until(some_output, timeout=60)
+    a.stop(signal.SIGKILL)
+    b = k8s_serve("b")
+    async with httpx.AsyncClient(base_url=f"{b.url}/api/v1", timeout=30) as client:
+        done = await wait_for_build(client, body["id"], timeout=120)
+        assert done["status"] == "success", done
+        lines = (await log_text(client, body["id"])).splitlines()
+    assert lines == [f"line-{i}" for i in range(1, 61)]
+    assert "took over build" in b.log()
+
+
+async def test_cancel_deletes_the_jobs(
+    k8s_serve: Callable[[str], ServeProcess], emulator: EmulatorProcess | None
+) -> None:
+    server = k8s_serve("a")
+    async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
+        body = await create(client, "jobs:\n  s:\n    steps:\n      - run: echo up; sleep 300\n")
+
+        async def up() -> bool:
+            return "up" in await log_text(client, body["id"])
+
+        await wait_until(up, timeout=60)
+        assert (await client.post(f"/builds/{body['id']}/cancel")).status_code == 202
+        done = await wait_for_build(client, body["id"], timeout=60)
+        assert done["status"] == "cancelled"
+        assert done["jobs"][0]["status"] == "cancelled"
+    if emulator is not None:
+
+        async def no_processes() -> bool:
+            return emulator.control("processes") == []
+
+        await wait_until(no_processes, timeout=20)
+
+
+def _serve_exit(env: dict[str, str], database_url: str) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url, "PORT": str(free_port()), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_missing_config_refuses_to_start(
+    kube_env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    code, out = _serve_exit({**kube_env, "KUBECONFIG": str(tmp_path / "missing")}, database_url)
+    assert code != 0
+    assert "Kubernetes" in out or "kubeconfig" in out.lower()
+    assert "Traceback" not in out
+
+
+def test_forbidden_is_reported_as_rbac(
+    kube_env: dict[str, str], database_url: str, emulator: EmulatorProcess | None
+) -> None:
+    if emulator is None:
+        pytest.skip("needs the emulator's forbid switch")
+    emulator.control("forbid", {"value": True})
+    try:
+        code, out = _serve_exit(kube_env, database_url)
+    finally:
+        emulator.control("forbid", {"value": False})
+    assert code != 0
+    assert "RBAC" in out or "forbidden" in out.lower()
+    assert "Traceback" not in out
+
+
+def test_marker_secret_is_required(database_url: str, kube_env: dict[str, Any]) -> None:
+    code, out = _serve_exit({**kube_env, "K8S_MARKER_SECRET": ""}, database_url)
+    assert code == 2
+    assert "K8S_MARKER_SECRET" in out
