@@ -18,9 +18,9 @@ import logging
 import os
 import socket
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlmodel import col, or_, select
 
 from app.config import Settings
@@ -35,6 +35,10 @@ from app.services import state
 from app.services.executor import BuildContext, BuildExecutor
 
 log = logging.getLogger(__name__)
+
+
+def _lease_expired(now: datetime) -> ColumnElement[bool]:
+    return or_(col(Build.lease_expires_at).is_(None), col(Build.lease_expires_at) < now)
 
 
 def replica_id() -> str:
@@ -240,10 +244,7 @@ class Scheduler:
                     select(Build.id)
                     .where(
                         Build.status == BuildStatus.running,
-                        or_(
-                            col(Build.lease_expires_at).is_(None),
-                            col(Build.lease_expires_at) < now,
-                        ),
+                        _lease_expired(now),
                     )
                     .limit(50)
                 )
@@ -258,10 +259,7 @@ class Scheduler:
                     .where(
                         col(Build.id) == build_id,
                         col(Build.status) == BuildStatus.running,
-                        or_(
-                            col(Build.lease_expires_at).is_(None),
-                            col(Build.lease_expires_at) < now,
-                        ),
+                        _lease_expired(now),
                     )
                     .values(lease_owner=self.owner, lease_expires_at=utcnow() + self.lease)
                     .returning(col(Build.id))

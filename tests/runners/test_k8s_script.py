@@ -31,7 +31,7 @@ from app.runners.k8s_script import (
     secret_name,
     sh_quote,
 )
-from app.workflow.conditions import parse_condition
+from tests.runners.steps import step
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 TOKEN = marker_token("s3cret", 42)
@@ -41,30 +41,6 @@ SHELLS = [["/bin/sh"], ["bash", "--posix"]]
 if shutil.which("busybox"):
     SHELLS.append([shutil.which("busybox") or "busybox", "sh"])
 SHELL_IDS = [" ".join(Path(a).name for a in s) for s in SHELLS]
-
-
-def step(
-    index: int,
-    script: str,
-    *,
-    shell: str = "sh",
-    env: dict[str, str] | None = None,
-    cond: str = "success()",
-    coe: bool = False,
-    timeout: float | None = None,
-    wd: str | None = None,
-) -> StepRun:
-    return StepRun(
-        index=index,
-        name=f"step {index}",
-        script=script,
-        shell=shell,  # type: ignore[arg-type]
-        env=env or {},
-        condition=parse_condition(cond),
-        continue_on_error=coe,
-        timeout_seconds=timeout,
-        working_directory=wd,
-    )
 
 
 # ---------------------------------------------------------------- names

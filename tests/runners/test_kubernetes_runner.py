@@ -25,8 +25,8 @@ from app.runners.kubernetes import (
     KubernetesRunner,
     KubernetesSettings,
 )
-from app.workflow.conditions import parse_condition
 from tests.k8s_emulator.fixture import EmulatorProcess
+from tests.runners.steps import step
 
 WAIT = 30.0
 
@@ -63,29 +63,6 @@ class FakeReporter:
 
     def statuses(self) -> dict[int, StepOutcome]:
         return {i: v[0] for i, v in self.finished.items()}
-
-
-def step(
-    index: int,
-    script: str,
-    *,
-    shell: str = "sh",
-    env: dict[str, str] | None = None,
-    cond: str = "success()",
-    coe: bool = False,
-    timeout: float | None = None,
-) -> StepRun:
-    return StepRun(
-        index=index,
-        name=f"step {index}",
-        script=script,
-        shell=shell,  # type: ignore[arg-type]
-        env=env or {},
-        condition=parse_condition(cond),
-        continue_on_error=coe,
-        timeout_seconds=timeout,
-        working_directory=None,
-    )
 
 
 _next_build = iter(range(int(time.time()) % 100000 * 100, 10**12))
