@@ -163,10 +163,34 @@ class BuildExecutor:
         for name, status in statuses.items():
             if status == J.running:
                 start(jobs_by_name[name], resume)
+        try:
+            await self._walk(spec, statuses, tasks, start)
+        except asyncio.CancelledError:
+            # The scheduler detaches (shutdown with a re-attachable runner): stop following the
+            # jobs without recording anything, so the next owner picks them up as they are.
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
+        if not ctx.detach:
+            await self._finish(statuses)
 
+    async def _walk(
+        self,
+        spec: WorkflowSpec,
+        statuses: dict[str, JobStatus],
+        tasks: dict[str, asyncio.Task[JobResult]],
+        start: StartFn,
+    ) -> None:
+        """Start jobs as their needs finish until nothing runs and nothing can start."""
+        ctx = self.ctx
+        jobs_by_name = {job.name: job for job in spec.jobs}
+        cancelling = False
         while True:
             if ctx.cancel.is_set():
-                await self._cancel_pending(statuses)
+                if not cancelling:
+                    cancelling = True
+                    await self._cancel_pending(statuses)
             else:
                 await self._start_ready(spec, statuses, start)
             if not tasks:
@@ -186,9 +210,6 @@ class BuildExecutor:
                         await self._fail_fast(jobs_by_name[name], statuses, tasks)
             if ctx.detach and not tasks:
                 return
-        if ctx.detach:
-            return
-        await self._finish(statuses)
 
     async def _start_ready(
         self,

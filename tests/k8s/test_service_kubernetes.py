@@ -117,6 +117,31 @@ async def test_replica_killed_mid_build_is_reattached_without_loss(
     assert "took over build" in b.log()
 
 
+async def test_graceful_shutdown_detaches_and_the_next_replica_finishes(
+    k8s_serve: Callable[[str], ServeProcess],
+    database_url: str,
+    kube_env: dict[str, str],
+    serve_factory: Callable[..., ServeProcess],
+) -> None:
+    a = serve_factory({"DATABASE_URL": database_url, **kube_env, "SHUTDOWN_GRACE_SECONDS": "0"})
+    script = "for i in $(seq 1 40); do echo line-$i; sleep 0.1; done"
+    async with httpx.AsyncClient(base_url=f"{a.url}/api/v1", timeout=30) as client:
+        body = await create(client, f"jobs:\n  long:\n    steps:\n      - run: {script}\n")
+
+        async def some_output() -> bool:
+            return "line-3" in await log_text(client, body["id"])
+
+        await wait_until(some_output, timeout=60)
+    assert a.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    b = k8s_serve("b")
+    async with httpx.AsyncClient(base_url=f"{b.url}/api/v1", timeout=30) as client:
+        done = await wait_for_build(client, body["id"], timeout=120)
+        lines = (await log_text(client, body["id"])).splitlines()
+    assert done["status"] == "success", done
+    assert done["jobs"][0]["error"] is None
+    assert lines == [f"line-{i}" for i in range(1, 41)]
+
+
 async def test_cancel_deletes_the_jobs(
     k8s_serve: Callable[[str], ServeProcess], emulator: EmulatorProcess | None
 ) -> None:
