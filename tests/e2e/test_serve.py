@@ -64,6 +64,7 @@ async def test_serve_end_to_end(
     # uvicorn re-raises SIGTERM after a graceful shutdown, so the exit status is the signal.
     assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in server.log()
+    assert "served WITHOUT authentication" in server.log()  # the embedded default warns
     assert "Traceback" not in server.log()
 
 
