@@ -17,10 +17,10 @@ import sys
 if os.environ.get("BENCH_APP_PATH"):
     sys.path.insert(0, os.environ["BENCH_APP_PATH"])
 
-import uvicorn  # noqa: E402
+import uvicorn
 
-from app.config import Settings  # noqa: E402
-from app.main import create_app  # noqa: E402
+from app.config import Settings
+from app.main import create_app
 
 
 def main() -> None:

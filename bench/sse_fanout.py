@@ -156,11 +156,13 @@ async def run(ctx: Ctx, backend: str) -> None:
     clients, batches = (50, 50) if ctx.quick else (200, 200)
     async with serve(backend) as (_db, (server,), tmp), client(server.base) as http:
         base, _, base_problems = await one_build(http, server.port, tmp, 1, batches)
+        cpu = time.process_time()
         delays, total, problems = await one_build(http, server.port, tmp, clients, batches)
+        cpu = time.process_time() - cpu
     for problem in (base_problems + problems)[:10]:
         print(f"  INTEGRITY: {problem}")
     ok = not problems and not base_problems
-    note = f"{total} chunks x {clients} clients, " + (
+    note = f"{total} chunks x {clients} clients, client CPU {cpu:.1f} s, " + (
         "all complete, in order" if ok else f"{len(problems)} clients INCOMPLETE"
     )
     p50, p99 = percentile(delays, 50) * 1000, percentile(delays, 99) * 1000

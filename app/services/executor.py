@@ -230,8 +230,8 @@ class BuildExecutor:
                 async with self.ctx.db.transaction() as session:
                     await state.job(session, self.ctx.build_id, job.name, J.skipped)
                     await state.steps(session, self.ctx.build_id, J.skipped, job_name=job.name)
+                # Jobs needing this one come later in the topological order: decided this pass.
                 statuses[job.name] = J.skipped
-                self.ctx.wake.set()  # jobs needing this one may now be decidable
                 continue
             if running >= self.ctx.max_jobs:
                 continue
@@ -258,15 +258,7 @@ class BuildExecutor:
         if job.matrix is None or not job.fail_fast:
             return
         siblings = [n for n in statuses if n != job.name and self._keys.get(n) == job.key]
-        pending = [n for n in siblings if statuses[n] == J.pending]
-        if pending:
-            async with self.ctx.db.transaction() as session:
-                for name in await state.jobs(
-                    session, self.ctx.build_id, J.cancelled, names=pending
-                ):
-                    statuses[name] = J.cancelled
-                for name in pending:
-                    await state.steps(session, self.ctx.build_id, J.skipped, job_name=name)
+        await self._cancel_pending_jobs([n for n in siblings if statuses[n] == J.pending], statuses)
         for name in siblings:
             event = self._job_cancels.get(name)  # absent: that sibling already ended
             if name in tasks and event is not None:
@@ -275,15 +267,19 @@ class BuildExecutor:
     async def _cancel_pending(self, statuses: dict[str, JobStatus]) -> None:
         for event in self._job_cancels.values():
             event.set()
-        pending = [n for n, s in statuses.items() if s == J.pending]
-        if pending:
-            async with self.ctx.db.transaction() as session:
-                for name in await state.jobs(
-                    session, self.ctx.build_id, J.cancelled, names=pending
-                ):
-                    statuses[name] = J.cancelled
-                    await state.steps(session, self.ctx.build_id, J.skipped, job_name=name)
+        await self._cancel_pending_jobs(
+            [n for n, s in statuses.items() if s == J.pending], statuses
+        )
         await self.ctx.runner.cancel_build(self.ctx.build_id)
+
+    async def _cancel_pending_jobs(self, names: list[str], statuses: dict[str, JobStatus]) -> None:
+        """Jobs that never started become `cancelled`, their steps `skipped`."""
+        if not names:
+            return
+        async with self.ctx.db.transaction() as session:
+            for name in await state.jobs(session, self.ctx.build_id, J.cancelled, names=names):
+                statuses[name] = J.cancelled
+                await state.steps(session, self.ctx.build_id, J.skipped, job_name=name)
 
     async def _run_job(self, run: JobRun, *, reattach: bool) -> JobResult:
         ctx = self.ctx
