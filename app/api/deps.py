@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -87,8 +87,10 @@ ReaderDep = Annotated[Caller, Depends(require_read)]
 WriterDep = Annotated[Caller, Depends(require_write)]
 
 
-def _state(name: str):  # type: ignore[no-untyped-def]
-    def dep(request: Request):  # type: ignore[no-untyped-def]
+def _state(name: str) -> Callable[[Request], Any]:
+    """A dependency returning one of the objects the lifespan put on app.state."""
+
+    def dep(request: Request) -> Any:
         return getattr(request.app.state, name)
 
     return dep

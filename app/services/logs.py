@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import SelectOfScalar
 
 from app.db import Database
 from app.errors import Conflict
@@ -52,7 +53,9 @@ async def append(
     return chunk, True
 
 
-def _chunk_query(build_id: int, offset: int, job: str | None, step: int | None):  # type: ignore[no-untyped-def]
+def _chunk_query(
+    build_id: int, offset: int, job: str | None, step: int | None
+) -> SelectOfScalar[BuildLogChunk]:
     query = select(BuildLogChunk).where(
         BuildLogChunk.build_id == build_id, BuildLogChunk.seq > offset
     )
