@@ -68,6 +68,9 @@ def _serve(_args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 15,
+        # uvloop forks each step's process noticeably slower than asyncio's default loop does
+        # (measured by bench/step_overhead.py), and steps are what this service spawns all day.
+        loop="asyncio",
     )
     return 0
 

@@ -50,7 +50,9 @@ def create_engine(url: str) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping (a round trip per checkout): a connection broken by a database restart fails
+    # one statement, SQLAlchemy then discards the pool's connections and the next one reconnects.
+    return create_async_engine(url, pool_size=20, max_overflow=20, pool_recycle=1800)
 
 
 class Database:
@@ -62,8 +64,13 @@ class Database:
         self.sessions: SessionFactory = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False
         )
+        # Read-only sessions: on SQLite a deferred BEGIN (no write lock), on Postgres autocommit
+        # (no BEGIN/ROLLBACK round trips around every read).
+        reader_options: dict[str, Any] = {"ci_readonly": True}
+        if not url.startswith("sqlite"):
+            reader_options["isolation_level"] = "AUTOCOMMIT"
         self.readers: SessionFactory = async_sessionmaker(
-            self.engine.execution_options(ci_readonly=True),
+            self.engine.execution_options(**reader_options),
             class_=AsyncSession,
             expire_on_commit=False,
         )

@@ -56,7 +56,9 @@ def table(results: list[Result]) -> str:
 
 
 async def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Run the ci-executor benchmarks (see bench/RESULTS.md)."
+    )
     parser.add_argument(
         "names",
         nargs="*",

@@ -259,7 +259,11 @@ def client(base: str, connections: int = 20) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=base,
         timeout=httpx.Timeout(60.0),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        # Below uvicorn's 5 s keep-alive timeout, so a pooled connection is never one the
+        # server has just closed.
+        limits=httpx.Limits(
+            max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=3
+        ),
     )
 
 

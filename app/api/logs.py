@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
@@ -92,8 +93,11 @@ async def stream_logs(
         after = max(after, int(last_event_id))
     async with db.read() as session:
         await get_build(session, build_id)
+    shutdown = anyio.Event()
     return EventSourceResponse(
-        stream_build(db, hub, build_id, after),
+        stream_build(db, hub, build_id, after, shutdown=shutdown),
         ping=int(settings.sse_ping_seconds),
+        shutdown_event=shutdown,
+        shutdown_grace_period=5,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

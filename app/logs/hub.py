@@ -13,7 +13,10 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+
+from sse_starlette import ServerSentEvent
 
 from app.models.schemas import LogChunkPublic, StatusEvent
 
@@ -22,6 +25,16 @@ from app.models.schemas import LogChunkPublic, StatusEvent
 class LogEvent:
     build_id: int
     chunk: LogChunkPublic
+
+    @cached_property
+    def frame(self) -> bytes:
+        """The SSE frame, encoded once however many subscribers receive it."""
+        return sse_frame(self.chunk)
+
+
+def sse_frame(chunk: LogChunkPublic) -> bytes:
+    event = ServerSentEvent(data=chunk.model_dump_json(), event="log", id=str(chunk.seq))
+    return event.encode()
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,8 @@ class Masker:
         return self._pattern.sub(MASK, line)
 
     def mask_text(self, text: str) -> str:
+        if self._pattern is None and ADD_MASK not in text:
+            return text  # nothing to mask: skip the per-line work on large outputs
         return "".join(self.mask_line(line) for line in text.splitlines(keepends=True))
 
 

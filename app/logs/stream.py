@@ -2,7 +2,8 @@
 
 Replay and gap-filling always read the database by seq, so the stream never loses or repeats a
 chunk however the live path behaves (slow client, another replica writing, reconnects). The live
-path is an optimisation: chunks published in-process are sent straight from the hub.
+path is an optimisation: chunks published in-process are sent straight from the hub, each encoded
+once for all subscribers.
 """
 
 from __future__ import annotations
@@ -12,85 +13,110 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+from sqlmodel import select
 from sse_starlette import ServerSentEvent
 
 from app.db import Database
-from app.logs.hub import LiveHub, LogEvent, Wakeup
-from app.models import Build, BuildStatus, LogChunkPublic
+from app.logs.hub import LiveHub, LogEvent, Wakeup, sse_frame
+from app.models import Build, BuildStatus
 from app.models.schemas import StatusEvent
 from app.services.logs import chunks_after
 
-
-def _log_event(chunk: LogChunkPublic) -> ServerSentEvent:
-    return ServerSentEvent(data=chunk.model_dump_json(), event="log", id=str(chunk.seq))
+_BATCH = 500
 
 
-async def _build_status(db: Database, build_id: int) -> BuildStatus | None:
+async def _build_state(db: Database, build_id: int) -> tuple[BuildStatus | None, int]:
+    """The build's status and last stored seq: one small query, so a stream woken without news
+    (a poll, another replica's NOTIFY) reads chunks only when there are new ones."""
     async with db.read() as session:
-        build = await session.get(Build, build_id)
-    return BuildStatus(build.status) if build else None
+        row = (
+            await session.exec(select(Build.status, Build.last_log_seq).where(Build.id == build_id))
+        ).first()
+    if row is None:
+        return None, 0
+    return BuildStatus(row[0]), row[1]
+
+
+async def _wake_on(event: anyio.Event, signal: asyncio.Event) -> None:
+    await event.wait()
+    signal.set()
 
 
 async def stream_build(
-    db: Database, hub: LiveHub, build_id: int, after: int, *, poll_seconds: float = 1.0
-) -> AsyncIterator[ServerSentEvent]:
+    db: Database,
+    hub: LiveHub,
+    build_id: int,
+    after: int,
+    *,
+    shutdown: anyio.Event | None = None,
+    poll_seconds: float = 1.0,
+) -> AsyncIterator[ServerSentEvent | bytes]:
+    """Yield SSE frames for one build until `end`. When `shutdown` is set (the server is
+    stopping) the stream ends early but cleanly; the client resumes with Last-Event-ID."""
     last = after
 
-    async def catch_up() -> AsyncIterator[ServerSentEvent]:
+    async def catch_up() -> AsyncIterator[bytes]:
         nonlocal last
         while True:
-            batch = await chunks_after(db, build_id, last)
+            batch = await chunks_after(db, build_id, last, limit=_BATCH)
             for chunk in batch:
                 last = chunk.seq
-                yield _log_event(chunk)
-            if len(batch) < 500:
+                yield sse_frame(chunk)
+            if len(batch) < _BATCH:
                 return
 
     with hub.subscribe(build_id) as sub:
-        async for event in catch_up():
-            yield event
-        status = await _build_status(db, build_id)
-        if status is not None:
-            yield ServerSentEvent(
-                data=StatusEvent(kind="build", build_id=build_id, status=status).model_dump_json(),
-                event="status",
-            )
-        while status is not None and not status.finished:
-            with contextlib.suppress(TimeoutError):
-                # The timeout is the polling fallback for writers we get no signal from.
-                await asyncio.wait_for(sub.signal.wait(), poll_seconds)
-            sub.signal.clear()
-            reread = not sub.queue.qsize() or sub.lagged
-            if sub.lagged:
-                sub.lagged = False
+        watcher = asyncio.create_task(_wake_on(shutdown, sub.signal)) if shutdown else None
+        try:
+            async for event in catch_up():
+                yield event
+            status, _ = await _build_state(db, build_id)
+            if status is not None:
+                start = StatusEvent(kind="build", build_id=build_id, status=status)
+                yield ServerSentEvent(data=start.model_dump_json(), event="status")
+            while status is not None and not status.finished:
+                with contextlib.suppress(TimeoutError):
+                    # The timeout is the polling fallback for writers we get no signal from.
+                    await asyncio.wait_for(sub.signal.wait(), poll_seconds)
+                if shutdown is not None and shutdown.is_set():
+                    return
+                sub.signal.clear()
+                reread = not sub.queue.qsize() or sub.lagged
+                if sub.lagged:  # what it dropped is read back from the database below
+                    sub.lagged = False
+                    while not sub.queue.empty():
+                        sub.queue.get_nowait()
+                items: list[Any] = []
                 while not sub.queue.empty():
-                    sub.queue.get_nowait()
-            items: list[Any] = []
-            while not sub.queue.empty():
-                items.append(sub.queue.get_nowait())
-            for item in items:
-                if isinstance(item, LogEvent):
-                    if item.chunk.seq <= last:
-                        continue
-                    if item.chunk.seq != last + 1:  # a gap: someone else's chunk, read it
-                        async for event in catch_up():
-                            yield event
+                    items.append(sub.queue.get_nowait())
+                for item in items:
+                    if isinstance(item, LogEvent):
                         if item.chunk.seq <= last:
                             continue
-                    last = item.chunk.seq
-                    yield _log_event(item.chunk)
-                elif isinstance(item, StatusEvent):
-                    yield ServerSentEvent(data=item.model_dump_json(), event="status")
-                    if item.kind == "build" and BuildStatus(item.status).finished:
-                        status = BuildStatus(item.status)
-                elif isinstance(item, Wakeup):
-                    reread = True
-            if reread:
-                async for event in catch_up():
-                    yield event
-                status = await _build_status(db, build_id)
-        # Everything is stored before a build's final status commits; send what is left.
-        async for event in catch_up():
-            yield event
-        if status is not None:
-            yield ServerSentEvent(data=f'{{"status": "{status}"}}', event="end")
+                        if item.chunk.seq != last + 1:  # a gap (another writer): read it first
+                            async for event in catch_up():
+                                yield event
+                            if item.chunk.seq <= last:
+                                continue
+                        last = item.chunk.seq
+                        yield item.frame
+                    elif isinstance(item, StatusEvent):
+                        yield ServerSentEvent(data=item.model_dump_json(), event="status")
+                        if item.kind == "build" and BuildStatus(item.status).finished:
+                            status = BuildStatus(item.status)
+                    elif isinstance(item, Wakeup):
+                        reread = True
+                if reread:
+                    status, stored = await _build_state(db, build_id)
+                    if stored > last:
+                        async for event in catch_up():
+                            yield event
+            # Everything is stored before a build's final status commits; send what is left.
+            async for event in catch_up():
+                yield event
+            if status is not None:
+                yield ServerSentEvent(data=f'{{"status": "{status}"}}', event="end")
+        finally:
+            if watcher is not None:
+                watcher.cancel()

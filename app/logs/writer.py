@@ -25,6 +25,7 @@ from app.models import Build, BuildJob, BuildLogChunk, LogChunkPublic
 from app.models.types import utcnow
 
 log = logging.getLogger(__name__)
+_BATCH_CHUNKS = 16
 
 
 @dataclass
@@ -115,7 +116,9 @@ class LogWriter:
             buf.size += len(text)
         if source_offset is not None and job_name is not None:
             buf.offsets[job_name] = source_offset
-        while buf.size >= self.chunk_max_bytes:
+        # Store in batches of several chunks per transaction; wait only past the high-water mark
+        # (backpressure), so the runner keeps reading while a batch is being stored.
+        while buf.size >= self.chunk_max_bytes * _BATCH_CHUNKS:
             if not await self.flush(build_id):
                 await asyncio.sleep(self._interval * 10)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from app.db import Database
 from app.logs.masking import LineAssembler, Masker, secret_names
 from app.logs.writer import LogWriter
 from app.metrics import Metrics
-from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, BuildStep, JobStatus
+from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
 from app.services import state
 from app.services.plan import job_run
@@ -33,6 +34,7 @@ class _Reporter(JobReporter):
         self.ctx = ctx
         self.job_name = job_name
         self._lines: dict[int, LineAssembler] = {}
+        self._started: dict[int, float] = {}  # for the duration metric (not after re-attach)
 
     def _assembler(self, index: int) -> LineAssembler:
         if index not in self._lines:
@@ -40,6 +42,7 @@ class _Reporter(JobReporter):
         return self._lines[index]
 
     async def step_started(self, index: int) -> None:
+        self._started[index] = time.monotonic()
         async with self.ctx.db.transaction() as session:
             await state.step(session, self.ctx.build_id, self.job_name, index, J.running)
 
@@ -64,18 +67,9 @@ class _Reporter(JobReporter):
             await state.step(
                 session, self.ctx.build_id, self.job_name, index, J(status), exit_code=exit_code
             )
-            row = await session.exec(
-                select(BuildStep).where(
-                    BuildStep.build_id == self.ctx.build_id,
-                    BuildStep.job_name == self.job_name,
-                    BuildStep.index == index,
-                )
-            )
-            step = row.first()
-        if step and step.started_at and step.finished_at:
-            self.ctx.metrics.step_duration.labels(status).observe(
-                (step.finished_at - step.started_at).total_seconds()
-            )
+        started = self._started.pop(index, None)
+        if started is not None:
+            self.ctx.metrics.step_duration.labels(status).observe(time.monotonic() - started)
 
     async def stored_offset(self) -> int:
         async with self.ctx.db.read() as session:

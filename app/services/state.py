@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import col
+from sqlalchemy import Table, update
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db import record_event
@@ -23,6 +23,11 @@ from app.models.schemas import StatusEvent
 from app.models.types import utcnow
 
 B, J = BuildStatus, JobStatus
+# Core tables rather than ORM entities: these statements run several times per step, and Core
+# updates skip the ORM's per-statement session synchronisation (nothing here is loaded anyway).
+BUILDS: Table = SQLModel.metadata.tables[Build.__tablename__]
+JOBS: Table = SQLModel.metadata.tables[BuildJob.__tablename__]
+STEPS: Table = SQLModel.metadata.tables[BuildStep.__tablename__]
 
 BUILD_TRANSITIONS: dict[BuildStatus, frozenset[BuildStatus]] = {
     B.queued: frozenset({B.running, B.cancelled, B.error}),
@@ -66,10 +71,10 @@ async def build(
         values["lease_owner"] = None
         values["lease_expires_at"] = None
     result = await session.exec(
-        update(Build)
-        .where(col(Build.id) == build_id, col(Build.status).in_(sources))
+        update(BUILDS)
+        .where(BUILDS.c.id == build_id, BUILDS.c.status.in_(sources))
         .values(**values)
-        .returning(col(Build.id))
+        .returning(BUILDS.c.id)
     )
     if result.first() is None:
         return False
@@ -90,13 +95,12 @@ async def jobs(
     values: dict[str, Any] = {"status": str(to), **_timestamps(to, utcnow())}
     if error is not None:
         values["error"] = error
-    stmt = update(BuildJob).where(
-        col(BuildJob.build_id) == build_id,
-        col(BuildJob.status).in_(_sources(UNIT_TRANSITIONS, to)),
+    stmt = update(JOBS).where(
+        JOBS.c.build_id == build_id, JOBS.c.status.in_(_sources(UNIT_TRANSITIONS, to))
     )
     if names is not None:
-        stmt = stmt.where(col(BuildJob.name).in_(list(names)))
-    result = await session.exec(stmt.values(**values).returning(col(BuildJob.name)))
+        stmt = stmt.where(JOBS.c.name.in_(list(names)))
+    result = await session.exec(stmt.values(**values).returning(JOBS.c.name))
     moved = [row[0] for row in result.all()]
     for name in moved:
         record_event(
@@ -125,17 +129,14 @@ async def steps(
     values: dict[str, Any] = {"status": str(to), **_timestamps(to, utcnow())}
     if exit_code is not None:
         values["exit_code"] = exit_code
-    stmt = update(BuildStep).where(
-        col(BuildStep.build_id) == build_id,
-        col(BuildStep.status).in_(_sources(UNIT_TRANSITIONS, to)),
+    stmt = update(STEPS).where(
+        STEPS.c.build_id == build_id, STEPS.c.status.in_(_sources(UNIT_TRANSITIONS, to))
     )
     if job_name is not None:
-        stmt = stmt.where(col(BuildStep.job_name) == job_name)
+        stmt = stmt.where(STEPS.c.job_name == job_name)
     if index is not None:
-        stmt = stmt.where(col(BuildStep.index) == index)
-    result = await session.exec(
-        stmt.values(**values).returning(col(BuildStep.job_name), col(BuildStep.index))
-    )
+        stmt = stmt.where(STEPS.c.index == index)
+    result = await session.exec(stmt.values(**values).returning(STEPS.c.job_name, STEPS.c["index"]))
     moved = [(row[0], row[1]) for row in result.all()]
     for moved_job, moved_index in moved:
         record_event(

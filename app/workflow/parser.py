@@ -18,6 +18,7 @@ import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -70,8 +71,13 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
 
 
+@lru_cache(maxsize=64)
 def parse_workflow(text: str) -> WorkflowSpec:
-    """Validate and expand a workflow; raise WorkflowError with every problem found."""
+    """Validate and expand a workflow; raise WorkflowError with every problem found.
+
+    Cached by text: a build's YAML is parsed when it is created and again when it runs (and on
+    every retry), and a 100-step workflow costs ruamel tens of milliseconds. Specs are frozen and
+    never mutated by callers; errors are not cached."""
     problems = _Problems()
     root = _load(text, problems)
     if root is not None:

@@ -101,3 +101,26 @@ async def test_graceful_shutdown_lets_steps_finish_then_cancels(
         assert (await client.get(f"/builds/{short['id']}")).json()["status"] == "success"
         stopped = (await client.get(f"/builds/{long['id']}")).json()
         assert stopped["status"] == "cancelled"
+
+
+async def test_sse_stream_ends_cleanly_on_sigterm(
+    serve_factory: Callable[..., ServeProcess], database_url: str, tmp_path: Path
+) -> None:
+    server = serve_factory(
+        {
+            "DATABASE_URL": database_url,
+            "WORKSPACE_ROOT": str(tmp_path / "ws"),
+            "SHUTDOWN_GRACE_SECONDS": "1",
+        }
+    )
+    async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
+        body = await create(client, "jobs:\n  a:\n    steps:\n      - run: echo up; sleep 300\n")
+        received: list[str] = []
+        async with client.stream("GET", f"/builds/{body['id']}/logs/stream") as response:
+            async for event in sse_events(response):
+                received.append(event.event)
+                if event.event == "log":
+                    server.proc.send_signal(signal.SIGTERM)
+        # The stream ended without a protocol error (a complete chunked body) instead of hanging.
+        assert "log" in received
+    assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
