@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, update
+from sqlalchemy import Table, Update, bindparam, update
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db import record_event
 from app.models import Build, BuildJob, BuildStatus, BuildStep, JobStatus
 from app.models.schemas import StatusEvent
-from app.models.types import utcnow
+from app.models.types import UTCDateTime, utcnow
 
 B, J = BuildStatus, JobStatus
 # Core tables rather than ORM entities: these statements run several times per step, and Core
@@ -126,17 +127,10 @@ async def steps(
     exit_code: int | None = None,
 ) -> list[tuple[str, int]]:
     """Move steps (one, a job's, or the build's) to `to` where legal."""
-    values: dict[str, Any] = {"status": str(to), **_timestamps(to, utcnow())}
-    if exit_code is not None:
-        values["exit_code"] = exit_code
-    stmt = update(STEPS).where(
-        STEPS.c.build_id == build_id, STEPS.c.status.in_(_sources(UNIT_TRANSITIONS, to))
-    )
-    if job_name is not None:
-        stmt = stmt.where(STEPS.c.job_name == job_name)
-    if index is not None:
-        stmt = stmt.where(STEPS.c.index == index)
-    result = await session.exec(stmt.values(**values).returning(STEPS.c.job_name, STEPS.c["index"]))
+    params: dict[str, Any] = {"b": build_id, "j": job_name, "i": index, "x": exit_code}
+    params["ts"] = utcnow()
+    stmt = _step_update(to, job_name is not None, index is not None, exit_code is not None)
+    result = await session.exec(stmt, params=params)
     moved = [(row[0], row[1]) for row in result.all()]
     for moved_job, moved_index in moved:
         record_event(
@@ -151,6 +145,28 @@ async def steps(
             ),
         )
     return moved
+
+
+@cache
+def _step_update(to: JobStatus, by_job: bool, by_index: bool, with_code: bool) -> Update:
+    """Step transitions run twice per step: build each statement shape once, with bound
+    parameters, instead of constructing (and compiling) it every time."""
+    values: dict[str, Any] = {"status": str(to)}
+    if to == "running":
+        values["started_at"] = bindparam("ts", type_=UTCDateTime())
+    elif to.finished:
+        values["finished_at"] = bindparam("ts", type_=UTCDateTime())
+    if with_code:
+        values["exit_code"] = bindparam("x")
+    stmt = update(STEPS).where(
+        STEPS.c.build_id == bindparam("b"),
+        STEPS.c.status.in_(_sources(UNIT_TRANSITIONS, to)),
+    )
+    if by_job:
+        stmt = stmt.where(STEPS.c.job_name == bindparam("j"))
+    if by_index:
+        stmt = stmt.where(STEPS.c["index"] == bindparam("i"))
+    return stmt.values(**values).returning(STEPS.c.job_name, STEPS.c["index"])
 
 
 async def step(
