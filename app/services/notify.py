@@ -20,6 +20,7 @@ import asyncpg
 
 from app.db import NOTIFY_CHANNEL as CHANNEL
 from app.logs.hub import LiveHub, Wakeup
+from app.models.schemas import StatusEvent
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,18 @@ class CancelRequested:
 
 
 def notify_payloads(events: list[Any], sender: str) -> list[str]:
-    """One compact payload per build touched (NOTIFY payloads are limited to 8000 bytes)."""
+    """One compact payload per build touched (NOTIFY payloads are limited to 8000 bytes).
+
+    Only what another replica acts on is sent: new log chunks and build status changes (they wake
+    its SSE streams, which then read the database) and cancel requests. Job and step changes are
+    not: a remote stream learns about them from the database, and skipping them saves a round
+    trip on every step transition."""
     kinds: dict[int, str] = {}
     for event in events:
         build_id = getattr(event, "build_id", None)
         if build_id is None:
+            continue
+        if isinstance(event, StatusEvent) and event.kind != "build":
             continue
         if isinstance(event, CancelRequested) or kinds.get(build_id) == "cancel":
             kinds[build_id] = "cancel"
