@@ -27,6 +27,7 @@ from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
 from tests.helpers import free_port
+from tests.k8s_emulator.fixture import EmulatorProcess
 from tests.serve import ServeProcess, start_serve
 
 PG_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -151,3 +152,18 @@ def serve_factory(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     yield factory
     for server in started:
         server.stop(signal.SIGKILL, timeout=10)
+
+
+@pytest.fixture(scope="session")
+def emulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    """One Kubernetes API emulator process for the whole test session."""
+    process = EmulatorProcess.start(tmp_path_factory.mktemp("k8s-emulator"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def emulator(emulator_process: EmulatorProcess) -> Iterator[EmulatorProcess]:
+    """The shared emulator, reset (objects, toggles, call log) after each test."""
+    yield emulator_process
+    emulator_process.control("reset", {})

@@ -25,14 +25,15 @@ NAMESPACE = os.environ.get("K8S_TEST_NAMESPACE", "ci")
 pytestmark = pytest.mark.parametrize("backend", ["postgres"])  # replicas share one database
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess | None]:
+@pytest.fixture
+def emulator(request: pytest.FixtureRequest) -> Iterator[EmulatorProcess | None]:
+    """The shared emulator (reset after the test), or None against a real cluster."""
     if REAL:
         yield None
         return
-    process = EmulatorProcess.start(tmp_path_factory.mktemp("k8s"))
+    process: EmulatorProcess = request.getfixturevalue("emulator_process")
     yield process
-    process.stop()
+    process.control("reset", {})
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -119,19 +119,6 @@ def pid_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-@pytest.fixture(scope="module")
-def emulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
-    process = EmulatorProcess.start(tmp_path_factory.mktemp("k8s-emulator"))
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def emulator(emulator_process: EmulatorProcess) -> Iterator[EmulatorProcess]:
-    yield emulator_process
-    emulator_process.control("reset", {})
 
 
 @pytest.fixture
