@@ -38,16 +38,23 @@ def slug(text: str, max_len: int = 40) -> str:
     return out[:max_len].strip("-")
 
 
-def _hash8(build_id: int, job_name: str) -> str:
-    return hashlib.sha256(f"{build_id}\0{job_name}".encode()).hexdigest()[:8]
+def _hash8(build_id: int, job_name: str, installation: str) -> str:
+    key = f"{installation}\0{build_id}\0{job_name}"
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
-def k8s_job_name(build_id: int, job_name: str) -> str:
+def installation_id(marker_secret: str) -> str:
+    """Tells apart executor installations sharing a namespace (their build ids overlap)."""
+    return hashlib.sha256(f"installation:{marker_secret}".encode()).hexdigest()[:10]
+
+
+def k8s_job_name(build_id: int, job_name: str, installation: str = "") -> str:
     """`ci-<build>-<slug>-<hash8>`: deterministic, DNS-1123, at most 63 characters.
 
-    The hash keeps names unique when two job names share a slug ("a b" and "a-b")."""
+    The hash keeps names unique when two job names share a slug ("a b" and "a-b"), and across
+    installations: build 1 of one executor database must not find build 1 of another's Job."""
     head = f"ci-{build_id}-"
-    tail = _hash8(build_id, job_name)
+    tail = _hash8(build_id, job_name, installation)
     room = MAX_NAME - len(head) - len(tail) - 1
     part = slug(job_name, max(room, 0))
     return f"{head}{part}-{tail}" if part else f"{head}{tail}"
@@ -58,8 +65,8 @@ def job_label(job_name: str) -> str:
     return slug(job_name, MAX_NAME) or "job"
 
 
-def secret_name(build_id: int) -> str:
-    return f"ci-{build_id}-secrets"
+def secret_name(build_id: int, installation: str = "") -> str:
+    return f"ci-{build_id}-{installation}-secrets" if installation else f"ci-{build_id}-secrets"
 
 
 def marker_token(secret: str, build_id: int) -> str:

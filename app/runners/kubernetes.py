@@ -39,6 +39,7 @@ from app.runners.k8s_script import (
     StepEnd,
     StepStart,
     build_script,
+    installation_id,
     job_label,
     k8s_escape,
     k8s_job_name,
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 Json = dict[str, Any]
 
 LABEL_BUILD = "ci-executor/build-id"
+# Which executor installation (database) created the object: cancel and the orphan sweep only
+# ever touch their own installation's Jobs, even when several share a namespace.
+LABEL_INSTALLATION = "ci-executor/installation"
 LABEL_JOB = "ci-executor/job"
 LABEL_JOB_ID = "ci-executor/job-id"  # the Kubernetes Job name: selects exactly this job's pods
 ANNOTATION_JOB_NAME = "ci-executor/job-name"
@@ -455,8 +459,13 @@ class KubernetesRunner:
 
     def __init__(self, settings: KubernetesSettings) -> None:
         self.settings = settings
+        self.installation = installation_id(settings.marker_secret)
+        self._mine = f"{LABEL_INSTALLATION}={self.installation}"
         self._api_client: Any = None
         self._kube: _Kube | None = None
+
+    def _secret_name(self, build_id: int) -> str:
+        return secret_name(build_id, self.installation)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -538,19 +547,19 @@ class KubernetesRunner:
         """Delete every Job of the build (pods with them, Background) and the build's Secret.
         Runners following those Jobs notice through their own cancel event or the pod watch."""
         try:
-            await self.kube.delete_jobs(f"{LABEL_BUILD}={build_id}")
+            await self.kube.delete_jobs(f"{LABEL_BUILD}={build_id},{self._mine}")
         finally:
             await self.cleanup_build(build_id)
 
     async def cleanup_build(self, build_id: int) -> None:
         """Delete the build's Secret (called when the build ends, and by cancel)."""
-        await self.kube.delete_secret(secret_name(build_id))
+        await self.kube.delete_secret(self._secret_name(build_id))
 
     async def sweep_orphans(
         self, finished_build_ids: Callable[[list[int]], Awaitable[set[int]]]
     ) -> list[str]:
         """Delete Jobs (and Secrets) left behind by builds that are already finished."""
-        jobs = await self.kube.list_jobs(LABEL_BUILD)
+        jobs = await self.kube.list_jobs(f"{LABEL_BUILD},{self._mine}")
         by_build: dict[int, list[str]] = {}
         for item in jobs:
             meta = item.get("metadata") or {}
@@ -572,9 +581,10 @@ class KubernetesRunner:
 
     def job_manifest(self, job: JobRun, script: str, env: list[Json]) -> Json:
         s = self.settings
-        name = k8s_job_name(job.build_id, job.job_name)
+        name = k8s_job_name(job.build_id, job.job_name, self.installation)
         labels = {
             LABEL_BUILD: str(job.build_id),
+            LABEL_INSTALLATION: self.installation,
             LABEL_JOB: job_label(job.job_name),
             LABEL_JOB_ID: name,
         }
@@ -649,12 +659,14 @@ class KubernetesRunner:
             log.warning("kubernetes job %s of build %s failed: %s", job.job_name, job.build_id, exc)
             reason = f"Kubernetes API error: {exc}"
             with contextlib.suppress(KubeError, aiohttp.ClientError, OSError):
-                await self.kube.delete_job(k8s_job_name(job.build_id, job.job_name))
+                await self.kube.delete_job(
+                    k8s_job_name(job.build_id, job.job_name, self.installation)
+                )
             await steps.end_unfinished("error", "skipped", reason)
             return JobResult("error", reason)
 
     async def _run_job(self, job: JobRun, steps: _Steps, resume: bool) -> JobResult:
-        name = k8s_job_name(job.build_id, job.job_name)
+        name = k8s_job_name(job.build_id, job.job_name, self.installation)
         if job.cancel.is_set():
             await steps.end_unfinished("cancelled", "skipped", None)
             return JobResult("cancelled")
@@ -669,7 +681,7 @@ class KubernetesRunner:
             if entry.secret:
                 key = secret_key(self.settings.marker_secret, entry.source_name, entry.value)
                 secret_data[key] = entry.value
-                ref = {"name": secret_name(job.build_id), "key": key}
+                ref = {"name": self._secret_name(job.build_id), "key": key}
                 env.append({"name": entry.name, "valueFrom": {"secretKeyRef": ref}})
             else:
                 env.append({"name": entry.name, "value": k8s_escape(entry.value)})
@@ -705,12 +717,15 @@ class KubernetesRunner:
         return await self._follow(job, name, token, steps)
 
     async def _ensure_secret(self, build_id: int, data: dict[str, str]) -> None:
-        name = secret_name(build_id)
+        name = self._secret_name(build_id)
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
         body: Json = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": name, "labels": {LABEL_BUILD: str(build_id)}},
+            "metadata": {
+                "name": name,
+                "labels": {LABEL_BUILD: str(build_id), LABEL_INSTALLATION: self.installation},
+            },
             "type": "Opaque",
             "data": encoded,
         }
@@ -733,7 +748,7 @@ class KubernetesRunner:
         uid, job_name = meta.get("uid"), meta.get("name")
         if not uid:
             return
-        name = secret_name(build_id)
+        name = self._secret_name(build_id)
         for _ in range(5):
             current = await self.kube.read_secret(name)
             if current is None:

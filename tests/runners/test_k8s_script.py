@@ -22,6 +22,7 @@ from app.runners.k8s_script import (
     StepEnd,
     StepStart,
     build_script,
+    installation_id,
     job_label,
     k8s_escape,
     k8s_job_name,
@@ -404,3 +405,12 @@ def test_release_idle_emits_a_lone_held_newline_only() -> None:
     half = MarkerParser(token)
     half.feed(b"x\n##[ci-exec")
     assert half.release_idle() == []  # a marker being written is never released
+
+
+def test_installations_sharing_a_namespace_never_share_names() -> None:
+    one, two = installation_id("secret-one"), installation_id("secret-two")
+    assert one != two
+    assert k8s_job_name(1, "build", one) != k8s_job_name(1, "build", two)
+    assert secret_name(1, one) != secret_name(1, two)
+    assert DNS1123.match(k8s_job_name(1, "build", one))
+    assert DNS1123.match(secret_name(123456789, one))

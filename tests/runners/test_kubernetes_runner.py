@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from app.runners.base import JobResult, JobRun, StepOutcome, StepRun
-from app.runners.k8s_script import k8s_job_name, secret_name
+from app.runners.k8s_script import installation_id, k8s_job_name, secret_name
 from app.runners.kubernetes import (
     ANNOTATION_JOB_NAME,
     LABEL_BUILD,
@@ -27,6 +27,8 @@ from app.runners.kubernetes import (
 )
 from tests.k8s_emulator.fixture import EmulatorProcess
 from tests.runners.steps import step
+
+INSTALLATION = installation_id("test-marker-secret")
 
 WAIT = 30.0
 
@@ -146,7 +148,7 @@ async def runner(settings: KubernetesSettings) -> AsyncIterator[KubernetesRunner
 
 
 async def pods_of(runner: KubernetesRunner, job: JobRun) -> list[dict[str, Any]]:
-    name = k8s_job_name(job.build_id, job.job_name)
+    name = k8s_job_name(job.build_id, job.job_name, INSTALLATION)
     listing = await runner.kube.list_pods(f"{LABEL_JOB_ID}={name}")
     return list(listing.get("items") or [])
 
@@ -178,7 +180,7 @@ async def test_success_reports_steps_output_and_builds_the_job_as_specified(
         ("started", 1),
         ("finished", 1, "success", 0),
     ]
-    name = k8s_job_name(job.build_id, job.job_name)
+    name = k8s_job_name(job.build_id, job.job_name, INSTALLATION)
     obj = await runner.kube.read_job(name)
     assert obj is not None
     meta, spec = obj["metadata"], obj["spec"]
@@ -264,7 +266,9 @@ async def test_image_pull_failure_is_an_error(
     assert "registry.example/nope:1" in result.error
     assert "ImagePull" in result.error or "ErrImagePull" in result.error
     assert reporter.statuses() == {0: "skipped"}
-    assert await runner.kube.read_job(k8s_job_name(job.build_id, job.job_name)) is None
+    assert (
+        await runner.kube.read_job(k8s_job_name(job.build_id, job.job_name, INSTALLATION)) is None
+    )
 
 
 async def test_create_container_config_error(
@@ -330,7 +334,9 @@ async def test_cancel_deletes_the_job_and_kills_processes(
     assert reporter.statuses() == {0: "cancelled", 1: "skipped"}
     await until(lambda: _no_processes(emulator), "the pod's processes to die")
     await until(lambda: _no_pods(runner, job), "the pods to be deleted")
-    assert await runner.kube.read_job(k8s_job_name(job.build_id, job.job_name)) is None
+    assert (
+        await runner.kube.read_job(k8s_job_name(job.build_id, job.job_name, INSTALLATION)) is None
+    )
     # The pods went away with the Job: without propagationPolicy=Background they would stay.
     deletes = [c for c in (await control(emulator, "calls")) if c["verb"] == "delete"]
     assert [c["resource"] for c in deletes] == ["jobs"]
@@ -381,12 +387,12 @@ async def test_cancel_build_deletes_all_jobs_and_the_secret(runner: KubernetesRu
         for j, r in zip((first, second), reporters, strict=True)
     ]
     await until(lambda: all(r.text(0) for r in reporters), "both jobs to run")
-    assert await runner.kube.read_secret(secret_name(first.build_id)) is not None
+    assert await runner.kube.read_secret(secret_name(first.build_id, INSTALLATION)) is not None
     await runner.cancel_build(first.build_id)
     results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
     assert all(r.status in ("error", "cancelled") for r in results)
     assert await runner.kube.list_jobs(f"{LABEL_BUILD}={first.build_id}") == []
-    assert await runner.kube.read_secret(secret_name(first.build_id)) is None
+    assert await runner.kube.read_secret(secret_name(first.build_id, INSTALLATION)) is None
 
 
 # ---------------------------------------------------------------- logs, breaks and re-attach
@@ -492,7 +498,7 @@ async def test_resume_after_the_job_finished_meanwhile(settings: KubernetesSetti
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    name = k8s_job_name(job.build_id, job.job_name)
+    name = k8s_job_name(job.build_id, job.job_name, INSTALLATION)
 
     async def job_failed() -> bool:
         obj = await crashed.kube.read_job(name)
@@ -551,7 +557,7 @@ async def test_secret_values_never_appear_in_the_pod_spec(runner: KubernetesRunn
     assert result == JobResult("success")
     assert reporter.text(0) == "HUNTER-TWO p$(HOME)\n"
     assert reporter.text(1).strip() == "10"
-    name = k8s_job_name(job.build_id, job.job_name)
+    name = k8s_job_name(job.build_id, job.job_name, INSTALLATION)
     job_obj = await runner.kube.read_job(name)
     pods = await pods_of(runner, job)
     assert job_obj is not None
@@ -564,15 +570,15 @@ async def test_secret_values_never_appear_in_the_pod_spec(runner: KubernetesRunn
         if "valueFrom" in e
     ]
     assert refs
-    assert all(r["name"] == secret_name(job.build_id) for r in refs)
-    secret = await runner.kube.read_secret(secret_name(job.build_id))
+    assert all(r["name"] == secret_name(job.build_id, INSTALLATION) for r in refs)
+    secret = await runner.kube.read_secret(secret_name(job.build_id, INSTALLATION))
     assert secret is not None
     owners = secret["metadata"].get("ownerReferences") or []
     assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
         ("Job", name, job_obj["metadata"]["uid"])
     ]
     await runner.cleanup_build(job.build_id)
-    assert await runner.kube.read_secret(secret_name(job.build_id)) is None
+    assert await runner.kube.read_secret(secret_name(job.build_id, INSTALLATION)) is None
 
 
 # ---------------------------------------------------------------- startup and sweep
@@ -610,7 +616,7 @@ async def test_sweep_deletes_jobs_of_finished_builds_only(runner: KubernetesRunn
         return {done.build_id}
 
     deleted = await runner.sweep_orphans(finished)
-    assert deleted == [k8s_job_name(done.build_id, "a")]
+    assert deleted == [k8s_job_name(done.build_id, "a", INSTALLATION)]
     assert asked == [sorted([done.build_id, live.build_id])]
     assert await runner.kube.list_jobs(f"{LABEL_BUILD}={done.build_id}") == []
     assert len(await runner.kube.list_jobs(f"{LABEL_BUILD}={live.build_id}")) == 1
@@ -626,7 +632,9 @@ async def test_the_runner_calls_exactly_the_verbs_it_declares(
     async def finished(ids: list[int]) -> set[int]:
         return set(ids)
 
-    assert await runner.sweep_orphans(finished) == [k8s_job_name(job.build_id, job.job_name)]
+    assert await runner.sweep_orphans(finished) == [
+        k8s_job_name(job.build_id, job.job_name, INSTALLATION)
+    ]
     await runner.cancel_build(job.build_id)
     used: dict[tuple[str, str], set[str]] = {}
     for call in await control(emulator, "calls"):
