@@ -69,7 +69,6 @@ class Settings(BaseSettings):
     max_workflow_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_variables: int = Field(default=100, ge=0)
     max_log_append_bytes: int = Field(default=1024 * 1024, ge=1024)
-    idempotency_ttl_hours: float = Field(default=24.0, gt=0)
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     sse_queue_size: int = Field(default=1000, ge=1)
     log_level: str = "INFO"
