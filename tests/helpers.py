@@ -9,6 +9,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -87,6 +88,23 @@ async def all_logs(client: httpx.AsyncClient, build_id: int) -> list[dict[str, A
 
 async def log_text(client: httpx.AsyncClient, build_id: int) -> str:
     return "".join(c["content"] for c in await all_logs(client, build_id))
+
+
+async def wait_for_output(
+    client: httpx.AsyncClient, build_id: int, text: str = "", timeout: float = 60.0
+) -> None:
+    """Wait until the build's stored log contains `text` (any output at all when empty)."""
+
+    async def seen() -> bool:
+        logged = await log_text(client, build_id)
+        return text in logged if text else bool(logged)
+
+    await wait_until(seen, timeout)
+
+
+def ts(value: str) -> datetime:
+    """An API timestamp (ISO 8601 with offset) as an aware datetime."""
+    return datetime.fromisoformat(value)
 
 
 @dataclass

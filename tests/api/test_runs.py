@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 from app.config import Settings
-from tests.helpers import create, job, log_text, step_statuses, wait_for_build, workflow
-
-
-def _t(value: str) -> datetime:
-    return datetime.fromisoformat(value)
+from tests.helpers import create, job, log_text, step_statuses, ts, wait_for_build, workflow
 
 
 async def test_failed_step_skips_rest_of_job_and_dependents(client: httpx.AsyncClient) -> None:
@@ -81,9 +76,9 @@ async def test_independent_jobs_overlap_and_needs_order(client: httpx.AsyncClien
     done = await wait_for_build(client, body["id"])
     assert done["status"] == "success", done
     left, right, after = job(done, "left"), job(done, "right"), job(done, "after")
-    assert _t(left["started_at"]) < _t(right["finished_at"])
-    assert _t(right["started_at"]) < _t(left["finished_at"])
-    assert _t(after["started_at"]) >= max(_t(left["finished_at"]), _t(right["finished_at"]))
+    assert ts(left["started_at"]) < ts(right["finished_at"])
+    assert ts(right["started_at"]) < ts(left["finished_at"])
+    assert ts(after["started_at"]) >= max(ts(left["finished_at"]), ts(right["finished_at"]))
 
 
 async def test_continue_on_error_and_always(client: httpx.AsyncClient) -> None:
@@ -227,7 +222,7 @@ async def test_max_concurrent_jobs_bounds_parallelism(client: httpx.AsyncClient)
     body = await create(client, "jobs:\n" + jobs)
     done = await wait_for_build(client, body["id"])
     assert done["status"] == "success"
-    spans = [(_t(j["started_at"]), _t(j["finished_at"])) for j in done["jobs"]]
+    spans = [(ts(j["started_at"]), ts(j["finished_at"])) for j in done["jobs"]]
     # The most jobs running at any job's start is bounded by MAX_CONCURRENT_JOBS (4).
     peak = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)
     assert 1 <= peak <= 4

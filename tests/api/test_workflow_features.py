@@ -5,16 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import subprocess
-from datetime import datetime
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import create, job, log_text, step_statuses, wait_for_build, workflow
-
-
-def _t(value: str) -> datetime:
-    return datetime.fromisoformat(value)
+from tests.helpers import create, job, log_text, step_statuses, ts, wait_for_build, workflow
 
 
 async def test_job_conditions_follow_github_semantics(client: httpx.AsyncClient) -> None:
@@ -127,8 +122,8 @@ async def test_matrix_expands_substitutes_and_needs_all(client: httpx.AsyncClien
     text = await log_text(client, body["id"])
     for line in ("py=3.11 os=a", "py=3.12 os=a", "py=3.12 os=b", "py=3.13 os=c"):
         assert line in text
-    report_start = _t(job(done, "report")["started_at"])
-    assert all(_t(j["finished_at"]) <= report_start for j in done["jobs"] if j["name"] != "report")
+    report_start = ts(job(done, "report")["started_at"])
+    assert all(ts(j["finished_at"]) <= report_start for j in done["jobs"] if j["name"] != "report")
 
 
 async def test_matrix_fail_fast_cancels_running_siblings(client: httpx.AsyncClient) -> None:
@@ -174,7 +169,7 @@ async def test_matrix_no_fail_fast_and_max_parallel(client: httpx.AsyncClient) -
     )
     done = await wait_for_build(client, body["id"])
     assert [job(done, f"t ({n})")["status"] for n in (1, 2, 3)] == ["failed", "success", "success"]
-    spans = sorted((_t(j["started_at"]), _t(j["finished_at"])) for j in done["jobs"])
+    spans = sorted((ts(j["started_at"]), ts(j["finished_at"])) for j in done["jobs"])
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end  # one at a time
 

@@ -18,7 +18,7 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.helpers import create, sse_events, wait_for_build, wait_until, workflow
+from tests.helpers import create, sse_events, wait_for_build, wait_for_output, wait_until, workflow
 from tests.serve import ServeProcess
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
@@ -153,10 +153,7 @@ async def test_killed_replica_is_taken_over(
         )
         await wait_until(lambda: asyncio.sleep(0, _runner_of(tmp_path, body["id"]) == "a"))
 
-        async def has_output() -> bool:
-            return bool((await ca.get(f"/builds/{body['id']}/logs")).json()["items"])
-
-        await wait_until(has_output)
+        await wait_for_output(ca, body["id"])
     a.stop(signal.SIGKILL)
     b = replicas("b")
     async with httpx.AsyncClient(base_url=f"{b.url}/api/v1", timeout=30) as cb:

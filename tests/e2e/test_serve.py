@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import create, sse_events, wait_for_build, wait_until, workflow
+from tests.helpers import create, sse_events, wait_for_build, wait_for_output, workflow
 from tests.serve import ServeProcess
 
 
@@ -50,11 +50,7 @@ async def test_serve_end_to_end(
             client, "jobs:\n  s:\n    steps:\n      - run: echo started; sleep 300\n"
         )
 
-        async def running() -> bool:
-            page = (await client.get(f"/builds/{slow['id']}/logs")).json()
-            return bool(page["items"])
-
-        await wait_until(running)
+        await wait_for_output(client, slow["id"])
         assert (await client.post(f"/builds/{slow['id']}/cancel")).status_code == 202
         cancelled = await wait_for_build(client, slow["id"], timeout=20)
         assert cancelled["status"] == "cancelled"
@@ -88,11 +84,8 @@ async def test_graceful_shutdown_lets_steps_finish_then_cancels(
         )
         long = await create(client, "jobs:\n  a:\n    steps:\n      - run: echo up; sleep 300\n")
 
-        async def both_running() -> bool:
-            pages = [(await client.get(f"/builds/{b['id']}/logs")).json() for b in (short, long)]
-            return all(p["items"] for p in pages)
-
-        await wait_until(both_running)
+        for build in (short, long):
+            await wait_for_output(client, build["id"])
     server.proc.send_signal(signal.SIGTERM)
     go.touch()  # the short build can finish within the grace period; the long one cannot
     assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)

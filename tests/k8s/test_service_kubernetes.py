@@ -15,7 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import create, free_port, log_text, wait_for_build, wait_until, workflow
+from tests.helpers import (
+    create,
+    free_port,
+    log_text,
+    wait_for_build,
+    wait_for_output,
+    wait_until,
+    workflow,
+)
 from tests.k8s_emulator.fixture import EmulatorProcess
 from tests.serve import ROOT, ServeProcess
 
@@ -104,10 +112,7 @@ async def test_replica_killed_mid_build_is_reattached_without_loss(
     async with httpx.AsyncClient(base_url=f"{a.url}/api/v1", timeout=30) as client:
         body = await create(client, f"jobs:\n  long:\n    steps:\n      - run: {script}\n")
 
-        async def some_output() -> bool:
-            return "line-5" in await log_text(client, body["id"])
-
-        await wait_until(some_output, timeout=60)
+        await wait_for_output(client, body["id"], "line-5")
     a.stop(signal.SIGKILL)
     b = k8s_serve("b")
     async with httpx.AsyncClient(base_url=f"{b.url}/api/v1", timeout=30) as client:
@@ -129,10 +134,7 @@ async def test_graceful_shutdown_detaches_and_the_next_replica_finishes(
     async with httpx.AsyncClient(base_url=f"{a.url}/api/v1", timeout=30) as client:
         body = await create(client, f"jobs:\n  long:\n    steps:\n      - run: {script}\n")
 
-        async def some_output() -> bool:
-            return "line-3" in await log_text(client, body["id"])
-
-        await wait_until(some_output, timeout=60)
+        await wait_for_output(client, body["id"], "line-3")
     assert a.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     b = k8s_serve("b")
     async with httpx.AsyncClient(base_url=f"{b.url}/api/v1", timeout=30) as client:
@@ -150,10 +152,7 @@ async def test_cancel_deletes_the_jobs(
     async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
         body = await create(client, "jobs:\n  s:\n    steps:\n      - run: echo up; sleep 300\n")
 
-        async def up() -> bool:
-            return "up" in await log_text(client, body["id"])
-
-        await wait_until(up, timeout=60)
+        await wait_for_output(client, body["id"], "up")
         assert (await client.post(f"/builds/{body['id']}/cancel")).status_code == 202
         done = await wait_for_build(client, body["id"], timeout=60)
         assert done["status"] == "cancelled"
