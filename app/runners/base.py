@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from app.workflow.conditions import Condition
 
@@ -31,6 +31,33 @@ class StepRun:
     working_directory: str | None  # relative to the job workspace
 
 
+@dataclass(frozen=True)
+class ServiceContainer:
+    """One `services:` entry of a job: a sidecar reachable from the steps by `name`.
+
+    Only the kubernetes runner runs them (containers of the job's pod); the local runner refuses a
+    job that has any, with a clear message."""
+
+    name: str  # the key under `services:`, a DNS-label-safe id
+    image: str
+    env: dict[str, str] = field(default_factory=dict)
+    ports: tuple[int, ...] = ()  # container-side ports ("8080:80" → 80)
+    options: str | None = None  # docker-style options; only what maps to Kubernetes is honoured
+
+
+@dataclass(frozen=True)
+class KubernetesOptions:
+    """The `kubernetes:` job key (our extension): pod settings users know from GitLab/Woodpecker."""
+
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)  # requests / limits
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    service_account_name: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    runtime_class_name: str | None = None
+    priority_class_name: str | None = None
+
+
 @dataclass(frozen=True, eq=False)  # identity semantics: runners keep live jobs in sets
 class JobRun:
     build_id: int
@@ -39,6 +66,9 @@ class JobRun:
     timeout_seconds: float | None
     steps: tuple[StepRun, ...]
     secret_names: frozenset[str] = frozenset()  # env names whose values are masked secrets
+    runs_on: tuple[str, ...] = ()  # the job's `runs-on` labels (the kubernetes runner maps them)
+    services: tuple[ServiceContainer, ...] = ()
+    kubernetes: KubernetesOptions | None = None
     # Set by the scheduler to stop the job (build cancel, fail-fast). The runner kills what runs,
     # reports the running step `cancelled`, the rest `skipped`/`cancelled`, and returns "cancelled".
     cancel: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
