@@ -101,10 +101,6 @@ class Settings(BaseSettings):
     def tokens(self) -> list[ApiToken]:
         return parse_tokens(self.api_tokens)
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
 
 def parse_tokens(value: str) -> list[ApiToken]:
     tokens: list[ApiToken] = []
