@@ -8,6 +8,7 @@ also bounds our recursion.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 from app.workflow.expressions.errors import MAX_DEPTH, ExpressionSyntaxError
@@ -120,16 +121,24 @@ class _Parser:
         return self.logical(Kind.AND)
 
     def equality(self) -> Node:
-        node = self.comparison()
-        while (op := self.accept(*_EQUALITIES)) is not None:
-            node = Compare(op.text, node, self.comparison(), op.offset)
-        return node
+        return self.binary(_EQUALITIES, self.comparison)
 
     def comparison(self) -> Node:
-        node = self.unary()
-        while (op := self.accept(*_COMPARISONS)) is not None:
-            node = Compare(op.text, node, self.unary(), op.offset)
-        return node
+        return self.binary(_COMPARISONS, self.unary)
+
+    def binary(self, kinds: tuple[Kind, ...], operand: Callable[[], Node]) -> Node:
+        # `a == b == c` nests to the left; GitHub does not count these levels, we do, because
+        # a chain of thousands would otherwise nest the evaluation thousands deep.
+        node = operand()
+        entered = 0
+        try:
+            while (op := self.accept(*kinds)) is not None:
+                self.enter()
+                entered += 1
+                node = Compare(op.text, node, operand(), op.offset)
+            return node
+        finally:
+            self.depth -= entered
 
     def unary(self) -> Node:
         bang = self.accept(Kind.NOT)
