@@ -25,7 +25,9 @@ from app.runners.base import (
     JobRun,
     StepOutcome,
     StepRun,
+    job_outcome,
     should_run_step,
+    step_failure,
 )
 
 log = logging.getLogger(__name__)
@@ -109,8 +111,8 @@ class LocalRunner:
         workspace = self.workspace(job.build_id, job.job_name)
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
         deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
+        finished: dict[int, StepOutcome] = {}
         failed = False
-        failure: JobResult = JobResult("failed")
         outcome: JobResult | None = None
         for step in job.steps:
             if outcome is not None:  # the job already ended (cancel, timeout, error)
@@ -125,6 +127,7 @@ class LocalRunner:
             await reporter.step_started(step.index)
             status, code, message = await self._run_step(job, step, workspace, reporter, deadline)
             await reporter.step_finished(step.index, status, code, message)
+            finished[step.index] = status
             if status == "cancelled":
                 outcome = JobResult("cancelled")
             elif status == "timed_out" and deadline is not None and time.monotonic() >= deadline:
@@ -133,15 +136,11 @@ class LocalRunner:
                 )
             elif status == "error":
                 outcome = JobResult("error", message)
-            elif status in ("failed", "timed_out") and not step.continue_on_error:
-                if not failed and status == "timed_out":
-                    failure = JobResult(
-                        "timed_out", f"step {step.index + 1} ({step.name}) timed out"
-                    )
+            elif step_failure(step, status) is not None:
                 failed = True
         if outcome is not None:
             return outcome
-        return failure if failed else JobResult("success")
+        return job_outcome(job.steps, finished)
 
     async def _run_step(
         self,
