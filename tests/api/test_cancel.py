@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import create, job, wait_for_build, wait_until, workflow
+from tests.support import create, job, wait_for_build, wait_until, workflow
 
 
 def _alive(pid: int) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import SSEEvent, create, sse_events, wait_for_build, workflow
+from tests.support import SSEEvent, create, sse_events, wait_for_build, workflow
 
 SLOW = workflow(
     """
