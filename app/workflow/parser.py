@@ -12,10 +12,8 @@ typo in `timeout-minutes`, say) is worse than a rejected one.
 from __future__ import annotations
 
 import datetime
-import heapq
 import math
 import re
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,6 +25,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.scalarbool import ScalarBoolean
 
+from app.workflow import graph
 from app.workflow.conditions import Condition, parse_condition
 from app.workflow.matrix import (
     MAX_COMBINATIONS,
@@ -758,49 +757,24 @@ class _Parser:
 
     def graph(self, jobs: list[_Job]) -> list[str]:
         """Job keys in topological order (lowest YAML position first among ready jobs)."""
-        index = {job.key: i for i, job in enumerate(jobs)}
-        edges: dict[str, list[str]] = {}
+        keys = [job.key for job in jobs]
+        known = set(keys)
+        needs: dict[str, list[str]] = {}
         for job in jobs:
-            edges[job.key] = []
+            needs[job.key] = []
             for name, pos in job.needs:
                 if name == job.key:
                     self.add(pos, f"job {job.key!r} needs itself")
-                elif name not in index:
+                elif name not in known:
                     self.add(pos, f"job {job.key!r} needs {name!r}, which does not exist")
                 else:
-                    edges[job.key].append(name)
-        waiting = {key: len(deps) for key, deps in edges.items()}
-        dependents: dict[str, list[str]] = {key: [] for key in edges}
-        for key, deps in edges.items():
-            for dep in deps:
-                dependents[dep].append(key)
-        ready = [index[key] for key, count in waiting.items() if count == 0]
-        heapq.heapify(ready)
-        order: list[str] = []
-        while ready:
-            key = jobs[heapq.heappop(ready)].key
-            order.append(key)
-            for dependent in dependents[key]:
-                waiting[dependent] -= 1
-                if waiting[dependent] == 0:
-                    heapq.heappush(ready, index[dependent])
-        if len(order) < len(jobs):
-            self.cycles(jobs, edges, set(edges) - set(order))
-        return order
-
-    def cycles(self, jobs: list[_Job], edges: dict[str, list[str]], stuck: set[str]) -> None:
-        """One problem per cycle (strongly connected component), naming a shortest loop in it."""
-        reach = {key: _reachable(key, edges, stuck) for key in stuck}
-        reported: set[str] = set()
-        for job in jobs:  # YAML order, so each cycle is named from its first job
-            start = job.key
-            if start not in stuck or start in reported or start not in reach[start]:
-                continue  # jobs merely downstream of a cycle are not part of it
-            component = {key for key in reach[start] if start in reach[key]}
-            reported |= component
-            path = _shortest_loop(start, edges, component)
-            pos = next(pos for name, pos in job.needs if name == path[1])
-            self.add(pos, "cycle in needs: " + " -> ".join(path))
+                    needs[job.key].append(name)
+        result = graph.topological_order(keys, needs)
+        by_key = {job.key: job for job in jobs}
+        for loop in result.cycles:
+            pos = next(pos for name, pos in by_key[loop[0]].needs if name == loop[1])
+            self.add(pos, "cycle in needs: " + " -> ".join(loop))
+        return result.order
 
     def check_references(self, job: _Job) -> None:
         for text in job.texts():
@@ -823,36 +797,6 @@ def _bad_matrix_key(key: Any, where: str) -> str:
         f"matrix key {_describe(key)} in {where} is not valid: it must start with a letter or '_' "
         "and contain only letters, digits, '_' and '-'"
     )
-
-
-def _reachable(start: str, edges: dict[str, list[str]], within: set[str]) -> set[str]:
-    """Keys reachable from start by one or more edges, staying within `within`."""
-    seen: set[str] = set()
-    stack = [start]
-    while stack:
-        for dep in edges[stack.pop()]:
-            if dep in within and dep not in seen:
-                seen.add(dep)
-                stack.append(dep)
-    return seen
-
-
-def _shortest_loop(start: str, edges: dict[str, list[str]], component: set[str]) -> list[str]:
-    """[start, ..., start] following needs, breadth-first so the loop named is a shortest one."""
-    parents: dict[str, str] = {}
-    queue = deque([start])
-    while queue:
-        key = queue.popleft()
-        for dep in edges[key]:
-            if dep == start:
-                path = [key]
-                while path[-1] != start:
-                    path.append(parents[path[-1]])
-                return [*reversed(path), start]
-            if dep in component and dep not in parents:
-                parents[dep] = key
-                queue.append(dep)
-    raise AssertionError(f"{start!r} is not on a cycle")  # pragma: no cover
 
 
 # --- expansion ---------------------------------------------------------------------------------
