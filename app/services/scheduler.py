@@ -25,6 +25,7 @@ from sqlmodel import col, or_, select
 
 from app.config import Settings
 from app.db import Database
+from app.logs.masking import Masker
 from app.logs.writer import LogWriter
 from app.metrics import Metrics
 from app.models import Build, BuildStatus
@@ -160,6 +161,8 @@ class Scheduler:
             runner=self.runner,
             metrics=self.metrics,
             max_jobs=self.settings.max_concurrent_jobs,
+            # The service's own credentials never reach a build log, whatever a step can read.
+            masker=Masker(self.settings.service_secrets),
         )
         task = asyncio.create_task(self._execute(ctx, resume=resume), name=f"build {build_id}")
         self._running[build_id] = (ctx, task)
