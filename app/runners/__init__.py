@@ -10,7 +10,11 @@ from app.runners.local import LocalRunner
 def create_runner(settings: Settings) -> Runner:
     if settings.runner == "local":
         return LocalRunner(
-            settings.workspace_root, kill_grace_seconds=settings.cancel_grace_seconds
+            settings.workspace_root,
+            kill_grace_seconds=settings.cancel_grace_seconds,
+            isolation=settings.local_isolation,
+            hidden=settings.paths_hidden_from_steps,
+            install_key=settings.database_url,
         )
     from app.runners.kubernetes import KubernetesRunner, KubernetesSettings
 
