@@ -75,6 +75,8 @@ async def create_build(
         variables=body.variables,
         dispatch=body.dispatch,
         idempotency_key=idempotency_key,
+        event_name=body.event_name,
+        event=body.event,
     )
     build_id: int | None = None
     if idempotency_key:
@@ -170,6 +172,8 @@ async def retry_build(build_id: int, db: DbDep, queue: QueueDep, caller: WriterD
                 repo_url=source.repo_url,
                 variables=source.variables,
                 retry_of=build_id,
+                event_name=source.event_name,
+                event=source.event,
             ),
         )
         new_id = new.id

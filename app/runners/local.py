@@ -106,6 +106,16 @@ class LocalRunner:
                     del self._jobs[job.build_id]
 
     async def _run(self, job: JobRun, reporter: JobReporter) -> JobResult:
+        if job.services:
+            # Sidecars need a container runtime; the kubernetes runner runs them in the job's pod.
+            for step in job.steps:
+                await reporter.step_finished(step.index, "skipped", None)
+            names = ", ".join(s.name for s in job.services)
+            return JobResult(
+                "failed",
+                f"`services:` ({names}) need the kubernetes runner; the local runner cannot run "
+                "service containers",
+            )
         workspace = self.workspace(job.build_id, job.job_name)
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
         deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
