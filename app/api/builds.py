@@ -60,6 +60,8 @@ async def create_build(
         variables=body.variables,
         dispatch=body.dispatch,
         idempotency_key=idempotency_key,
+        event_name=body.event_name,
+        event=body.event,
     )
     build, created = await service.submit(db, queue, new)
     if not created:

@@ -16,26 +16,32 @@ from app.models.schemas import (
 from app.models.status import BuildStatus, JobStatus
 from app.models.tables import (
     Build,
+    BuildAnnotation,
     BuildJob,
     BuildJobEdge,
     BuildLogChunk,
+    BuildOutput,
     BuildSnapshot,
     BuildStep,
+    BuildStepSummary,
     PipelineCounter,
 )
 
 __all__ = [
     "Build",
+    "BuildAnnotation",
     "BuildCreate",
     "BuildDetail",
     "BuildJob",
     "BuildJobEdge",
     "BuildLogChunk",
+    "BuildOutput",
     "BuildPage",
     "BuildPublic",
     "BuildSnapshot",
     "BuildStatus",
     "BuildStep",
+    "BuildStepSummary",
     "EdgePublic",
     "JobPublic",
     "JobStatus",

@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -59,6 +60,8 @@ class NewBuild:
     dispatch: bool = True
     retry_of: int | None = None
     idempotency_key: str | None = None
+    event_name: str | None = None
+    event: dict[str, Any] | None = None
 
 
 def parse_or_422(text: str) -> WorkflowSpec:
@@ -109,6 +112,8 @@ async def create_build(session: AsyncSession, new: NewBuild) -> Build:
         created_at=now,
         retry_of=new.retry_of,
         idempotency_key=new.idempotency_key,
+        event_name=new.event_name,
+        event=new.event,
         # Set optimistically in the same transaction: if the publish after commit fails, the
         # requeue sweep sees a stale dispatched_at and publishes again.
         dispatched_at=now if new.dispatch else None,
@@ -125,7 +130,16 @@ async def create_build(session: AsyncSession, new: NewBuild) -> Build:
         )
     )
     jobs = [
-        {"build_id": build.id, "name": j.name, "display_name": j.display_name, "index": j.index}
+        {
+            "build_id": build.id,
+            "name": j.name,
+            "display_name": j.display_name,
+            "index": j.index,
+            "runs_on": list(j.runs_on),
+            "environment": (
+                {"name": j.environment.name, "url": j.environment.url} if j.environment else None
+            ),
+        }
         for j in spec.jobs
     ]
     await session.exec(insert(BuildJob), params=jobs)
@@ -198,6 +212,8 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
                 "started_at": row.started_at,
                 "finished_at": row.finished_at,
                 "error": row.error,
+                "runs_on": row.runs_on,
+                "environment": row.environment,
                 "needs": needs.get(row.name, []),
                 "steps": steps_by_job.get(row.name, []),
             }
@@ -207,6 +223,7 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
     return BuildDetail(
         **public(build).model_dump(),
         yaml_sha256=sha,
+        event=build.event,
         jobs=jobs,
         edges=[EdgePublic.model_validate(e) for e in edge_rows],
     )
@@ -358,6 +375,8 @@ async def retry(
                 repo_url=source.repo_url,
                 variables=source.variables,
                 retry_of=build_id,
+                event_name=source.event_name,
+                event=source.event,
             ),
         )
         new_id = new.id

@@ -6,6 +6,7 @@
 - `servers`: an ASGI app on a real uvicorn (`uvicorn_server`), real `ci-executor serve`
   processes (`start_serve`), `free_port`.
 - `backends`: the `TEST_BACKENDS` switch (`sqlite`, `postgres`).
+- `processes`: `pids_with`, a step's processes seen from the host.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.support.api import (
     wait_for_output,
     workflow,
 )
+from tests.support.processes import pids_with
 from tests.support.servers import ROOT, ServeProcess, free_port, start_serve, uvicorn_server
 from tests.support.sse import SSEEvent, sse_events
 from tests.support.waiting import wait_until
@@ -36,6 +38,7 @@ __all__ = [
     "free_port",
     "job",
     "log_text",
+    "pids_with",
     "sse_events",
     "start_serve",
     "step_statuses",
