@@ -87,6 +87,10 @@ def validate(doc: dict[str, Any]) -> list[str]:
     """Strict schema problems of one manifest (unknown fields are errors)."""
     try:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        # Only CRDs (the Prometheus Operator's ServiceMonitor) have no built-in schema.
+        assert doc["apiVersion"].startswith("monitoring.coreos.com/"), doc["kind"]
+        return []
     except kubernetes_validate.ValidationError as exc:
         where = ".".join(str(p) for p in exc.path)
         return [f"{doc['kind']}/{doc['metadata']['name']}.{where}: {exc.message}"]
@@ -156,6 +160,11 @@ def test_renders_every_kind_once(prod: Manifests) -> None:
         ("ConfigMap", False),
         ("Deployment", False),
         ("Job", True),
+        ("LimitRange", False),
+        ("Namespace", False),
+        ("NetworkPolicy", False),
+        ("PodDisruptionBudget", False),
+        ("ResourceQuota", False),
         ("Role", False),
         ("RoleBinding", False),
         ("Secret", False),
@@ -163,7 +172,14 @@ def test_renders_every_kind_once(prod: Manifests) -> None:
         ("Service", False),
         ("ServiceAccount", False),
     ]
-    assert {d["metadata"]["namespace"] for d in prod} == {NAMESPACE}
+    builds = f"{NAMESPACE}-builds"
+    in_builds = {"LimitRange", "NetworkPolicy", "ResourceQuota", "Role", "RoleBinding"}
+    for doc in prod:
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == builds
+        else:
+            expected = builds if doc["kind"] in in_builds else NAMESPACE
+            assert doc["metadata"]["namespace"] == expected, doc["kind"]
 
 
 def test_manifests_match_the_kubernetes_api_types(prod: Manifests) -> None:
@@ -288,10 +304,58 @@ def test_builds_in_another_namespace_get_the_role_there(render: Renderer) -> Non
     assert one(docs, "Deployment")["metadata"]["namespace"] == NAMESPACE
 
 
-def test_build_namespace_defaults_to_the_release_namespace(render: Renderer) -> None:
+def test_builds_get_a_hardened_namespace_of_their_own(render: Renderer) -> None:
     docs = render(namespace="team-a")
-    assert one(docs, "ConfigMap")["data"]["K8S_NAMESPACE"] == "team-a"
-    assert one(docs, "Role")["metadata"]["namespace"] == "team-a"
+    assert one(docs, "ConfigMap")["data"]["K8S_NAMESPACE"] == "team-a-builds"
+    assert one(docs, "Role")["metadata"]["namespace"] == "team-a-builds"
+    labels = one(docs, "Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert one(docs, "ResourceQuota")["spec"]["hard"]["pods"] == "50"
+    assert one(docs, "LimitRange")["spec"]["limits"][0]["type"] == "Container"
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchExpressions"][0]["key"] == "ci-executor/build-id"
+    assert policy["ingress"] == []
+    (dns, world) = policy["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert "10.0.0.0/8" in world["to"][0]["ipBlock"]["except"]
+    opened = render({"builds": {"networkPolicy": {"allowClusterAccess": True}}})
+    assert "except" not in one(opened, "NetworkPolicy")["spec"]["egress"][1]["to"][0]["ipBlock"]
+    given = render({"builds": {"namespace": "shared", "createNamespace": False}})
+    assert of_kind(given, "Namespace") == []
+    assert one(given, "Role")["metadata"]["namespace"] == "shared"
+
+
+def test_an_open_api_is_refused_unless_asked_for(render: Renderer) -> None:
+    with pytest.raises(RenderFailed, match="secret.apiTokens is empty"):
+        render({"secret": {"apiTokens": ""}})
+    docs = render({"secret": {"apiTokens": ""}, "allowUnauthenticated": True})
+    assert one(docs, "Deployment")
+
+
+def test_the_marker_secret_is_generated_when_not_given(render: Renderer) -> None:
+    docs = render({"secret": {"k8sMarkerSecret": ""}})
+    marker = base64.b64decode(one(docs, "Secret")["data"]["K8S_MARKER_SECRET"]).decode()
+    assert len(marker) == 48
+
+
+def test_values_are_checked_against_the_schema(render: Renderer) -> None:
+    with pytest.raises(RenderFailed, match="replicaCount"):
+        render({"replicaCount": "two"})
+    with pytest.raises(RenderFailed, match="replicas"):
+        render({"replicas": 2})
+
+
+def test_disruption_budget_and_metrics(render: Renderer, prod: Manifests) -> None:
+    pdb = one(prod, "PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    annotations = one(prod, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(PORT)
+    assert of_kind(render({"replicaCount": 1}), "PodDisruptionBudget") == []
+    docs = render({"metrics": {"serviceMonitor": {"enabled": True, "labels": {"team": "ci"}}}})
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["team"] == "ci"
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
 
 
 def test_rbac_and_account_can_be_left_to_the_cluster_admin(render: Renderer) -> None:
@@ -337,7 +401,7 @@ def test_env_comes_from_the_configmap_and_the_secret(prod: Manifests) -> None:
     assert "env" not in app
     data = config["data"]
     assert data["RUNNER"] == "kubernetes"
-    assert data["K8S_NAMESPACE"] == NAMESPACE
+    assert data["K8S_NAMESPACE"] == f"{NAMESPACE}-builds"
     assert data["PORT"] == str(PORT)
     assert data["HOST"] == "0.0.0.0"
     assert all(isinstance(value, str) for value in data.values())
@@ -524,12 +588,14 @@ def test_names_follow_the_release(render: Renderer) -> None:
     assert max(len(d["metadata"]["name"]) for d in docs) == 63
 
 
-# --- the fallback renderer itself ------------------------------------------------------------
+# --- every value set renders valid manifests ------------------------------------------------
 
 VALUE_CASES: list[dict[str, Any]] = [
     {},
     {"config": {"k8sNamespace": "ci-builds", "maxConcurrentBuilds": 1000000}},
     {"secret": {"existingSecret": "ci-secrets", "databaseUrl": None}},
+    {"metrics": {"serviceMonitor": {"enabled": True}}, "replicaCount": 1},
+    {"builds": {"networkPolicy": {"enabled": False}, "resourceQuota": {"enabled": False}}},
     {"rbac": {"create": False}, "serviceAccount": {"create": False}, "podAntiAffinity": False},
     {
         "extraConfig": {"QUEUE_NAME": "q", "LOG_CHUNK_MAX_BYTES": 65536},
