@@ -326,7 +326,7 @@ def test_builds_get_a_hardened_namespace_of_their_own(render: Renderer) -> None:
 
 
 def test_an_open_api_is_refused_unless_asked_for(render: Renderer) -> None:
-    with pytest.raises(RenderFailed, match="secret.apiTokens is empty"):
+    with pytest.raises(RenderFailed, match=r"secret\.apiTokens is empty"):
         render({"secret": {"apiTokens": ""}})
     docs = render({"secret": {"apiTokens": ""}, "allowUnauthenticated": True})
     assert one(docs, "Deployment")
