@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from app.runners.base import JobResult, JobRun, KubernetesOptions, StepOutcome, StepRun
+from app.runners.base import (
+    JobResult,
+    JobRun,
+    KubernetesOptions,
+    ServiceContainer,
+    StepOutcome,
+    StepRun,
+)
 from app.runners.kubernetes import (
     LABEL_BUILD,
     LABEL_JOB_ID,
@@ -369,3 +376,30 @@ async def test_cancel_build_deletes_the_builds_jobs(runner: KubernetesRunner) ->
     jobs = await runner.kube.list_jobs(f"{LABEL_BUILD}={job.build_id}")
     assert [j for j in jobs if not j["metadata"].get("deletionTimestamp")] == []
     assert k8s_job_name(job.build_id, "build", INSTALLATION) == runner.job_name(job)
+
+
+async def test_services_are_sidecars_reachable_by_name(runner: KubernetesRunner) -> None:
+    service = ServiceContainer(name="redis", image="redis:7", env={"A": "$(B)"}, ports=(6379,))
+    job = job_run(step(0, "echo with-service"), services=(service,))
+    reporter = FakeReporter()
+    assert await runner.run_job(job, reporter) == JobResult("success")
+    pod = (await runner.kube.read_job(runner.job_name(job)) or {})["spec"]["template"]["spec"]
+    assert pod["hostAliases"] == [{"ip": "127.0.0.1", "hostnames": ["redis"]}]
+    sidecar = pod["containers"][1]
+    assert sidecar["image"] == "redis:7"
+    assert sidecar["env"] == [{"name": "A", "value": "$$(B)"}]
+    assert sidecar["readinessProbe"]["tcpSocket"] == {"port": 6379}
+    assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+async def test_a_service_that_cannot_start_is_an_error_before_any_step(
+    emulator: EmulatorProcess, runner: KubernetesRunner
+) -> None:
+    await control(emulator, "missing-images", {"images": ["postgres:nope"]})
+    service = ServiceContainer(name="db", image="postgres:nope", ports=(5432,))
+    job = job_run(step(0, "echo never"), services=(service,))
+    reporter = FakeReporter()
+    result = await runner.run_job(job, reporter)
+    assert result.status == "error"
+    assert "postgres:nope" in (result.error or "")
+    assert reporter.events == [("finished", 0, "skipped", None)]

@@ -19,7 +19,7 @@ from app.runners.base import JobReporter, JobResult, JobRun, StepOutcome, StepRu
 from app.runners.kubernetes import shell
 from app.runners.kubernetes.api import ExecResult, Json, Kube, KubeError
 from app.runners.kubernetes.manifests import KubernetesSettings, image_for
-from app.runners.kubernetes.names import CONTAINER, LABEL_JOB_ID
+from app.runners.kubernetes.names import CONTAINER, LABEL_JOB_ID, service_label
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,12 @@ class JobFollower:
             else:
                 pod = pods[0]
                 self.pod = str(pod["metadata"]["name"])
+                service = ""
                 state = _container_state(pod)
                 if "running" in state:
-                    return
+                    state, service = self._unready_service(pod)
+                    if not state:
+                        return
                 waiting = state.get("waiting") or {}
                 reason = str(waiting.get("reason") or "")
                 if reason in _FATAL_WAITING:
@@ -96,7 +99,7 @@ class JobFollower:
                         raise InfraError(
                             _reason(
                                 reason,
-                                f"cannot pull image {image_for(self.job, s)!r}: "
+                                f"cannot pull image {service or image_for(self.job, s)!r}: "
                                 f"{waiting.get('message') or ''}",
                             )
                         )
@@ -115,6 +118,21 @@ class JobFollower:
                 raise InfraError(f"the pod did not start within {s.start_timeout_seconds:g}s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.job.cancel.wait(), s.poll_interval_seconds)
+
+    def _unready_service(self, pod: Json) -> tuple[Json, str]:
+        """The state of the first service container not ready yet ({} when all are): steps
+        start only once every service answers on its port (the readiness probe)."""
+        for service in self.job.services:
+            name = service_label(service.name)
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                if cs.get("name") == name and not cs.get("ready"):
+                    return dict(cs.get("state") or {"waiting": {}}), service.image
+            if not any(
+                cs.get("name") == name
+                for cs in (pod.get("status") or {}).get("containerStatuses") or []
+            ):
+                return {"waiting": {}}, service.image
+        return {}, ""
 
     async def _check_job_without_pod(self) -> None:
         job = await self.kube.read_job(self.name)

@@ -63,7 +63,8 @@ class KubernetesRunner:
         # make job 101 wait for a free connection forever.
         configuration.connection_pool_maxsize = None
         api_client = k8s_client.ApiClient(configuration=configuration)
-        ws_client = WsApiClient(configuration=configuration)
+        # Pings keep a quiet step's exec stream alive through proxies and reveal a dead one.
+        ws_client = WsApiClient(configuration=configuration, heartbeat=30.0)
         self._clients = [api_client, ws_client]
         self._kube = Kube(api_client, ws_client, self.settings.namespace)
         try:
