@@ -1,5 +1,6 @@
 """Tables and their public schemas."""
 
+from app.models.installation import Installation
 from app.models.schemas import (
     BuildCreate,
     BuildDetail,
@@ -37,6 +38,7 @@ __all__ = [
     "BuildStatus",
     "BuildStep",
     "EdgePublic",
+    "Installation",
     "JobPublic",
     "JobStatus",
     "LogAppend",

@@ -403,3 +403,39 @@ async def test_a_service_that_cannot_start_is_an_error_before_any_step(
     assert result.status == "error"
     assert "postgres:nope" in (result.error or "")
     assert reporter.events == [("finished", 0, "skipped", None)]
+
+
+async def test_another_database_never_follows_this_ones_jobs(
+    settings: KubernetesSettings, runner: KubernetesRunner
+) -> None:
+    # The same build number and job in two databases (e.g. after a reset): separate Jobs.
+    job = job_run(step(0, "echo old; sleep 300"))
+    old = asyncio.create_task(runner.run_job(job, FakeReporter()))
+    fresh = KubernetesRunner(replace(settings, database_id="another-database"))
+    await fresh.start()
+    try:
+        await until(lambda: runner.kube.read_job(runner.job_name(job)), "the old Job")
+        assert fresh.job_name(job) != runner.job_name(job)
+        reporter = FakeReporter()
+        again = replace(job, steps=(step(0, "echo new"),), cancel=asyncio.Event())
+        assert await fresh.run_job(again, reporter, resume=True) == JobResult("success")
+        assert reporter.text(0) == "new\n"
+    finally:
+        await fresh.stop()
+        job.cancel.set()
+        await old
+
+
+async def test_a_job_of_the_same_name_running_something_else_is_not_adopted(
+    runner: KubernetesRunner,
+) -> None:
+    # A restored database hands out build numbers again: its build N is not the old build N.
+    earlier = job_run(step(0, "echo earlier build"))
+    await runner.kube.create_job(runner.job_manifest(earlier))
+    later = replace(earlier, steps=(step(0, "echo later build"),), cancel=asyncio.Event())
+    reporter = FakeReporter()
+    result = await runner.run_job(later, reporter, resume=True)
+    assert result.status == "error"
+    assert "runs something else" in (result.error or "")
+    assert reporter.output == {}
+    assert await runner.kube.read_job(runner.job_name(later)) is not None

@@ -25,8 +25,9 @@ from kubernetes_asyncio.stream import WsApiClient
 from app.runners.base import JobReporter, JobResult, JobRun
 from app.runners.kubernetes.api import REQUIRED_RBAC, Kube, KubeError
 from app.runners.kubernetes.follower import ForeignJob, InfraError, JobFollower, TimedOut
-from app.runners.kubernetes.manifests import KubernetesSettings, job_manifest
+from app.runners.kubernetes.manifests import KubernetesSettings, fingerprint, job_manifest
 from app.runners.kubernetes.names import (
+    ANNOTATION_FINGERPRINT,
     LABEL_BUILD,
     LABEL_INSTALLATION,
     installation_id,
@@ -48,7 +49,7 @@ class KubernetesRunner:
 
     def __init__(self, settings: KubernetesSettings) -> None:
         self.settings = settings
-        self.installation = installation_id(settings.marker_secret)
+        self.installation = installation_id(settings.marker_secret, settings.database_id)
         self._mine = f"{LABEL_INSTALLATION}={self.installation}"
         self._clients: list[Any] = []
         self._kube: Kube | None = None
@@ -202,6 +203,12 @@ class KubernetesRunner:
                 f"a Kubernetes Job named {follower.name} exists but was not created by this "
                 "executor installation; it is left alone"
             )
+        if existing is not None and not self._same_job(existing, follower.job):
+            raise ForeignJob(
+                f"a Kubernetes Job named {follower.name} exists but runs something else (made "
+                "for an earlier build with this number, e.g. before a database restore); it is "
+                "left alone"
+            )
         if existing is None:
             if resume and await follower.reporter.stored_offset() > 0:
                 raise InfraError(
@@ -215,6 +222,12 @@ class KubernetesRunner:
                 if exc.status != 409:
                     raise
         return True
+
+    def _same_job(self, job_obj: dict[str, Any], job: JobRun) -> bool:
+        annotations = (job_obj.get("metadata") or {}).get("annotations") or {}
+        return bool(
+            annotations.get(ANNOTATION_FINGERPRINT) == fingerprint(job, self.settings.marker_secret)
+        )
 
     def _ours(self, job_obj: dict[str, Any]) -> bool:
         labels = (job_obj.get("metadata") or {}).get("labels") or {}
