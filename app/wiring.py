@@ -20,6 +20,7 @@ from app.config import Settings
 from app.db import Database
 from app.installation import read_installation_id
 from app.logs.hub import LiveHub
+from app.logs.masking import Masker
 from app.logs.writer import LogWriter
 from app.metrics import Metrics
 from app.models import Build, BuildStatus
@@ -53,6 +54,8 @@ class Core:
             runner=self.runner,
             metrics=self.metrics,
             max_jobs=self.settings.max_concurrent_jobs,
+            # The service's own credentials never reach a build log, whatever a step can read.
+            masker=Masker(self.settings.service_secrets),
         )
 
 

@@ -12,7 +12,11 @@ def create_runner(settings: Settings, *, database_id: str | None = None) -> Runn
     kubernetes runner from following Jobs another (or a reset) database created."""
     if settings.runner == "local":
         return LocalRunner(
-            settings.workspace_root, kill_grace_seconds=settings.cancel_grace_seconds
+            settings.workspace_root,
+            kill_grace_seconds=settings.cancel_grace_seconds,
+            isolation=settings.local_isolation,
+            hidden=settings.paths_hidden_from_steps,
+            install_key=settings.database_url,
         )
     from app.runners.kubernetes import KubernetesRunner, KubernetesSettings
 
