@@ -439,3 +439,19 @@ async def test_a_job_of_the_same_name_running_something_else_is_not_adopted(
     assert "runs something else" in (result.error or "")
     assert reporter.output == {}
     assert await runner.kube.read_job(runner.job_name(later)) is not None
+
+
+@pytest.mark.parametrize(("control_path", "reason"), [("evict", "Evicted"), ("oom", "OOMKilled")])
+async def test_a_pod_stopped_under_the_step_is_an_error_with_the_reason(
+    emulator: EmulatorProcess, runner: KubernetesRunner, control_path: str, reason: str
+) -> None:
+    job = job_run(step(0, "echo up; sleep 300"), step(1, "echo never"))
+    reporter = FakeReporter()
+    task = asyncio.create_task(runner.run_job(job, reporter))
+    await until(lambda: "up" in reporter.text(0), "the step to start")
+    (pod,) = [p for p in await control(emulator, "processes") if p["pod"].startswith("ci-")][:1]
+    await control(emulator, control_path, {"pod": pod["pod"], "gracePeriodSeconds": 1})
+    result = await task
+    assert result.status == "error"
+    assert reason in (result.error or "")
+    assert reporter.statuses() == {0: "error", 1: "skipped"}

@@ -251,7 +251,7 @@ class JobFollower:
                 result = ExecResult(None)
             if result.exit_code is not None:
                 if result.exit_code != 0:
-                    await self._check_stopped_from_outside()
+                    await self._check_stopped_from_outside(result.exit_code)
                     if self.job.cancel.is_set():
                         return await self._end_step(step, "cancelled", None)
                 status: StepOutcome = "success" if result.exit_code == 0 else "failed"
@@ -297,9 +297,21 @@ class JobFollower:
         await self.reporter.step_finished(step.index, status, code, error)
         return status
 
-    async def _check_stopped_from_outside(self) -> None:
+    async def _check_stopped_from_outside(self, exit_code: int) -> None:
         """A step that failed because its pod was stopped (deadline, eviction, drain, OOM) did
-        not fail by itself: say what stopped it."""
+        not fail by itself: say what stopped it. Killed by a signal (137/143), the pod's state
+        may lag the step's end by up to the grace period: look again until it settles."""
+        signalled = exit_code in (137, 143)
+        settle = time.monotonic() + (
+            self.settings.termination_grace_seconds + 2 if signalled else 0
+        )
+        while True:
+            await self._raise_if_stopped()
+            if time.monotonic() >= settle or self.job.cancel.is_set():
+                return
+            await asyncio.sleep(self.settings.poll_interval_seconds)
+
+    async def _raise_if_stopped(self) -> None:
         job = await self.kube.read_job(self.name)
         deadline = _deadline_exceeded(job) if job is not None else None
         if deadline is not None:
@@ -319,6 +331,14 @@ class JobFollower:
             )
         if (pod.get("metadata") or {}).get("deletionTimestamp") and job is not None:
             raise InfraError("the pod was stopped (deleted or its node drained)")
+        if terminated:
+            raise InfraError(
+                _reason(
+                    f"the job container ended ({terminated.get('reason') or 'Error'}, exit code "
+                    f"{terminated.get('exitCode')})",
+                    terminated.get("message"),
+                )
+            )
 
     async def _pod_still_running(self) -> None:
         pods = await self.kube.list_pods(f"{LABEL_JOB_ID}={self.name}")
