@@ -455,3 +455,17 @@ async def test_a_pod_stopped_under_the_step_is_an_error_with_the_reason(
     assert result.status == "error"
     assert reason in (result.error or "")
     assert reporter.statuses() == {0: "error", 1: "skipped"}
+
+
+async def test_an_apiserver_restart_mid_step_loses_and_repeats_nothing(
+    emulator: EmulatorProcess, runner: KubernetesRunner
+) -> None:
+    script = 'i=0; while [ $i -lt 60 ]; do echo "tick $i"; i=$((i+1)); sleep 0.05; done'
+    job = job_run(step(0, script), step(1, "echo after"))
+    reporter = FakeReporter()
+    task = asyncio.create_task(runner.run_job(job, reporter))
+    await until(lambda: reporter.text(0).count("\n") >= 5, "some output")
+    await control(emulator, "unavailable", {"seconds": 2})
+    assert await task == JobResult("success")
+    assert reporter.text(0) == "".join(f"tick {i}\n" for i in range(60))
+    assert reporter.text(1) == "after\n"

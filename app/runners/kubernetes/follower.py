@@ -209,13 +209,17 @@ class JobFollower:
             offset = known[1]
         return await self._drive(step, shell.follow_program(step.index, offset), offset)
 
-    async def _run_step(self, step: StepRun) -> StepOutcome:
+    @staticmethod
+    def _start_program(step: StepRun) -> bytes:
         try:
-            program = shell.start_program(
+            return shell.start_program(
                 step.index, step.script, step.shell, step.env, step.working_directory
             )
         except ValueError as exc:
             raise InfraError(f"step {step.index + 1} ({step.name}): {exc}") from exc
+
+    async def _run_step(self, step: StepRun) -> StepOutcome:
+        program = self._start_program(step)
         await self.reporter.step_started(step.index)
         self.current = step.index
         return await self._drive(step, program, 0)
@@ -249,6 +253,15 @@ class JobFollower:
             except _TRANSIENT as exc:
                 log.info("exec stream of step %s broke: %s", step.index, exc)
                 result = ExecResult(None)
+            following = not program.startswith(b"__ci_main")
+            if (
+                following
+                and result.exit_code == shell.NOT_STARTED
+                and step.index not in await self._pod_state()
+            ):
+                # The start program never arrived: send it again.
+                program = self._start_program(step)
+                continue
             if result.exit_code is not None:
                 if result.exit_code != 0:
                     await self._check_stopped_from_outside(result.exit_code)

@@ -57,6 +57,8 @@ class KubernetesSettings:
     runs_on_images: Mapping[str, str] = field(default_factory=dict)
     poll_interval_seconds: float = 0.5  # how often pod status/events are read while waiting
     retry_interval_seconds: float = 1.0  # pause before re-attaching a broken exec stream
+    # How long API calls are retried through an apiserver restart before the job is an error.
+    api_retry_seconds: float = 120.0
     # A pod with no container running after this long (and no reason given) is an error.
     start_timeout_seconds: float = 600
 

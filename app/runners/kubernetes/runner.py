@@ -67,7 +67,15 @@ class KubernetesRunner:
         # Pings keep a quiet step's exec stream alive through proxies and reveal a dead one.
         ws_client = WsApiClient(configuration=configuration, heartbeat=30.0)
         self._clients = [api_client, ws_client]
-        self._kube = Kube(api_client, ws_client, self.settings.namespace)
+        self._kube = Kube(
+            api_client,
+            ws_client,
+            self.settings.namespace,
+            retry_seconds=self.settings.api_retry_seconds,
+            retry_interval=self.settings.retry_interval_seconds,
+        )
+        # At startup an unreachable API is a configuration problem: say so at once, no retries.
+        self._kube.retry_seconds = 0
         try:
             missing = [
                 f"{verb} {resource}"
@@ -80,6 +88,7 @@ class KubernetesRunner:
             raise RuntimeError(
                 f"cannot reach the Kubernetes API (config from {source}): {exc}"
             ) from exc
+        self._kube.retry_seconds = self.settings.api_retry_seconds
         if missing:
             await self.stop()
             raise RuntimeError(

@@ -54,7 +54,9 @@ while :; do
     tail -c +$((off + 1)) "$f" | head -c $((size - off)); off=$size
   fi
   [ "$ended" = 1 ] && break
-  sleep 0.2 2>/dev/null || sleep 1
+  # Quick while output flows, slower when the step is quiet (many steps poll at once).
+  if [ "$size" -gt "${last:-0}" ]; then t=0.1; else t=0.4; fi; last=$size
+  sleep "$t" 2>/dev/null || sleep 1
 done
 """
 
@@ -91,6 +93,8 @@ sup=$!
 """
 
 Shell = Literal["bash", "sh"]
+# follow_program's exit code when the step never started (its start program was lost in transit).
+NOT_STARTED = 254
 SHELL_COMMANDS: dict[str, tuple[str, ...]] = {
     "bash": ("bash", "--noprofile", "--norc", "-eo", "pipefail"),
     "sh": ("sh", "-e"),
@@ -139,7 +143,10 @@ def start_program(
     )
     delimiter = f"CI_EXECUTOR_EOF_{secrets.token_hex(8)}"
     command = " ".join(sh_quote(part) for part in SHELL_COMMANDS[shell])
+    # Everything runs from one function called on the last line: a program cut short in transit
+    # (the stream broke while stdin was sent) defines nothing and runs nothing.
     parts = [
+        "__ci_main() {\n",
         _header(index, 0),
         f"wd={sh_quote(working_directory or '.')}; shell_name={shell}\n",
         f'mkdir -p "$d" && cat > "$d/$i.sh" <<\'{delimiter}\'\n{script}\n{delimiter}\n',
@@ -152,6 +159,7 @@ def start_program(
         'size=$(wc -c < "$f"); [ "$size" -gt "$off" ] && tail -c +$((off + 1)) "$f" | '
         "head -c $((size - off))\n",
         'exit "$rc"\n',
+        "}\n__ci_main\n",
     ]
     return "".join(parts).encode()
 
@@ -161,6 +169,7 @@ def follow_program(index: int, offset: int) -> bytes:
     with the code it recorded (or 255 if it never started)."""
     return (
         _header(index, offset)
+        + f'[ -e "$d/$i.log" ] || exit {NOT_STARTED}\n'
         + _FOLLOW
         + 'rc=$(cat "$d/$i.rc" 2>/dev/null); case "$rc" in ""|*[!0-9]*) exit 255;; esac\n'
         + 'exit "$rc"\n'
