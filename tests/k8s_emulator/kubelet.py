@@ -559,6 +559,17 @@ class Kubelet:
                     return local_path + value[len(mount_path) :]
             return None
 
+        pod_sc = spec.get("securityContext") or {}
+        sc = container.get("securityContext") or {}
+        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        user = sc.get("runAsUser", pod_sc.get("runAsUser"))
+        if non_root and user is None:
+            # Every image the emulator knows runs as root unless told otherwise, like busybox.
+            raise ConfigError(
+                f"container has runAsNonRoot and image will run as root (pod: "
+                f'"{runtime.name}_{runtime.namespace}({runtime.uid})", '
+                f"container: {container['name']})"
+            )
         env = self._resolve_env(runtime, container)
         env = {key: translate(value) or value for key, value in env.items()}
         home = runtime.directory / "home"
