@@ -15,7 +15,15 @@ from typing import Any
 
 import aiohttp
 
-from app.runners.base import JobReporter, JobResult, JobRun, StepOutcome, StepRun, should_run_step
+from app.runners.base import (
+    JobReporter,
+    JobResult,
+    JobRun,
+    StepOutcome,
+    StepRun,
+    job_outcome,
+    should_run_step,
+)
 from app.runners.kubernetes import shell
 from app.runners.kubernetes.api import ExecResult, Json, Kube, KubeError
 from app.runners.kubernetes.manifests import KubernetesSettings, image_for
@@ -380,13 +388,7 @@ class JobFollower:
     # ------------------------------------------------------------ endings
 
     def outcome(self) -> JobResult:
-        for step in self.job.steps:
-            status = self.finished.get(step.index)
-            if status in ("failed", "timed_out") and not step.continue_on_error:
-                if status == "timed_out":
-                    return JobResult("timed_out", f"step {step.index + 1} ({step.name}) timed out")
-                return JobResult("failed")
-        return JobResult("success")
+        return job_outcome(self.job.steps, self.finished)
 
     async def end_unfinished(self, running: StepOutcome, error: str | None) -> None:
         """Report every step not finished yet: the running one as `running`, with the reason;
