@@ -181,6 +181,7 @@ def pod_spec(job: JobRun, s: KubernetesSettings) -> Json:
         "env": [
             {"name": "CI_WORKSPACE", "value": WORKSPACE},
             {"name": "CI_RUN_DIR", "value": RUN_DIR},
+            {"name": "CI_ROOT", "value": "/ci"},
             {"name": "HOME", "value": HOME},
         ],
         "volumeMounts": [
