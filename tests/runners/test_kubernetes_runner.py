@@ -182,6 +182,10 @@ async def test_busybox_without_bash_is_a_step_failure_not_an_error(
     assert await runner.run_job(job, reporter) == JobResult("failed")
     assert reporter.statuses() == {0: "failed", 1: "skipped"}
     assert "bash is not installed" in reporter.text(0)
+    # A job without timeout-minutes gets K8S_JOB_DEADLINE_SECONDS.
+    obj = await runner.kube.read_job(runner.job_name(job))
+    assert obj is not None
+    assert obj["spec"]["activeDeadlineSeconds"] == runner.settings.default_deadline_seconds
 
 
 async def test_failure_exit_codes_and_continue_on_error(runner: KubernetesRunner) -> None:
