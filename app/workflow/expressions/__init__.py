@@ -55,6 +55,7 @@ __all__ = [
     "check_key",
     "condition",
     "evaluate",
+    "evaluate_structure",
     "evaluate_template",
     "interpolate",
     "parse",
@@ -132,6 +133,35 @@ def evaluate_template(
         return evaluate(inner, contexts, status=status, hash_files=hash_files)
     except ExpressionSyntaxError as exc:
         raise exc.shifted(offset) from None
+
+
+def evaluate_structure(
+    value: Any,
+    contexts: Mapping[str, Any],
+    *,
+    status: Status | None = None,
+    hash_files: HashFiles | None = None,
+) -> Any:
+    """Every string in a YAML-like structure (lists, mappings, scalars) evaluated with
+    `evaluate_template`; mapping keys are interpolated to strings. For values such as `with:`,
+    `env:` or a `strategy.matrix` whose parts are expressions (`os: ${{ fromJSON(x) }}`)."""
+    if isinstance(value, str):
+        return evaluate_template(value, contexts, status=status, hash_files=hash_files)
+    if isinstance(value, Mapping):
+        return {
+            (
+                interpolate(key, contexts, status=status, hash_files=hash_files)
+                if isinstance(key, str)
+                else key
+            ): evaluate_structure(item, contexts, status=status, hash_files=hash_files)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [
+            evaluate_structure(item, contexts, status=status, hash_files=hash_files)
+            for item in value
+        ]
+    return value
 
 
 def condition(

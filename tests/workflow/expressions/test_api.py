@@ -18,6 +18,7 @@ from app.workflow.expressions import (
     check_key,
     condition,
     evaluate,
+    evaluate_structure,
     evaluate_template,
     interpolate,
     parse,
@@ -180,6 +181,19 @@ def test_evaluate_template_interpolates_otherwise() -> None:
     assert evaluate_template("v${{ 3 }}", CONTEXTS) == "v3"
     assert evaluate_template("${{ 1 }}${{ 2 }}", CONTEXTS) == "12"
     assert evaluate_template("plain", CONTEXTS) == "plain"
+
+
+def test_evaluate_structure_evaluates_strings_keys_and_nested_values() -> None:
+    matrix = {
+        "os": '${{ fromJSON(\'["linux", "mac"]\') }}',
+        "${{ github.event_name }}-key": ["a", "${{ matrix.os }}", 3, None, True],
+        "nested": {"name": "v${{ 1 }}", "raw": "${{ fromJSON('{\"k\": 1}') }}"},
+    }
+    assert evaluate_structure(matrix, CONTEXTS) == {
+        "os": ["linux", "mac"],
+        "push-key": ["a", "linux", 3, None, True],
+        "nested": {"name": "v1", "raw": {"k": 1}},
+    }
 
 
 def test_to_string() -> None:
