@@ -35,6 +35,7 @@ _FEATURES = [
     (r"unknown key 'run-name'", "run-name"),
     (r"unknown key 'with'", "uses: with"),
     (r"^`if` of", "expressions in if"),
+    (r"has no `matrix`", "strategy without a matrix"),
     (r"matrix", "matrix values that are lists, mappings or fromJSON"),
     (r"^`shell`", "shell python / custom templates"),
     (r"`(timeout-minutes|continue-on-error)` of", "timeout-minutes/continue-on-error expressions"),
