@@ -134,6 +134,8 @@ def test_evaluate_accepts_a_parsed_tree() -> None:
     tree = parse("matrix.os == 'LINUX'")
     assert evaluate(tree, CONTEXTS) is True
     assert parse("matrix.os == 'LINUX'") is tree  # cached by text
+    long_text = " || ".join(["false"] * 600)
+    assert parse(long_text) is not parse(long_text)  # long texts are not kept
 
 
 def test_evaluate_context_names_case_insensitive_and_missing_is_null() -> None:
