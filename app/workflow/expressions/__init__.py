@@ -176,6 +176,9 @@ def condition(
     """GitHub's `if:`: the text may be wrapped in `${{ }}` or not; without a status function it
     means `success() && (expr)`. A text mixing `${{ }}` with other text is a string (truthy
     unless empty), as on GitHub."""
+    if not text.strip():
+        # GitHub's runner treats an empty condition as the default one, `success()`.
+        return status.success
     inner = single_expression(text)
     if inner is None and "${{" in text:
         return status.success and truthy(interpolate(text, contexts, status=status))

@@ -273,7 +273,9 @@ def test_hash_files_without_a_callback_is_an_evaluation_error() -> None:
         ("env.EMPTY", Status(), False),
         ("env.NAME", Status(), True),
         ("matrix.versions", Status(), True),
-        ("", Status(), False),
+        # An empty condition is the default one, success().
+        ("", Status(), True),
+        ("  ", Status(success=False, failure=True), False),
         # A text mixing ${{ }} with other text is a non-empty string: truthy, as on GitHub.
         ("${{ false }} == true", Status(), True),
         ("${{ false }} == true", Status(success=False), False),
