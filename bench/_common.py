@@ -53,7 +53,10 @@ class Result:
 @dataclass
 class Ctx:
     quick: bool
+    large: bool = False  # also the biggest sizes (1,000 MB logs, 1M builds): slow here
     results: list[Result] = field(default_factory=list)
+    # Measurements shared between a benchmark's backends (e.g. the Buildbot peer, run once).
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def add(self, result: Result) -> None:
         self.results.append(result)

@@ -1,5 +1,6 @@
-"""1. Step overhead: 100 sequential `true` steps in one job, POST until finished, against a bare
-loop spawning `bash -eo pipefail -c true` 100 times."""
+"""1. Step overhead: N sequential `true` steps in one job, POST until finished, against a bare
+loop spawning `bash -eo pipefail -c true` N times in the same run. The target row is N = 100;
+the scaling rows (10 / 100 / 1,000 steps) show the cost per step as N grows."""
 
 from __future__ import annotations
 
@@ -32,23 +33,27 @@ async def bare_loop(steps: int) -> float:
     return time.perf_counter() - start
 
 
+def yaml_of(steps: int) -> str:
+    return "jobs:\n  bench:\n    steps:\n" + "      - run: 'true'\n" * steps
+
+
 async def run(ctx: Ctx, backend: str) -> None:
     rounds = 1 if ctx.quick else 3
-
-    def yaml_of(steps: int) -> str:
-        return "jobs:\n  bench:\n    steps:\n" + "      - run: 'true'\n" * steps
-
-    yaml = yaml_of(STEPS)
+    sizes = (10, 100) if ctx.quick else (10, 100, 1000)
+    timings: dict[int, tuple[float, float]] = {}
     async with serve(backend) as (_db, (server,), _tmp), client(server.base) as http:
         await wait_finished(http, (await create_build(http, yaml_of(10)))["id"])  # warm-up
-        durations = []
-        for _ in range(rounds):
-            sent = time.time()
-            build = await wait_finished(http, (await create_build(http, yaml))["id"])
-            require_success(build)
-            durations.append(parse_ts(build["finished_at"]) - sent)
-    baselines = [await bare_loop(STEPS) for _ in range(rounds)]
-    value, base = median(durations), median(baselines)
+        for steps in sizes:
+            durations, baselines = [], []
+            for _ in range(rounds if steps <= STEPS else 1):
+                # Baseline and build alternate, so both see the same machine load.
+                baselines.append(await bare_loop(steps))
+                sent = time.time()
+                build = await wait_finished(http, (await create_build(http, yaml_of(steps)))["id"])
+                require_success(build)
+                durations.append(parse_ts(build["finished_at"]) - sent)
+            timings[steps] = (median(durations), median(baselines))
+    value, base = timings[STEPS]
     ctx.add(
         Result(
             NAME,
@@ -62,3 +67,15 @@ async def run(ctx: Ctx, backend: str) -> None:
             value <= 2 * base,
         )
     )
+    for steps, (value, base) in timings.items():
+        ctx.add(
+            Result(
+                NAME,
+                backend,
+                f"scaling: per step at {steps} steps",
+                value / steps * 1000,
+                "ms",
+                base / steps * 1000,
+                "bare loop",
+            )
+        )
