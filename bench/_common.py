@@ -172,6 +172,11 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "serve.log"
 
+    def go_file(self, build_id: int) -> Path:
+        """A file a step can wait for as `../go` (relative to its job directory): the build's
+        workspace is the one place outside its own temp dir an isolated step sees."""
+        return Path(self.env["WORKSPACE_ROOT"]) / str(build_id) / "go"
+
     @property
     def pid(self) -> int:
         assert self.proc is not None

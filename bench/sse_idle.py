@@ -69,9 +69,8 @@ async def run(ctx: Ctx, backend: str) -> None:
     if soft < want:
         # Raised before the server starts, so it inherits the limit too.
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
-    async with serve(backend, MAX_CONCURRENT_BUILDS=str(BUILDS)) as (_db, (server,), tmp):
-        go = tmp / "go"
-        yaml = f"jobs:\n  idle:\n    steps:\n      - run: while [ ! -e {go} ]; do sleep 0.2; done\n"
+    async with serve(backend, MAX_CONCURRENT_BUILDS=str(BUILDS)) as (_db, (server,), _tmp):
+        yaml = "jobs:\n  idle:\n    steps:\n      - run: while [ ! -e ../go ]; do sleep 0.2; done\n"
         async with client(server.base) as http:
             ids = [int((await create_build(http, yaml))["id"]) for _ in range(BUILDS)]
 
@@ -105,7 +104,8 @@ async def run(ctx: Ctx, backend: str) -> None:
             busy_p99 = await healthz_p99(server.base)
             after = max(after, rss_kib(server.pid))
         finally:
-            go.touch()
+            for build_id in ids:
+                server.go_file(build_id).touch()
             for task in tasks:
                 task.cancel()
             for task in tasks:
