@@ -20,13 +20,13 @@ from bench._common import Ctx, Result, fmt
 
 MODULES = (
     "step_overhead",
-    "log_ingest",
     "dispatch_latency",
-    "sse_fanout",
-    "list_builds",
-    "amqp_dispatch",
+    "log_ingest",
     "sse_idle",
+    "amqp_dispatch",
     "buildbot_peer",
+    "list_builds",
+    "sse_fanout",
 )
 
 

@@ -35,7 +35,7 @@ from bench._common import (
     serve,
     wait_finished,
 )
-from bench.step_overhead import yaml_of
+from bench.step_overhead import POLL, yaml_of
 
 NAME = "buildbot_peer"
 BACKENDS = ("postgres", "sqlite")
@@ -192,7 +192,9 @@ async def run(ctx: Ctx, backend: str) -> None:
         await wait_finished(http, (await create_build(http, yaml_of(10)))["id"])  # warm-up
         for _ in range(rounds):
             sent = time.time()
-            build = await wait_finished(http, (await create_build(http, yaml_of(STEPS)))["id"])
+            build = await wait_finished(
+                http, (await create_build(http, yaml_of(STEPS)))["id"], **POLL
+            )
             require_success(build)
             durations.append(parse_ts(build["finished_at"]) - sent)
     ours, theirs = median(durations), median(peer)
