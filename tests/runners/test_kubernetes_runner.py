@@ -34,6 +34,7 @@ from app.runners.kubernetes import (
 )
 from tests.k8s_emulator.fixture import EmulatorProcess
 from tests.runners.steps import step
+from tests.support import wait_until
 
 INSTALLATION = installation_id("test-marker-secret")
 WAIT = 30.0
@@ -90,15 +91,7 @@ def job_run(
 
 
 async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    await wait_until(predicate, what, timeout=WAIT)
 
 
 async def control(emulator: EmulatorProcess, path: str, body: dict[str, Any] | None = None) -> Any:
