@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -79,8 +80,6 @@ class LocalRunner:
         workspace_root: Path,
         *,
         kill_grace_seconds: float = 5.0,
-        # The service passes LOCAL_ISOLATION; `ci-executor run` (your own workflow on your own
-        # machine, like `act`) keeps the unsandboxed default.
         isolation: IsolationSetting = "none",
         hidden: tuple[Path, ...] = (),
         install_key: str = "",
@@ -125,6 +124,13 @@ class LocalRunner:
     async def cancel_build(self, build_id: int) -> None:
         for job in self._jobs.get(build_id, ()):
             job.cancel.set()
+
+    async def sweep_orphans(
+        self,
+        finished_build_ids: Callable[[list[int]], Awaitable[set[int]]],  # noqa: ARG002 (protocol)
+    ) -> list[str]:
+        """Nothing outlives a local build: its processes died with it (or with the replica)."""
+        return []
 
     async def run_job(
         self, job: JobRun, reporter: JobReporter, *, resume: bool = False
