@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     # Local runner step isolation: auto (namespaces when bubblewrap works here, else none),
     # namespaces (refuse to start without them), none (process groups + tracking variable).
     local_isolation: Literal["auto", "namespaces", "none"] = "auto"
+    # A build id whose handling fails this many times goes to the dead-letter queue.
+    queue_max_deliveries: int = Field(default=10, ge=1, le=1000)
 
     @field_validator("database_url")
     @classmethod

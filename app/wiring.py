@@ -117,6 +117,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             settings.queue_url,
             queue_name=settings.queue_name,
             prefetch=settings.max_concurrent_builds,
+            max_deliveries=settings.queue_max_deliveries,
         )
         scheduler = Scheduler(core, queue)
         await scheduler.start()

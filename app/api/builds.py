@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 from sqlalchemy.exc import IntegrityError
 
 from app.api.deps import (
@@ -18,6 +18,7 @@ from app.api.deps import (
     SettingsDep,
     WriterDep,
 )
+from app.api.params import BuildIdPath, IdempotencyKey, PageQuery, PipelineIdQuery, ShortTextQuery
 from app.errors import Invalid, TooLarge
 from app.models import BuildCreate, BuildDetail, BuildPage, BuildStatus, SnapshotPublic
 from app.services import builds as service
@@ -48,7 +49,7 @@ async def create_build(
     settings: SettingsDep,
     queue: QueueDep,
     pipelines: PipelinesDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> BuildDetail:
     """CreateBuild: validate the workflow, store the build with its snapshot, jobs, edges and
     steps (all `queued`/`pending`), and publish its id unless `dispatch` is false.
@@ -106,10 +107,10 @@ async def create_build(
 async def list_builds(
     session: ReadSessionDep,
     _caller: ReaderDep,
-    pipeline_id: str | None = None,
+    pipeline_id: PipelineIdQuery = None,
     status: BuildStatus | None = None,
-    branch: str | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    branch: ShortTextQuery = None,
+    page: PageQuery = 1,
     size: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> BuildPage:
     """ListBuilds: newest first, filtered by pipeline, status and branch, paged (1-based)."""
@@ -119,7 +120,9 @@ async def list_builds(
 
 
 @router.get("/builds/{build_id}", response_model=BuildDetail)
-async def get_build(build_id: int, session: ReadSessionDep, _caller: ReaderDep) -> BuildDetail:
+async def get_build(
+    build_id: BuildIdPath, session: ReadSessionDep, _caller: ReaderDep
+) -> BuildDetail:
     """GetBuild: the build with its jobs (each with `needs` and `steps`), the DAG `edges` and
     the snapshot's `yaml_sha256`. Secret variable values are shown as `***`."""
     return await service.detail(session, build_id)
@@ -127,7 +130,7 @@ async def get_build(build_id: int, session: ReadSessionDep, _caller: ReaderDep) 
 
 @router.get("/builds/{build_id}/snapshot", response_model=SnapshotPublic)
 async def get_snapshot(
-    build_id: int, session: ReadSessionDep, _caller: ReaderDep
+    build_id: BuildIdPath, session: ReadSessionDep, _caller: ReaderDep
 ) -> SnapshotPublic:
     """The workflow YAML stored when the build was created, and its sha256."""
     snap = await service.snapshot(session, build_id)
@@ -141,7 +144,7 @@ async def get_snapshot(
 
 @router.post("/builds/{build_id}/cancel", status_code=202, response_model=BuildDetail)
 async def cancel_build(
-    build_id: int, db: DbDep, scheduler: SchedulerDep, _caller: WriterDep
+    build_id: BuildIdPath, db: DbDep, scheduler: SchedulerDep, _caller: WriterDep
 ) -> BuildDetail:
     """CancelBuild: a queued build is cancelled at once. A running build's processes (or
     Kubernetes Jobs) are stopped by the replica running it, which then marks running and pending
@@ -154,7 +157,9 @@ async def cancel_build(
 
 
 @router.post("/builds/{build_id}/retry", status_code=201, response_model=BuildDetail)
-async def retry_build(build_id: int, db: DbDep, queue: QueueDep, caller: WriterDep) -> BuildDetail:
+async def retry_build(
+    build_id: BuildIdPath, db: DbDep, queue: QueueDep, caller: WriterDep
+) -> BuildDetail:
     """A new build from the same snapshot, variables, commit, branch and repo, with `retry_of`
     set. Retrying a build that has not finished is a 409."""
     async with db.transaction() as session:

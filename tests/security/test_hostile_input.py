@@ -4,6 +4,7 @@ and Postgres, never a 500."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,3 +60,91 @@ async def test_chunked_body_past_the_limit_is_413_while_it_streams(
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"request body larger than" in answer
     assert settings_overrides["max_workflow_bytes"] == 1024
+
+
+YAML = "jobs:\n  a:\n    steps:\n      - run: echo hi\n"
+BAD_BODIES = {
+    "lone-surrogate-variable": {"variables": {"A": "\ud800"}},
+    "nul-variable": {"variables": {"A": "a\x00b"}},
+    "nul-branch": {"branch": "main\x00"},
+    "surrogate-commit": {"commit_sha": "\udfff"},
+    "long-branch": {"branch": "b" * 256},
+    "long-triggered-by": {"triggered_by": "t" * 256},
+    "nul-yaml": {"workflow_yaml": YAML + "# \x00\n"},
+    "huge-variable": {"variables": {"A": "x" * (64 * 1024 + 1)}},
+    "bad-variable-name": {"variables": {"A-B": "x"}},
+    "dispatch-string": {"dispatch": "yes"},
+    "dispatch-int": {"dispatch": 1},
+    "pipeline-query": {"pipeline_id": "x?admin=1&delete=all"},
+    "pipeline-dotdot": {"pipeline_id": ".."},
+    "pipeline-fragment": {"pipeline_id": "x#frag"},
+    "pipeline-control": {"pipeline_id": "x\ny"},
+    "pipeline-slash": {"pipeline_id": "a/b"},
+    "pipeline-leading-dot": {"pipeline_id": ".hidden"},
+}
+
+
+@pytest.mark.parametrize("patch", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+async def test_bad_create_bodies_are_422_and_store_nothing(
+    client: Any, patch: dict[str, Any]
+) -> None:
+    body = {"pipeline_id": "p1", "triggered_by": "t", "workflow_yaml": YAML, **patch}
+    # ensure_ascii: lone surrogates travel as \ud800 escapes, as an attacker would send them.
+    response = await client.post(
+        "/builds",
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert isinstance(response.json()["detail"], list | str)
+    listing = await client.get("/builds")
+    assert listing.status_code == 200
+    assert listing.json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/builds/9223372036854775808",
+        "/builds/-9223372036854775809",
+        "/builds/99999999999999999999999/snapshot",
+        "/builds?page=9223372036854775807",
+        "/builds?page=99999999999999999999",
+        "/builds?branch=%00",
+        "/builds?pipeline_id=x%3Fa%3D1",
+    ],
+)
+async def test_out_of_range_integers_and_bad_filters_are_422(client: Any, path: str) -> None:
+    response = await client.get(path)
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/builds/9223372036854775808/cancel", "/builds/9223372036854775808/retry"]
+)
+async def test_out_of_range_ids_on_writes_are_422(client: Any, path: str) -> None:
+    response = await client.post(path)
+    assert response.status_code == 422, response.text
+
+
+async def test_largest_64_bit_id_is_a_plain_404(client: Any) -> None:
+    response = await client.get("/builds/9223372036854775807")
+    assert response.status_code == 404
+
+
+async def test_poisoned_variables_never_break_listing(client: Any) -> None:
+    # The issue's reproduction: one stored lone surrogate made every later page a 500.
+    bad = await client.post(
+        "/builds",
+        content=b'{"pipeline_id":"p1","workflow_yaml":"jobs:\\n  a:\\n    steps:\\n      - run:'
+        b' echo\\n","variables":{"A":"\\ud800"}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert bad.status_code == 422
+    good = await client.post(
+        "/builds", json={"pipeline_id": "p1", "workflow_yaml": YAML, "dispatch": False}
+    )
+    assert good.status_code == 201
+    listing = await client.get("/builds")
+    assert listing.status_code == 200
+    assert listing.json()["total"] == 1
