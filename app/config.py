@@ -45,7 +45,16 @@ class Settings(BaseSettings):
     pipeline_yaml_field: str = "workflow_yaml"
     pipeline_service_timeout_seconds: float = Field(default=10.0, gt=0)
     k8s_namespace: str = "ci"
-    k8s_default_image: str = "busybox:1.36"
+    # Kubernetes runner (k8s area). The default image has bash, git and node, like GitHub's
+    # runners, so the default shell (bash) and actions/checkout work without an `image:`.
+    k8s_default_image: str = "ghcr.io/catthehacker/ubuntu:act-latest"
+    runs_on_images: str = (
+        "ubuntu-latest=ghcr.io/catthehacker/ubuntu:act-latest,"
+        "ubuntu-24.04=ghcr.io/catthehacker/ubuntu:act-24.04,"
+        "ubuntu-22.04=ghcr.io/catthehacker/ubuntu:act-22.04"
+    )
+    k8s_termination_grace_seconds: int = Field(default=10, ge=1)
+    k8s_workspace_size_limit: str = "10Gi"
     k8s_ttl_seconds_after_finished: int = Field(default=3600, ge=0)
     k8s_marker_secret: str = ""
     kubeconfig: str = ""  # empty: in-cluster config, then the default kubeconfig

@@ -61,6 +61,25 @@ def check_text(value: str) -> str:
     return value
 
 
+MAX_JSON_DEPTH = 64
+
+
+def check_json_text(value: Any, depth: int = 0) -> None:
+    """Every key and string inside a JSON value is valid text; nesting is bounded (a JSON
+    document nested thousands deep would exhaust the recursion limit when it is encoded)."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"must not be nested more than {MAX_JSON_DEPTH} levels deep")
+    if isinstance(value, str):
+        check_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(str(key))
+            check_json_text(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json_text(item, depth + 1)
+
+
 ValidText = AfterValidator(check_text)
 Text = Annotated[str, ValidText]  # bounded in bytes by the caller (e.g. MAX_WORKFLOW_BYTES)
 # Names stored in 255-character columns: jobs, matrix values in names, steps, triggered_by.

@@ -27,7 +27,9 @@ from app.runners.base import (
     JobRun,
     StepOutcome,
     StepRun,
+    job_outcome,
     should_run_step,
+    step_failure,
 )
 from app.runners.sandbox import Isolation, IsolationSetting, Sandbox, kill_tracked, probe_isolation
 
@@ -155,14 +157,24 @@ class LocalRunner:
                     del self._jobs[job.build_id]
 
     async def _run(self, job: JobRun, reporter: JobReporter) -> JobResult:
+        if job.services:
+            # Sidecars need a container runtime; the kubernetes runner runs them in the job's pod.
+            for step in job.steps:
+                await reporter.step_finished(step.index, "skipped", None)
+            names = ", ".join(s.name for s in job.services)
+            return JobResult(
+                "failed",
+                f"`services:` ({names}) need the kubernetes runner; the local runner cannot run "
+                "service containers",
+            )
         workspace = self.workspace(job.build_id, job.job_name)
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(
             self.temp_dir(job.build_id, job.job_name).mkdir, parents=True, exist_ok=True
         )
         deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
+        finished: dict[int, StepOutcome] = {}
         failed = False
-        failure: JobResult = JobResult("failed")
         outcome: JobResult | None = None
         for step in job.steps:
             if outcome is not None:  # the job already ended (cancel, timeout, error)
@@ -177,6 +189,7 @@ class LocalRunner:
             await reporter.step_started(step.index)
             status, code, message = await self._run_step(job, step, workspace, reporter, deadline)
             await reporter.step_finished(step.index, status, code, message)
+            finished[step.index] = status
             if status == "cancelled":
                 outcome = JobResult("cancelled")
             elif status == "timed_out" and deadline is not None and time.monotonic() >= deadline:
@@ -185,15 +198,11 @@ class LocalRunner:
                 )
             elif status == "error":
                 outcome = JobResult("error", message)
-            elif status in ("failed", "timed_out") and not step.continue_on_error:
-                if not failed and status == "timed_out":
-                    failure = JobResult(
-                        "timed_out", f"step {step.index + 1} ({step.name}) timed out"
-                    )
+            elif step_failure(step, status) is not None:
                 failed = True
         if outcome is not None:
             return outcome
-        return failure if failed else JobResult("success")
+        return job_outcome(job.steps, finished)
 
     async def _run_step(
         self,
