@@ -13,12 +13,21 @@ from app.api.deps import (
     ReaderDep,
     ReadSessionDep,
     SchedulerDep,
+    ServicesDep,
     SettingsDep,
     WriterDep,
 )
-from app.api.params import BuildIdPath, IdempotencyKey, PageQuery, PipelineIdQuery, ShortTextQuery
+from app.api.params import (
+    BuildIdPath,
+    IdempotencyKey,
+    PageQuery,
+    PipelineIdQuery,
+    ShortTextQuery,
+    request_sha256,
+)
 from app.errors import Invalid, TooLarge
 from app.models import BuildCreate, BuildDetail, BuildPage, BuildStatus, SnapshotPublic
+from app.secrets import seal_request
 from app.services import builds as service
 from app.services.builds import NewBuild
 
@@ -34,6 +43,7 @@ async def create_build(
     settings: SettingsDep,
     queue: QueueDep,
     pipelines: PipelinesDep,
+    services: ServicesDep,
     idempotency_key: IdempotencyKey = None,
 ) -> BuildDetail:
     """CreateBuild: validate the workflow, store the build with its snapshot, jobs, edges and
@@ -51,6 +61,7 @@ async def create_build(
         yaml_text = await pipelines.workflow_yaml(body.pipeline_id)
     if len(yaml_text.encode()) > settings.max_workflow_bytes:
         raise TooLarge(f"workflow_yaml is larger than {settings.max_workflow_bytes} bytes")
+    variables, sealed = seal_request(services.secret_box, body.variables, body.secrets)
     new = NewBuild(
         pipeline_id=body.pipeline_id,
         triggered_by=body.triggered_by or caller.name,
@@ -58,7 +69,9 @@ async def create_build(
         commit_sha=body.commit_sha,
         branch=body.branch,
         repo_url=body.repo_url,
-        variables=body.variables,
+        variables=variables,
+        secrets_sealed=sealed,
+        request_sha256=request_sha256(body),
         dispatch=body.dispatch,
         idempotency_key=idempotency_key,
         event_name=body.event_name,

@@ -3,9 +3,12 @@ every string is text both databases accept), so no input reaches the database as
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated
 
 from fastapi import Header, Path, Query
+from pydantic import BaseModel
 
 from app.models.types import INT64_MAX, INT64_MIN, PIPELINE_ID_PATTERN, ShortText
 
@@ -25,3 +28,12 @@ IdempotencyKey = Annotated[
         description="A repeat with the same key and body returns the first build.",
     ),
 ]
+
+
+def request_sha256(body: BaseModel) -> str:
+    """A stable digest of a create request, kept with the build so a reused Idempotency-Key
+    with a different body is refused. Secrets are left out: a plain hash of a short secret
+    could be brute-forced from the database."""
+    canonical = body.model_dump(mode="json", exclude={"secrets"})
+    data = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(data.encode()).hexdigest()

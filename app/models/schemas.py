@@ -46,6 +46,12 @@ class BuildCreate(BaseModel):
         default=None, description="The workflow; read from pipeline_service when omitted."
     )
     dispatch: StrictBool = Field(default=True, description="Publish the build id to the queue.")
+    secrets: dict[VariableName, VariableValue] | None = Field(
+        default=None,
+        max_length=100,
+        description="Secrets for the `secrets` context: encrypted at rest, masked in logs, never "
+        "returned by any endpoint, purged SECRETS_RETENTION_DAYS after the build finishes.",
+    )
     event_name: str | None = Field(
         default=None,
         min_length=1,
