@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -148,3 +151,56 @@ async def test_poisoned_variables_never_break_listing(client: Any) -> None:
     listing = await client.get("/builds")
     assert listing.status_code == 200
     assert listing.json()["total"] == 1
+
+
+class _Pipelines(BaseHTTPRequestHandler):
+    """pipeline_service stand-in: records the paths it is asked for; pipeline `nul` answers a
+    YAML holding a NUL character."""
+
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.path)
+        if self.path.endswith("/nul"):
+            body = json.dumps({"workflow_yaml": "jobs:\x00\n"}).encode()
+            self.send_response(200)
+        else:
+            body = b'{"detail": "not found"}'
+            self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        return
+
+
+@pytest.fixture
+def pipelines_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pipelines)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def settings_overrides(pipelines_url: str) -> dict[str, Any]:
+    return {"api_tokens": f"ci:{WRITE_TOKEN}:write", "pipeline_service_url": pipelines_url}
+
+
+async def test_pipeline_ids_reach_pipeline_service_as_one_plain_segment(client: Any) -> None:
+    _Pipelines.seen.clear()
+    for bad in ("x?admin=1&delete=all", "..", "x#frag", "a/../b", "x\r\ny"):
+        response = await client.post("/builds", json={"pipeline_id": bad})
+        assert response.status_code == 422, (bad, response.text)
+    assert _Pipelines.seen == []  # nothing hostile was forwarded
+    missing = await client.post("/builds", json={"pipeline_id": "team.app-1_x"})
+    assert missing.status_code == 404
+    assert _Pipelines.seen == ["/api/v1/pipelines/team.app-1_x"]
+    # A YAML the database could not store is pipeline_service's fault: 502, not 500.
+    nul = await client.post("/builds", json={"pipeline_id": "nul"})
+    assert nul.status_code == 502
+    assert "NUL" in nul.json()["detail"]
