@@ -61,6 +61,14 @@ def check_text(value: str) -> str:
     return value
 
 
+NAME_MAX = 255  # the size of every name column (jobs, steps, display names)
+
+
+def clip(text: str, limit: int = NAME_MAX) -> str:
+    """A display name cut to what its column holds (a step named after a long `run` line)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 MAX_JSON_DEPTH = 64
 
 

@@ -39,7 +39,7 @@ from app.models import (
     PipelineCounter,
     StepPublic,
 )
-from app.models.types import utcnow
+from app.models.types import NAME_MAX, clip, utcnow
 from app.queue.base import BuildQueue
 from app.secrets import retry_secrets
 from app.services import state
@@ -108,6 +108,21 @@ async def create_build(
     if spec is None:
         # Parsing a large workflow takes a while: never on the event loop.
         spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
+    # Job names identify rows (build_jobs.name, 255 characters on every database): refuse what
+    # would not fit rather than fail on Postgres only. Display names are clipped instead.
+    too_long = [j.name for j in spec.jobs if len(j.name) > NAME_MAX]
+    if too_long:
+        raise Invalid(
+            [
+                {
+                    "line": 0,
+                    "column": 0,
+                    "message": f"job name '{name[:60]}…' is {len(name)} characters long; job ids "
+                    f"and expanded matrix names may have at most {NAME_MAX}",
+                }
+                for name in too_long[:10]
+            ]
+        )
     now = utcnow()
     build = Build(
         pipeline_id=new.pipeline_id,
@@ -144,7 +159,7 @@ async def create_build(
         {
             "build_id": build.id,
             "name": j.name,
-            "display_name": j.display_name,
+            "display_name": clip(j.display_name),
             "index": j.index,
             "runs_on": list(j.runs_on),
             "environment": (
@@ -158,7 +173,7 @@ async def create_build(
     if edges:
         await session.exec(insert(BuildJobEdge), params=edges)
     steps = [
-        {"build_id": build.id, "job_name": j.name, "index": s.index, "name": s.name}
+        {"build_id": build.id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
         for j in spec.jobs
         for s in planned_steps(j, checkout=bool(new.repo_url))
     ]

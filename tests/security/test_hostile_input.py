@@ -204,3 +204,38 @@ async def test_pipeline_ids_reach_pipeline_service_as_one_plain_segment(client: 
     nul = await client.post("/builds", json={"pipeline_id": "nul"})
     assert nul.status_code == 502
     assert "NUL" in nul.json()["detail"]
+
+
+async def test_names_beyond_255_characters_same_answer_on_both_databases(client: Any) -> None:
+    long = "j" * 300
+    by_id = await client.post(
+        "/builds",
+        json={
+            "pipeline_id": "p",
+            "workflow_yaml": f"jobs:\n  {long}:\n    steps:\n      - run: echo\n",
+        },
+    )
+    assert by_id.status_code == 422
+    assert "at most 255" in by_id.text
+    matrix = await client.post(
+        "/builds",
+        json={
+            "pipeline_id": "p",
+            "workflow_yaml": "jobs:\n  t:\n    strategy:\n      matrix:\n"
+            f"        x: [{'v' * 300}]\n    steps:\n      - run: echo\n",
+        },
+    )
+    assert matrix.status_code == 422
+    # A long step name is fine: its display name is clipped to what the column holds.
+    step = await client.post(
+        "/builds",
+        json={
+            "pipeline_id": "p",
+            "dispatch": False,
+            "workflow_yaml": f"jobs:\n  t:\n    steps:\n      - name: {'n' * 400}\n"
+            "        run: echo\n",
+        },
+    )
+    assert step.status_code == 201
+    name = step.json()["jobs"][0]["steps"][0]["name"]
+    assert len(name) == 255 and name.endswith("…")
