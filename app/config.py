@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     # Local runner step isolation: auto (namespaces when bubblewrap works here, else none),
     # namespaces (refuse to start without them), none (process groups + tracking variable).
     local_isolation: Literal["auto", "namespaces", "none"] = "auto"
+    # A build id whose handling fails this many times goes to the dead-letter queue.
+    queue_max_deliveries: int = Field(default=10, ge=1, le=1000)
+    # Fernet key(s) sealing build secrets; empty: a key file next to a SQLite database.
+    secrets_key: str = ""
+    secrets_retention_days: float = Field(default=30.0, ge=0)
+    secrets_purge_interval_seconds: float = Field(default=3600.0, gt=0)
 
     @field_validator("database_url")
     @classmethod
@@ -149,6 +155,7 @@ class Settings(BaseSettings):
             values.append(str(password))
         if self.k8s_marker_secret:
             values.append(self.k8s_marker_secret)
+        values.extend(k.strip() for k in self.secrets_key.split(",") if k.strip())
         return values
 
 

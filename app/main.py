@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import builds, health, logs
 from app.api.limits import RequestGuard
+from app.api.openapi import document_responses
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.errors import ServiceError
 from app.wiring import running_services
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(builds.router, prefix=API_PREFIX)
     app.include_router(logs.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    document_responses(app)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
