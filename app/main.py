@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api import builds, health, logs
+from app.api import artifacts, builds, health, logs
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.db import Database
 from app.errors import ServiceError
@@ -136,6 +136,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(builds.router, prefix=API_PREFIX)
     app.include_router(logs.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    app.include_router(artifacts.router, prefix=API_PREFIX)
+    app.include_router(artifacts.runtime_router)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
@@ -155,7 +157,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal error; see the service log")
 
-    app.add_middleware(BodyLimit, limit=settings.max_workflow_bytes * 2 + 64 * 1024)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_workflow_bytes * 2 + 64 * 1024,
+        exempt=artifacts.BLOB_PATH_PREFIXES,
+    )
 
     _mount_ui(app, WEB_DIST)
     return app
@@ -165,12 +171,14 @@ class BodyLimit:
     """Refuse oversized request bodies up front (413) by their Content-Length. Plain ASGI: a
     BaseHTTPMiddleware would add a task and a queue to every request, SSE streams included."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, exempt: tuple[str, ...] = ()) -> None:
         self.app = app
         self.limit = limit
+        # Blob uploads (artifacts, caches) are streamed to storage and bounded there.
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not scope["path"].startswith(self.exempt):
             for name, value in scope["headers"]:
                 if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                     response = _error(413, f"request body larger than {self.limit} bytes")

@@ -162,7 +162,9 @@ class DirectoryStorage:
         self.tmp = self.root / ".tmp"
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
+        # Nothing to create yet: the directory appears with the first write, so an instance
+        # that never stores anything leaves no trace.
+        return None
 
     async def close(self) -> None:
         return None
@@ -176,6 +178,7 @@ class DirectoryStorage:
         target = self._path(key)
         digest = _Digest(expect)
         temp = self.tmp / f"{uuid.uuid4().hex}.part"
+        await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
         handle = await asyncio.to_thread(open, temp, "wb")
         try:
             try:
@@ -230,6 +233,7 @@ class DirectoryStorage:
         # Renamed aside first so a concurrent reader never walks a half-deleted tree.
         if await asyncio.to_thread(path.is_dir):
             doomed = self.tmp / f"{uuid.uuid4().hex}.deleted"
+            await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
             try:
                 await asyncio.to_thread(os.replace, path, doomed)
             except FileNotFoundError:
