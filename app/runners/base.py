@@ -9,6 +9,7 @@ The step loop's rules are the same for every runner (see `should_run_step`): a s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -128,6 +129,14 @@ class Runner(Protocol):
 
     async def cleanup_build(self, build_id: int) -> None:
         """Release what the build held once it finished (e.g. its Kubernetes Secret)."""
+        ...
+
+    async def sweep_orphans(
+        self, finished_build_ids: Callable[[list[int]], Awaitable[set[int]]]
+    ) -> list[str]:
+        """At startup: delete what builds that already finished left behind (e.g. Kubernetes
+        Jobs after a crash). `finished_build_ids` answers which of the given builds finished.
+        Returns the names of what was deleted."""
         ...
 
 

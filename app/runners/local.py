@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from app.runners.base import (
@@ -78,6 +79,13 @@ class LocalRunner:
     async def cancel_build(self, build_id: int) -> None:
         for job in self._jobs.get(build_id, ()):
             job.cancel.set()
+
+    async def sweep_orphans(
+        self,
+        finished_build_ids: Callable[[list[int]], Awaitable[set[int]]],  # noqa: ARG002 (protocol)
+    ) -> list[str]:
+        """Nothing outlives a local build: its processes died with it (or with the replica)."""
+        return []
 
     async def run_job(
         self, job: JobRun, reporter: JobReporter, *, resume: bool = False
