@@ -25,6 +25,7 @@ MODULES = (
     "sse_fanout",
     "list_builds",
     "amqp_dispatch",
+    "artifacts",
 )
 
 

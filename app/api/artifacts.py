@@ -8,6 +8,7 @@ to pipeline_service).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -156,10 +157,12 @@ async def download_artifact(
         raise Unavailable("artifact storage is unavailable; retry later") from None
 
     async def body() -> AsyncIterator[bytes]:
-        if first:
-            yield first
-        async for chunk in stream:
-            yield chunk
+        # Closed even when the client goes away mid-download, so no file handle lingers.
+        async with contextlib.aclosing(stream):
+            if first:
+                yield first
+            async for chunk in stream:
+                yield chunk
 
     zipped = artifact.mime_type.split(";")[0].strip() == "application/zip"
     filename = f"{artifact.name}.zip" if zipped else artifact.name

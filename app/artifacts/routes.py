@@ -43,7 +43,7 @@ from app.artifacts.storage import (
     create_storage,
 )
 from app.artifacts.tokens import job_backend_id
-from app.config import Settings
+from app.wiring import Services
 
 log = logging.getLogger(__name__)
 ARTIFACT_SERVICE = "/twirp/github.actions.results.api.v1.ArtifactService"
@@ -70,10 +70,11 @@ STATUS = {
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Storage and the service; the sweeper for retention, orphans and eviction."""
-    settings: Settings = app.state.settings
+    services: Services = app.state.services  # the main lifespan's parts, set before ours runs
+    settings = services.settings
     storage = create_storage(settings)
     await storage.start()
-    service = ArtifactService(app.state.db, storage, settings, resolve_secret(settings))
+    service = ArtifactService(services.db, storage, settings, resolve_secret(settings))
     app.state.artifacts = service
     sweeper = asyncio.create_task(
         service.run_sweeper(settings.artifacts_sweep_interval_seconds), name="artifact-sweeper"
@@ -383,10 +384,12 @@ async def get_blob(
         return _blob_error(exc)
 
     async def body() -> AsyncIterator[bytes]:
-        if first:
-            yield first
-        async for chunk in stream:
-            yield chunk
+        # Closed even when the client goes away mid-download, so no file handle lingers.
+        async with contextlib.aclosing(stream):
+            if first:
+                yield first
+            async for chunk in stream:
+                yield chunk
 
     return StreamingResponse(
         body(),

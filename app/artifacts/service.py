@@ -16,7 +16,7 @@ import hashlib
 import logging
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -246,7 +246,7 @@ class ArtifactService:
             raise _invalid("blockid must be 1-1024 characters")
         key = f"{self._staging(kind, object_id)}/{_block_name(block_id)}"
         return await self.storage.put(
-            key, body, Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes)
+            key, body, Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes, staging=True)
         )
 
     async def commit_blocks(
@@ -259,15 +259,8 @@ class ArtifactService:
             if await self.storage.size(key) is None:
                 raise _invalid("the block list names a block that was never uploaded")
 
-        async def chained() -> AsyncIterator[bytes]:
-            for key in keys:
-                async for chunk in self.storage.read(key):
-                    yield chunk
-
-        stored = await self.storage.put(
-            self._final_key(row),
-            chained(),
-            Expect(max_bytes=self.settings.artifact_max_bytes),
+        stored = await self.storage.compose(
+            self._final_key(row), keys, Expect(max_bytes=self.settings.artifact_max_bytes)
         )
         await self._record_blob(kind, object_id, stored)
         await self.storage.delete_prefix(staging)
@@ -403,7 +396,7 @@ class ArtifactService:
             raise _not_found("no such artifact (or it has expired)")
         return artifact
 
-    def read_artifact(self, artifact: Artifact) -> AsyncIterator[bytes]:
+    def read_artifact(self, artifact: Artifact) -> AsyncGenerator[bytes, None]:
         return self.storage.read(self._final_key(artifact))
 
     async def delete_artifact(self, build_id: int, name: str) -> Artifact:
@@ -509,7 +502,9 @@ class ArtifactService:
         await self.get_cache(caller, cache_id)
         await self._uploadable("cache", cache_id)
         key = f"{self._staging('cache', cache_id)}/{start:020d}"
-        await self.storage.put(key, body, Expect(max_bytes=self.settings.artifact_max_bytes))
+        await self.storage.put(
+            key, body, Expect(max_bytes=self.settings.artifact_max_bytes, staging=True)
+        )
 
     async def commit_cache_ranges(self, caller: Caller, cache_id: int, size: int) -> CacheEntry:
         """v1 commit: the chunks must tile [0, size) exactly."""
@@ -527,12 +522,8 @@ class ArtifactService:
         # Block ids equal to their staged names: commit them in offset order.
         row = await self._uploadable("cache", cache_id)
 
-        async def chained() -> AsyncIterator[bytes]:
-            for name in names:
-                async for chunk in self.storage.read(f"{staging}/{name}"):
-                    yield chunk
-
-        stored = await self.storage.put(self._final_key(row), chained(), Expect(size=size))
+        parts = [f"{staging}/{name}" for name in names]
+        stored = await self.storage.compose(self._final_key(row), parts, Expect(size=size))
         await self._record_blob("cache", cache_id, stored)
         await self.storage.delete_prefix(staging)
         return await self.finalize_cache(caller, cache_id, size)
@@ -597,7 +588,7 @@ class ArtifactService:
             )
         return found
 
-    def read_cache(self, entry: CacheEntry) -> AsyncIterator[bytes]:
+    def read_cache(self, entry: CacheEntry) -> AsyncGenerator[bytes, None]:
         return self.storage.read(self._final_key(entry))
 
     async def get_ready_cache(self, cache_id: int) -> CacheEntry:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ READ_CHUNK = 1024 * 1024
 WRITE_BUFFER = 1024 * 1024
 # S3 multipart parts: 8 MiB (S3's minimum is 5 MiB for every part but the last).
 S3_PART_SIZE = 8 * 1024 * 1024
+_SEGMENTS = ".segments"
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
@@ -61,8 +63,8 @@ class ObjectTooLarge(StorageError):
 class StoredObject:
     key: str
     size: int
-    sha256: str
-    md5: str
+    sha256: str | None  # None for staged parts (their digest would be wasted work)
+    md5: str | None  # only computed when a Content-MD5 is to be checked
 
 
 @dataclass
@@ -73,6 +75,9 @@ class Expect:
     md5: str | None = None  # hex
     size: int | None = None
     max_bytes: int | None = None
+    # A staged part of a bigger object: no sha256 and no fsync (a crash loses the upload
+    # anyway; the composed object is hashed and made durable).
+    staging: bool = False
 
 
 def check_key(key: str) -> str:
@@ -84,27 +89,34 @@ def check_key(key: str) -> str:
 class _Digest:
     def __init__(self, expect: Expect | None) -> None:
         self.expect = expect or Expect()
-        self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha256 = None if self.expect.staging else hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False) if self.expect.md5 else None
         self.size = 0
 
     def update(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.expect.max_bytes is not None and self.size > self.expect.max_bytes:
             raise ObjectTooLarge(f"object larger than {self.expect.max_bytes} bytes")
-        self.sha256.update(chunk)
-        self.md5.update(chunk)
+        if self.sha256 is not None:
+            self.sha256.update(chunk)
+        if self.md5 is not None:
+            self.md5.update(chunk)
 
     def finish(self, key: str) -> StoredObject:
-        result = StoredObject(key, self.size, self.sha256.hexdigest(), self.md5.hexdigest())
+        result = StoredObject(
+            key,
+            self.size,
+            self.sha256.hexdigest() if self.sha256 is not None else None,
+            self.md5.hexdigest() if self.md5 is not None else None,
+        )
         expect = self.expect
         if expect.size is not None and expect.size != result.size:
             raise ChecksumMismatch(f"expected {expect.size} bytes, received {result.size}")
-        if expect.sha256 is not None and expect.sha256.lower() != result.sha256:
+        if expect.sha256 is not None and expect.sha256.lower() != (result.sha256 or ""):
             raise ChecksumMismatch(
                 f"sha256 mismatch: expected {expect.sha256}, got {result.sha256}"
             )
-        if expect.md5 is not None and expect.md5.lower() != result.md5:
+        if expect.md5 is not None and expect.md5.lower() != (result.md5 or ""):
             raise ChecksumMismatch(f"md5 mismatch: expected {expect.md5}, got {result.md5}")
         return result
 
@@ -122,7 +134,13 @@ class Storage(Protocol):
         """Store the chunks under `key`, replacing any object there, atomically."""
         ...
 
-    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def compose(
+        self, key: str, parts: list[str], expect: Expect | None = None
+    ) -> StoredObject:
+        """Store the concatenation of the objects `parts` under `key` (atomically, hashed)."""
+        ...
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """The object's bytes [start, end) in chunks; raises ObjectNotFound."""
         ...
 
@@ -140,20 +158,30 @@ class Storage(Protocol):
 
 
 async def _rebatch(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Regroup arbitrary chunks into blocks of `size` bytes (the last may be shorter)."""
-    buffer = bytearray()
+    """Coalesce small chunks (HTTP bodies arrive in ~64 KiB pieces) into blocks of at least
+    `size` bytes (the last may be shorter); one join per block, no per-chunk copying."""
+    pending: list[bytes] = []
+    count = 0
     async for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        if not chunk:
+            continue
+        pending.append(chunk)
+        count += len(chunk)
+        if count >= size:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, count = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 class DirectoryStorage:
     """Objects as files under `root`; temp files in `root/.tmp` (same filesystem: rename is
-    atomic)."""
+    atomic).
+
+    A composed object (an upload that arrived as blocks) is stored as a directory of its parts,
+    renamed into place, plus a `.segments` manifest: the parts are moved, not copied, so an
+    upload writes its bytes to disk once (a copy would double the writes; see bench/artifacts.py).
+    Readers see one object either way."""
 
     name = "directory"
 
@@ -177,35 +205,141 @@ class DirectoryStorage:
     ) -> StoredObject:
         target = self._path(key)
         digest = _Digest(expect)
-        temp = self.tmp / f"{uuid.uuid4().hex}.part"
         await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
+        temp = self.tmp / f"{uuid.uuid4().hex}.part"
         handle = await asyncio.to_thread(open, temp, "wb")
         try:
             try:
                 async for block in _rebatch(chunks, WRITE_BUFFER):
                     digest.update(block)
                     await asyncio.to_thread(handle.write, block)
-                # Durable before it becomes visible: a crash never leaves a renamed, short file.
                 await asyncio.to_thread(handle.flush)
-                await asyncio.to_thread(os.fsync, handle.fileno())
+                if not digest.expect.staging:
+                    # Durable before it becomes visible: a crash never leaves a short file.
+                    await asyncio.to_thread(os.fsync, handle.fileno())
             finally:
                 await asyncio.to_thread(handle.close)
             result = digest.finish(key)
-            await asyncio.to_thread(_rename_into, temp, target)
+            await asyncio.to_thread(self._install, temp, target)
         except BaseException:
             await asyncio.to_thread(temp.unlink, missing_ok=True)
             raise
         return result
 
-    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        path = self._path(key)
+    def _install(self, temp: Path, target: Path) -> None:
+        """Rename a finished file or segment directory into place, replacing what is there."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir() or temp.is_dir():
+            self._remove(target)
+        os.replace(temp, target)
+
+    def _remove(self, path: Path) -> None:
+        if path.is_dir():
+            # Renamed aside first so a concurrent reader never walks a half-deleted tree.
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            doomed = self.tmp / f"{uuid.uuid4().hex}.deleted"
+            try:
+                os.replace(path, doomed)
+            except FileNotFoundError:
+                return
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    async def compose(
+        self, key: str, parts: list[str], expect: Expect | None = None
+    ) -> StoredObject:
+        """Move the parts into a segment directory (consumed on success, put back on failure),
+        hash them in order, and rename the directory into place."""
+        target = self._path(key)
+        sources = [self._path(p) for p in parts]
+        if len(set(sources)) != len(sources):
+            # A block listed twice cannot be moved twice: store a real concatenation instead.
+            async def chained() -> AsyncIterator[bytes]:
+                for part in parts:
+                    async for chunk in self.read(part):
+                        yield chunk
+
+            return await self.put(key, chained(), expect)
+        digest = _Digest(expect)
+
+        def work() -> StoredObject:
+            for source, name in zip(sources, parts, strict=True):
+                if not source.is_file():
+                    raise ObjectNotFound(name)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            staging = self.tmp / f"{uuid.uuid4().hex}.seg"
+            staging.mkdir()
+            moved: list[tuple[Path, Path]] = []
+            try:
+                sizes = []
+                for index, source in enumerate(sources):
+                    segment = staging / f"{index:06d}"
+                    os.replace(source, segment)
+                    moved.append((segment, source))
+                    with segment.open("rb") as handle:
+                        while chunk := handle.read(WRITE_BUFFER * 4):
+                            digest.update(chunk)
+                        os.fsync(handle.fileno())
+                    sizes.append(segment.stat().st_size)
+                result = digest.finish(key)
+                manifest = staging / _SEGMENTS
+                manifest.write_text(json.dumps({"sizes": sizes}))
+                self._install(staging, target)
+                return result
+            except BaseException:
+                for segment, source in moved:  # give the parts back: the upload may retry
+                    with contextlib.suppress(OSError):
+                        os.replace(segment, source)
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+
+        return await asyncio.to_thread(work)
+
+    def _segments(self, path: Path) -> list[tuple[Path, int]] | None:
+        """The parts of a segmented object, or None for a plain file."""
+        if not path.is_dir():
+            return None
         try:
-            handle = await asyncio.to_thread(open, path, "rb")
+            sizes = json.loads((path / _SEGMENTS).read_text())["sizes"]
+        except FileNotFoundError:
+            raise ObjectNotFound(str(path.relative_to(self.root))) from None
+        return [(path / f"{i:06d}", int(size)) for i, size in enumerate(sizes)]
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        path = self._path(key)
+        segments = await asyncio.to_thread(self._segments, path)
+        pieces = segments if segments is not None else [(path, -1)]
+        offset = 0  # where the current piece starts within the object
+        for piece, size in pieces:
+            if size >= 0 and offset + size <= start:
+                offset += size
+                continue
+            if end is not None and offset >= end:
+                return
+            local_start = max(0, start - offset)
+            local_end = None if end is None else end - offset
+            async with contextlib.aclosing(
+                self._read_file(piece, key, local_start, local_end)
+            ) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            offset += size
+
+    async def _read_file(
+        self, path: Path, key: str, start: int, end: int | None
+    ) -> AsyncGenerator[bytes, None]:
+        # Opened and closed on the loop (metadata calls, no data): a handle opened in a worker
+        # thread would leak if the reader were cancelled while waiting for it.
+        try:
+            handle = open(path, "rb")  # noqa: SIM115
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
         try:
             if start:
-                await asyncio.to_thread(handle.seek, start)
+                handle.seek(start)
             remaining = None if end is None else max(0, end - start)
             while remaining is None or remaining > 0:
                 want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
@@ -216,31 +350,27 @@ class DirectoryStorage:
                     remaining -= len(chunk)
                 yield chunk
         finally:
-            await asyncio.to_thread(handle.close)
+            handle.close()
 
     async def size(self, key: str) -> int | None:
-        try:
-            stat = await asyncio.to_thread(self._path(key).stat)
-        except FileNotFoundError:
-            return None
-        return stat.st_size
+        path = self._path(key)
+
+        def stat() -> int | None:
+            try:
+                segments = self._segments(path)
+                if segments is not None:
+                    return sum(size for _, size in segments)
+                return path.stat().st_size
+            except (FileNotFoundError, ObjectNotFound):
+                return None
+
+        return await asyncio.to_thread(stat)
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+        await asyncio.to_thread(self._remove, self._path(key))
 
     async def delete_prefix(self, prefix: str) -> None:
-        path = self._path(prefix)
-        # Renamed aside first so a concurrent reader never walks a half-deleted tree.
-        if await asyncio.to_thread(path.is_dir):
-            doomed = self.tmp / f"{uuid.uuid4().hex}.deleted"
-            await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
-            try:
-                await asyncio.to_thread(os.replace, path, doomed)
-            except FileNotFoundError:
-                return
-            await asyncio.to_thread(shutil.rmtree, doomed, ignore_errors=True)
-        else:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
+        await asyncio.to_thread(self._remove, self._path(prefix))
 
     async def list_children(self, prefix: str) -> list[str]:
         path = self._path(prefix)
@@ -248,11 +378,6 @@ class DirectoryStorage:
             return sorted(await asyncio.to_thread(os.listdir, path))
         except (FileNotFoundError, NotADirectoryError):
             return []
-
-
-def _rename_into(temp: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(temp, target)
 
 
 class S3Storage:
@@ -368,6 +493,18 @@ class S3Storage:
                 # Failed or refused (checksum): abort so no part lingers or becomes visible.
                 await asyncio.shield(self._abort(s3_key, upload_id))
 
+    async def compose(
+        self, key: str, parts: list[str], expect: Expect | None = None
+    ) -> StoredObject:
+        # Streamed through this process so the digest covers the bytes stored (UploadPartCopy
+        # would skip that, and needs every part but the last to be at least 5 MiB).
+        async def chained() -> AsyncIterator[bytes]:
+            for part in parts:
+                async for chunk in self.read(part):
+                    yield chunk
+
+        return await self.put(key, chained(), expect)
+
     async def _abort(self, s3_key: str, upload_id: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -377,7 +514,9 @@ class S3Storage:
                 Bucket=self.bucket, Key=s3_key, UploadId=upload_id
             )
 
-    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         s3_key = self._key(key)
