@@ -13,29 +13,35 @@ from app.models.schemas import (
     SnapshotPublic,
     StepPublic,
 )
-from app.models.status import BuildStatus, JobStatus, StepStatus
+from app.models.status import BuildStatus, JobStatus
 from app.models.tables import (
     Build,
+    BuildAnnotation,
     BuildJob,
     BuildJobEdge,
     BuildLogChunk,
+    BuildOutput,
     BuildSnapshot,
     BuildStep,
+    BuildStepSummary,
     PipelineCounter,
 )
 
 __all__ = [
     "Build",
+    "BuildAnnotation",
     "BuildCreate",
     "BuildDetail",
     "BuildJob",
     "BuildJobEdge",
     "BuildLogChunk",
+    "BuildOutput",
     "BuildPage",
     "BuildPublic",
     "BuildSnapshot",
     "BuildStatus",
     "BuildStep",
+    "BuildStepSummary",
     "EdgePublic",
     "JobPublic",
     "JobStatus",
@@ -45,5 +51,4 @@ __all__ = [
     "PipelineCounter",
     "SnapshotPublic",
     "StepPublic",
-    "StepStatus",
 ]
