@@ -4,7 +4,10 @@ The seam for the runtime: `ActionFetcher(settings.actions_url, settings.actions_
 settings.actions_git_timeout_seconds).fetch(uses)` gives a `FetchedAction` whose `manifest.kind`
 says how to run it (`composite`: its `steps`; `node`: `main`/`pre`/`post` with `node`), with
 `manifest.input_env(with_values)` for the `INPUT_*` variables. `docker` is refused
-(`manifest.unsupported_reason`).
+(`manifest.unsupported_reason`). `app.actions.runtime` has the rest a runner needs for
+JavaScript actions: `find_node` (a clear error without node), `node_phases` (pre/main/post with
+their conditions), `action_env` (GITHUB_ACTION*, RUNNER_TEMP, RUNNER_TOOL_CACHE, INPUT_*,
+STATE_*) and `parse_env_file` (`$GITHUB_STATE`).
 """
 
 from app.actions.errors import ActionError, ActionInfraError, ManifestError
