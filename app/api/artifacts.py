@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -27,6 +27,7 @@ from app.errors import NotFound, ServiceError
 from app.models import Build
 
 router = APIRouter(tags=["artifacts"])
+Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 __all__ = ["BLOB_PATH_PREFIXES", "router", "runtime_router"]
 
@@ -118,7 +119,7 @@ async def _known_build(session: Any, build_id: int) -> None:
 
 @router.get("/builds/{build_id}/artifacts", response_model=ArtifactList)
 async def list_artifacts(
-    build_id: int, _caller: ReaderDep, session: ReadSessionDep, service: ServiceDep
+    build_id: Id, _caller: ReaderDep, session: ReadSessionDep, service: ServiceDep
 ) -> ArtifactList:
     """The build's finished, unexpired artifacts (name, job, size, sha256 digest, expiry) with
     the URL that downloads each as a zip. 404 for an unknown build."""
@@ -143,7 +144,7 @@ async def _ready_artifact(service: ArtifactService, build_id: int, artifact_id: 
     responses={200: {"content": {"application/zip": {}}}},
 )
 async def download_artifact(
-    build_id: int, artifact_id: int, _caller: ReaderDep, service: ServiceDep
+    build_id: Id, artifact_id: Id, _caller: ReaderDep, service: ServiceDep
 ) -> StreamingResponse:
     """Download one artifact, streamed: the zip upload-artifact made (or the single file it
     uploaded unarchived), with its sha256 in the `Digest` header."""
@@ -179,7 +180,7 @@ async def download_artifact(
 
 @router.delete("/builds/{build_id}/artifacts/{artifact_id}", status_code=204)
 async def delete_artifact(
-    build_id: int, artifact_id: int, _caller: WriterDep, service: ServiceDep
+    build_id: Id, artifact_id: Id, _caller: WriterDep, service: ServiceDep
 ) -> Response:
     """Delete one artifact and its content. 204; 404 if it does not exist."""
     artifact = await _ready_artifact(service, build_id, artifact_id)
@@ -216,7 +217,7 @@ async def delete_caches(
 
 @router.delete("/build-caches/{cache_id}", status_code=204)
 async def delete_cache(
-    cache_id: int,
+    cache_id: Id,
     _caller: WriterDep,
     service: ServiceDep,
     pipeline_id: Annotated[str, Query(min_length=1, max_length=255)],

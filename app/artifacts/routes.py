@@ -20,10 +20,10 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.artifacts.models import Artifact, CacheEntry
@@ -53,6 +53,8 @@ BLOB = "/_actions/blob"
 # Paths whose request bodies are blobs (exempt from the app's JSON body limit).
 BLOB_PATH_PREFIXES = (BLOB + "/", CACHE_V1 + "/caches/")
 MAX_TWIRP_BODY = 1024 * 1024
+# Ids in URLs are 64-bit: anything larger is a 422 before it reaches the database.
+Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 STATUS = {
     "invalid_argument": 400,
@@ -334,7 +336,7 @@ def _blob_error(exc: Exception) -> Response:
 @runtime_router.put(BLOB + "/{kind}/{object_id}/{filename}")
 async def put_blob(
     kind: Literal["artifact", "cache"],
-    object_id: int,
+    object_id: Id,
     filename: str,  # noqa: ARG001  (the name only matters to downloaders)
     request: Request,
 ) -> Response:
@@ -366,7 +368,7 @@ async def put_blob(
 
 @runtime_router.get(BLOB + "/{kind}/{object_id}/{filename}")
 async def get_blob(
-    kind: Literal["artifact", "cache"], object_id: int, filename: str, request: Request
+    kind: Literal["artifact", "cache"], object_id: Id, filename: str, request: Request
 ) -> Response:
     service = _service(request)
     query = request.query_params
@@ -498,7 +500,7 @@ def _content_range(value: str | None) -> int:
 
 
 @runtime_router.patch(CACHE_V1 + "/caches/{cache_id}")
-async def v1_upload_chunk(cache_id: int, request: Request) -> Response:
+async def v1_upload_chunk(cache_id: Id, request: Request) -> Response:
     service = _service(request)
     try:
         caller = await service.authenticate(request.headers.get("authorization"))
@@ -510,7 +512,7 @@ async def v1_upload_chunk(cache_id: int, request: Request) -> Response:
 
 
 @runtime_router.post(CACHE_V1 + "/caches/{cache_id}")
-async def v1_commit(cache_id: int, request: Request) -> Response:
+async def v1_commit(cache_id: Id, request: Request) -> Response:
     service = _service(request)
     try:
         caller = await service.authenticate(request.headers.get("authorization"))

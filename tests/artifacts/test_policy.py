@@ -204,6 +204,10 @@ async def test_bad_input_is_refused_and_nothing_listed(client: httpx.AsyncClient
 
 async def test_public_api_not_found(client: httpx.AsyncClient) -> None:
     assert (await client.get("/builds/424242/artifacts")).status_code == 404
+    # Ids beyond 64 bits are refused before they reach the database (same on both backends).
+    assert (await client.get(f"/builds/{2**63}/artifacts")).status_code == 422
+    huge = await client.get(f"http://test/_actions/blob/artifact/{2**64}/x?se=1&sig=x")
+    assert huge.status_code == 422
     build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
     assert (await client.get(f"/builds/{build_id}/artifacts/1/zip")).status_code == 404
     assert (await client.delete(f"/builds/{build_id}/artifacts/1")).status_code == 404
