@@ -108,21 +108,7 @@ async def create_build(
     if spec is None:
         # Parsing a large workflow takes a while: never on the event loop.
         spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
-    # Job names identify rows (build_jobs.name, 255 characters on every database): refuse what
-    # would not fit rather than fail on Postgres only. Display names are clipped instead.
-    too_long = [j.name for j in spec.jobs if len(j.name) > NAME_MAX]
-    if too_long:
-        raise Invalid(
-            [
-                {
-                    "line": 0,
-                    "column": 0,
-                    "message": f"job name '{name[:60]}…' is {len(name)} characters long; job ids "
-                    f"and expanded matrix names may have at most {NAME_MAX}",
-                }
-                for name in too_long[:10]
-            ]
-        )
+    _check_job_names(spec)
     now = utcnow()
     build = Build(
         pipeline_id=new.pipeline_id,
@@ -155,9 +141,35 @@ async def create_build(
             yaml_sha256=hashlib.sha256(new.workflow_yaml.encode()).hexdigest(),
         )
     )
+    await _insert_dag(session, build.id, spec, checkout=bool(new.repo_url))
+    return build
+
+
+def _check_job_names(spec: WorkflowSpec) -> None:
+    """Job names identify rows (build_jobs.name, 255 characters on every database): refuse what
+    would not fit rather than fail on Postgres only. Display names are clipped instead."""
+    too_long = [j.name for j in spec.jobs if len(j.name) > NAME_MAX]
+    if too_long:
+        raise Invalid(
+            [
+                {
+                    "line": 0,
+                    "column": 0,
+                    "message": f"job name '{name[:60]}…' is {len(name)} characters long; job ids "
+                    f"and expanded matrix names may have at most {NAME_MAX}",
+                }
+                for name in too_long[:10]
+            ]
+        )
+
+
+async def _insert_dag(
+    session: AsyncSession, build_id: int, spec: WorkflowSpec, *, checkout: bool
+) -> None:
+    """The build's jobs, `needs` edges and planned steps, all pending, in three bulk inserts."""
     jobs = [
         {
-            "build_id": build.id,
+            "build_id": build_id,
             "name": j.name,
             "display_name": clip(j.display_name),
             "index": j.index,
@@ -169,17 +181,16 @@ async def create_build(
         for j in spec.jobs
     ]
     await session.exec(insert(BuildJob), params=jobs)
-    edges = [{"build_id": build.id, "from_job": a, "to_job": b} for a, b in spec.edges]
+    edges = [{"build_id": build_id, "from_job": a, "to_job": b} for a, b in spec.edges]
     if edges:
         await session.exec(insert(BuildJobEdge), params=edges)
     steps = [
-        {"build_id": build.id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
+        {"build_id": build_id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
         for j in spec.jobs
-        for s in planned_steps(j, checkout=bool(new.repo_url))
+        for s in planned_steps(j, checkout=checkout)
     ]
     await session.exec(insert(BuildStep), params=steps)
     await session.flush()
-    return build
 
 
 def is_idempotency_race(exc: IntegrityError) -> bool:
