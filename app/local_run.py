@@ -84,6 +84,11 @@ async def _run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
                 "database_url": args.database_url or f"sqlite+aiosqlite:///{tmp / 'ci.db'}",
                 "workspace_root": Path(args.workspace) if args.workspace else tmp / "workspaces",
                 "runner": "local",
+                # Your own workflow on your own machine (like `act`): unsandboxed unless
+                # LOCAL_ISOLATION is set explicitly.
+                "local_isolation": settings.local_isolation
+                if "local_isolation" in settings.model_fields_set
+                else "none",
             }
         )
         await asyncio.to_thread(upgrade, settings.database_url)
