@@ -54,6 +54,10 @@ web-e2e: install ui
 
 test: lint typecheck pytest web-test web-e2e
 
+# Schemathesis with many more examples per operation than `make test` runs (FUZZ_EXAMPLES).
+fuzz: install
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(VENV)/bin/pytest -q tests/security/test_fuzz.py
+
 # The fast loop (see CONTRIBUTING.md): lint, types and the pure and SQLite-only unit tests; needs
 # no Postgres, RabbitMQ or npm. Before committing, also run the files you touched on both backends.
 FAST_TESTS := $(wildcard tests/test_*.py) tests/workflow tests/services \
@@ -61,10 +65,6 @@ FAST_TESTS := $(wildcard tests/test_*.py) tests/workflow tests/services \
 	tests/queue/test_memory.py tests/queue/test_decode.py tests/queue/test_factory.py
 test-fast: lint typecheck
 	TEST_BACKENDS=sqlite $(VENV)/bin/pytest -q $(FAST_TESTS)
-
-# Schemathesis with many more examples per operation than `make test` runs (FUZZ_EXAMPLES).
-fuzz: install
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(VENV)/bin/pytest -q tests/security/test_fuzz.py
 
 bench: install
 	$(PY) -m bench

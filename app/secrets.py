@@ -150,6 +150,16 @@ def build_secrets(box: SecretBox | None, build: Build) -> BuildSecrets:
     return box.open(build.secrets_sealed)
 
 
+def secret_values(box: SecretBox | None, build: Build) -> list[str]:
+    """Every secret value of a build, for masking: its `secrets` and secret-named variables
+    (sealed or, without a key, in the clear). Never raises: what cannot be opened is skipped."""
+    values = [v for k, v in build.variables.items() if is_secret_name(k) and v != MASK]
+    # Purged (the build finished long ago) or no key: nothing more to mask with.
+    with contextlib.suppress(Conflict, SecretsUnavailable):
+        values.extend(build_secrets(box, build).values)
+    return values
+
+
 def retry_secrets(build: Build) -> str | None:
     """The sealed secrets a retry of `build` reuses; refused once they were purged."""
     if build.secrets_sealed is None and build.secrets_purged_at is not None:

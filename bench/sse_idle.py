@@ -20,6 +20,7 @@ from bench._common import Ctx, Result, client, create_build, percentile, serve
 NAME = "sse_idle"
 BACKENDS = ("postgres", "sqlite")
 BUILDS = 10  # the subscribers are spread over this many running builds
+WAVE = 50
 
 
 def rss_kib(pid: int) -> int:
@@ -87,18 +88,24 @@ async def run(ctx: Ctx, backend: str) -> None:
         idle_p99 = await healthz_p99(server.base)
         before = rss_kib(server.pid)
         events = [asyncio.Event() for _ in range(count)]
-        tasks = [
-            asyncio.create_task(subscriber(server.port, ids[i % BUILDS], events[i]))
-            for i in range(count)
-        ]
+        tasks: list[asyncio.Task[None]] = []
         try:
-            waiting = asyncio.gather(*(e.wait() for e in events))
-            await asyncio.wait(
-                [asyncio.ensure_future(waiting), *tasks], return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in tasks:
-                if task.done() and task.exception():
-                    raise RuntimeError(f"a subscriber failed: {task.exception()}")
+            # Connected in waves of WAVE, each ready before the next: this measures idle
+            # subscribers, not a connect storm (1,000 at once exhaust the database pool:
+            # see RESULTS.md).
+            for first in range(0, count, WAVE):
+                wave = range(first, min(count, first + WAVE))
+                new = [
+                    asyncio.create_task(subscriber(server.port, ids[i % BUILDS], events[i]))
+                    for i in wave
+                ]
+                tasks.extend(new)
+                waiting = asyncio.ensure_future(asyncio.gather(*(events[i].wait() for i in wave)))
+                await asyncio.wait([waiting, *new], return_when=asyncio.FIRST_COMPLETED)
+                for task in new:
+                    if task.done() and task.exception():
+                        raise RuntimeError(f"a subscriber failed: {task.exception()}")
+                await waiting
             await asyncio.sleep(2)  # let the server settle (allocations, first polls)
             after = rss_kib(server.pid)
             busy_p99 = await healthz_p99(server.base)

@@ -1,6 +1,6 @@
 """Schemathesis against a real `ci-executor serve` on both databases (issue 10, "Also build"):
 every check on, zero server errors, zero schema violations. Bounded here (FUZZ_EXAMPLES per
-operation, default 100); `make fuzz` runs many more."""
+operation, default 200); `make fuzz` runs many more."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             "LOG_LEVEL": "WARNING",
         }
     )
-    examples = os.environ.get("FUZZ_EXAMPLES", "100")
+    examples = os.environ.get("FUZZ_EXAMPLES", "200")
     result = subprocess.run(
         [
             str(SCHEMATHESIS),
