@@ -19,6 +19,7 @@ from sqlmodel import col, select
 
 from app.config import Settings
 from app.db import Database
+from app.installation import read_installation_id
 from app.logs.hub import LiveHub
 from app.logs.masking import Masker
 from app.logs.writer import LogWriter
@@ -89,7 +90,8 @@ async def _start_core(
     )
     await writer.start()
     stack.push_async_callback(writer.stop)
-    runner = create_runner(settings)
+    database_id = await read_installation_id(db) if settings.runner == "kubernetes" else None
+    runner = create_runner(settings, database_id=database_id)
     await runner.start()
     stack.push_async_callback(runner.stop)
     secret_box = await asyncio.to_thread(load_secret_box, settings)

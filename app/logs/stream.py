@@ -83,6 +83,7 @@ async def stream_build(
                     return
                 sub.signal.clear()
                 reread = not sub.queue.qsize() or sub.lagged
+                fresh = sub.lagged  # a poll may share its read with the build's other streams
                 if sub.lagged:  # what it dropped is read back from the database below
                     sub.lagged = False
                     while not sub.queue.empty():
@@ -106,9 +107,13 @@ async def stream_build(
                         if item.kind == "build" and BuildStatus(item.status).finished:
                             status = BuildStatus(item.status)
                     elif isinstance(item, Wakeup):
-                        reread = True
+                        reread = fresh = True
                 if reread:
-                    status, stored = await _build_state(db, build_id)
+                    status, stored = await (
+                        _build_state(db, build_id)
+                        if fresh
+                        else hub.shared_read(build_id, lambda: _build_state(db, build_id))
+                    )
                     if stored > last:
                         async for event in catch_up():
                             yield event

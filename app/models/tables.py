@@ -1,4 +1,5 @@
-"""SQLModel tables (DESIGN.md §3). Columns marked + in the design are the executor's additions."""
+"""SQLModel tables (docs/design.md, "Data model"). Comments marked + explain the columns the
+executor adds to the original design."""
 
 from __future__ import annotations
 
