@@ -19,9 +19,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from app.api.deps import ReaderDep, ReadSessionDep, WriterDep
+from app.artifacts.common import ArtifactError
 from app.artifacts.models import Artifact, CacheEntry
 from app.artifacts.routes import BLOB_PATH_PREFIXES, runtime_router
-from app.artifacts.service import ArtifactError, ArtifactService
+from app.artifacts.service import ArtifactService
 from app.artifacts.storage import ObjectNotFound, StorageError
 from app.errors import NotFound, ServiceError
 from app.models import Build

@@ -26,15 +26,15 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from app.artifacts.models import Artifact, CacheEntry
-from app.artifacts.service import (
+from app.artifacts.common import (
     ArtifactError,
-    ArtifactService,
     Caller,
     md5_header_hex,
     parse_block_list,
     resolve_secret,
 )
+from app.artifacts.models import Artifact, CacheEntry
+from app.artifacts.service import ArtifactService
 from app.artifacts.storage import (
     ChecksumMismatch,
     ObjectNotFound,

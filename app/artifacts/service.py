@@ -9,26 +9,31 @@ at finalize is checked against the bytes actually stored.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import hashlib
 import logging
-import secrets
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncGenerator, AsyncIterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import delete, func, update
 from sqlmodel import col, select
 
+from app.artifacts import sweep
+from app.artifacts.common import (
+    ACTIVE,
+    STALE_UPLOAD,
+    ArtifactError,
+    BlobKind,
+    Caller,
+    _block_name,
+    _invalid,
+    _not_found,
+    validate_cache_key,
+    validate_name,
+)
 from app.artifacts.models import Artifact, ArtifactStatus, CacheEntry, CacheStatus
-from app.artifacts.storage import Expect, ObjectNotFound, Storage, StorageError, StoredObject
+from app.artifacts.storage import Expect, Storage, StoredObject
 from app.artifacts.tokens import (
     InvalidToken,
-    RuntimeClaims,
     check_signature,
     issue_runtime_token,
     signed_query,
@@ -36,104 +41,10 @@ from app.artifacts.tokens import (
 )
 from app.config import Settings
 from app.db import Database
-from app.models import Build, BuildStatus
+from app.models import Build
 from app.models.types import utcnow
 
 log = logging.getLogger(__name__)
-BlobKind = Literal["artifact", "cache"]
-ACTIVE = (BuildStatus.queued.value, BuildStatus.running.value)
-MAX_BLOCKLIST_BYTES = 4 * 1024 * 1024
-MAX_NAME = 255
-MAX_KEY = 512
-# An upload nobody finished within this long is abandoned: its staged blocks are swept.
-STALE_UPLOAD = timedelta(hours=6)
-
-
-class ArtifactError(Exception):
-    """A refusal with a Twirp error code (mapped to an HTTP status by the routes)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _not_found(message: str) -> ArtifactError:
-    return ArtifactError("not_found", message)
-
-
-def _invalid(message: str) -> ArtifactError:
-    return ArtifactError("invalid_argument", message)
-
-
-@dataclass(frozen=True)
-class Caller:
-    """An authenticated runtime token whose build is still active."""
-
-    claims: RuntimeClaims
-    pipeline_id: str
-    branch: str
-
-
-def resolve_secret(settings: Settings) -> str:
-    """The HMAC secret for tokens and signed URLs. Without ACTIONS_TOKEN_SECRET (or
-    K8S_MARKER_SECRET) a random one per process: fine for one replica, and tokens die on restart
-    just as the local runner's processes do."""
-    if settings.actions_token_secret:
-        return settings.actions_token_secret
-    if settings.k8s_marker_secret:
-        return hashlib.sha256(b"actions-runtime:" + settings.k8s_marker_secret.encode()).hexdigest()
-    return secrets.token_hex(32)
-
-
-def validate_name(name: str) -> str:
-    """upload-artifact's own rules (no path separators or characters invalid on some OS)."""
-    bad = set('"<>:|*?\\/\r\n\x00')
-    if not name or len(name) > MAX_NAME or any(c in bad for c in name):
-        raise _invalid(
-            f"invalid artifact name {name!r}: 1-{MAX_NAME} characters, none of "
-            '" : < > | * ? \\ / CR LF NUL'
-        )
-    return name
-
-
-def validate_cache_key(key: str) -> str:
-    if not key or len(key) > MAX_KEY or "," in key or "\x00" in key:
-        raise _invalid(f"invalid cache key: 1-{MAX_KEY} characters, no commas")
-    return key
-
-
-def _block_name(block_id: str) -> str:
-    # Azure block ids are base64 (with / + =): hashed into a safe storage key.
-    return hashlib.sha256(block_id.encode()).hexdigest()
-
-
-def parse_block_list(body: bytes) -> list[str]:
-    """The block ids of an Azure `Put Block List` body, in order."""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise _invalid(f"invalid block list XML: {exc}") from None
-    if root.tag != "BlockList":
-        raise _invalid("invalid block list: the root element must be BlockList")
-    ids = [
-        (child.text or "").strip()
-        for child in root
-        if child.tag in ("Latest", "Committed", "Uncommitted")
-    ]
-    if not ids or any(not i for i in ids):
-        raise _invalid("invalid block list: no block ids")
-    return ids
-
-
-def md5_header_hex(value: str | None) -> str | None:
-    """The hex md5 of a `Content-MD5` header (base64), if one was sent."""
-    if not value:
-        return None
-    try:
-        return base64.b64decode(value, validate=True).hex()
-    except (binascii.Error, ValueError):
-        raise _invalid("Content-MD5 is not base64") from None
 
 
 class ArtifactService:
@@ -678,93 +589,11 @@ class ArtifactService:
         await self.storage.delete_prefix(f"artifacts/{build_id}")
 
     async def sweep(self) -> dict[str, int]:
-        """Expired artifacts, abandoned uploads, blobs of deleted builds, caches over the cap."""
-        now = utcnow()
-        counts = {"expired": 0, "abandoned": 0, "orphaned": 0, "evicted": 0}
-        async with self.db.transaction() as session:
-            expired = list(
-                (await session.exec(select(Artifact).where(col(Artifact.expires_at) <= now))).all()
-            )
-            abandoned = list(
-                (
-                    await session.exec(
-                        select(Artifact).where(
-                            col(Artifact.status) != ArtifactStatus.ready,
-                            col(Artifact.created_at) < now - STALE_UPLOAD,
-                        )
-                    )
-                ).all()
-            )
-            stale_caches = list(
-                (
-                    await session.exec(
-                        select(CacheEntry).where(
-                            CacheEntry.status == CacheStatus.reserved,
-                            col(CacheEntry.created_at) < now - STALE_UPLOAD,
-                        )
-                    )
-                ).all()
-            )
-            ids = [a.id for a in expired + abandoned]
-            if ids:
-                await session.exec(delete(Artifact).where(col(Artifact.id).in_(ids)))
-            if stale_caches:
-                await session.exec(
-                    delete(CacheEntry).where(col(CacheEntry.id).in_([c.id for c in stale_caches]))
-                )
-        for artifact in expired + abandoned:
-            assert artifact.id is not None
-            await self.storage.delete(self._final_key(artifact))
-            await self.storage.delete_prefix(self._staging("artifact", artifact.id))
-        for entry in stale_caches:
-            assert entry.id is not None
-            await self._drop_cache_blobs(entry.id)
-        counts["expired"] = len(expired)
-        counts["abandoned"] = len(abandoned) + len(stale_caches)
-        counts["orphaned"] = await self._sweep_orphans()
-        counts["evicted"] = len(await self.evict_caches())
-        return counts
-
-    async def _sweep_orphans(self) -> int:
-        """Blobs whose rows are gone (a deleted build cascades its artifact rows)."""
-        removed = 0
-        build_dirs = [n for n in await self.storage.list_children("artifacts") if n.isdigit()]
-        if build_dirs:
-            async with self.db.read() as session:
-                alive = set(
-                    (
-                        await session.exec(
-                            select(Build.id).where(col(Build.id).in_([int(n) for n in build_dirs]))
-                        )
-                    ).all()
-                )
-            for name in build_dirs:
-                if int(name) not in alive:
-                    await self.storage.delete_prefix(f"artifacts/{name}")
-                    removed += 1
-        uploads = await self.storage.list_children("uploads")
-        for name in uploads:
-            kind, _, raw = name.partition("-")
-            if not raw.isdigit() or kind not in ("artifact", "cache"):
-                continue
-            async with self.db.read() as session:
-                row = await session.get(Artifact if kind == "artifact" else CacheEntry, int(raw))
-            if row is None:
-                await self.storage.delete_prefix(f"uploads/{name}")
-                removed += 1
-        return removed
+        """One pass of retention and cleanup (app/artifacts/sweep.py)."""
+        return await sweep.sweep(self)
 
     async def run_sweeper(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                counts = await self.sweep()
-                if any(counts.values()):
-                    log.info("artifact sweep: %s", counts)
-            except (StorageError, OSError) as exc:
-                log.warning("artifact sweep failed (storage): %s", exc)
-            except Exception:
-                log.exception("artifact sweep failed")
+        await sweep.run_sweeper(self, interval)
 
 
-__all__ = ["ArtifactError", "ArtifactService", "Caller", "ObjectNotFound", "resolve_secret"]
+__all__ = ["ArtifactService"]

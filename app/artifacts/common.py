@@ -1,0 +1,114 @@
+"""What the artifact and cache services share: errors with Twirp codes, the authenticated caller,
+input validation and the Azure block-list format."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import secrets
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from app.artifacts.tokens import RuntimeClaims
+from app.config import Settings
+from app.models import BuildStatus
+
+log = logging.getLogger("app.artifacts")
+BlobKind = Literal["artifact", "cache"]
+ACTIVE = (BuildStatus.queued.value, BuildStatus.running.value)
+MAX_BLOCKLIST_BYTES = 4 * 1024 * 1024
+MAX_NAME = 255
+MAX_KEY = 512
+# An upload nobody finished within this long is abandoned: its staged blocks are swept.
+STALE_UPLOAD = timedelta(hours=6)
+
+
+class ArtifactError(Exception):
+    """A refusal with a Twirp error code (mapped to an HTTP status by the routes)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _not_found(message: str) -> ArtifactError:
+    return ArtifactError("not_found", message)
+
+
+def _invalid(message: str) -> ArtifactError:
+    return ArtifactError("invalid_argument", message)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated runtime token whose build is still active."""
+
+    claims: RuntimeClaims
+    pipeline_id: str
+    branch: str
+
+
+def resolve_secret(settings: Settings) -> str:
+    """The HMAC secret for tokens and signed URLs. Without ACTIONS_TOKEN_SECRET (or
+    K8S_MARKER_SECRET) a random one per process: fine for one replica, and tokens die on restart
+    just as the local runner's processes do."""
+    if settings.actions_token_secret:
+        return settings.actions_token_secret
+    if settings.k8s_marker_secret:
+        return hashlib.sha256(b"actions-runtime:" + settings.k8s_marker_secret.encode()).hexdigest()
+    return secrets.token_hex(32)
+
+
+def validate_name(name: str) -> str:
+    """upload-artifact's own rules (no path separators or characters invalid on some OS)."""
+    bad = set('"<>:|*?\\/\r\n\x00')
+    if not name or len(name) > MAX_NAME or any(c in bad for c in name):
+        raise _invalid(
+            f"invalid artifact name {name!r}: 1-{MAX_NAME} characters, none of "
+            '" : < > | * ? \\ / CR LF NUL'
+        )
+    return name
+
+
+def validate_cache_key(key: str) -> str:
+    if not key or len(key) > MAX_KEY or "," in key or "\x00" in key:
+        raise _invalid(f"invalid cache key: 1-{MAX_KEY} characters, no commas")
+    return key
+
+
+def _block_name(block_id: str) -> str:
+    # Azure block ids are base64 (with / + =): hashed into a safe storage key.
+    return hashlib.sha256(block_id.encode()).hexdigest()
+
+
+def parse_block_list(body: bytes) -> list[str]:
+    """The block ids of an Azure `Put Block List` body, in order."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise _invalid(f"invalid block list XML: {exc}") from None
+    if root.tag != "BlockList":
+        raise _invalid("invalid block list: the root element must be BlockList")
+    ids = [
+        (child.text or "").strip()
+        for child in root
+        if child.tag in ("Latest", "Committed", "Uncommitted")
+    ]
+    if not ids or any(not i for i in ids):
+        raise _invalid("invalid block list: no block ids")
+    return ids
+
+
+def md5_header_hex(value: str | None) -> str | None:
+    """The hex md5 of a `Content-MD5` header (base64), if one was sent."""
+    if not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True).hex()
+    except (binascii.Error, ValueError):
+        raise _invalid("Content-MD5 is not base64") from None
