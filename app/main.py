@@ -5,18 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse
 from sqlmodel import col, select
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api import builds, health, logs
+from app.api import builds, health, logs, viewer
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.db import Database
 from app.errors import ServiceError
@@ -30,6 +27,7 @@ from app.runners.base import Runner
 from app.services.notify import PgListener, asyncpg_dsn, notify_payloads
 from app.services.pipelines import PipelineClient
 from app.services.scheduler import Scheduler
+from app.ui import Compress, mount_ui
 
 log = logging.getLogger(__name__)
 WEB_DIST = PROJECT_ROOT / "web" / "dist"
@@ -135,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(builds.router, prefix=API_PREFIX)
     app.include_router(logs.router, prefix=API_PREFIX)
+    app.include_router(viewer.router, prefix=API_PREFIX)
     app.include_router(health.router)
 
     @app.exception_handler(ServiceError)
@@ -157,7 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit=settings.max_workflow_bytes * 2 + 64 * 1024)
 
-    _mount_ui(app, WEB_DIST)
+    app.add_middleware(Compress)
+    mount_ui(app, WEB_DIST)
     return app
 
 
@@ -177,23 +177,3 @@ class BodyLimit:
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
-
-
-def _mount_ui(app: FastAPI, dist: Path) -> None:
-    """Serve the built UI at / with history-mode fallback, never shadowing the API routes."""
-    if not (dist / "index.html").is_file():
-        log.warning("web UI not built (no %s): serving the API only; run `make ui`", dist)
-        return
-    if (dist / "assets").is_dir():
-        app.mount("/assets", StaticFiles(directory=dist / "assets"), name="assets")
-    index = dist / "index.html"
-    reserved = ("api/", "docs", "redoc", "openapi.json", "healthz", "readyz", "metrics")
-
-    @app.get("/{path:path}", include_in_schema=False)
-    async def _ui(path: str) -> FileResponse:
-        if path.startswith(reserved):
-            raise StarletteHTTPException(404, "Not Found")
-        candidate = (dist / path).resolve()
-        if path and candidate.is_file() and dist.resolve() in candidate.parents:
-            return FileResponse(candidate)
-        return FileResponse(index)

@@ -19,7 +19,14 @@ from app.api.deps import (
     WriterDep,
 )
 from app.errors import Invalid, TooLarge
-from app.models import BuildCreate, BuildDetail, BuildPage, BuildStatus, SnapshotPublic
+from app.models import (
+    BuildCreate,
+    BuildDetail,
+    BuildPage,
+    BuildStatus,
+    RetryRequest,
+    SnapshotPublic,
+)
 from app.services import builds as service
 from app.services.builds import NewBuild
 
@@ -109,12 +116,23 @@ async def list_builds(
     pipeline_id: str | None = None,
     status: BuildStatus | None = None,
     branch: str | None = None,
+    triggered_by: Annotated[
+        str | None, Query(max_length=255, description="Who started the build (the actor).")
+    ] = None,
     page: Annotated[int, Query(ge=1)] = 1,
     size: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> BuildPage:
-    """ListBuilds: newest first, filtered by pipeline, status and branch, paged (1-based)."""
+    """ListBuilds: newest first, filtered by pipeline, status, branch and actor
+    (`triggered_by`), paged (1-based). A page past the end is empty; `total` tells the
+    client where the last page is."""
     return await service.list_builds(
-        session, pipeline_id=pipeline_id, status=status, branch=branch, page=page, size=size
+        session,
+        pipeline_id=pipeline_id,
+        status=status,
+        branch=branch,
+        triggered_by=triggered_by,
+        page=page,
+        size=size,
     )
 
 
@@ -141,24 +159,44 @@ async def get_snapshot(
 
 @router.post("/builds/{build_id}/cancel", status_code=202, response_model=BuildDetail)
 async def cancel_build(
-    build_id: int, db: DbDep, scheduler: SchedulerDep, _caller: WriterDep
+    build_id: int, db: DbDep, scheduler: SchedulerDep, caller: WriterDep
 ) -> BuildDetail:
     """CancelBuild: a queued build is cancelled at once. A running build's processes (or
     Kubernetes Jobs) are stopped by the replica running it, which then marks running and pending
     jobs and steps `cancelled`/`skipped` and the build `cancelled`. A finished build: 409."""
     async with db.transaction() as session:
-        await service.request_cancel(session, build_id)
+        await service.request_cancel(session, build_id, by=caller.name)
     scheduler.cancel(build_id)
     async with db.read() as session:
         return await service.detail(session, build_id)
 
 
 @router.post("/builds/{build_id}/retry", status_code=201, response_model=BuildDetail)
-async def retry_build(build_id: int, db: DbDep, queue: QueueDep, caller: WriterDep) -> BuildDetail:
+async def retry_build(
+    build_id: int,
+    db: DbDep,
+    queue: QueueDep,
+    caller: WriterDep,
+    body: RetryRequest | None = None,
+) -> BuildDetail:
     """A new build from the same snapshot, variables, commit, branch and repo, with `retry_of`
-    set. Retrying a build that has not finished is a 409."""
+    set and `triggered_by` the caller's token name. Retrying a build that has not finished is a
+    409.
+
+    Without a body every job runs again. With `{"failed_only": true}` only the failed, timed
+    out, errored and cancelled jobs run again, and with `{"jobs": [...]}` only those; in both
+    cases every job that needs them (directly or not) runs too, and the other jobs keep their
+    results and logs, copied into the new build with `reused_from` set, as GitHub's "Re-run
+    failed jobs" and "Re-run job" do. Nothing to re-run is a 409; an unknown job a 422."""
+    partial = body is not None and (body.failed_only or body.jobs is not None)
     async with db.transaction() as session:
         source, yaml_text = await service.retry_source(session, build_id)
+        rerun: set[str] | None = None
+        if partial:
+            assert body is not None
+            rerun = await service.rerun_selection(
+                session, build_id, failed_only=body.failed_only, jobs=body.jobs
+            )
         new = await service.create_build(
             session,
             NewBuild(
@@ -173,7 +211,9 @@ async def retry_build(build_id: int, db: DbDep, queue: QueueDep, caller: WriterD
             ),
         )
         new_id = new.id
-    assert new_id is not None
+        assert new_id is not None
+        if rerun is not None:
+            await service.reuse_jobs(session, new_id, build_id, rerun)
     await _dispatch(queue, new_id)
     async with db.read() as session:
         return await service.detail(session, new_id)

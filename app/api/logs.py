@@ -11,6 +11,7 @@ from sse_starlette import EventSourceResponse
 
 from app.api.deps import DbDep, HubDep, ReaderDep, ReadSessionDep, SettingsDep, WriterDep
 from app.errors import Invalid, TooLarge
+from app.logs.events import LogStreamEvents
 from app.logs.stream import stream_build
 from app.models import LogAppend, LogChunkPublic, LogPage
 from app.services import logs as service
@@ -71,7 +72,20 @@ async def get_raw_logs(
     )
 
 
-@router.get("/builds/{build_id}/logs/stream")
+@router.get(
+    "/builds/{build_id}/logs/stream",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "An SSE stream; each event's JSON data is the field of "
+            "LogStreamEvents named like the event.",
+            "content": {
+                "text/event-stream": {"schema": {"$ref": "#/components/schemas/LogStreamEvents"}}
+            },
+            "model": LogStreamEvents,
+        }
+    },
+)
 async def stream_logs(
     build_id: int,
     db: DbDep,

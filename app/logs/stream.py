@@ -11,16 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 from sqlmodel import select
 from sse_starlette import ServerSentEvent
 
 from app.db import Database
-from app.logs.hub import LiveHub, LogEvent, Wakeup, sse_frame
+from app.logs.events import (
+    HubEvent,
+    LogEvent,
+    StatusEvent,
+    Wakeup,
+    end_event,
+    log_frame,
+    status_event,
+)
+from app.logs.hub import LiveHub
 from app.models import Build, BuildStatus
-from app.models.schemas import StatusEvent
 from app.services.logs import chunks_after
 
 _BATCH = 500
@@ -62,7 +69,7 @@ async def stream_build(
             batch = await chunks_after(db, build_id, last, limit=_BATCH)
             for chunk in batch:
                 last = chunk.seq
-                yield sse_frame(chunk)
+                yield log_frame(chunk)
             if len(batch) < _BATCH:
                 return
 
@@ -73,8 +80,7 @@ async def stream_build(
                 yield event
             status, _ = await _build_state(db, build_id)
             if status is not None:
-                start = StatusEvent(kind="build", build_id=build_id, status=status)
-                yield ServerSentEvent(data=start.model_dump_json(), event="status")
+                yield status_event(StatusEvent(kind="build", build_id=build_id, status=status))
             while status is not None and not status.finished:
                 with contextlib.suppress(TimeoutError):
                     # The timeout is the polling fallback for writers we get no signal from.
@@ -87,7 +93,7 @@ async def stream_build(
                     sub.lagged = False
                     while not sub.queue.empty():
                         sub.queue.get_nowait()
-                items: list[Any] = []
+                items: list[HubEvent] = []
                 while not sub.queue.empty():
                     items.append(sub.queue.get_nowait())
                 for item in items:
@@ -102,7 +108,7 @@ async def stream_build(
                         last = item.chunk.seq
                         yield item.frame
                     elif isinstance(item, StatusEvent):
-                        yield ServerSentEvent(data=item.model_dump_json(), event="status")
+                        yield status_event(item)
                         if item.kind == "build" and BuildStatus(item.status).finished:
                             status = BuildStatus(item.status)
                     elif isinstance(item, Wakeup):
@@ -116,7 +122,7 @@ async def stream_build(
             async for event in catch_up():
                 yield event
             if status is not None:
-                yield ServerSentEvent(data=f'{{"status": "{status}"}}', event="end")
+                yield end_event(status)
         finally:
             if watcher is not None:
                 watcher.cancel()

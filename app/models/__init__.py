@@ -3,6 +3,7 @@
 from app.models.schemas import (
     BuildCreate,
     BuildDetail,
+    BuildFacets,
     BuildPage,
     BuildPublic,
     EdgePublic,
@@ -10,8 +11,10 @@ from app.models.schemas import (
     LogAppend,
     LogChunkPublic,
     LogPage,
+    RetryRequest,
     SnapshotPublic,
     StepPublic,
+    WhoAmI,
 )
 from app.models.status import BuildStatus, JobStatus, StepStatus
 from app.models.tables import (
@@ -28,6 +31,7 @@ __all__ = [
     "Build",
     "BuildCreate",
     "BuildDetail",
+    "BuildFacets",
     "BuildJob",
     "BuildJobEdge",
     "BuildLogChunk",
@@ -43,7 +47,9 @@ __all__ = [
     "LogChunkPublic",
     "LogPage",
     "PipelineCounter",
+    "RetryRequest",
     "SnapshotPublic",
     "StepPublic",
     "StepStatus",
+    "WhoAmI",
 ]

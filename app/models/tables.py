@@ -59,6 +59,8 @@ class Build(SQLModel, table=True):
     # + when the id was last handed to the queue; the requeue sweep re-publishes stale ones.
     dispatched_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     idempotency_key: str | None = Field(default=None, max_length=255)
+    # + the name of the API token that asked for the cancel (shown in the UI).
+    cancelled_by: str | None = Field(default=None, max_length=255)
 
 
 class BuildSnapshot(SQLModel, table=True):
@@ -90,6 +92,8 @@ class BuildJob(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=Text)
     # + the runner's byte offset (e.g. into the pod log) up to which output is stored.
     log_offset: int = Field(default=0, sa_type=BigInteger)
+    # + set on a partial re-run: the build whose result (steps and log) this job reused.
+    reused_from: int | None = Field(default=None, sa_type=BigIntPK)
 
 
 class BuildJobEdge(SQLModel, table=True):
