@@ -197,3 +197,29 @@ async def test_rerun_refusals(client: httpx.AsyncClient) -> None:
     plain = await client.post(f"/builds/{ok['id']}/retry")
     assert plain.status_code == 201
     assert all(j["reused_from"] is None for j in plain.json()["jobs"])
+
+
+async def test_raw_log_is_named_after_the_build(client: httpx.AsyncClient) -> None:
+    matrix = workflow(
+        """
+        jobs:
+          build:
+            strategy:
+              matrix:
+                os: [linux]
+            steps:
+              - run: echo hello
+        """
+    )
+    done = await wait_for_build(client, (await create(client, matrix, pipeline_id="web.app"))["id"])
+    name = done["jobs"][0]["name"]
+    whole = await client.get(f"/builds/{done['id']}/logs/raw")
+    assert whole.headers["content-disposition"] == 'inline; filename="web.app-1.log"'
+    one = await client.get(
+        f"/builds/{done['id']}/logs/raw", params={"job": name, "step": 0, "download": True}
+    )
+    disposition = one.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="web.app-1-build')
+    assert disposition.endswith('-step0.log"')
+    assert " " not in disposition.split("filename=")[1]
+    assert "hello" in one.text

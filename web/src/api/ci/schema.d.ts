@@ -163,7 +163,9 @@ export interface paths {
         };
         /**
          * Get Raw Logs
-         * @description The whole log (or one job's, or one step's) as text/plain, streamed.
+         * @description The whole log (or one job's, or one step's) as text/plain, streamed. The
+         *     Content-Disposition names the file after the build
+         *     (`<pipeline>-<number>[-<job>][-step<n>].log`), inline unless `download` is set.
          */
         get: operations["get_raw_logs_api_v1_builds__build_id__logs_raw_get"];
         put?: never;
@@ -961,6 +963,8 @@ export interface operations {
             query?: {
                 job?: string | null;
                 step?: number | null;
+                /** @description Answer as an attachment (a file download). */
+                download?: boolean;
             };
             header?: never;
             path: {
