@@ -65,6 +65,11 @@ class BuildPublic(BaseModel):
     cancelled_by: str | None = Field(
         default=None, description="The name of the API token that cancelled the build."
     )
+    last_log_seq: int = Field(
+        default=0,
+        description="The seq of the build's last stored log chunk: a client that loads logs "
+        "page by page follows the live stream from there.",
+    )
 
 
 class StepPublic(BaseModel):

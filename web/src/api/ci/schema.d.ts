@@ -384,6 +384,12 @@ export interface components {
              * @description The name of the API token that cancelled the build.
              */
             cancelled_by?: string | null;
+            /**
+             * Last Log Seq
+             * @description The seq of the build's last stored log chunk: a client that loads logs page by page follows the live stream from there.
+             * @default 0
+             */
+            last_log_seq?: number;
             /** Yaml Sha256 */
             yaml_sha256: string;
             /** Jobs */
@@ -458,6 +464,12 @@ export interface components {
              * @description The name of the API token that cancelled the build.
              */
             cancelled_by?: string | null;
+            /**
+             * Last Log Seq
+             * @description The seq of the build's last stored log chunk: a client that loads logs page by page follows the live stream from there.
+             * @default 0
+             */
+            last_log_seq?: number;
         };
         /**
          * BuildStatus
