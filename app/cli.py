@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 
 from app.config import Settings
 
 
-def _settings() -> Settings:
+def _settings(**overrides: Any) -> Settings:
     try:
-        return Settings()
+        return Settings(**overrides)
     except ValidationError as exc:
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]).upper()
@@ -90,7 +91,8 @@ def _migrate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from app.local_run import run_workflow
 
-    return run_workflow(args)
+    # Always the local runner, whatever RUNNER says: `run` executes on this machine.
+    return run_workflow(args, _settings(runner="local"))
 
 
 def build_parser() -> argparse.ArgumentParser:

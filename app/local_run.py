@@ -16,20 +16,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from app.db import Database
+from app.config import Settings
 from app.errors import Invalid
-from app.logs.hub import LiveHub, LogEvent
-from app.logs.writer import LogWriter
-from app.metrics import Metrics
+from app.logs.hub import LogEvent
 from app.migrate import upgrade
 from app.models import BuildDetail, BuildStatus
 from app.models.schemas import StatusEvent
-from app.runners.local import LocalRunner
 from app.services import builds, state
 from app.services.builds import NewBuild
-from app.services.executor import BuildContext, BuildExecutor
+from app.services.executor import BuildExecutor
+from app.wiring import Core, running_core
 
-_MARK = {"success": "ok", "failed": "FAILED", "skipped": "skipped", "cancelled": "cancelled"}
+_MARK = {"failed": "FAILED", "skipped": "skipped", "cancelled": "cancelled"}
 
 
 def _parse_vars(pairs: list[str]) -> dict[str, str]:
@@ -72,44 +70,30 @@ def print_summary(detail: BuildDetail, out: TextIO) -> None:
         out.write(f"error: {detail.error}\n")
 
 
-async def _run(args: argparse.Namespace, out: TextIO) -> int:
+async def _run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     path = Path(args.workflow)
     try:
         yaml_text = path.read_text()
     except OSError as exc:
         out.write(f"ci-executor run: cannot read {path}: {exc.strerror}\n")
         return 2
-    with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ci-run-")))
-        url = args.database_url or f"sqlite+aiosqlite:///{tmp / 'ci.db'}"
-        await asyncio.to_thread(upgrade, url)
-        workspace = Path(args.workspace) if args.workspace else tmp / "workspaces"
-        db = Database(url)
-        hub = LiveHub(queue_size=100_000)
-        db.sinks.append(hub.publish_many)
-        metrics = Metrics()
-        writer = LogWriter(db, metrics, flush_interval=0.1, chunk_max_bytes=64 * 1024)
-        runner = LocalRunner(workspace)
-        await writer.start()
-        await runner.start()
-        try:
-            return await _execute(args, yaml_text, db, hub, writer, runner, metrics, out)
-        finally:
-            await writer.stop()
-            await runner.stop()
-            await db.dispose()
+    with tempfile.TemporaryDirectory(prefix="ci-run-") as tmpdir:
+        tmp = Path(tmpdir)
+        settings = settings.model_copy(
+            update={
+                "database_url": args.database_url or f"sqlite+aiosqlite:///{tmp / 'ci.db'}",
+                "workspace_root": Path(args.workspace) if args.workspace else tmp / "workspaces",
+                "runner": "local",
+            }
+        )
+        await asyncio.to_thread(upgrade, settings.database_url)
+        # The printer below is the hub's only subscriber: a queue this deep never makes it lag.
+        async with running_core(settings, hub_queue_size=100_000) as core:
+            return await _execute(args, yaml_text, core, out)
 
 
-async def _execute(
-    args: argparse.Namespace,
-    yaml_text: str,
-    db: Database,
-    hub: LiveHub,
-    writer: LogWriter,
-    runner: LocalRunner,
-    metrics: Metrics,
-    out: TextIO,
-) -> int:
+async def _execute(args: argparse.Namespace, yaml_text: str, core: Core, out: TextIO) -> int:
+    db, hub = core.db, core.hub
     try:
         async with db.transaction() as session:
             build = await builds.create_build(
@@ -141,9 +125,7 @@ async def _execute(
             for job in (await builds.detail(session, build_id)).jobs
             for step in job.steps
         }
-    ctx = BuildContext(
-        build_id=build_id, db=db, writer=writer, runner=runner, metrics=metrics, max_jobs=4
-    )
+    ctx = core.build_context(build_id)
     loop = asyncio.get_running_loop()
     interrupts = 0
 
@@ -191,5 +173,7 @@ async def _execute(
     return 0 if detail.status == BuildStatus.success else 1
 
 
-def run_workflow(args: argparse.Namespace) -> int:
-    return asyncio.run(_run(args, sys.stdout))
+def run_workflow(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the workflow with `settings` (from the environment) for the tuning knobs; the
+    database, the workspace and the runner (always local) come from the command line."""
+    return asyncio.run(_run(args, settings, sys.stdout))

@@ -1,11 +1,12 @@
-"""Typed dependencies: what routes need, read from app.state (set up by the lifespan)."""
+"""Typed dependencies: what routes need, read from the one `Services` container the lifespan
+stored on `app.state.services` (built by `app/wiring.py`)."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -17,28 +18,62 @@ from app.metrics import Metrics
 from app.queue.base import BuildQueue
 from app.services.pipelines import PipelineClient
 from app.services.scheduler import Scheduler
+from app.wiring import Services
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
 
 
-def get_db(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
+ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """The request's unit of work: committed when the route returns, rolled back on error."""
-    async with get_db(request).transaction() as session:
-        yield session
+def app_settings(services: ServicesDep) -> Settings:
+    """The running app's settings (not `app.config.get_settings`, which reads the environment)."""
+    return services.settings
 
 
-async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+def get_db(services: ServicesDep) -> Database:
+    return services.db
+
+
+def get_hub(services: ServicesDep) -> LiveHub:
+    return services.hub
+
+
+def get_queue(services: ServicesDep) -> BuildQueue:
+    return services.queue
+
+
+def get_scheduler(services: ServicesDep) -> Scheduler:
+    return services.scheduler
+
+
+def get_metrics(services: ServicesDep) -> Metrics:
+    return services.metrics
+
+
+def get_pipelines(services: ServicesDep) -> PipelineClient:
+    return services.pipelines
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+DbDep = Annotated[Database, Depends(get_db)]
+HubDep = Annotated[LiveHub, Depends(get_hub)]
+QueueDep = Annotated[BuildQueue, Depends(get_queue)]
+SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+PipelinesDep = Annotated[PipelineClient, Depends(get_pipelines)]
+
+
+async def get_read_session(db: DbDep) -> AsyncIterator[AsyncSession]:
     """A read-only session for GET routes (no write lock on SQLite)."""
-    async with get_db(request).read() as session:
+    async with db.read() as session:
         yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 
 
 @dataclass(frozen=True)
@@ -47,8 +82,8 @@ class Caller:
     role: str
 
 
-def _authenticate(request: Request) -> Caller:
-    tokens = get_settings(request).tokens
+def _authenticate(request: Request, settings: Settings) -> Caller:
+    tokens = settings.tokens
     if not tokens:
         return Caller(name="anonymous", role="write")
     header = request.headers.get("authorization", "")
@@ -68,36 +103,16 @@ def _authenticate(request: Request) -> Caller:
     return Caller(name=match.name, role=match.role)
 
 
-def require_read(request: Request) -> Caller:
-    return _authenticate(request)
+def require_read(request: Request, settings: SettingsDep) -> Caller:
+    return _authenticate(request, settings)
 
 
-def require_write(request: Request) -> Caller:
-    caller = _authenticate(request)
+def require_write(request: Request, settings: SettingsDep) -> Caller:
+    caller = _authenticate(request, settings)
     if caller.role != "write":
         raise HTTPException(403, f"token '{caller.name}' is read-only")
     return caller
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-DbDep = Annotated[Database, Depends(get_db)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
-ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 ReaderDep = Annotated[Caller, Depends(require_read)]
 WriterDep = Annotated[Caller, Depends(require_write)]
-
-
-def _state(name: str) -> Callable[[Request], Any]:
-    """A dependency returning one of the objects the lifespan put on app.state."""
-
-    def dep(request: Request) -> Any:
-        return getattr(request.app.state, name)
-
-    return dep
-
-
-HubDep = Annotated[LiveHub, Depends(_state("hub"))]
-QueueDep = Annotated[BuildQueue, Depends(_state("queue"))]
-SchedulerDep = Annotated[Scheduler, Depends(_state("scheduler"))]
-MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
-PipelinesDep = Annotated[PipelineClient, Depends(_state("pipelines"))]

@@ -27,8 +27,8 @@ from app.logs.events import (
     status_event,
 )
 from app.logs.hub import LiveHub
+from app.logs.store import chunks_after
 from app.models import Build, BuildStatus
-from app.services.logs import chunks_after
 
 _BATCH = 500
 

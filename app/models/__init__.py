@@ -16,30 +16,36 @@ from app.models.schemas import (
     StepPublic,
     WhoAmI,
 )
-from app.models.status import BuildStatus, JobStatus, StepStatus
+from app.models.status import BuildStatus, JobStatus
 from app.models.tables import (
     Build,
+    BuildAnnotation,
     BuildJob,
     BuildJobEdge,
     BuildLogChunk,
+    BuildOutput,
     BuildSnapshot,
     BuildStep,
+    BuildStepSummary,
     PipelineCounter,
 )
 
 __all__ = [
     "Build",
+    "BuildAnnotation",
     "BuildCreate",
     "BuildDetail",
     "BuildFacets",
     "BuildJob",
     "BuildJobEdge",
     "BuildLogChunk",
+    "BuildOutput",
     "BuildPage",
     "BuildPublic",
     "BuildSnapshot",
     "BuildStatus",
     "BuildStep",
+    "BuildStepSummary",
     "EdgePublic",
     "JobPublic",
     "JobStatus",
@@ -50,6 +56,5 @@ __all__ = [
     "RetryRequest",
     "SnapshotPublic",
     "StepPublic",
-    "StepStatus",
     "WhoAmI",
 ]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.models.status import BuildStatus, JobStatus
 
 _NAME = Field(min_length=1, max_length=255)
+EVENT_MAX_BYTES = 256 * 1024  # GitHub caps webhook payloads at 25 MB; ours live in a row
 
 
 class BuildCreate(BaseModel):
@@ -32,6 +34,25 @@ class BuildCreate(BaseModel):
         default=None, description="The workflow; read from pipeline_service when omitted."
     )
     dispatch: bool = Field(default=True, description="Publish the build id to the queue.")
+    event_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The trigger's name (`github.event_name`); defaults to `push`.",
+    )
+    event: dict[str, Any] | None = Field(
+        default=None,
+        description="The trigger's payload (`github.event`; `inputs` are read from "
+        "`event.inputs`). At most 256 KiB as JSON.",
+    )
+
+    @field_validator("event")
+    @classmethod
+    def _event_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value)) > EVENT_MAX_BYTES:
+            raise ValueError(f"event must be at most {EVENT_MAX_BYTES} bytes as JSON")
+        return value
 
     @field_validator("variables")
     @classmethod
@@ -70,6 +91,7 @@ class BuildPublic(BaseModel):
         description="The seq of the build's last stored log chunk: a client that loads logs "
         "page by page follows the live stream from there.",
     )
+    event_name: str | None = None
 
 
 class StepPublic(BaseModel):
@@ -86,6 +108,11 @@ class StepPublic(BaseModel):
 
 class JobPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+    runs_on: list[str] = Field(default_factory=list, description="The job's `runs-on` labels.")
+    environment: dict[str, Any] | None = Field(
+        default=None, description="The job's `environment` ({name, url})."
+    )
 
     id: int
     name: str
@@ -112,6 +139,7 @@ class EdgePublic(BaseModel):
 
 class BuildDetail(BuildPublic):
     yaml_sha256: str
+    event: dict[str, Any] | None = None
     jobs: list[JobPublic]
     edges: list[EdgePublic]
 
@@ -169,9 +197,10 @@ class LogAppend(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     content: str
-    seq: int | None = Field(default=None, ge=1)
+    # seq and step_index are 32-bit columns: bounded so larger values are a 422, not a 500.
+    seq: int | None = Field(default=None, ge=1, le=2**31 - 1)
     job_name: str | None = Field(default=None, max_length=255)
-    step_index: int | None = Field(default=None, ge=0)
+    step_index: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
 class LogChunkPublic(BaseModel):

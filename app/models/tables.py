@@ -61,6 +61,9 @@ class Build(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, max_length=255)
     # + the name of the API token that asked for the cancel (shown in the UI).
     cancelled_by: str | None = Field(default=None, max_length=255)
+    # + the trigger (GitHub's `github.event_name` / `github.event`; `inputs` come from the event)
+    event_name: str | None = Field(default=None, max_length=255)
+    event: dict[str, Any] | None = Field(default=None, sa_type=JSONVariant)
 
 
 class BuildSnapshot(SQLModel, table=True):
@@ -94,6 +97,9 @@ class BuildJob(SQLModel, table=True):
     log_offset: int = Field(default=0, sa_type=BigInteger)
     # + set on a partial re-run: the build whose result (steps and log) this job reused.
     reused_from: int | None = Field(default=None, sa_type=BigIntPK)
+    # + `runs-on` labels and `environment` ({name, url}), recorded to be shown
+    runs_on: list[str] = Field(default_factory=list, sa_type=JSONVariant)
+    environment: dict[str, Any] | None = Field(default=None, sa_type=JSONVariant)
 
 
 class BuildJobEdge(SQLModel, table=True):
@@ -142,3 +148,51 @@ class PipelineCounter(SQLModel, table=True):
 
     pipeline_id: str = Field(primary_key=True, max_length=255)
     last_number: int = 0
+
+
+class BuildOutput(SQLModel, table=True):
+    """+ A step output (`$GITHUB_OUTPUT`, step_index >= 0) or a job output (`outputs:`,
+    step_index = -1): what `steps.<id>.outputs` and `needs.<job>.outputs` read."""
+
+    __tablename__ = "build_outputs"
+    __table_args__ = (UniqueConstraint("build_id", "job_name", "step_index", "name"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True))
+    build_id: int = _fk_build()
+    job_name: str = Field(max_length=255)
+    step_index: int
+    name: str = Field(max_length=255)
+    value: str = Field(sa_type=Text)
+
+
+class BuildAnnotation(SQLModel, table=True):
+    """+ An `::error::`, `::warning::` or `::notice::` workflow command from a step's output."""
+
+    __tablename__ = "build_annotations"
+
+    id: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True))
+    build_id: int = _fk_build()
+    job_name: str = Field(max_length=255)
+    step_index: int
+    level: str = Field(max_length=16)
+    message: str = Field(sa_type=Text)
+    title: str | None = Field(default=None, sa_type=Text)
+    file: str | None = Field(default=None, sa_type=Text)
+    line: int | None = None
+    end_line: int | None = None
+    col: int | None = None
+    end_column: int | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class BuildStepSummary(SQLModel, table=True):
+    """+ A step's `$GITHUB_STEP_SUMMARY` Markdown."""
+
+    __tablename__ = "build_step_summaries"
+    __table_args__ = (UniqueConstraint("build_id", "job_name", "step_index"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True))
+    build_id: int = _fk_build()
+    job_name: str = Field(max_length=255)
+    step_index: int
+    content: str = Field(sa_type=Text)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlmodel import select
@@ -23,7 +22,7 @@ from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
 from app.services import state
 from app.services.plan import job_run
-from app.workflow import JobSpec, WorkflowSpec, parse_workflow
+from app.workflow import JobSpec, WorkflowSpec, graph, parse_workflow
 
 log = logging.getLogger(__name__)
 J = JobStatus
@@ -102,25 +101,22 @@ class BuildContext:
         self.wake.set()
 
 
-def _ancestors(spec: WorkflowSpec, name: str) -> set[str]:
-    seen: set[str] = set()
-    todo = list(spec.job(name).needs)
-    while todo:
-        need = todo.pop()
-        if need not in seen:
-            seen.add(need)
-            todo.extend(spec.job(need).needs)
-    return seen
-
-
-StartFn = Callable[[JobSpec], None]
-
-
 class BuildExecutor:
+    """Runs one build. Its state lives here for the life of the run: the parsed spec, each job's
+    status, the tasks following running jobs, and the graph facts computed once."""
+
     def __init__(self, ctx: BuildContext) -> None:
         self.ctx = ctx
         self._job_cancels: dict[str, asyncio.Event] = {}
         self._keys: dict[str, str] = {}
+        self._build: Build | None = None
+        self._spec: WorkflowSpec | None = None
+        self._secrets: frozenset[str] = frozenset()
+        self._jobs: dict[str, JobSpec] = {}
+        self._needs: dict[str, tuple[str, ...]] = {}
+        self._ancestors: dict[str, frozenset[str]] = {}
+        self._statuses: dict[str, JobStatus] = {}
+        self._tasks: dict[str, asyncio.Task[JobResult]] = {}
 
     async def run(self, *, resume: bool = False) -> None:
         ctx = self.ctx
@@ -139,54 +135,52 @@ class BuildExecutor:
             return
         if build.cancel_requested_at is not None:
             ctx.cancel.set()
-        spec = parse_workflow(snapshot.workflow_yaml)
-        secrets = secret_names(build.variables)
-        for name in secrets:
+        self._build = build
+        self._spec = spec = parse_workflow(snapshot.workflow_yaml)
+        self._secrets = secret_names(build.variables)
+        for name in self._secrets:
             ctx.masker.add(build.variables[name])
-        statuses = {row.name: J(row.status) for row in rows}
+        self._statuses = {row.name: J(row.status) for row in rows}
+        self._jobs = {job.name: job for job in spec.jobs}
         self._keys = {job.name: job.key for job in spec.jobs}
-        tasks: dict[str, asyncio.Task[JobResult]] = {}
-        jobs_by_name = {job.name: job for job in spec.jobs}
+        self._needs = {job.name: job.needs for job in spec.jobs}
+        self._ancestors = graph.ancestors([job.name for job in spec.jobs], self._needs)
 
-        def start(job: JobSpec, reattach: bool = False) -> None:
-            run = job_run(build, spec, job, secrets)
-            tasks[job.name] = asyncio.create_task(
-                self._run_job(run, reattach=reattach), name=f"job {job.name}"
-            )
-
-        for name, status in statuses.items():
+        for name, status in self._statuses.items():
             if status == J.running:
-                start(jobs_by_name[name], resume)
+                self._start(self._jobs[name], reattach=resume)
         try:
-            await self._walk(spec, statuses, tasks, start)
+            await self._walk()
         except asyncio.CancelledError:
             # The scheduler detaches (shutdown with a re-attachable runner): stop following the
             # jobs without recording anything, so the next owner picks them up as they are.
-            for task in tasks.values():
+            for task in self._tasks.values():
                 task.cancel()
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             raise
         if not ctx.detach:
-            await self._finish(statuses)
+            await self._finish()
 
-    async def _walk(
-        self,
-        spec: WorkflowSpec,
-        statuses: dict[str, JobStatus],
-        tasks: dict[str, asyncio.Task[JobResult]],
-        start: StartFn,
-    ) -> None:
+    def _start(self, job: JobSpec, *, reattach: bool = False) -> None:
+        assert self._build is not None
+        assert self._spec is not None
+        run = job_run(self._build, self._spec, job, self._secrets)
+        self._tasks[job.name] = asyncio.create_task(
+            self._run_job(run, reattach=reattach), name=f"job {job.name}"
+        )
+
+    async def _walk(self) -> None:
         """Start jobs as their needs finish until nothing runs and nothing can start."""
         ctx = self.ctx
-        jobs_by_name = {job.name: job for job in spec.jobs}
+        statuses, tasks = self._statuses, self._tasks
         cancelling = False
         while True:
             if ctx.cancel.is_set():
                 if not cancelling:
                     cancelling = True
-                    await self._cancel_pending(statuses)
+                    await self._cancel_pending()
             else:
-                await self._start_ready(spec, statuses, start)
+                await self._start_ready()
             if not tasks:
                 break
             ctx.wake.clear()
@@ -201,78 +195,71 @@ class BuildExecutor:
                     result = task.result()
                     statuses[name] = J(result.status)
                     if result.status in ("failed", "timed_out", "error"):
-                        await self._fail_fast(jobs_by_name[name], statuses, tasks)
+                        await self._fail_fast(self._jobs[name])
             if ctx.detach and not tasks:
                 return
 
-    async def _start_ready(
-        self,
-        spec: WorkflowSpec,
-        statuses: dict[str, JobStatus],
-        start: StartFn,
-    ) -> None:
+    async def _start_ready(self) -> None:
+        statuses = self._statuses
         running = sum(1 for s in statuses.values() if s == J.running)
-        for job in spec.jobs:
-            if statuses[job.name] != J.pending:
-                continue
-            needs = [statuses[n] for n in job.needs]
-            if any(not s.finished for s in needs):
-                continue
-            success = all(s == J.success for s in needs)
-            failure = any(statuses[a].is_failure for a in _ancestors(spec, job.name))
+        # Jobs are in topological order, so a job skipped here is decided before its dependents
+        # are looked at in the same pass.
+        candidates = graph.ready(
+            list(self._jobs),
+            self._needs,
+            is_pending=lambda n: statuses[n] == J.pending,
+            is_finished=lambda n: statuses[n].finished,
+        )
+        for name in candidates:
+            job = self._jobs[name]
+            success = all(statuses[n] == J.success for n in job.needs)
+            failure = any(statuses[a].is_failure for a in self._ancestors[name])
             if not job.condition.evaluate(success=success, failure=failure, cancelled=False):
                 async with self.ctx.db.transaction() as session:
-                    await state.job(session, self.ctx.build_id, job.name, J.skipped)
-                    await state.steps(session, self.ctx.build_id, J.skipped, job_name=job.name)
-                # Jobs needing this one come later in the topological order: decided this pass.
-                statuses[job.name] = J.skipped
+                    await state.job(session, self.ctx.build_id, name, J.skipped)
+                    await state.steps(session, self.ctx.build_id, J.skipped, job_name=name)
+                statuses[name] = J.skipped
                 continue
             if running >= self.ctx.max_jobs:
                 continue
             if job.max_parallel is not None:
                 siblings = [
-                    j for j in spec.jobs if j.key == job.key and statuses[j.name] == J.running
+                    n for n, k in self._keys.items() if k == job.key and statuses[n] == J.running
                 ]
                 if len(siblings) >= job.max_parallel:
                     continue
             async with self.ctx.db.transaction() as session:
-                moved = await state.job(session, self.ctx.build_id, job.name, J.running)
+                moved = await state.job(session, self.ctx.build_id, name, J.running)
             if not moved:
                 continue
-            statuses[job.name] = J.running
+            statuses[name] = J.running
             running += 1
-            start(job)
+            self._start(job)
 
-    async def _fail_fast(
-        self,
-        job: JobSpec,
-        statuses: dict[str, JobStatus],
-        tasks: dict[str, asyncio.Task[JobResult]],
-    ) -> None:
+    async def _fail_fast(self, job: JobSpec) -> None:
         if job.matrix is None or not job.fail_fast:
             return
+        statuses, tasks = self._statuses, self._tasks
         siblings = [n for n in statuses if n != job.name and self._keys.get(n) == job.key]
-        await self._cancel_pending_jobs([n for n in siblings if statuses[n] == J.pending], statuses)
+        await self._cancel_pending_jobs([n for n in siblings if statuses[n] == J.pending])
         for name in siblings:
             event = self._job_cancels.get(name)  # absent: that sibling already ended
             if name in tasks and event is not None:
                 event.set()
 
-    async def _cancel_pending(self, statuses: dict[str, JobStatus]) -> None:
+    async def _cancel_pending(self) -> None:
         for event in self._job_cancels.values():
             event.set()
-        await self._cancel_pending_jobs(
-            [n for n, s in statuses.items() if s == J.pending], statuses
-        )
+        await self._cancel_pending_jobs([n for n, s in self._statuses.items() if s == J.pending])
         await self.ctx.runner.cancel_build(self.ctx.build_id)
 
-    async def _cancel_pending_jobs(self, names: list[str], statuses: dict[str, JobStatus]) -> None:
+    async def _cancel_pending_jobs(self, names: list[str]) -> None:
         """Jobs that never started become `cancelled`, their steps `skipped`."""
         if not names:
             return
         async with self.ctx.db.transaction() as session:
             for name in await state.jobs(session, self.ctx.build_id, J.cancelled, names=names):
-                statuses[name] = J.cancelled
+                self._statuses[name] = J.cancelled
                 await state.steps(session, self.ctx.build_id, J.skipped, job_name=name)
 
     async def _run_job(self, run: JobRun, *, reattach: bool) -> JobResult:
@@ -303,10 +290,10 @@ class BuildExecutor:
             await state.steps(session, ctx.build_id, leftover, job_name=name)
         return result
 
-    async def _finish(self, statuses: dict[str, JobStatus]) -> None:
+    async def _finish(self) -> None:
         ctx = self.ctx
         await ctx.writer.flush(ctx.build_id)
-        values = set(statuses.values())
+        values = set(self._statuses.values())
         if ctx.cancel.is_set():
             final, error = BuildStatus.cancelled, None
         elif J.error in values:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from app.models import Build
 from app.runners.base import JobRun, StepRun
 from app.workflow import Condition, JobSpec, WorkflowSpec
+from app.workflow.parser import CHECKOUT
+from app.workflow.spec import Flag, Minutes
 
 # Values reach git only through the environment, never spliced into the script.
 CHECKOUT_SCRIPT = """\
@@ -36,26 +38,44 @@ class PlannedStep:
     working_directory: str | None
 
 
+def _flag(value: Flag) -> bool:
+    # Expressions are evaluated by the runtime (app/workflow/runtime.py); here only literals.
+    return value if isinstance(value, bool) else value.strip().lower() == "true"
+
+
+def _minutes(value: Minutes) -> float | None:
+    return value if isinstance(value, float | int) else None
+
+
+def has_checkout(job: JobSpec) -> bool:
+    return any(step.uses is not None and CHECKOUT.fullmatch(step.uses) for step in job.steps)
+
+
 def planned_steps(job: JobSpec, *, checkout: bool) -> list[PlannedStep]:
+    """The job's steps as run: an implicit checkout first when the build has a repository and
+    the job does not check out itself (GitHub never adds one; we do for `repo_url` builds)."""
     steps: list[PlannedStep] = []
-    if checkout:
+    if checkout and not has_checkout(job):
         steps.append(
             PlannedStep(
                 0, "checkout", CHECKOUT_SCRIPT, "sh", {}, Condition.default(), False, None, None
             )
         )
     for spec in job.steps:
+        script, shell = spec.run, spec.shell or job.defaults.shell or "bash"
+        if spec.uses is not None:
+            script, shell = CHECKOUT_SCRIPT, "sh"
         steps.append(
             PlannedStep(
                 index=len(steps),
                 name=spec.name,
-                script=spec.run,
-                shell=spec.shell,
+                script=script,
+                shell=shell,
                 env=dict(spec.env),
                 condition=spec.condition,
-                continue_on_error=spec.continue_on_error,
-                timeout_minutes=spec.timeout_minutes,
-                working_directory=spec.working_directory,
+                continue_on_error=_flag(spec.continue_on_error),
+                timeout_minutes=_minutes(spec.timeout_minutes),
+                working_directory=spec.working_directory or job.defaults.working_directory,
             )
         )
     return steps
@@ -96,7 +116,7 @@ def job_run(build: Build, spec: WorkflowSpec, job: JobSpec, secret_names: frozen
         )
         for p in planned_steps(job, checkout=bool(build.repo_url))
     )
-    minutes = job.timeout_minutes or _DEFAULT_JOB_TIMEOUT_MINUTES
+    minutes = _minutes(job.timeout_minutes) or _DEFAULT_JOB_TIMEOUT_MINUTES
     return JobRun(
         build_id=build.id,
         job_name=job.name,
@@ -104,4 +124,7 @@ def job_run(build: Build, spec: WorkflowSpec, job: JobSpec, secret_names: frozen
         timeout_seconds=minutes * 60,
         steps=steps,
         secret_names=secret_names,
+        runs_on=job.runs_on,
+        services=job.services,
+        kubernetes=job.kubernetes,
     )

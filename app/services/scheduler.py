@@ -19,20 +19,19 @@ import os
 import socket
 import uuid
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, update
 from sqlmodel import col, or_, select
 
-from app.config import Settings
-from app.db import Database
-from app.logs.writer import LogWriter
-from app.metrics import Metrics
 from app.models import Build, BuildStatus
 from app.models.types import utcnow
 from app.queue.base import BuildQueue
-from app.runners.base import Runner
 from app.services import state
 from app.services.executor import BuildContext, BuildExecutor
+
+if TYPE_CHECKING:  # app.wiring builds the Scheduler from its Core
+    from app.wiring import Core
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +45,15 @@ def replica_id() -> str:
 
 
 class Scheduler:
-    def __init__(
-        self,
-        *,
-        db: Database,
-        queue: BuildQueue,
-        runner: Runner,
-        writer: LogWriter,
-        metrics: Metrics,
-        settings: Settings,
-        owner: str | None = None,
-    ) -> None:
-        self.db = db
+    def __init__(self, core: Core, queue: BuildQueue, *, owner: str | None = None) -> None:
+        self.core = core
+        self.db = core.db
         self.queue = queue
-        self.runner = runner
-        self.writer = writer
-        self.metrics = metrics
-        self.settings = settings
+        self.runner = core.runner
+        self.metrics = core.metrics
+        self.settings = core.settings
         self.owner = owner or replica_id()
-        self._slots = asyncio.Semaphore(settings.max_concurrent_builds)
+        self._slots = asyncio.Semaphore(core.settings.max_concurrent_builds)
         self._running: dict[int, tuple[BuildContext, asyncio.Task[None]]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -109,10 +98,6 @@ class Scheduler:
                 .values(lease_expires_at=utcnow())
             )
 
-    @property
-    def running_builds(self) -> list[int]:
-        return list(self._running)
-
     def cancel(self, build_id: int) -> bool:
         """Signal an in-process cancel; returns whether this replica runs the build."""
         entry = self._running.get(build_id)
@@ -153,14 +138,7 @@ class Scheduler:
         return True
 
     def _spawn(self, build_id: int, *, resume: bool) -> None:
-        ctx = BuildContext(
-            build_id=build_id,
-            db=self.db,
-            writer=self.writer,
-            runner=self.runner,
-            metrics=self.metrics,
-            max_jobs=self.settings.max_concurrent_jobs,
-        )
+        ctx = self.core.build_context(build_id)
         task = asyncio.create_task(self._execute(ctx, resume=resume), name=f"build {build_id}")
         self._running[build_id] = (ctx, task)
         self.metrics.running_builds.inc()

@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-Combination = dict[str, str]
+Combination = dict[str, Any]  # values: strings (scalars as text), lists or mappings
 
 # GitHub's limit; also what keeps a typo like a 20-value axis times four others from flooding the
 # queue with jobs.
@@ -29,15 +31,15 @@ MAX_COMBINATIONS = 256
 MATRIX_REFERENCE = re.compile(r"\$\{\{\s*matrix\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}")
 
 
-def product_size(axes: Mapping[str, Sequence[str]]) -> int:
+def product_size(axes: Mapping[str, Sequence[Any]]) -> int:
     """How many base combinations the axes produce, before exclude and include."""
     return math.prod(len(values) for values in axes.values()) if axes else 0
 
 
 def expand_matrix(
-    axes: Mapping[str, Sequence[str]],
-    include: Sequence[Mapping[str, str]] = (),
-    exclude: Sequence[Mapping[str, str]] = (),
+    axes: Mapping[str, Sequence[Any]],
+    include: Sequence[Mapping[str, Any]] = (),
+    exclude: Sequence[Mapping[str, Any]] = (),
 ) -> list[Combination]:
     """All combinations, base ones first (product order), then include-only ones.
 
@@ -64,7 +66,7 @@ def expand_matrix(
 
 
 def key_order(
-    axes: Mapping[str, Sequence[str]], include: Sequence[Mapping[str, str]] = ()
+    axes: Mapping[str, Sequence[Any]], include: Sequence[Mapping[str, Any]] = ()
 ) -> list[str]:
     """Axis keys in matrix order, then include-only keys in order of first appearance."""
     order = list(axes)
@@ -73,14 +75,19 @@ def key_order(
     return order
 
 
-def combination_name(job_key: str, combination: Mapping[str, str]) -> str:
+def value_text(value: Any) -> str:
+    """A matrix value in a name or a template: strings as they are, lists and mappings as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def combination_name(job_key: str, combination: Mapping[str, Any]) -> str:
     """GitHub's name for a matrix job: `test (3.11, ubuntu)`."""
-    return f"{job_key} ({', '.join(combination.values())})"
+    return f"{job_key} ({', '.join(value_text(v) for v in combination.values())})"
 
 
-def substitute(text: str, combination: Mapping[str, str]) -> str:
+def substitute(text: str, combination: Mapping[str, Any]) -> str:
     """Replace `${{ matrix.<key> }}`; a key this combination lacks becomes "" (as on GitHub)."""
-    return MATRIX_REFERENCE.sub(lambda m: combination.get(m.group(1), ""), text)
+    return MATRIX_REFERENCE.sub(lambda m: value_text(combination.get(m.group(1), "")), text)
 
 
 def references(text: str) -> list[str]:
@@ -88,7 +95,7 @@ def references(text: str) -> list[str]:
     return MATRIX_REFERENCE.findall(text)
 
 
-def _matches(combination: Mapping[str, str], entry: Mapping[str, str]) -> bool:
+def _matches(combination: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
     return all(combination.get(k) == v for k, v in entry.items())
 
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any
 
 from app.workflow.conditions import Condition
 
-Shell = Literal["bash", "sh"]
+if TYPE_CHECKING:  # app.runners.base imports app.workflow: only the types are needed here
+    from app.runners.base import KubernetesOptions, ServiceContainer
+
+# A `shell:` value: bash, sh, python, pwsh, powershell, or a custom template containing `{0}`.
+Shell = str
+# A value GitHub lets be an expression: the literal, or the `${{ }}` text evaluated at run time.
+Flag = bool | str
+Minutes = float | str | None
 
 
 @dataclass(frozen=True)
@@ -31,16 +38,39 @@ class WorkflowError(ValueError):
 
 
 @dataclass(frozen=True)
+class RunDefaults:
+    """`defaults.run`: what a `run:` step uses when it names no shell or working directory."""
+
+    shell: Shell | None = None
+    working_directory: str | None = None
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    group: str
+    cancel_in_progress: Flag = False
+
+
+@dataclass(frozen=True)
 class StepSpec:
     index: int  # 0-based position in the job (after a checkout step is prepended, if any)
-    name: str  # `name:` or the first line of `run`, matrix-substituted
-    run: str  # matrix-substituted script text
+    name: str  # `name:` or the first line of `run` (or `uses`), matrix-substituted
+    run: str  # matrix-substituted script text ("" for a `uses:` step)
     env: dict[str, str] = field(default_factory=dict)  # the step's own `env:` only
     condition: Condition = field(default_factory=lambda: Condition.default())
-    continue_on_error: bool = False
-    timeout_minutes: float | None = None
+    continue_on_error: Flag = False
+    timeout_minutes: Minutes = None
     working_directory: str | None = None
-    shell: Shell = "bash"
+    shell: Shell | None = None  # None: the job's, then the workflow's `defaults.run`, then bash
+    id: str | None = None
+    uses: str | None = None  # `actions/checkout@v4`, `./path/to/action`
+    with_: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,12 +82,20 @@ class JobSpec:
     needs: tuple[str, ...]  # expanded names of the jobs this one needs directly
     steps: tuple[StepSpec, ...]
     condition: Condition = field(default_factory=lambda: Condition.default())
-    image: str | None = None
+    image: str | None = None  # `image:` or `container:` (its image)
     env: dict[str, str] = field(default_factory=dict)  # the job's own `env:` only
-    timeout_minutes: float | None = None
-    matrix: dict[str, str] | None = None  # this combination's values, None for plain jobs
+    timeout_minutes: Minutes = None
+    matrix: dict[str, Any] | None = None  # this combination's values, None for plain jobs
     fail_fast: bool = True  # matrix only: a failure cancels still-running siblings
     max_parallel: int | None = None  # matrix only: at most this many siblings run at once
+    runs_on: tuple[str, ...] = ()
+    environment: Environment | None = None
+    outputs: dict[str, str] = field(default_factory=dict)  # name -> template
+    continue_on_error: Flag = False
+    defaults: RunDefaults = field(default_factory=RunDefaults)
+    concurrency: Concurrency | None = None
+    services: tuple[ServiceContainer, ...] = ()
+    kubernetes: KubernetesOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +103,9 @@ class WorkflowSpec:
     name: str | None
     env: dict[str, str]
     jobs: tuple[JobSpec, ...]  # in topological order (JobSpec.index == position)
+    run_name: str | None = None
+    defaults: RunDefaults = field(default_factory=RunDefaults)
+    concurrency: Concurrency | None = None
 
     def job(self, name: str) -> JobSpec:
         for job in self.jobs:

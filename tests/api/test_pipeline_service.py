@@ -79,7 +79,9 @@ async def test_pipeline_service_errors(client: httpx.AsyncClient) -> None:
 
 
 async def test_unreachable_pipeline_service_is_502(client: httpx.AsyncClient, app: Any) -> None:
-    app.state.pipelines.base_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    app.state.services.pipelines.base_url = (
+        f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    )
     response = await _post(client, "good")
     assert response.status_code == 502
     assert "unreachable" in response.json()["detail"]

@@ -16,6 +16,7 @@ from app.workflow import (
     parse_condition,
     parse_workflow,
 )
+from app.workflow.checks import JOB_KEYS, STEP_KEYS, WORKFLOW_KEYS
 
 Found = list[tuple[int, int, str]]
 
@@ -121,7 +122,7 @@ def test_defaults() -> None:
     )
     step = job.steps[0]
     assert (step.shell, step.continue_on_error, step.timeout_minutes, step.working_directory) == (
-        "bash",
+        None,
         False,
         None,
         None,
@@ -292,14 +293,16 @@ def test_topological_order(jobs: dict[str, list[str]], expected: list[str]) -> N
 
 # --- problems, one at a time -------------------------------------------------------------------
 
-ALLOWED_TOP = "allowed keys: name, env, jobs, on"
-ALLOWED_JOB = "allowed keys: name, image, env, timeout-minutes, if, needs, strategy, steps"
-ALLOWED_STEP = (
-    "allowed keys: name, run, env, timeout-minutes, continue-on-error, working-directory, shell, if"
-)
+ALLOWED_TOP = "allowed keys: " + ", ".join(WORKFLOW_KEYS)
+ALLOWED_JOB = "allowed keys: " + ", ".join(JOB_KEYS)
+ALLOWED_STEP = "allowed keys: " + ", ".join(STEP_KEYS)
 BAD_ID = "it must start with a letter or '_' and contain only letters, digits, '_' and '-'"
 BAD_ENV_NAME = "(it must be a non-empty string without '=')"
-USES = "step 1 of job 'a': actions are not supported (`uses:`); write a `run:` step instead"
+USES = (
+    "step 1 of job 'a' uses 'actions/setup-python@v5': actions other than the built-in checkout "
+    "are not supported yet (supported: actions/checkout@<ref> (built in)); write a `run:` step "
+    "instead"
+)
 GOOD_JOB = "  ok:\n    steps: [{run: x}]\n"
 
 PROBLEM_CASES: list[tuple[str, str, Found]] = [
@@ -404,8 +407,15 @@ PROBLEM_CASES: list[tuple[str, str, Found]] = [
     ),
     (
         "unknown-top-key",
-        "jobs:\n" + GOOD_JOB + "permissions: read-all\n",
-        [(4, 1, f"unknown key 'permissions' in the workflow; {ALLOWED_TOP}")],
+        "jobs:\n" + GOOD_JOB + "permision: read-all\n",
+        [
+            (
+                4,
+                1,
+                "unknown key 'permision' in the workflow (did you mean 'permissions'?); "
+                + ALLOWED_TOP,
+            )
+        ],
     ),
     (
         "name-not-string",
@@ -498,18 +508,19 @@ PROBLEM_CASES: list[tuple[str, str, Found]] = [
     ),
     (
         "job-unknown-key",
-        "jobs:\n  a:\n    steps: [{run: x}]\n    services: {}\n",
-        [(4, 5, f"unknown key 'services' in job 'a'; {ALLOWED_JOB}")],
+        "jobs:\n  a:\n    steps: [{run: x}]\n    service: {}\n",
+        [(4, 5, f"unknown key 'service' in job 'a' (did you mean 'services'?); {ALLOWED_JOB}")],
     ),
     (
-        "job-runs-on-hint",
-        "jobs:\n  a:\n    runs-on: ubuntu-latest\n    steps: [{run: x}]\n",
+        # issue 11: `runs-on` is accepted now; a reusable workflow is refused clearly
+        "job-uses-reusable-workflow",
+        "jobs:\n  a:\n    runs-on: ubuntu-latest\n    uses: o/r/.github/workflows/x.yml@v1\n",
         [
             (
-                3,
+                4,
                 5,
-                "unknown key 'runs-on' in job 'a' (use `image:` to choose the container image); "
-                + ALLOWED_JOB,
+                "job 'a': reusable workflows (`uses:` on a job) are not supported yet; "
+                "copy the called workflow's jobs into this one",
             )
         ],
     ),
@@ -635,7 +646,7 @@ PROBLEM_CASES: list[tuple[str, str, Found]] = [
     (
         "step-without-run",
         "jobs:\n  a:\n    steps:\n      - name: build\n        shell: sh\n",
-        [(4, 9, "step 1 of job 'a' has no `run`")],
+        [(4, 9, "step 1 of job 'a' has neither `run` nor `uses`")],
     ),
     (
         "step-run-empty",
@@ -654,31 +665,18 @@ PROBLEM_CASES: list[tuple[str, str, Found]] = [
     ),
     (
         "step-uses",
-        "jobs:\n  a:\n    steps:\n      - uses: actions/checkout@v4\n        with: {depth: 1}\n",
-        [
-            (
-                4,
-                9,
-                USES,
-            ),
-            (5, 9, f"unknown key 'with' in step 1 of job 'a'; {ALLOWED_STEP}"),
-        ],
+        "jobs:\n  a:\n    steps:\n      - uses: actions/setup-python@v5\n        with: {d: 1}\n",
+        [(4, 15, USES)],
     ),
     (
         "step-uses-and-run",
         "jobs:\n  a:\n    steps:\n      - run: make\n        uses: x\n",
-        [
-            (
-                5,
-                9,
-                USES,
-            )
-        ],
+        [(5, 9, "step 1 of job 'a' has both `run` and `uses`; use one")],
     ),
     (
         "step-unknown-key",
-        "jobs:\n  a:\n    steps:\n      - run: make\n        id: build\n",
-        [(5, 9, f"unknown key 'id' in step 1 of job 'a'; {ALLOWED_STEP}")],
+        "jobs:\n  a:\n    steps:\n      - run: make\n        ids: build\n",
+        [(5, 9, f"unknown key 'ids' in step 1 of job 'a' (did you mean 'id'?); {ALLOWED_STEP}")],
     ),
     (
         "step-name-empty",
@@ -709,8 +707,15 @@ PROBLEM_CASES: list[tuple[str, str, Found]] = [
     ),
     (
         "step-shell",
-        "jobs:\n  a:\n    steps:\n      - run: make\n        shell: pwsh\n",
-        [(5, 16, "`shell` of step 1 of job 'a' must be one of bash, sh, not 'pwsh'")],
+        "jobs:\n  a:\n    steps:\n      - run: make\n        shell: zsh\n",
+        [
+            (
+                5,
+                16,
+                "`shell` of step 1 of job 'a' must be one of bash, sh, python, pwsh, powershell "
+                "or a command template containing {0} (e.g. 'perl {0}'), not 'zsh'",
+            )
+        ],
     ),
     (
         "step-working-directory",
@@ -872,7 +877,7 @@ def test_every_problem_is_reported_in_document_order() -> None:
             runs-on: ubuntu-latest
             timeout-minutes: 0
             steps:
-              - uses: actions/checkout@v4
+              - uses: actions/cache@v4
               - run: make
                 shell: zsh
                 if: github.ref == 'main'
@@ -888,9 +893,8 @@ def test_every_problem_is_reported_in_document_order() -> None:
     found = problems(text)
     assert [(line, column) for line, column, _ in found] == [
         (2, 1),
-        (5, 5),
         (6, 22),
-        (8, 9),
+        (8, 15),
         (10, 16),
         (11, 13),
         (13, 20),
@@ -901,11 +905,11 @@ def test_every_problem_is_reported_in_document_order() -> None:
     ]
     messages = [message for _, _, message in found]
     assert messages[0].startswith("unknown key 'triggers' in the workflow")
-    assert messages[3].startswith("step 1 of job 'build': actions are not supported")
-    assert messages[6] == "job 'test' needs 'lint', which does not exist"
-    assert messages[8] == "job 'deploy' has no `steps`"
-    assert messages[9] == "job 'deploy' needs itself"
-    assert messages[10].startswith("job id '9lives' is not valid")
+    assert messages[2].startswith("step 1 of job 'build' uses 'actions/cache@v4'")
+    assert messages[5] == "job 'test' needs 'lint', which does not exist"
+    assert messages[7] == "job 'deploy' has no `steps`"
+    assert messages[8] == "job 'deploy' needs itself"
+    assert messages[9].startswith("job id '9lives' is not valid")
 
 
 def test_error_carries_problems_and_a_readable_message() -> None:
@@ -962,4 +966,105 @@ def test_a_problem_in_a_merged_key_points_at_the_merging_mapping() -> None:
     assert problems(MERGED.format(timeout=0)) == [
         (4, 22, "`timeout-minutes` of job 'a' must be a number greater than 0, not 0"),
         (8, 5, "`timeout-minutes` of job 'b' must be a number greater than 0, not 0"),
+    ]
+
+
+REAL_WORLD = """\
+name: CI
+on:
+  push: {branches: [main]}
+  pull_request:
+permissions:
+  contents: read
+concurrency:
+  group: ci-${{ github.ref }}
+  cancel-in-progress: true
+defaults:
+  run:
+    shell: bash
+    working-directory: src
+env:
+  FORCE_COLOR: "1"
+jobs:
+  test:
+    name: Test ${{ matrix.python }}
+    runs-on: ${{ matrix.os }}
+    permissions: read-all
+    environment: {name: staging, url: "https://staging.example.com"}
+    timeout-minutes: 30
+    continue-on-error: ${{ matrix.experimental }}
+    container:
+      image: python:3.12
+      options: --user 1001
+    services:
+      postgres:
+        image: postgres:16
+        env: {POSTGRES_PASSWORD: pw}
+        ports: ["5432:5432"]
+    kubernetes:
+      resources: {requests: {cpu: 500m}, limits: {memory: 1Gi}}
+      node-selector: {pool: ci}
+    outputs:
+      version: ${{ steps.v.outputs.version }}
+    strategy:
+      fail-fast: false
+      matrix:
+        os: [ubuntu-latest]
+        python: ["3.11", "3.12"]
+        experimental: [false]
+    steps:
+      - uses: actions/checkout@v4
+        with: {fetch-depth: 0}
+      - id: v
+        run: echo "version=1" >> "$GITHUB_OUTPUT"
+        shell: python3 {0}
+"""
+
+
+def test_real_world_keys_are_accepted_with_their_meaning() -> None:
+    spec = parse_workflow(REAL_WORLD)
+    assert spec.defaults.shell == "bash"
+    assert spec.defaults.working_directory == "src"
+    assert spec.concurrency is not None
+    assert spec.concurrency.cancel_in_progress is True
+    first = spec.jobs[0]
+    assert first.name == "test (ubuntu-latest, 3.11, false)"
+    assert first.display_name == "Test 3.11"
+    assert first.runs_on == ("ubuntu-latest",)
+    assert first.environment is not None
+    assert (first.environment.name, first.environment.url) == (
+        "staging",
+        "https://staging.example.com",
+    )
+    assert first.image == "python:3.12"
+    assert first.continue_on_error == "false"  # matrix-substituted, evaluated at run time
+    assert [(s.name, s.image, s.ports) for s in first.services] == [
+        ("postgres", "postgres:16", (5432,))
+    ]
+    assert first.kubernetes is not None
+    assert first.kubernetes.resources == {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}}
+    assert first.kubernetes.node_selector == {"pool": "ci"}
+    assert first.outputs == {"version": "${{ steps.v.outputs.version }}"}
+    checkout, version = first.steps
+    assert (checkout.uses, checkout.with_, checkout.name) == (
+        "actions/checkout@v4",
+        {"fetch-depth": "0"},
+        "Run actions/checkout@v4",
+    )
+    assert (version.id, version.shell) == ("v", "python3 {0}")
+
+
+def test_job_and_step_limits_are_checked_before_anything_else() -> None:
+    many_jobs = "jobs:\n" + "".join(f"  j{i}:\n    steps: [{{run: x}}]\n" for i in range(257))
+    assert problems(many_jobs) == [(2, 3, "the workflow has 257 jobs; the limit is 256")]
+    many_steps = "jobs:\n  a:\n    steps:\n" + "      - run: x\n" * 1001
+    assert problems(many_steps) == [(4, 7, "job 'a' has 1001 steps; the limit is 1000")]
+    matrix = (
+        "jobs:\n  a:\n    strategy: {matrix: {x: [" + ", ".join(map(str, range(200))) + "]}}\n"
+        "    steps: [{run: x}]\n  b:\n    strategy: {matrix: {y: ["
+        + ", ".join(map(str, range(100)))
+        + "]}}\n    steps: [{run: x}]\n"
+    )
+    assert problems(matrix) == [
+        (2, 3, "the workflow expands to 300 jobs (matrix combinations counted); the limit is 256")
     ]

@@ -137,7 +137,9 @@ export interface paths {
         /**
          * Get Logs
          * @description GetBuildLogs: chunks after `offset` in seq order, optionally of one job (and step).
-         *     `complete` is true once the build is finished and nothing follows.
+         *     A page holds at most `limit` chunks and about 4 MB of content (at least one chunk);
+         *     continue from `next_offset`. `complete` is true once the build is finished and nothing
+         *     follows.
          */
         get: operations["get_logs_api_v1_builds__build_id__logs_get"];
         put?: never;
@@ -339,6 +341,18 @@ export interface components {
              * @default true
              */
             dispatch?: boolean;
+            /**
+             * Event Name
+             * @description The trigger's name (`github.event_name`); defaults to `push`.
+             */
+            event_name?: string | null;
+            /**
+             * Event
+             * @description The trigger's payload (`github.event`; `inputs` are read from `event.inputs`). At most 256 KiB as JSON.
+             */
+            event?: {
+                [key: string]: unknown;
+            } | null;
         };
         /** BuildDetail */
         BuildDetail: {
@@ -390,8 +404,14 @@ export interface components {
              * @default 0
              */
             last_log_seq?: number;
+            /** Event Name */
+            event_name?: string | null;
             /** Yaml Sha256 */
             yaml_sha256: string;
+            /** Event */
+            event?: {
+                [key: string]: unknown;
+            } | null;
             /** Jobs */
             jobs: components["schemas"]["JobPublic"][];
             /** Edges */
@@ -470,6 +490,8 @@ export interface components {
              * @default 0
              */
             last_log_seq?: number;
+            /** Event Name */
+            event_name?: string | null;
         };
         /**
          * BuildStatus
@@ -497,6 +519,18 @@ export interface components {
         };
         /** JobPublic */
         JobPublic: {
+            /**
+             * Runs On
+             * @description The job's `runs-on` labels.
+             */
+            runs_on?: string[];
+            /**
+             * Environment
+             * @description The job's `environment` ({name, url}).
+             */
+            environment?: {
+                [key: string]: unknown;
+            } | null;
             /** Id */
             id: number;
             /** Name */

@@ -1,0 +1,162 @@
+"""The service's parts, built in one place.
+
+`running_core` starts what runs builds (database, metrics, live hub, log writer, runner); it is all
+`ci-executor run` needs. `running_services` adds what serves them (pipeline client, queue,
+scheduler, the Postgres listener) and is what the app's lifespan holds. Both are async context
+managers: leaving one stops its parts in reverse order of starting. The routes reach the parts
+through the typed dependencies in `app/api/deps.py`, which read the one `Services` the lifespan
+stored on `app.state.services`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from sqlmodel import col, select
+
+from app.config import Settings
+from app.db import Database
+from app.logs.hub import LiveHub
+from app.logs.masking import Masker
+from app.logs.writer import LogWriter
+from app.metrics import Metrics
+from app.models import Build, BuildStatus
+from app.queue import create_queue
+from app.queue.base import BuildQueue
+from app.runners import create_runner
+from app.runners.base import Runner
+from app.services.executor import BuildContext
+from app.services.notify import PgListener, asyncpg_dsn, notify_payloads
+from app.services.pipelines import PipelineClient
+from app.services.scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class Core:
+    """What runs builds: the same parts for the server and for `ci-executor run`."""
+
+    settings: Settings
+    db: Database
+    metrics: Metrics
+    hub: LiveHub
+    writer: LogWriter
+    runner: Runner
+
+    def build_context(self, build_id: int) -> BuildContext:
+        """What the executor needs to run one build with these parts."""
+        return BuildContext(
+            build_id=build_id,
+            db=self.db,
+            writer=self.writer,
+            runner=self.runner,
+            metrics=self.metrics,
+            max_jobs=self.settings.max_concurrent_jobs,
+            # The service's own credentials never reach a build log, whatever a step can read.
+            masker=Masker(self.settings.service_secrets),
+        )
+
+
+@dataclass(frozen=True)
+class Services(Core):
+    """The whole service: the core plus the API's and the queue consumer's parts."""
+
+    pipelines: PipelineClient
+    queue: BuildQueue
+    scheduler: Scheduler
+    listener: PgListener | None  # only on Postgres (cross-replica NOTIFY)
+
+
+async def _start_core(
+    stack: AsyncExitStack, settings: Settings, *, hub_queue_size: int | None = None
+) -> Core:
+    db = Database(settings.database_url)
+    stack.push_async_callback(db.dispose)
+    metrics = Metrics()
+    hub = LiveHub(hub_queue_size or settings.sse_queue_size)
+    db.sinks.append(hub.publish_many)
+    metrics.sse_subscribers.set_function(lambda: hub.subscriber_count)
+    writer = LogWriter(
+        db,
+        metrics,
+        flush_interval=settings.log_flush_interval_ms / 1000,
+        chunk_max_bytes=settings.log_chunk_max_bytes,
+    )
+    await writer.start()
+    stack.push_async_callback(writer.stop)
+    runner = create_runner(settings)
+    await runner.start()
+    stack.push_async_callback(runner.stop)
+    return Core(settings=settings, db=db, metrics=metrics, hub=hub, writer=writer, runner=runner)
+
+
+@asynccontextmanager
+async def running_core(
+    settings: Settings, *, hub_queue_size: int | None = None
+) -> AsyncIterator[Core]:
+    """Start the parts that run builds. `hub_queue_size` overrides SSE_QUEUE_SIZE for a caller
+    whose one subscriber must never lag (`ci-executor run` prints every line)."""
+    async with AsyncExitStack() as stack:
+        yield await _start_core(stack, settings, hub_queue_size=hub_queue_size)
+
+
+@asynccontextmanager
+async def running_services(settings: Settings) -> AsyncIterator[Services]:
+    """Start every part of the service, as the app's lifespan holds them."""
+    async with AsyncExitStack() as stack:
+        core = await _start_core(stack, settings)
+        pipelines = PipelineClient(
+            settings.pipeline_service_url,
+            yaml_field=settings.pipeline_yaml_field,
+            timeout=settings.pipeline_service_timeout_seconds,
+        )
+        stack.push_async_callback(pipelines.close)
+        await sweep_orphans(core.runner, core.db)
+        queue = create_queue(
+            settings.queue_url,
+            queue_name=settings.queue_name,
+            prefetch=settings.max_concurrent_builds,
+        )
+        scheduler = Scheduler(core, queue)
+        await scheduler.start()
+        stack.push_async_callback(scheduler.stop)
+        listener = None
+        if not core.db.is_sqlite:
+            core.db.notify = lambda events: notify_payloads(events, scheduler.owner)
+            listener = PgListener(
+                asyncpg_dsn(settings.database_url),
+                sender=scheduler.owner,
+                hub=core.hub,
+                on_cancel=scheduler.cancel,
+            )
+            await listener.start()
+            stack.push_async_callback(listener.stop)
+        yield Services(
+            settings=settings,
+            db=core.db,
+            metrics=core.metrics,
+            hub=core.hub,
+            writer=core.writer,
+            runner=core.runner,
+            pipelines=pipelines,
+            queue=queue,
+            scheduler=scheduler,
+            listener=listener,
+        )
+
+
+async def sweep_orphans(runner: Runner, db: Database) -> list[str]:
+    """Let the runner delete what finished builds left behind (Kubernetes Jobs, Secrets)."""
+
+    async def finished(ids: list[int]) -> set[int]:
+        async with db.read() as session:
+            rows = await session.exec(
+                select(Build.id).where(
+                    col(Build.id).in_(ids),
+                    col(Build.status).not_in([BuildStatus.queued, BuildStatus.running]),
+                )
+            )
+            return {i for i in rows.all() if i is not None}
+
+    return await runner.sweep_orphans(finished)
