@@ -8,5 +8,5 @@ from app.config import Settings
 from app.main import create_app
 
 logging.disable(logging.WARNING)  # "web UI not built" is noise here
-json.dump(create_app(Settings(_env_file=None)).openapi(), sys.stdout, indent=4)  # type: ignore[call-arg]
+json.dump(create_app(Settings(_env_file=None)).openapi(), sys.stdout, indent=4)
 sys.stdout.write("\n")
