@@ -517,6 +517,8 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
       const summary = page.locator('.summary[data-step="0"]')
       await summary.getByRole('heading', { name: 'Test report' }).waitFor()
       assert.equal(await summary.locator('td', { hasText: '3 failed' }).count(), 1)
+      const log = page.getByRole('region', { name: /Log of step fails output/ })
+      await until(async () => (await log.innerText()).includes('about to fail'), { what: 'the annotated step\'s log' })
       assert.equal(await summary.locator('script').count(), 0)
       assert.equal(await summary.locator('[onerror]').count(), 0)
       assert.equal(await page.evaluate(() => window.__pwned), undefined)
