@@ -11,8 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.api import builds, health, logs, viewer
+from app.api import artifacts, builds, health, logs, viewer
 from app.api.limits import RequestGuard
+from app.api.openapi import document_responses
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.errors import ServiceError
 from app.ui import Compress, mount_ui
@@ -54,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(logs.router, prefix=API_PREFIX)
     app.include_router(viewer.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    app.include_router(artifacts.router, prefix=API_PREFIX)
+    app.include_router(artifacts.runtime_router)
+    document_responses(app)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
@@ -73,8 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal error; see the service log")
 
-    app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(RequestGuard, settings=settings, exempt=artifacts.BLOB_PATH_PREFIXES)
 
-    app.add_middleware(Compress)
+    app.add_middleware(Compress, exempt=artifacts.BLOB_PATH_PREFIXES)
     mount_ui(app, WEB_DIST)
     return app

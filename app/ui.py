@@ -67,12 +67,21 @@ class Compress:
     """gzip (when the client accepts it) for everything but the log stream and the raw log:
     those routes bypass the compressor before any byte is produced."""
 
-    def __init__(self, app: ASGIApp, minimum_size: int = 1024) -> None:
+    def __init__(
+        self, app: ASGIApp, minimum_size: int = 1024, exempt: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.gzip = GZipMiddleware(app, minimum_size=minimum_size, compresslevel=6)
+        # Path prefixes served as they are (artifact blobs: binary, often compressed already).
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].endswith(_UNCOMPRESSED_SUFFIXES):
+        path: str = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path.endswith(_UNCOMPRESSED_SUFFIXES)
+            or path.startswith(self.exempt)
+        ):
             await self.app(scope, receive, send)
             return
         await self.gzip(scope, receive, send)

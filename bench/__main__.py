@@ -1,4 +1,4 @@
-"""`python -m bench [names...] [--backend sqlite|postgres|both] [--quick]`.
+"""`python -m bench [names...] [--backend sqlite|postgres|both] [--quick] [--large]`.
 
 Runs the benchmarks one at a time (each starts its own servers on fresh databases), prints each
 figure with its same-run baseline, then a summary table. Exit status is 0 unless one crashed.
@@ -20,11 +20,14 @@ from bench._common import Ctx, Result, fmt
 
 MODULES = (
     "step_overhead",
-    "log_ingest",
     "dispatch_latency",
-    "sse_fanout",
-    "list_builds",
+    "log_ingest",
+    "sse_idle",
     "amqp_dispatch",
+    "buildbot_peer",
+    "list_builds",
+    "sse_fanout",
+    "artifacts",
 )
 
 
@@ -67,6 +70,11 @@ async def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a fast check")
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="also the biggest scaling sizes (1,000 MB of log, 1M builds); takes long here",
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in MODULES]
     if unknown:
@@ -74,7 +82,7 @@ async def main(argv: list[str] | None = None) -> int:
             f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(MODULES)}"
         )
     backends = ("postgres", "sqlite") if args.backend == "both" else (args.backend,)
-    ctx = Ctx(quick=args.quick)
+    ctx = Ctx(quick=args.quick, large=args.large)
     crashed: list[str] = []
     started = time.monotonic()
     print(

@@ -53,7 +53,10 @@ class Result:
 @dataclass
 class Ctx:
     quick: bool
+    large: bool = False  # also the biggest sizes (1,000 MB logs, 1M builds): slow here
     results: list[Result] = field(default_factory=list)
+    # Measurements shared between a benchmark's backends (e.g. the Buildbot peer, run once).
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def add(self, result: Result) -> None:
         self.results.append(result)
@@ -168,6 +171,11 @@ class Server:
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "serve.log"
+
+    def go_file(self, build_id: int) -> Path:
+        """A file a step can wait for as `../go` (relative to its job directory): the build's
+        workspace is the one place outside its own temp dir an isolated step sees."""
+        return Path(self.env["WORKSPACE_ROOT"]) / str(build_id) / "go"
 
     @property
     def pid(self) -> int:

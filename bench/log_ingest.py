@@ -1,6 +1,8 @@
-"""2. Log ingest: one step writes 100 MB of 80-byte lines; POST until finished with every byte
-stored, against a bulk load of the same file (`psql \\copy` on Postgres, `sqlite3 .import` on
-SQLite). Also the serve process's peak RSS (VmHWM)."""
+"""2. Log ingest and download: one step writes 100 MB of 80-byte lines; POST until finished with
+every byte stored, against a bulk load of the same file (`psql \\copy` on Postgres, `sqlite3
+.import` on SQLite), and the serve process's peak RSS (VmHWM). Then the whole log downloaded from
+`/logs/raw` against the database's own client reading the same rows (`psql \\copy (...) TO
+STDOUT`). Sizes 10 / 100 MB (1,000 MB with --large) show how time and RSS grow."""
 
 from __future__ import annotations
 
@@ -100,8 +102,34 @@ def _executemany(db_path: Path, path: Path) -> float:
     return time.perf_counter() - start
 
 
-async def run(ctx: Ctx, backend: str) -> None:
-    size_mb = 10 if ctx.quick else 100
+async def download(base: str, build_id: int) -> tuple[float, int]:
+    """GET /logs/raw to the end, counting bytes; returns (seconds, bytes)."""
+    size = 0
+    async with client(base) as http:
+        start = time.perf_counter()
+        async with http.stream("GET", f"/api/v1/builds/{build_id}/logs/raw") as response:
+            response.raise_for_status()
+            async for data in response.aiter_raw(1 << 20):
+                size += len(data)
+        return time.perf_counter() - start, size
+
+
+def download_baseline(db: Database, build_id: int) -> tuple[float, str]:
+    """The same rows read by the database's own client, output thrown away."""
+    query = f"SELECT content FROM build_log_chunks WHERE build_id = {build_id} ORDER BY seq"
+    if db.backend == "postgres":
+        argv = ["psql", "-q", "-v", "ON_ERROR_STOP=1", db.raw, "-c", f"\\copy ({query}) TO STDOUT"]
+        label = "psql \\copy TO STDOUT"
+    elif shutil.which("sqlite3"):
+        argv, label = ["sqlite3", db.raw, query], "sqlite3 SELECT"
+    else:
+        return 0.0, "no sqlite3 CLI"
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start, label
+
+
+async def one_size(ctx: Ctx, backend: str, size_mb: int, target: bool) -> None:
     size, expected = f"{size_mb}M", size_mb * 1024 * 1024
     async with serve(backend) as (db, (server,), tmp):
         async with client(server.base) as http:
@@ -109,7 +137,7 @@ async def run(ctx: Ctx, backend: str) -> None:
             build = await create_build(
                 http, f"jobs:\n  bench:\n    steps:\n      - run: '{STEP.format(command(size))}'\n"
             )
-            build = await wait_finished(http, build["id"], interval=0.1)
+            build = await wait_finished(http, build["id"], interval=0.1, timeout=3600)
             require_success(build)
             elapsed = parse_ts(build["finished_at"]) - sent
             stored = await stored_bytes(db, build["id"])
@@ -121,24 +149,58 @@ async def run(ctx: Ctx, backend: str) -> None:
                     stored = await stored_bytes(db, build["id"])
                 elapsed = time.time() - sent
             rss = server.peak_rss_mb()
+        await download(server.base, build["id"])  # warm the page cache for both readers
+        got, got_bytes = await download(server.base, build["id"])
+        rss_after = server.peak_rss_mb()
+        dl_base, dl_label = await asyncio.to_thread(download_baseline, db, build["id"])
         base, label = await baseline(db, tmp, size)
     note = "" if stored == expected else f"STORED {stored} of {expected} bytes"
+    pg = backend == "postgres"
     ctx.add(
         Result(
             NAME,
             backend,
-            f"{size_mb} MiB POST->finished+stored",
+            f"{size_mb} MiB POST->finished+stored" + ("" if target else " (scaling)"),
             elapsed,
             "s",
             base,
             label,
-            "<= psql" if backend == "postgres" else "",
-            (elapsed <= base and not note) if backend == "postgres" else None,
+            "<= psql" if pg and target else "",
+            (elapsed <= base and not note) if pg and target else None,
             note or f"{stored} bytes stored",
         )
     )
     ctx.add(
         Result(
-            NAME, backend, "serve peak RSS (VmHWM)", rss, "MB", target="< 200 MB", passed=rss < 200
+            NAME,
+            backend,
+            f"{size_mb} MiB: serve peak RSS (VmHWM) while storing",
+            rss,
+            "MB",
+            target="< 200 MB",
+            passed=rss < 200,
         )
     )
+    dl_note = "" if got_bytes == expected else f"DOWNLOADED {got_bytes} of {expected} bytes"
+    ctx.add(
+        Result(
+            NAME,
+            backend,
+            f"{size_mb} MiB GET /logs/raw" + ("" if target else " (scaling)"),
+            got,
+            "s",
+            dl_base or None,
+            dl_label,
+            "<= 1.5x" if pg and target else "",
+            (got <= 1.5 * dl_base and not dl_note) if pg and target else None,
+            dl_note or f"peak RSS after download {rss_after:.0f} MB",
+        )
+    )
+
+
+async def run(ctx: Ctx, backend: str) -> None:
+    sizes = [10] if ctx.quick else [10, 100]
+    if ctx.large:
+        sizes.append(1000)
+    for size_mb in sizes:
+        await one_size(ctx, backend, size_mb, target=size_mb == (10 if ctx.quick else 100))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import httpx
 
 from bench._common import (
     Ctx,
     Result,
+    Server,
     client,
     create_build,
     parse_ts,
@@ -30,7 +30,7 @@ NAME = "sse_fanout"
 BACKENDS = ("postgres", "sqlite")
 
 
-def step(go: Path, batches: int) -> str:
+def step(go: str, batches: int) -> str:
     # The step waits for the clients to be connected, so every chunk is delivered live.
     return (
         f"while [ ! -e {go} ]; do sleep 0.02; done\n"
@@ -116,14 +116,14 @@ async def chunk_count(http: httpx.AsyncClient, build_id: int) -> int:
 
 
 async def one_build(
-    http: httpx.AsyncClient, port: int, tmp: Path, clients: int, batches: int
+    http: httpx.AsyncClient, server: Server, clients: int, batches: int
 ) -> tuple[list[float], int, list[str]]:
-    go = tmp / f"go-{clients}"
     yaml = "jobs:\n  bench:\n    steps:\n      - run: |\n" + "".join(
-        f"          {line}\n" for line in step(go, batches).splitlines()
+        f"          {line}\n" for line in step("../go", batches).splitlines()
     )
     build = await create_build(http, yaml)
-    sse = [SseClient(port, build["id"]) for _ in range(clients)]
+    go = server.go_file(build["id"])
+    sse = [SseClient(server.port, build["id"]) for _ in range(clients)]
     tasks = [asyncio.create_task(c.run()) for c in sse]
     waiting = asyncio.gather(*(c.connected.wait() for c in sse))
     done, _ = await asyncio.wait(
@@ -154,10 +154,10 @@ async def one_build(
 
 async def run(ctx: Ctx, backend: str) -> None:
     clients, batches = (50, 50) if ctx.quick else (200, 200)
-    async with serve(backend) as (_db, (server,), tmp), client(server.base) as http:
-        base, _, base_problems = await one_build(http, server.port, tmp, 1, batches)
+    async with serve(backend) as (_db, (server,), _tmp), client(server.base) as http:
+        base, _, base_problems = await one_build(http, server, 1, batches)
         cpu = time.process_time()
-        delays, total, problems = await one_build(http, server.port, tmp, clients, batches)
+        delays, total, problems = await one_build(http, server, clients, batches)
         cpu = time.process_time() - cpu
     for problem in (base_problems + problems)[:10]:
         print(f"  INTEGRITY: {problem}")

@@ -1,5 +1,8 @@
-"""1. Step overhead: 100 sequential `true` steps in one job, POST until finished, against a bare
-loop spawning `bash -eo pipefail -c true` 100 times."""
+"""1. Step overhead: N sequential `true` steps in one job, POST until finished, against a bare
+loop spawning `bash -eo pipefail -c true` N times in the same run. The target row is N = 100;
+the scaling rows (10 / 100 / 1,000 steps) show the cost per step as N grows. The service runs
+with its default step isolation (LOCAL_ISOLATION=auto: bubblewrap namespaces where available);
+one more row shows the same build with LOCAL_ISOLATION=none."""
 
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ from bench._common import (
 NAME = "step_overhead"
 BACKENDS = ("postgres", "sqlite")
 STEPS = 100
+# The time is the server's finished_at, so polling slowly loses nothing, and a fast poll of a
+# 1,000-step build's detail would itself take most of the CPU the build needs.
+POLL = {"interval": 0.5}
 
 
 async def bare_loop(steps: int) -> float:
@@ -32,23 +38,41 @@ async def bare_loop(steps: int) -> float:
     return time.perf_counter() - start
 
 
+def yaml_of(steps: int) -> str:
+    return "jobs:\n  bench:\n    steps:\n" + "      - run: 'true'\n" * steps
+
+
 async def run(ctx: Ctx, backend: str) -> None:
     rounds = 1 if ctx.quick else 3
-
-    def yaml_of(steps: int) -> str:
-        return "jobs:\n  bench:\n    steps:\n" + "      - run: 'true'\n" * steps
-
-    yaml = yaml_of(STEPS)
+    sizes = (10, 100) if ctx.quick else (10, 100, 1000)
+    timings: dict[int, tuple[float, float]] = {}
     async with serve(backend) as (_db, (server,), _tmp), client(server.base) as http:
         await wait_finished(http, (await create_build(http, yaml_of(10)))["id"])  # warm-up
-        durations = []
-        for _ in range(rounds):
-            sent = time.time()
-            build = await wait_finished(http, (await create_build(http, yaml))["id"])
-            require_success(build)
-            durations.append(parse_ts(build["finished_at"]) - sent)
-    baselines = [await bare_loop(STEPS) for _ in range(rounds)]
-    value, base = median(durations), median(baselines)
+        for steps in sizes:
+            durations, baselines = [], []
+            for _ in range(rounds if steps <= STEPS else 1):
+                # Baseline and build alternate, so both see the same machine load.
+                baselines.append(await bare_loop(steps))
+                sent = time.time()
+                build = await wait_finished(
+                    http, (await create_build(http, yaml_of(steps)))["id"], **POLL
+                )
+                require_success(build)
+                durations.append(parse_ts(build["finished_at"]) - sent)
+            timings[steps] = (median(durations), median(baselines))
+    # The same 100 steps without step isolation (LOCAL_ISOLATION=none): what bubblewrap's
+    # namespaces cost per step, against the same bare loop.
+    async with (
+        serve(backend, LOCAL_ISOLATION="none") as (_db, (server,), _tmp),
+        client(server.base) as http,
+    ):
+        await wait_finished(http, (await create_build(http, yaml_of(10)))["id"])  # warm-up
+        bare = await bare_loop(STEPS)
+        sent = time.time()
+        build = await wait_finished(http, (await create_build(http, yaml_of(STEPS)))["id"], **POLL)
+        require_success(build)
+        plain = parse_ts(build["finished_at"]) - sent
+    value, base = timings[STEPS]
     ctx.add(
         Result(
             NAME,
@@ -62,3 +86,27 @@ async def run(ctx: Ctx, backend: str) -> None:
             value <= 2 * base,
         )
     )
+    ctx.add(
+        Result(
+            NAME,
+            backend,
+            f"{STEPS} steps POST->finished, LOCAL_ISOLATION=none (info)",
+            plain * 1000,
+            "ms",
+            bare * 1000,
+            "bare loop",
+            note=f"isolated (default) {value * 1000:.0f} ms",
+        )
+    )
+    for steps, (value, base) in timings.items():
+        ctx.add(
+            Result(
+                NAME,
+                backend,
+                f"scaling: per step at {steps} steps",
+                value / steps * 1000,
+                "ms",
+                base / steps * 1000,
+                "bare loop",
+            )
+        )

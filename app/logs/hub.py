@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from sse_starlette import ServerSentEvent
 
@@ -45,6 +45,7 @@ class Wakeup:
 
 
 HubEvent = LogEvent | StatusEvent | Wakeup
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -57,9 +58,25 @@ class Subscription:
 
 
 class LiveHub:
-    def __init__(self, queue_size: int = 1000) -> None:
+    def __init__(self, queue_size: int = 1000, shared_read_seconds: float = 0.5) -> None:
         self.queue_size = queue_size
         self._subs: dict[int, set[Subscription]] = defaultdict(set)
+        self._shared_read_seconds = shared_read_seconds
+        self._reads: dict[int, tuple[float, asyncio.Future[Any]]] = {}
+
+    async def shared_read(self, build_id: int, load: Callable[[], Awaitable[T]]) -> T:
+        """One database read shared by every subscriber of a build that polls within
+        `shared_read_seconds` of it (the result is at most that old). A thousand idle streams
+        on one build then poll the database once, not a thousand times, per interval. Only for
+        the polling fallback: a stream told something changed reads the database itself."""
+        now = asyncio.get_running_loop().time()
+        entry = self._reads.get(build_id)
+        if entry is None or now - entry[0] > self._shared_read_seconds:
+            entry = (now, asyncio.ensure_future(load()))
+            self._reads[build_id] = entry
+        # Shielded: one subscriber going away must not cancel the read the others wait for.
+        result: T = await asyncio.shield(entry[1])
+        return result
 
     @property
     def subscriber_count(self) -> int:
@@ -77,6 +94,7 @@ class LiveHub:
                 subs.discard(sub)
                 if not subs:
                     del self._subs[build_id]
+                    self._reads.pop(build_id, None)
 
     def publish(self, event: HubEvent) -> None:
         for sub in self._subs.get(event.build_id, ()):

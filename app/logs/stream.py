@@ -26,7 +26,7 @@ from app.logs.events import (
     log_frame,
     status_event,
 )
-from app.logs.hub import LiveHub
+from app.logs.hub import LiveHub, Subscription
 from app.logs.store import chunks_after
 from app.models import Build, BuildStatus
 
@@ -43,6 +43,18 @@ async def _build_state(db: Database, build_id: int) -> tuple[BuildStatus | None,
     if row is None:
         return None, 0
     return BuildStatus(row[0]), row[1]
+
+
+def _drain(sub: Subscription) -> list[HubEvent]:
+    """What the subscriber's queue holds; nothing when it lagged (what it dropped is read back
+    from the database by seq instead)."""
+    items: list[HubEvent] = []
+    while not sub.queue.empty():
+        items.append(sub.queue.get_nowait())
+    if sub.lagged:
+        sub.lagged = False
+        return []
+    return items
 
 
 async def _wake_on(event: anyio.Event, signal: asyncio.Event) -> None:
@@ -89,13 +101,8 @@ async def stream_build(
                     return
                 sub.signal.clear()
                 reread = not sub.queue.qsize() or sub.lagged
-                if sub.lagged:  # what it dropped is read back from the database below
-                    sub.lagged = False
-                    while not sub.queue.empty():
-                        sub.queue.get_nowait()
-                items: list[HubEvent] = []
-                while not sub.queue.empty():
-                    items.append(sub.queue.get_nowait())
+                fresh = sub.lagged  # a poll may share its read with the build's other streams
+                items = _drain(sub)
                 for item in items:
                     if isinstance(item, LogEvent):
                         if item.chunk.seq <= last:
@@ -112,9 +119,13 @@ async def stream_build(
                         if item.kind == "build" and BuildStatus(item.status).finished:
                             status = BuildStatus(item.status)
                     elif isinstance(item, Wakeup):
-                        reread = True
+                        reread = fresh = True
                 if reread:
-                    status, stored = await _build_state(db, build_id)
+                    status, stored = await (
+                        _build_state(db, build_id)
+                        if fresh
+                        else hub.shared_read(build_id, lambda: _build_state(db, build_id))
+                    )
                     if stored > last:
                         async for event in catch_up():
                             yield event

@@ -22,12 +22,14 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import update
 from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db import Database
 from app.logs.store import Part, insert_chunks
@@ -57,6 +59,10 @@ def is_data_error(error: BaseException) -> bool:
     )
 
 
+# A status change to store in the same transaction as the build's next log batch.
+Transition = Callable[[AsyncSession], Awaitable[object]]
+
+
 @dataclass
 class _Segment:
     job_name: str | None
@@ -73,6 +79,11 @@ class _Buffer:
     failures: int = 0  # consecutive transient failures
     retry_at: float = 0.0  # monotonic time before which the flush loop leaves it alone
     dropped: int = 0  # characters dropped past MAX_BUFFER_BYTES, noted once stored again
+    transitions: list[Transition] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.segments or self.offsets or self.dropped or self.transitions)
 
 
 class LogWriter:
@@ -144,6 +155,12 @@ class LogWriter:
                 return  # stop holding the step back; the flush loop keeps retrying
             await asyncio.sleep(self._backoff(buf))
 
+    def add_transition(self, build_id: int, transition: Transition) -> None:
+        """Queue a status change to commit with the build's next flush, after its buffered
+        output: one transaction for both, and a client that sees the change has the output
+        written before it. Stored by the next flush() or at the latest one interval later."""
+        self._buffers[build_id].transitions.append(transition)
+
     def _backoff(self, buf: _Buffer) -> float:
         return float(min(MAX_BACKOFF_SECONDS, self._interval * 2 ** min(buf.failures, 16)))
 
@@ -154,11 +171,13 @@ class LogWriter:
         if buf is None:
             return True
         async with buf.lock:
-            if not buf.segments and not buf.offsets and not buf.dropped:
+            if buf.empty:
                 self._forget(build_id, buf)
                 return True
             segments, offsets, dropped = buf.segments, buf.offsets, buf.dropped
+            transitions = buf.transitions
             buf.segments, buf.offsets, buf.size, buf.dropped = [], {}, 0, 0
+            buf.transitions = []
             parts = self._split(segments)
             if dropped:
                 last = segments[-1] if segments else _Segment(None, None, "")
@@ -168,23 +187,24 @@ class LogWriter:
                 )
                 parts.append((last.job_name, last.step_index, note))
             try:
-                await self._store(build_id, parts, offsets)
+                await self._store(build_id, parts, offsets, transitions)
             except Exception as error:
-                left = parts
+                left: list[Part] | None = parts
                 if is_data_error(error):
                     # Never retried as is: stored piece by piece (see the module doc).
-                    left = await self._store_each(build_id, parts, offsets, error)
-                if left:
+                    left = await self._store_each(build_id, parts, offsets, transitions, error)
+                if left is not None:
                     self._failed(build_id, buf, len(left))
                     # Put the data back in front of anything written meanwhile, in order.
                     buf.segments = [_Segment(*p) for p in left] + buf.segments
                     buf.offsets = {**offsets, **buf.offsets}
                     buf.size = sum(len(s.text) for s in buf.segments)
+                    buf.transitions = transitions + buf.transitions
                     return False
             buf.failures, buf.retry_at = 0, 0.0
             self._metrics.log_chunks.inc(len(parts))
             self._metrics.log_bytes.inc(sum(len(p[2].encode(errors="replace")) for p in parts))
-            if not buf.segments and not buf.offsets and not buf.dropped:
+            if buf.empty:
                 self._forget(build_id, buf)
             return True
 
@@ -200,7 +220,13 @@ class LogWriter:
             delay,
         )
 
-    async def _store(self, build_id: int, parts: list[Part], offsets: dict[str, int]) -> None:
+    async def _store(
+        self,
+        build_id: int,
+        parts: list[Part],
+        offsets: dict[str, int],
+        transitions: Sequence[Transition] = (),
+    ) -> None:
         async with self._db.transaction() as session:
             await insert_chunks(session, build_id, parts, copy=True)
             for job_name, offset in offsets.items():
@@ -210,14 +236,23 @@ class LogWriter:
                     .where(col(BuildJob.name) == job_name)
                     .values(log_offset=offset)
                 )
+            # After the chunks: their events publish first, so output precedes the status.
+            for transition in transitions:
+                await transition(session)
 
     async def _store_each(
-        self, build_id: int, parts: list[Part], offsets: dict[str, int], error: Exception
-    ) -> list[Part]:
+        self,
+        build_id: int,
+        parts: list[Part],
+        offsets: dict[str, int],
+        transitions: list[Transition],
+        error: Exception,
+    ) -> list[Part] | None:
         """The batch was refused for its data: store its chunks one per transaction, and a chunk
-        refused on its own as a note in its place. The runner offsets go with the last one, so a
-        re-attaching runner never skips output that was not stored. Returns the parts left when
-        a transient failure interrupts (they are kept and retried like any other)."""
+        refused on its own as a note in its place. The runner offsets and status changes go with
+        the last one, so a re-attaching runner never skips output that was not stored and a
+        status never precedes its output. Returns the parts left (None when all were stored)
+        when a transient failure interrupts: they are kept and retried like any other."""
         self._metrics.log_store_failures.inc()
         log.warning(
             "the database refused %d log chunk(s) of build %s (%s); storing them one by one",
@@ -225,13 +260,19 @@ class LogWriter:
             build_id,
             type(error).__name__,
         )
+        if not parts:
+            parts = [(None, None, "")]  # nothing but offsets and transitions: one pass, no chunk
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
+            extra: tuple[dict[str, int], Sequence[Transition]] = (
+                (offsets, transitions) if last else ({}, ())
+            )
+            chunk = [part] if part[2] else []
             try:
                 try:
-                    await self._store(build_id, [part], offsets if last else {})
+                    await self._store(build_id, chunk, *extra)
                 except Exception as refused:
-                    if not is_data_error(refused):
+                    if not is_data_error(refused) or not chunk:
                         raise
                     job, step, text = part
                     note = (
@@ -239,10 +280,10 @@ class LogWriter:
                         "could not be stored: the database refused them "
                         f"({type(refused).__name__})]\n"
                     )
-                    await self._store(build_id, [(job, step, note)], offsets if last else {})
+                    await self._store(build_id, [(job, step, note)], *extra)
             except Exception:
-                return parts[i:]
-        return []
+                return [p for p in parts[i:] if p[2]]
+        return None
 
     def _forget(self, build_id: int, buf: _Buffer) -> None:
         # Only drop the buffer we flushed: while we waited for its lock, it may have been dropped

@@ -20,6 +20,7 @@ from app.logs.writer import LogWriter
 from app.metrics import Metrics
 from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
+from app.secrets import SecretBox, build_secrets
 from app.services import state
 from app.services.plan import job_run
 from app.workflow import JobSpec, WorkflowSpec, graph, parse_workflow
@@ -41,9 +42,16 @@ class _Reporter(JobReporter):
         return self._lines[index]
 
     async def step_started(self, index: int) -> None:
+        """Durable before the step runs (a re-attaching replica needs it). One transaction also
+        stores the previous step's last output and its end, queued by step_finished."""
         self._started[index] = time.monotonic()
-        async with self.ctx.db.transaction() as session:
-            await state.step(session, self.ctx.build_id, self.job_name, index, J.running)
+        build_id, job_name = self.ctx.build_id, self.job_name
+        self.ctx.writer.add_transition(
+            build_id, lambda session: state.step(session, build_id, job_name, index, J.running)
+        )
+        if not await self.ctx.writer.flush(build_id):
+            # Kept by the writer and retried; the step must not run unrecorded meanwhile.
+            raise RuntimeError(f"could not record the start of step {index}: database error")
 
     async def step_output(self, index: int, data: bytes, source_offset: int | None = None) -> None:
         assembler = self._assembler(index)
@@ -59,13 +67,15 @@ class _Reporter(JobReporter):
         tail = self._lines.pop(index).close() if index in self._lines else ""
         if error:
             tail += f"{error}\n"
-        await self.ctx.writer.write(self.ctx.build_id, self.job_name, index, tail)
-        # Logs first, then the status: a client that sees the step end has all its output.
-        await self.ctx.writer.flush(self.ctx.build_id)
-        async with self.ctx.db.transaction() as session:
-            await state.step(
-                session, self.ctx.build_id, self.job_name, index, J(status), exit_code=exit_code
-            )
+        build_id, job_name, to = self.ctx.build_id, self.job_name, J(status)
+        await self.ctx.writer.write(build_id, job_name, index, tail)
+        # Stored after the step's output in the writer's next transaction: the next step's
+        # start, the job's end (the executor flushes the writer first) or the writer's next
+        # interval, whichever comes first. One write per step transition instead of two.
+        self.ctx.writer.add_transition(
+            build_id,
+            lambda session: state.step(session, build_id, job_name, index, to, exit_code=exit_code),
+        )
         started = self._started.pop(index, None)
         if started is not None:
             self.ctx.metrics.step_duration.labels(status).observe(time.monotonic() - started)
@@ -95,6 +105,7 @@ class BuildContext:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when the executor shuts down: runners that can re-attach detach instead of finishing.
     detach: bool = False
+    secret_box: SecretBox | None = None  # opens the build's sealed secrets (app/secrets.py)
 
     def request_cancel(self) -> None:
         self.cancel.set()
@@ -135,8 +146,15 @@ class BuildExecutor:
             return
         if build.cancel_requested_at is not None:
             ctx.cancel.set()
+        # Secret-named variables are stored as *** with their values sealed: put them back.
+        sealed = build_secrets(ctx.secret_box, build)
+        if sealed.variables:
+            build.variables = {**build.variables, **sealed.variables}
+        for value in sealed.secrets.values():
+            ctx.masker.add(value)
         self._build = build
-        self._spec = spec = parse_workflow(snapshot.workflow_yaml)
+        # Off the event loop: a big workflow must not stall every other build and request.
+        self._spec = spec = await asyncio.to_thread(parse_workflow, snapshot.workflow_yaml)
         self._secrets = secret_names(build.variables)
         for name in self._secrets:
             ctx.masker.add(build.variables[name])

@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import SSEEvent, create, sse_events, wait_for_build, workflow
+from app.config import Settings
+from tests.support import SSEEvent, create, sse_events, wait_for_build, workflow
 
 SLOW = workflow(
     """
@@ -47,12 +48,18 @@ def _lines(events: list[SSEEvent]) -> list[str]:
     return [line for e in events if e.event == "log" for line in e.json()["content"].splitlines()]
 
 
+def _go_file(settings: Settings, build_id: int) -> Path:
+    """The file the SLOW step waits for: in the build's workspace (as `../go` from the job's
+    directory), the one place outside the step's own temp dir that an isolated step sees."""
+    return Path(settings.workspace_root) / str(build_id) / "go"
+
+
 async def test_stream_follows_live_then_resumes_without_loss_or_duplicates(
-    live_url: str, tmp_path: Path
+    live_url: str, settings: Settings
 ) -> None:
-    go = tmp_path / "go"
     async with httpx.AsyncClient(base_url=f"{live_url}/api/v1", timeout=60) as client:
-        body = await create(client, SLOW, variables={"GO": str(go)})
+        body = await create(client, SLOW, variables={"GO": "../go"})
+        go = _go_file(settings, body["id"])
         url = f"/builds/{body['id']}/logs/stream"
         first = await _collect(client, url, stop_after_logs=1)
         seen = [e for e in first if e.event == "log"]
@@ -97,10 +104,10 @@ def settings_overrides() -> dict[str, Any]:
     return {"sse_ping_seconds": 1.0}
 
 
-async def test_pings_and_many_subscribers(live_url: str, tmp_path: Path) -> None:
-    go = tmp_path / "go"
+async def test_pings_and_many_subscribers(live_url: str, settings: Settings) -> None:
     async with httpx.AsyncClient(base_url=f"{live_url}/api/v1", timeout=60) as client:
-        body = await create(client, SLOW, variables={"GO": str(go)})
+        body = await create(client, SLOW, variables={"GO": "../go"})
+        go = _go_file(settings, body["id"])
         url = f"/builds/{body['id']}/logs/stream"
         comments: list[str] = []
         async with client.stream("GET", url) as response:

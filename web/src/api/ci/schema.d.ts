@@ -304,16 +304,161 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/builds/{build_id}/artifacts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Artifacts
+         * @description The build's finished, unexpired artifacts (name, job, size, sha256 digest, expiry) with
+         *     the URL that downloads each as a zip. 404 for an unknown build.
+         */
+        get: operations["list_artifacts_api_v1_builds__build_id__artifacts_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/builds/{build_id}/artifacts/{artifact_id}/zip": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download Artifact
+         * @description Download one artifact, streamed: the zip upload-artifact made (or the single file it
+         *     uploaded unarchived), with its sha256 in the `Digest` header.
+         */
+        get: operations["download_artifact_api_v1_builds__build_id__artifacts__artifact_id__zip_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/builds/{build_id}/artifacts/{artifact_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete Artifact
+         * @description Delete one artifact and its content. 204; 404 if it does not exist.
+         */
+        delete: operations["delete_artifact_api_v1_builds__build_id__artifacts__artifact_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/build-caches": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Caches
+         * @description A pipeline's cache entries (optionally one branch's), most recently used first, with
+         *     their total size.
+         */
+        get: operations["list_caches_api_v1_build_caches_get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete Caches
+         * @description Delete a pipeline's caches: all of them, or those with this exact `key` and/or on this
+         *     `branch` (as `gh cache delete`).
+         */
+        delete: operations["delete_caches_api_v1_build_caches_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/build-caches/{cache_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete Cache
+         * @description Delete one cache entry of the pipeline. 204; 404 if it does not exist.
+         */
+        delete: operations["delete_cache_api_v1_build_caches__cache_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** ArtifactList */
+        ArtifactList: {
+            /** Items */
+            items: components["schemas"]["ArtifactPublic"][];
+            /** Total Bytes */
+            total_bytes: number;
+        };
+        /** ArtifactPublic */
+        ArtifactPublic: {
+            /** Id */
+            id: number;
+            /** Name */
+            name: string;
+            /** Job Name */
+            job_name: string;
+            /** Size */
+            size: number;
+            /** Digest */
+            digest: string;
+            /** Content Type */
+            content_type: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Download Url */
+            download_url: string;
+        };
         /**
          * BuildCreate
          * @description CreateBuild's body.
          */
         BuildCreate: {
-            /** Pipeline Id */
+            /**
+             * Pipeline Id
+             * @description Letters, digits, `.`, `_`, `-`; not starting with a dot.
+             */
             pipeline_id: string;
             /**
              * Triggered By
@@ -341,6 +486,13 @@ export interface components {
              * @default true
              */
             dispatch?: boolean;
+            /**
+             * Secrets
+             * @description Secrets for the `secrets` context: encrypted at rest, masked in logs, never returned by any endpoint, purged SECRETS_RETENTION_DAYS after the build finishes.
+             */
+            secrets?: {
+                [key: string]: string;
+            } | null;
             /**
              * Event Name
              * @description The trigger's name (`github.event_name`); defaults to `push`.
@@ -498,6 +650,45 @@ export interface components {
          * @enum {string}
          */
         BuildStatus: "queued" | "running" | "success" | "failed" | "cancelled" | "timed_out" | "error";
+        /** CacheDeleted */
+        CacheDeleted: {
+            /** Deleted */
+            deleted: number;
+        };
+        /** CacheList */
+        CacheList: {
+            /** Items */
+            items: components["schemas"]["CachePublic"][];
+            /** Total Bytes */
+            total_bytes: number;
+        };
+        /** CachePublic */
+        CachePublic: {
+            /** Id */
+            id: number;
+            /** Pipeline Id */
+            pipeline_id: string;
+            /** Branch */
+            branch: string;
+            /** Key */
+            key: string;
+            /** Version */
+            version: string;
+            /** Size */
+            size: number;
+            /** Build Id */
+            build_id: number | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Last Used At
+             * Format: date-time
+             */
+            last_used_at: string;
+        };
         /** EdgePublic */
         EdgePublic: {
             /** From Job */
@@ -511,11 +702,6 @@ export interface components {
          */
         EndEvent: {
             status: components["schemas"]["BuildStatus"];
-        };
-        /** HTTPValidationError */
-        HTTPValidationError: {
-            /** Detail */
-            detail?: components["schemas"]["ValidationError"][];
         };
         /** JobPublic */
         JobPublic: {
@@ -738,8 +924,8 @@ export interface operations {
                 pipeline_id?: string | null;
                 status?: components["schemas"]["BuildStatus"] | null;
                 branch?: string | null;
-                /** @description Who started the build (the actor). */
                 triggered_by?: string | null;
+                /** @description 1-based page number. */
                 page?: number;
                 size?: number;
             };
@@ -758,13 +944,45 @@ export interface operations {
                     "application/json": components["schemas"]["BuildPage"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -773,6 +991,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
+                /** @description A repeat with the same key and body returns the first build. */
                 "idempotency-key"?: string | null;
             };
             path?: never;
@@ -784,6 +1003,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description A repeated Idempotency-Key */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BuildDetail"];
+                };
+            };
             /** @description Successful Response */
             201: {
                 headers: {
@@ -793,13 +1021,100 @@ export interface operations {
                     "application/json": components["schemas"]["BuildDetail"];
                 };
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description pipeline_service failed or is unreachable */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -809,6 +1124,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The build id. */
                 build_id: number;
             };
             cookie?: never;
@@ -824,13 +1140,56 @@ export interface operations {
                     "application/json": components["schemas"]["BuildDetail"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -840,6 +1199,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The build id. */
                 build_id: number;
             };
             cookie?: never;
@@ -855,13 +1215,56 @@ export interface operations {
                     "application/json": components["schemas"]["SnapshotPublic"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -871,6 +1274,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The build id. */
                 build_id: number;
             };
             cookie?: never;
@@ -886,13 +1290,100 @@ export interface operations {
                     "application/json": components["schemas"]["BuildDetail"];
                 };
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Conflicts with the build's state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -902,6 +1393,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The build id. */
                 build_id: number;
             };
             cookie?: never;
@@ -921,13 +1413,100 @@ export interface operations {
                     "application/json": components["schemas"]["BuildDetail"];
                 };
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Conflicts with the build's state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -958,13 +1537,56 @@ export interface operations {
                     "application/json": components["schemas"]["LogPage"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -993,13 +1615,100 @@ export interface operations {
                     "application/json": components["schemas"]["LogChunkPublic"];
                 };
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Conflicts with the build's state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1027,13 +1736,56 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1063,13 +1815,56 @@ export interface operations {
                     "application/json": components["schemas"]["LogStreamEvents"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1092,6 +1887,47 @@ export interface operations {
                     "application/json": components["schemas"]["WhoAmI"];
                 };
             };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
         };
     };
     build_facets_api_v1_build_facets_get: {
@@ -1110,6 +1946,47 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["BuildFacets"];
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1154,6 +2031,13 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
+            /** @description The database or the queue (consumer) is not ready */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     metrics_metrics_get: {
@@ -1171,7 +2055,531 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    list_artifacts_api_v1_builds__build_id__artifacts_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                build_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ArtifactList"];
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+        };
+    };
+    download_artifact_api_v1_builds__build_id__artifacts__artifact_id__zip_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                build_id: number;
+                artifact_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/zip": unknown;
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+        };
+    };
+    delete_artifact_api_v1_builds__build_id__artifacts__artifact_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                build_id: number;
+                artifact_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Conflicts with the build's state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+        };
+    };
+    list_caches_api_v1_build_caches_get: {
+        parameters: {
+            query: {
+                pipeline_id: string;
+                branch?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CacheList"];
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+        };
+    };
+    delete_caches_api_v1_build_caches_delete: {
+        parameters: {
+            query: {
+                pipeline_id: string;
+                key?: string | null;
+                branch?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CacheDeleted"];
+                };
+            };
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+        };
+    };
+    delete_cache_api_v1_build_caches__cache_id__delete: {
+        parameters: {
+            query: {
+                pipeline_id: string;
+            };
+            header?: never;
+            path: {
+                cache_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
