@@ -4,7 +4,9 @@
 # (a pre-install/pre-upgrade hook Job), so replicas never race each other on the schema.
 
 # ---- web: the BuildList / BuildDetail pages, built to web/dist -------------------------------
-FROM node:20-slim AS web
+# Base images are pinned by digest (a tag can be re-pointed); refresh them deliberately with
+# `docker buildx imagetools inspect node:20-slim` / `python:3.11-slim`.
+FROM node:20-slim@sha256:1e85773c98c31d4fe5b545e4cb17379e617b348832fb3738b22a08f68dec30f3 AS web
 WORKDIR /web
 # Manifests first so the dependency layer is reused while only sources change.
 COPY web/package.json web/package-lock.json ./
@@ -13,19 +15,23 @@ COPY web/ ./
 RUN npm run build
 
 # ---- builder: the app and its runtime dependencies in a venv (no dev extra) ------------------
-FROM python:3.11-slim AS builder
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
+# Dependencies first, at the exact versions of constraints.txt: this layer is reused until
+# pyproject.toml or the constraints change, not on every change to app/. Only
+# [project.dependencies], never the dev extra (pytest, mypy, ruff ...).
+RUN python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb')).get('project').get('dependencies')))" > /tmp/requirements.txt \
+    && pip install --constraint constraints.txt --requirement /tmp/requirements.txt
 COPY app/ ./app/
-# A plain install: only [project.dependencies], never the dev extra (pytest, mypy, ruff ...).
-RUN pip install .
+RUN pip install --no-deps .
 
 # ---- runtime ---------------------------------------------------------------------------------
-FROM python:3.11-slim AS runtime
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7 AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

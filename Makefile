@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 NPM := $(shell command -v npm 2>/dev/null)
 WEB_SOURCES := $(shell find web/src web/index.html web/package.json web/vite.config.ts web/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: install ui run migrate test lint typecheck pytest web-test web-e2e bench test-k8s clean
+.PHONY: install ui run migrate test test-fast lint typecheck pytest web-test web-e2e bench test-k8s fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -53,6 +53,18 @@ web-e2e: install ui
 	cd web && npm run e2e
 
 test: lint typecheck pytest web-test web-e2e
+
+# Schemathesis with many more examples per operation than `make test` runs (FUZZ_EXAMPLES).
+fuzz: install
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(VENV)/bin/pytest -q tests/security/test_fuzz.py
+
+# The fast loop (see CONTRIBUTING.md): lint, types and the pure and SQLite-only unit tests; needs
+# no Postgres, RabbitMQ or npm. Before committing, also run the files you touched on both backends.
+FAST_TESTS := $(wildcard tests/test_*.py) tests/workflow tests/services \
+	tests/runners/test_job_outcome.py $(wildcard tests/logs/*_unit.py) \
+	tests/queue/test_memory.py tests/queue/test_decode.py tests/queue/test_factory.py
+test-fast: lint typecheck
+	TEST_BACKENDS=sqlite $(VENV)/bin/pytest -q $(FAST_TESTS)
 
 bench: install
 	$(PY) -m bench

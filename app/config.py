@@ -81,10 +81,38 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     sse_queue_size: int = Field(default=1000, ge=1)
     log_level: str = "INFO"
+    # --- artifacts, caches and actions from git (app/artifacts, app/actions; docs/actions.md) ---
+    artifacts_storage: Literal["directory", "s3"] = "directory"
+    artifacts_dir: Path = Path("./artifact-store")
+    artifacts_s3_bucket: str = ""
+    artifacts_s3_prefix: str = ""
+    artifacts_s3_endpoint_url: str = ""
+    artifacts_s3_region: str = ""
+    artifacts_s3_access_key_id: str = ""
+    artifacts_s3_secret_access_key: str = ""
+    artifacts_s3_create_bucket: bool = False
+    artifact_retention_days: int = Field(default=90, ge=1, le=400)
+    artifact_max_bytes: int = Field(default=10 * 1024**3, ge=1024)
+    cache_max_bytes: int = Field(default=10 * 1024**3, ge=0)
+    cache_default_branch: str = "main"
+    actions_token_secret: str = ""
+    actions_token_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    actions_signed_url_ttl_seconds: int = Field(default=3600, ge=10)
+    actions_public_url: str = ""
+    artifacts_sweep_interval_seconds: float = Field(default=300.0, gt=0)
+    actions_url: str = "https://github.com"
+    actions_cache_dir: Path = Path("./actions-cache")
+    actions_git_timeout_seconds: float = Field(default=300.0, gt=0)
     # --- security (hostile input and builds) ---
     # Local runner step isolation: auto (namespaces when bubblewrap works here, else none),
     # namespaces (refuse to start without them), none (process groups + tracking variable).
     local_isolation: Literal["auto", "namespaces", "none"] = "auto"
+    # A build id whose handling fails this many times goes to the dead-letter queue.
+    queue_max_deliveries: int = Field(default=10, ge=1, le=1000)
+    # Fernet key(s) sealing build secrets; empty: a key file next to a SQLite database.
+    secrets_key: str = ""
+    secrets_retention_days: float = Field(default=30.0, ge=0)
+    secrets_purge_interval_seconds: float = Field(default=3600.0, gt=0)
 
     @field_validator("database_url")
     @classmethod
@@ -108,6 +136,12 @@ class Settings(BaseSettings):
                 "RUNNER=kubernetes needs K8S_MARKER_SECRET (the same random value on every "
                 "replica), so step markers cannot be forged and builds can be re-attached"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_artifact_storage(self) -> Settings:
+        if self.artifacts_storage == "s3" and not self.artifacts_s3_bucket:
+            raise ValueError("ARTIFACTS_STORAGE=s3 needs ARTIFACTS_S3_BUCKET")
         return self
 
     @property
@@ -149,6 +183,7 @@ class Settings(BaseSettings):
             values.append(str(password))
         if self.k8s_marker_secret:
             values.append(self.k8s_marker_secret)
+        values.extend(k.strip() for k in self.secrets_key.split(",") if k.strip())
         return values
 
 

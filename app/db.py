@@ -21,8 +21,10 @@ EventSink = Callable[[list[Any]], None]
 
 
 def create_engine(url: str) -> AsyncEngine:
+    """hide_parameters: a failing statement's exception (and so the service log) never carries
+    the bound values, which include variables and secrets."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -52,7 +54,9 @@ def create_engine(url: str) -> AsyncEngine:
         return engine
     # No pre-ping (a round trip per checkout): a connection broken by a database restart fails
     # one statement, SQLAlchemy then discards the pool's connections and the next one reconnects.
-    return create_async_engine(url, pool_size=20, max_overflow=20, pool_recycle=1800)
+    return create_async_engine(
+        url, pool_size=20, max_overflow=20, pool_recycle=1800, hide_parameters=True
+    )
 
 
 class Database:

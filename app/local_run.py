@@ -18,7 +18,7 @@ from typing import TextIO
 
 from app.config import Settings
 from app.errors import Invalid
-from app.logs.hub import LogEvent
+from app.logs.hub import HubEvent, LogEvent
 from app.migrate import upgrade
 from app.models import BuildDetail, BuildStatus
 from app.models.schemas import StatusEvent
@@ -84,6 +84,11 @@ async def _run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
                 "database_url": args.database_url or f"sqlite+aiosqlite:///{tmp / 'ci.db'}",
                 "workspace_root": Path(args.workspace) if args.workspace else tmp / "workspaces",
                 "runner": "local",
+                # Your own workflow on your own machine (like `act`): unsandboxed unless
+                # LOCAL_ISOLATION is set explicitly.
+                "local_isolation": settings.local_isolation
+                if "local_isolation" in settings.model_fields_set
+                else "none",
             }
         )
         await asyncio.to_thread(upgrade, settings.database_url)
@@ -92,10 +97,11 @@ async def _run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             return await _execute(args, yaml_text, core, out)
 
 
-async def _execute(args: argparse.Namespace, yaml_text: str, core: Core, out: TextIO) -> int:
-    db, hub = core.db, core.hub
+async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: TextIO) -> int | None:
+    """Store the build and mark it running (no queue here); None after reporting an invalid
+    workflow."""
     try:
-        async with db.transaction() as session:
+        async with core.db.transaction() as session:
             build = await builds.create_build(
                 session,
                 NewBuild(
@@ -110,16 +116,38 @@ async def _execute(args: argparse.Namespace, yaml_text: str, core: Core, out: Te
                 ),
             )
             assert build.id is not None
-            build_id = build.id
-            await state.build(session, build_id, BuildStatus.running)
+            await state.build(session, build.id, BuildStatus.running)
+            return build.id
     except Invalid as exc:
         out.write(f"{args.workflow}: invalid workflow\n")
         for problem in exc.detail:
             out.write(
                 f"  line {problem['line']}, column {problem['column']}: {problem['message']}\n"
             )
+        return None
+
+
+def _print_event(event: HubEvent, names: dict[tuple[str, int], str], out: TextIO) -> None:
+    """Output lines prefixed [job/step]; a line when a step starts and when it ends badly."""
+    if isinstance(event, LogEvent):
+        chunk = event.chunk
+        step = names.get((chunk.job_name or "", chunk.step_index or 0), "")
+        for line in chunk.content.splitlines():
+            out.write(f"[{chunk.job_name}/{step}] {line}\n")
+    elif isinstance(event, StatusEvent) and event.kind == "step" and event.job_name:
+        step = names.get((event.job_name, event.step_index or 0), "")
+        if event.status == "running":
+            out.write(f"==> {event.job_name} / {step}\n")
+        elif event.status != "success":
+            out.write(f"<== {event.job_name} / {step}: {_MARK.get(event.status, event.status)}\n")
+    out.flush()
+
+
+async def _execute(args: argparse.Namespace, yaml_text: str, core: Core, out: TextIO) -> int:
+    build_id = await _create(args, yaml_text, core, out)
+    if build_id is None:
         return 2
-    async with db.read() as session:
+    async with core.db.read() as session:
         names = {
             (job.name, step.index): step.name
             for job in (await builds.detail(session, build_id)).jobs
@@ -141,7 +169,7 @@ async def _execute(args: argparse.Namespace, yaml_text: str, core: Core, out: Te
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, on_interrupt)
     try:
-        with hub.subscribe(build_id) as sub:
+        with core.hub.subscribe(build_id) as sub:
             task = asyncio.create_task(BuildExecutor(ctx).run())
             while not task.done() or not sub.queue.empty():
                 getter = asyncio.create_task(sub.queue.get())
@@ -149,25 +177,12 @@ async def _execute(args: argparse.Namespace, yaml_text: str, core: Core, out: Te
                 if not getter.done():
                     getter.cancel()
                     continue
-                event = getter.result()
-                if isinstance(event, LogEvent):
-                    chunk = event.chunk
-                    step = names.get((chunk.job_name or "", chunk.step_index or 0), "")
-                    for line in chunk.content.splitlines():
-                        out.write(f"[{chunk.job_name}/{step}] {line}\n")
-                elif isinstance(event, StatusEvent) and event.kind == "step" and event.job_name:
-                    step = names.get((event.job_name, event.step_index or 0), "")
-                    mark = _MARK.get(event.status, event.status)
-                    if event.status == "running":
-                        out.write(f"==> {event.job_name} / {step}\n")
-                    elif event.status != "success":
-                        out.write(f"<== {event.job_name} / {step}: {mark}\n")
-                out.flush()
+                _print_event(getter.result(), names, out)
             await task
     finally:
         with contextlib.suppress(NotImplementedError):
             loop.remove_signal_handler(signal.SIGINT)
-    async with db.read() as session:
+    async with core.db.read() as session:
         detail = await builds.detail(session, build_id)
     print_summary(detail, out)
     return 0 if detail.status == BuildStatus.success else 1

@@ -14,8 +14,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import builds, health, logs
+from app.api import artifacts, builds, health, logs
 from app.api.limits import RequestGuard
+from app.api.openapi import document_responses
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.errors import ServiceError
 from app.wiring import running_services
@@ -55,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(builds.router, prefix=API_PREFIX)
     app.include_router(logs.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    app.include_router(artifacts.router, prefix=API_PREFIX)
+    app.include_router(artifacts.runtime_router)
+    document_responses(app)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
@@ -74,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal error; see the service log")
 
-    app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(RequestGuard, settings=settings, exempt=artifacts.BLOB_PATH_PREFIXES)
 
     _mount_ui(app, WEB_DIST)
     return app

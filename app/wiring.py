@@ -10,6 +10,7 @@ stored on `app.state.services`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from sqlmodel import col, select
 
 from app.config import Settings
 from app.db import Database
+from app.installation import read_installation_id
 from app.logs.hub import LiveHub
 from app.logs.masking import Masker
 from app.logs.writer import LogWriter
@@ -27,6 +29,7 @@ from app.queue import create_queue
 from app.queue.base import BuildQueue
 from app.runners import create_runner
 from app.runners.base import Runner
+from app.secrets import SecretBox, SecretsPurger, load_secret_box
 from app.services.executor import BuildContext
 from app.services.notify import PgListener, asyncpg_dsn, notify_payloads
 from app.services.pipelines import PipelineClient
@@ -43,6 +46,7 @@ class Core:
     hub: LiveHub
     writer: LogWriter
     runner: Runner
+    secret_box: SecretBox | None  # seals build secrets (app/secrets.py); None: no key here
 
     def build_context(self, build_id: int) -> BuildContext:
         """What the executor needs to run one build with these parts."""
@@ -55,6 +59,7 @@ class Core:
             max_jobs=self.settings.max_concurrent_jobs,
             # The service's own credentials never reach a build log, whatever a step can read.
             masker=Masker(self.settings.service_secrets),
+            secret_box=self.secret_box,
         )
 
 
@@ -85,10 +90,20 @@ async def _start_core(
     )
     await writer.start()
     stack.push_async_callback(writer.stop)
-    runner = create_runner(settings)
+    database_id = await read_installation_id(db) if settings.runner == "kubernetes" else None
+    runner = create_runner(settings, database_id=database_id)
     await runner.start()
     stack.push_async_callback(runner.stop)
-    return Core(settings=settings, db=db, metrics=metrics, hub=hub, writer=writer, runner=runner)
+    secret_box = await asyncio.to_thread(load_secret_box, settings)
+    return Core(
+        settings=settings,
+        db=db,
+        metrics=metrics,
+        hub=hub,
+        writer=writer,
+        runner=runner,
+        secret_box=secret_box,
+    )
 
 
 @asynccontextmanager
@@ -117,7 +132,15 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             settings.queue_url,
             queue_name=settings.queue_name,
             prefetch=settings.max_concurrent_builds,
+            max_deliveries=settings.queue_max_deliveries,
         )
+        purger = SecretsPurger(
+            core.db,
+            retention_days=settings.secrets_retention_days,
+            interval_seconds=settings.secrets_purge_interval_seconds,
+        )
+        await purger.start()
+        stack.push_async_callback(purger.stop)
         scheduler = Scheduler(core, queue)
         await scheduler.start()
         stack.push_async_callback(scheduler.stop)
@@ -139,6 +162,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             hub=core.hub,
             writer=core.writer,
             runner=core.runner,
+            secret_box=core.secret_box,
             pipelines=pipelines,
             queue=queue,
             scheduler=scheduler,

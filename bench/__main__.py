@@ -27,6 +27,7 @@ MODULES = (
     "buildbot_peer",
     "list_builds",
     "sse_fanout",
+    "artifacts",
 )
 
 

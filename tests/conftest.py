@@ -1,6 +1,7 @@
-"""Shared fixtures.
+"""Shared fixtures (helpers live in tests/support/).
 
-Every database test runs twice, on SQLite and on Postgres. Each backend's schema is built once
+Every database test runs twice, on SQLite and on Postgres (`TEST_BACKENDS=sqlite` runs the SQLite
+half only, see tests/support/backends.py). Each backend's schema is built once
 per session from the Alembic migrations into a template; each test then gets its own fresh copy
 (a copied SQLite file, or `CREATE DATABASE ... TEMPLATE` on Postgres), so tests never see each
 other's rows even though the app commits for real.
@@ -20,20 +21,19 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from asgi_lifespan import LifespanManager
 
 from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
-from tests.helpers import free_port
 from tests.k8s_emulator.fixture import EmulatorProcess
-from tests.serve import ServeProcess, start_serve
+from tests.support import ServeProcess, start_serve, uvicorn_server
+from tests.support.backends import enabled_backends, skip_unless_enabled
 
 PG_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_HOST = PG_DSN.rsplit("/", 1)[0].split("://", 1)[1]
 TEMPLATE = f"ci_test_template_{os.getpid()}"
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = enabled_backends()
 
 
 def _pg_url(name: str, driver: str = "postgresql+asyncpg") -> str:
@@ -73,6 +73,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated database for this test."""
+    skip_unless_enabled(backend)
     if backend == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
         path = tmp_path / "ci.db"
@@ -125,19 +126,8 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def live_url(settings: Settings) -> AsyncIterator[str]:
     """The app served by a real uvicorn on loopback (for SSE over real HTTP)."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 60)
+    async with uvicorn_server(create_app(settings), lifespan="on") as url:
+        yield url
 
 
 @pytest.fixture

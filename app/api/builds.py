@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from app.api.deps import (
     DbDep,
@@ -13,11 +13,21 @@ from app.api.deps import (
     ReaderDep,
     ReadSessionDep,
     SchedulerDep,
+    ServicesDep,
     SettingsDep,
     WriterDep,
 )
+from app.api.params import (
+    BuildIdPath,
+    IdempotencyKey,
+    PageQuery,
+    PipelineIdQuery,
+    ShortTextQuery,
+    request_sha256,
+)
 from app.errors import Invalid, TooLarge
 from app.models import BuildCreate, BuildDetail, BuildPage, BuildStatus, SnapshotPublic
+from app.secrets import seal_request
 from app.services import builds as service
 from app.services.builds import NewBuild
 
@@ -33,7 +43,8 @@ async def create_build(
     settings: SettingsDep,
     queue: QueueDep,
     pipelines: PipelinesDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> BuildDetail:
     """CreateBuild: validate the workflow, store the build with its snapshot, jobs, edges and
     steps (all `queued`/`pending`), and publish its id unless `dispatch` is false.
@@ -50,6 +61,7 @@ async def create_build(
         yaml_text = await pipelines.workflow_yaml(body.pipeline_id)
     if len(yaml_text.encode()) > settings.max_workflow_bytes:
         raise TooLarge(f"workflow_yaml is larger than {settings.max_workflow_bytes} bytes")
+    variables, sealed = seal_request(services.secret_box, body.variables, body.secrets)
     new = NewBuild(
         pipeline_id=body.pipeline_id,
         triggered_by=body.triggered_by or caller.name,
@@ -57,7 +69,9 @@ async def create_build(
         commit_sha=body.commit_sha,
         branch=body.branch,
         repo_url=body.repo_url,
-        variables=body.variables,
+        variables=variables,
+        secrets_sealed=sealed,
+        request_sha256=request_sha256(body),
         dispatch=body.dispatch,
         idempotency_key=idempotency_key,
         event_name=body.event_name,
@@ -73,10 +87,10 @@ async def create_build(
 async def list_builds(
     session: ReadSessionDep,
     _caller: ReaderDep,
-    pipeline_id: str | None = None,
+    pipeline_id: PipelineIdQuery = None,
     status: BuildStatus | None = None,
-    branch: str | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    branch: ShortTextQuery = None,
+    page: PageQuery = 1,
     size: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> BuildPage:
     """ListBuilds: newest first, filtered by pipeline, status and branch, paged (1-based)."""
@@ -86,7 +100,9 @@ async def list_builds(
 
 
 @router.get("/builds/{build_id}", response_model=BuildDetail)
-async def get_build(build_id: int, session: ReadSessionDep, _caller: ReaderDep) -> BuildDetail:
+async def get_build(
+    build_id: BuildIdPath, session: ReadSessionDep, _caller: ReaderDep
+) -> BuildDetail:
     """GetBuild: the build with its jobs (each with `needs` and `steps`), the DAG `edges` and
     the snapshot's `yaml_sha256`. Secret variable values are shown as `***`."""
     return await service.detail(session, build_id)
@@ -94,7 +110,7 @@ async def get_build(build_id: int, session: ReadSessionDep, _caller: ReaderDep) 
 
 @router.get("/builds/{build_id}/snapshot", response_model=SnapshotPublic)
 async def get_snapshot(
-    build_id: int, session: ReadSessionDep, _caller: ReaderDep
+    build_id: BuildIdPath, session: ReadSessionDep, _caller: ReaderDep
 ) -> SnapshotPublic:
     """The workflow YAML stored when the build was created, and its sha256."""
     snap = await service.snapshot(session, build_id)
@@ -108,7 +124,7 @@ async def get_snapshot(
 
 @router.post("/builds/{build_id}/cancel", status_code=202, response_model=BuildDetail)
 async def cancel_build(
-    build_id: int, db: DbDep, scheduler: SchedulerDep, _caller: WriterDep
+    build_id: BuildIdPath, db: DbDep, scheduler: SchedulerDep, _caller: WriterDep
 ) -> BuildDetail:
     """CancelBuild: a queued build is cancelled at once. A running build's processes (or
     Kubernetes Jobs) are stopped by the replica running it, which then marks running and pending
@@ -117,7 +133,9 @@ async def cancel_build(
 
 
 @router.post("/builds/{build_id}/retry", status_code=201, response_model=BuildDetail)
-async def retry_build(build_id: int, db: DbDep, queue: QueueDep, caller: WriterDep) -> BuildDetail:
+async def retry_build(
+    build_id: BuildIdPath, db: DbDep, queue: QueueDep, caller: WriterDep
+) -> BuildDetail:
     """A new build from the same snapshot, variables, commit, branch and repo, with `retry_of`
     set. Retrying a build that has not finished is a 409."""
     triggered_by = caller.name if caller.name != "anonymous" else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import literal
 from sqlmodel import select
@@ -22,7 +22,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "The database or the queue (consumer) is not ready"}},
+)
 async def readyz(db: DbDep, queue: QueueDep) -> JSONResponse:
     """Readiness: the database and the queue are reachable (503 naming what is not)."""
     checks: dict[str, str] = {}
@@ -44,7 +47,13 @@ async def readyz(db: DbDep, queue: QueueDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}
+    },
+)
 async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics in the text exposition format."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

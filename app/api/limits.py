@@ -40,11 +40,20 @@ def token_matches(settings: Settings, presented: bytes) -> bool:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, settings: Settings, api_prefix: str = "/api/") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        api_prefix: str = "/api/",
+        exempt: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.settings = settings
         self.limit = settings.max_workflow_bytes * 2 + 64 * 1024
         self.api_prefix = api_prefix
+        # Blob uploads (artifacts, caches: app/artifacts/routes.py) stream to storage, are
+        # bounded there (ARTIFACT_MAX_BYTES) and authenticated by signed URLs or runtime tokens.
+        self.exempt = exempt
 
     def _has_body(self, scope: Scope) -> bool:
         length = _header(scope, b"content-length")
@@ -61,7 +70,7 @@ class RequestGuard:
         return token_matches(self.settings, presented.strip())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith(self.exempt):
             await self.app(scope, receive, send)
             return
         if (

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import DbDep, HubDep, ReaderDep, ReadSessionDep, SettingsDep, WriterDep
+from app.api.deps import (
+    DbDep,
+    HubDep,
+    ReaderDep,
+    ReadSessionDep,
+    ServicesDep,
+    SettingsDep,
+    WriterDep,
+)
 from app.errors import Invalid, TooLarge
 from app.logs.stream import stream_build
 from app.models import LogAppend, LogChunkPublic, LogPage
@@ -33,6 +41,7 @@ async def append_logs(
     response: Response,
     db: DbDep,
     settings: SettingsDep,
+    services: ServicesDep,
     _caller: WriterDep,
 ) -> LogChunkPublic:
     """AppendBuildLogs. Without `seq` the chunk goes at the end (201). With `seq`: writing the
@@ -41,7 +50,7 @@ async def append_logs(
     if len(body.content.encode(errors="replace")) > settings.max_log_append_bytes:
         raise TooLarge(f"content is larger than {settings.max_log_append_bytes} bytes")
     async with db.transaction() as session:
-        chunk, created = await service.append(session, build_id, body)
+        chunk, created = await service.append(session, build_id, body, services.secret_box)
     if not created:
         response.status_code = 200
     return chunk

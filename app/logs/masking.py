@@ -39,11 +39,14 @@ class Masker:
             self.add(value)
 
     def add(self, value: str) -> None:
-        new = {
-            line.strip("\r")
-            for line in value.split("\n")
-            if len(line.strip("\r")) >= MIN_SECRET_LENGTH
-        }
+        new: set[str] = set()
+        for line in value.split("\n"):
+            line = line.strip("\r")
+            # A secret with surrounding whitespace also leaks its core once a shell word-splits
+            # it (`echo $SECRET`): mask the stripped core too, unless it is trivially short.
+            for candidate in (line, line.strip()):
+                if len(candidate) >= MIN_SECRET_LENGTH:
+                    new.add(candidate)
         if new - self._values:
             self._values |= new
             # Longest first so a secret containing another is replaced whole.

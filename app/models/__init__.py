@@ -1,5 +1,6 @@
 """Tables and their public schemas."""
 
+from app.models.installation import Installation
 from app.models.schemas import (
     BuildCreate,
     BuildDetail,
@@ -43,6 +44,7 @@ __all__ = [
     "BuildStep",
     "BuildStepSummary",
     "EdgePublic",
+    "Installation",
     "JobPublic",
     "JobStatus",
     "LogAppend",

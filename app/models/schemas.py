@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator
 
 from app.models.status import BuildStatus, JobStatus
+from app.models.types import (
+    Name,
+    PipelineId,
+    ShortText,
+    Text,
+    UrlText,
+    ValidText,
+    check_json_text,
+)
 
+# Variables reach steps as environment variables: shell identifiers, values bounded (GitHub's
+# own secrets are at most 48 KB).
+VariableName = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+]
+VariableValue = Annotated[str, StringConstraints(max_length=64 * 1024), ValidText]
 _NAME = Field(min_length=1, max_length=255)
 EVENT_MAX_BYTES = 256 * 1024  # GitHub caps webhook payloads at 25 MB; ours live in a row
 
@@ -19,21 +34,24 @@ class BuildCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pipeline_id: str = Field(min_length=1, max_length=255, pattern=r"^[^\s/]+$")
-    triggered_by: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=255,
-        description="Who started the build; defaults to the API token's name.",
+    pipeline_id: PipelineId
+    triggered_by: Name | None = Field(
+        default=None, description="Who started the build; defaults to the API token's name."
     )
-    commit_sha: str | None = Field(default=None, max_length=255)
-    branch: str | None = Field(default=None, max_length=255)
-    repo_url: str | None = Field(default=None, max_length=2048)
-    variables: dict[str, str] = Field(default_factory=dict)
-    workflow_yaml: str | None = Field(
+    commit_sha: ShortText | None = None
+    branch: ShortText | None = None
+    repo_url: UrlText | None = None
+    variables: dict[VariableName, VariableValue] = Field(default_factory=dict)
+    workflow_yaml: Text | None = Field(
         default=None, description="The workflow; read from pipeline_service when omitted."
     )
-    dispatch: bool = Field(default=True, description="Publish the build id to the queue.")
+    dispatch: StrictBool = Field(default=True, description="Publish the build id to the queue.")
+    secrets: dict[VariableName, VariableValue] | None = Field(
+        default=None,
+        max_length=100,
+        description="Secrets for the `secrets` context: encrypted at rest, masked in logs, never "
+        "returned by any endpoint, purged SECRETS_RETENTION_DAYS after the build finishes.",
+    )
     event_name: str | None = Field(
         default=None,
         min_length=1,
@@ -50,18 +68,11 @@ class BuildCreate(BaseModel):
     @field_validator("event")
     @classmethod
     def _event_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > EVENT_MAX_BYTES:
+        if value is None:
+            return value
+        check_json_text(value)
+        if len(json.dumps(value)) > EVENT_MAX_BYTES:
             raise ValueError(f"event must be at most {EVENT_MAX_BYTES} bytes as JSON")
-        return value
-
-    @field_validator("variables")
-    @classmethod
-    def _names(cls, value: dict[str, str]) -> dict[str, str]:
-        import re
-
-        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
-        if bad:
-            raise ValueError(f"variable names must be shell identifiers: {', '.join(bad[:5])}")
         return value
 
 

@@ -1,4 +1,5 @@
-"""Status vocabularies (DESIGN.md §3). Transitions live in app/services/state.py."""
+"""Status vocabularies (docs/design.md, "Statuses and the state machine"). Transitions live in
+app/services/state.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SQLModel tables (DESIGN.md §3). Columns marked + in the design are the executor's additions."""
+"""SQLModel tables (docs/design.md, "Data model"). Comments marked + explain the columns the
+executor adds to the original design."""
 
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ class Build(SQLModel, table=True):
     # + the trigger (GitHub's `github.event_name` / `github.event`; `inputs` come from the event)
     event_name: str | None = Field(default=None, max_length=255)
     event: dict[str, Any] | None = Field(default=None, sa_type=JSONVariant)
+    # + security: sha256 of the create request (an Idempotency-Key reused with another body is
+    # refused); the build's secrets, encrypted (app/secrets.py); when they were purged.
+    request_sha256: str | None = Field(default=None, max_length=64)
+    secrets_sealed: str | None = Field(default=None, sa_type=Text)
+    secrets_purged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class BuildSnapshot(SQLModel, table=True):

@@ -19,13 +19,17 @@ __all__ = [
 ]
 
 
-def create_queue(url: str, *, queue_name: str, prefetch: int) -> BuildQueue:
+def create_queue(
+    url: str, *, queue_name: str, prefetch: int, max_deliveries: int = 10
+) -> BuildQueue:
     """`memory://` → the in-process queue; `amqp://` / `amqps://` → RabbitMQ."""
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory":
-        return MemoryQueue()
+        return MemoryQueue(max_deliveries=max_deliveries)
     if scheme in ("amqp", "amqps"):
-        return AmqpQueue(url, queue_name=queue_name, prefetch=prefetch)
+        return AmqpQueue(
+            url, queue_name=queue_name, prefetch=prefetch, max_deliveries=max_deliveries
+        )
     # Only the scheme is echoed: the rest of the URL may carry a password.
     raise ValueError(
         f"unsupported QUEUE_URL scheme {scheme!r}: expected memory:// (in-process queue) "

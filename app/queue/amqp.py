@@ -47,6 +47,18 @@ class QueuePublishError(RuntimeError):
     """
 
 
+ATTEMPTS_HEADER = "x-ci-attempts"
+
+
+def _attempts(message: AbstractIncomingMessage) -> int:
+    """Failed deliveries so far: our own header, or a quorum queue's x-delivery-count."""
+    headers = message.headers or {}
+    counts = [headers.get(ATTEMPTS_HEADER), headers.get("x-delivery-count")]
+    return max(
+        (int(c) for c in counts if isinstance(c, int) and not isinstance(c, bool)), default=0
+    )
+
+
 def _redact(url: str) -> str:
     parsed = URL(url)
     return str(parsed.with_password("***")) if parsed.password else url
@@ -65,6 +77,7 @@ class AmqpQueue:
         retry_delay: float = 1.0,
         reconnect_interval: float = 2.0,
         stop_grace: float = 10.0,
+        max_deliveries: int = 10,
     ) -> None:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {prefetch}")
@@ -77,6 +90,7 @@ class AmqpQueue:
         self._retry_delay = retry_delay
         self._reconnect_interval = reconnect_interval
         self._stop_grace = stop_grace
+        self._max_deliveries = max(1, max_deliveries)
 
         self._handler: BuildHandler | None = None
         self._consume_conn: AbstractRobustConnection | None = None
@@ -174,6 +188,8 @@ class AmqpQueue:
             raise QueuePublishError(f"publishing {what} failed: {exc!r}") from exc
 
     async def ready(self) -> bool:
+        if self._consumer_tag is None:
+            return False  # not consuming: this replica would never run a build
         for conn in (self._consume_conn, self._publish_conn):
             if conn is None or conn.is_closed or not conn.connected.is_set():
                 return False
@@ -225,6 +241,15 @@ class AmqpQueue:
         task.add_done_callback(self._tasks.discard)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        # Nothing may escape: an unsettled delivery holds a prefetch slot for good, and a few of
+        # those stop consumption altogether.
+        try:
+            await self._handle(message)
+        except Exception:
+            log.exception("unexpected error processing a delivery from %r", self._queue_name)
+            await self._settle(message, "reject", "a delivery that broke the consumer")
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
             build_id = decode_build_id(message.body)
         except InvalidMessage as exc:
@@ -244,15 +269,48 @@ class AmqpQueue:
         try:
             await handler(build_id)
         except Exception:
+            attempts = _attempts(message) + 1
+            if attempts >= self._max_deliveries:
+                log.exception(
+                    "handling build %d failed %d times; dead-lettering it to %r (the requeue "
+                    "sweep publishes it again if it is still queued)",
+                    build_id,
+                    attempts,
+                    self._dlq_name,
+                )
+                await self._settle(message, "reject", f"build {build_id}")
+                return
             log.exception(
-                "handling build %d failed (redelivered=%s); returning it to %r in %gs",
+                "handling build %d failed (attempt %d of %d); returning it to %r in %gs",
                 build_id,
-                message.redelivered,
+                attempts,
+                self._max_deliveries,
                 self._queue_name,
                 self._retry_delay,
             )
             # The delay keeps a broken database from turning redelivery into a busy loop.
             await asyncio.sleep(self._retry_delay)
+            await self._retry(message, build_id, attempts)
+            return
+        await self._settle(message, "ack", f"build {build_id}")
+
+    async def _retry(self, message: AbstractIncomingMessage, build_id: int, attempts: int) -> None:
+        """Requeue with the attempt count carried in a header (classic queues count nothing):
+        publish a copy, then ack the original. If that publish fails, a plain nack requeues."""
+        channel = self._publish_channel
+        try:
+            if channel is None:
+                raise RuntimeError("not started")
+            copy = aio_pika.Message(
+                message.body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                content_type=message.content_type,
+                headers={**(message.headers or {}), ATTEMPTS_HEADER: attempts},
+            )
+            async with asyncio.timeout(self._publish_timeout):
+                await channel.default_exchange.publish(copy, routing_key=self._queue_name)
+        except (TimeoutError, RuntimeError, *CONNECTION_EXCEPTIONS) as exc:
+            log.warning("could not requeue build %d with its attempt count: %r", build_id, exc)
             await self._settle(message, "nack", f"build {build_id}")
             return
         await self._settle(message, "ack", f"build {build_id}")

@@ -16,15 +16,24 @@ class InvalidMessage(ValueError):
     """A message body that is not a build id."""
 
 
+# A build id message is a few bytes; anything longer is not one, and is never parsed (a deeply
+# nested JSON body would otherwise raise RecursionError from inside the consumer).
+MAX_MESSAGE_BYTES = 256
+_INT64_MAX = 2**63 - 1
+
+
 def decode_build_id(body: bytes) -> int:
-    """Accept `42` or `{"build_id": 42}` (what pipeline_service publishes)."""
+    """Accept `42` or `{"build_id": 42}` (what pipeline_service publishes); a positive 64-bit
+    integer. Anything else raises InvalidMessage, never another exception."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"{len(body)} bytes is too long for a build id: {body[:80]!r}")
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidMessage(f"not JSON: {body[:80]!r}") from exc
     if isinstance(value, dict):
         value = value.get("build_id")
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _INT64_MAX:
         raise InvalidMessage(f"not a build id: {body[:80]!r}")
     return value
 

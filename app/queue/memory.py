@@ -19,15 +19,19 @@ class MemoryQueue:
     """In-process queue; one consumer task calls the handler for each id in publish order.
 
     A failing handler means the database (or scheduler) is broken, not the id, so the id is
-    put back after an exponential backoff and retried for as long as the queue runs. The retry
+    put back after an exponential backoff, up to `max_deliveries` attempts (then the requeue
+    sweep takes over). The retry
     goes to the back of the queue so one failing build does not hold up the ones behind it.
     """
 
-    def __init__(self, *, retry_delay: float = 1.0, max_retry_delay: float = 30.0) -> None:
+    def __init__(
+        self, *, retry_delay: float = 1.0, max_retry_delay: float = 30.0, max_deliveries: int = 10
+    ) -> None:
         if retry_delay <= 0 or max_retry_delay < retry_delay:
             raise ValueError("need 0 < retry_delay <= max_retry_delay")
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
+        self._max_deliveries = max(1, max_deliveries)
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._handler: BuildHandler | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -81,6 +85,14 @@ class MemoryQueue:
     def _schedule_retry(self, build_id: int) -> None:
         attempt = self._failures.get(build_id, 0) + 1
         self._failures[build_id] = attempt
+        if attempt >= self._max_deliveries:
+            # No DLQ in process: drop it. The build row stays queued, so the requeue sweep
+            # publishes it again once whatever broke is fixed.
+            self._failures.pop(build_id, None)
+            log.exception(
+                "build queue handler failed %d times for build %d; dropped", attempt, build_id
+            )
+            return
         delay = min(self._retry_delay * 2 ** (attempt - 1), self._max_retry_delay)
         log.exception(
             "build queue handler failed for build %d (attempt %d); retrying in %gs",

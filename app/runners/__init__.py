@@ -7,7 +7,9 @@ from app.runners.base import Runner
 from app.runners.local import LocalRunner
 
 
-def create_runner(settings: Settings) -> Runner:
+def create_runner(settings: Settings, *, database_id: str | None = None) -> Runner:
+    """`database_id`: the database's installation id (app.installation), which keeps the
+    kubernetes runner from following Jobs another (or a reset) database created."""
     if settings.runner == "local":
         return LocalRunner(
             settings.workspace_root,
@@ -24,6 +26,7 @@ def create_runner(settings: Settings) -> Runner:
             default_image=settings.k8s_default_image,
             ttl_seconds_after_finished=settings.k8s_ttl_seconds_after_finished,
             marker_secret=settings.k8s_marker_secret,
+            database_id=database_id,
             kubeconfig=settings.kubeconfig or None,
             default_deadline_seconds=settings.k8s_job_deadline_seconds,
             unschedulable_timeout_seconds=settings.k8s_unschedulable_timeout_seconds,

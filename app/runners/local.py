@@ -82,8 +82,6 @@ class LocalRunner:
         workspace_root: Path,
         *,
         kill_grace_seconds: float = 5.0,
-        # The service passes LOCAL_ISOLATION; `ci-executor run` (your own workflow on your own
-        # machine, like `act`) keeps the unsandboxed default.
         isolation: IsolationSetting = "none",
         hidden: tuple[Path, ...] = (),
         install_key: str = "",

@@ -5,8 +5,8 @@ Two modes (setting `LOCAL_ISOLATION`):
 - `namespaces`: every step runs under bubblewrap (`bwrap`) in its own user, PID, IPC and mount
   namespaces. The root filesystem is read-only; the service's working directory, its HOME, the
   directory of its SQLite database and the rest of WORKSPACE_ROOT are hidden under empty tmpfs
-  mounts; only the build's directory (its jobs' workspaces) and a per-job temp dir (mounted at
-  /tmp) are writable. The
+  mounts; only the build's directory (its jobs' workspaces and per-job temp dirs, TMPDIR) and
+  the machine's /tmp (world-writable on any host; our own files there are masked) are writable. The
   service's processes are invisible (fresh /proc), no capability survives (a user namespace: the
   hidden mounts cannot be unmounted from inside). The step is PID 1's only child: when it ends,
   the kernel kills everything else in the namespace, daemons included; `--die-with-parent` does
@@ -52,7 +52,8 @@ _SYSTEM_DIRS = frozenset(
 )
 
 
-_DB_COMPANIONS = ("-wal", "-shm", "-journal")
+# A SQLite database's companions, and its secrets key file (app/secrets.py).
+_DB_COMPANIONS = ("-wal", "-shm", "-journal", ".key")
 
 
 class IsolationUnavailable(RuntimeError):
@@ -203,18 +204,21 @@ class Sandbox:
         *,
         cwd: Path,
         workspace: Path,
-        tmpdir: Path,
         readable: Sequence[Path],
     ) -> list[str]:
         assert self._bwrap is not None
         args = _bwrap_base(self._bwrap)
+        # /tmp stays the machine's /tmp, writable as for any local user (tools and tests hand
+        # files through it); whatever of ours lies under it is hidden by the mounts below.
+        if Path("/tmp").is_dir():
+            args += ["--bind", "/tmp", "/tmp"]
+        args += ["--tmpfs", "/var/tmp"]
         for path in self._hidden:
             if path.is_dir():
                 args += ["--tmpfs", str(path)]
             for candidate in (path, *(Path(f"{path}{s}") for s in _DB_COMPANIONS)):
                 if candidate.is_file():
                     args += ["--ro-bind", "/dev/null", str(candidate)]
-        args += ["--tmpfs", "/var/tmp", "--bind", str(tmpdir), "/tmp"]
         for path in readable:
             resolved = path.resolve()
             if resolved.exists() and self._visible(resolved):
@@ -241,11 +245,9 @@ class Sandbox:
         `readable`: host paths the build asked for (a `file://` repository) shown read-only,
         unless they hold or lie inside something hidden."""
         env = {**env, TRACK_VAR: track}
+        env.setdefault("TMPDIR", str(tmpdir))
         if self.mode == "namespaces":
-            argv = self._wrap(argv, cwd=cwd, workspace=workspace, tmpdir=tmpdir, readable=readable)
-            env.setdefault("TMPDIR", "/tmp")
-        else:
-            env.setdefault("TMPDIR", str(tmpdir))
+            argv = self._wrap(argv, cwd=cwd, workspace=workspace, readable=readable)
         return await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,

@@ -7,6 +7,7 @@ transaction and only then publish (queue message, in-process cancel signal).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
@@ -38,8 +39,9 @@ from app.models import (
     PipelineCounter,
     StepPublic,
 )
-from app.models.types import utcnow
+from app.models.types import NAME_MAX, clip, utcnow
 from app.queue.base import BuildQueue
+from app.secrets import retry_secrets
 from app.services import state
 from app.services.notify import CancelRequested
 from app.services.plan import planned_steps
@@ -62,6 +64,8 @@ class NewBuild:
     idempotency_key: str | None = None
     event_name: str | None = None
     event: dict[str, Any] | None = None
+    request_sha256: str | None = None  # of the create request, for Idempotency-Key reuse
+    secrets_sealed: str | None = None  # app/secrets.py; variables then hold *** in their place
 
 
 def parse_or_422(text: str) -> WorkflowSpec:
@@ -94,11 +98,31 @@ async def _next_number(session: AsyncSession, pipeline_id: str) -> int:
     return int((await session.exec(stmt)).scalar_one())
 
 
-async def create_build(session: AsyncSession, new: NewBuild) -> Build:
+async def create_build(
+    session: AsyncSession, new: NewBuild, spec: WorkflowSpec | None = None
+) -> Build:
     """Validate the workflow and store the build, its snapshot, jobs, edges and steps.
 
-    Raises Invalid (422, every problem with line and column) before anything is written."""
-    spec = parse_or_422(new.workflow_yaml)
+    Raises Invalid (422, every problem with line and column) before anything is written.
+    `spec`: the workflow already parsed (callers parse before opening the transaction)."""
+    if spec is None:
+        # Parsing a large workflow takes a while: never on the event loop.
+        spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
+    # Job names identify rows (build_jobs.name, 255 characters on every database): refuse what
+    # would not fit rather than fail on Postgres only. Display names are clipped instead.
+    too_long = [j.name for j in spec.jobs if len(j.name) > NAME_MAX]
+    if too_long:
+        raise Invalid(
+            [
+                {
+                    "line": 0,
+                    "column": 0,
+                    "message": f"job name '{name[:60]}…' is {len(name)} characters long; job ids "
+                    f"and expanded matrix names may have at most {NAME_MAX}",
+                }
+                for name in too_long[:10]
+            ]
+        )
     now = utcnow()
     build = Build(
         pipeline_id=new.pipeline_id,
@@ -114,6 +138,8 @@ async def create_build(session: AsyncSession, new: NewBuild) -> Build:
         idempotency_key=new.idempotency_key,
         event_name=new.event_name,
         event=new.event,
+        request_sha256=new.request_sha256,
+        secrets_sealed=new.secrets_sealed,
         # Set optimistically in the same transaction: if the publish after commit fails, the
         # requeue sweep sees a stale dispatched_at and publishes again.
         dispatched_at=now if new.dispatch else None,
@@ -133,7 +159,7 @@ async def create_build(session: AsyncSession, new: NewBuild) -> Build:
         {
             "build_id": build.id,
             "name": j.name,
-            "display_name": j.display_name,
+            "display_name": clip(j.display_name),
             "index": j.index,
             "runs_on": list(j.runs_on),
             "environment": (
@@ -147,7 +173,7 @@ async def create_build(session: AsyncSession, new: NewBuild) -> Build:
     if edges:
         await session.exec(insert(BuildJobEdge), params=edges)
     steps = [
-        {"build_id": build.id, "job_name": j.name, "index": s.index, "name": s.name}
+        {"build_id": build.id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
         for j in spec.jobs
         for s in planned_steps(j, checkout=bool(new.repo_url))
     ]
@@ -323,11 +349,24 @@ async def _read_detail(db: Database, build_id: int) -> BuildDetail:
         return await detail(session, build_id)
 
 
-async def _idempotent_detail(db: Database, pipeline_id: str, key: str) -> BuildDetail | None:
+async def _idempotent_detail(
+    db: Database, pipeline_id: str, key: str, request_sha256: str | None = None
+) -> BuildDetail | None:
     async with db.read() as session:
         existing = await find_idempotent(session, pipeline_id, key)
         if existing is None or existing.id is None:
             return None
+        if (
+            request_sha256 is not None
+            and existing.request_sha256 is not None
+            and existing.request_sha256 != request_sha256
+        ):
+            # As Stripe does: a key names one request; reusing it for another is a client bug
+            # that silently returning the first build would hide.
+            raise Invalid(
+                f"Idempotency-Key '{key}' was already used with a different request body "
+                f"(build {existing.id}); use a new key for a new request"
+            )
         return await detail(session, existing.id)
 
 
@@ -339,16 +378,18 @@ async def submit(db: Database, queue: BuildQueue, new: NewBuild) -> tuple[BuildD
     decides). Returns the build's detail and whether it was created here."""
     key = new.idempotency_key
     if key:
-        existing = await _idempotent_detail(db, new.pipeline_id, key)
+        existing = await _idempotent_detail(db, new.pipeline_id, key, new.request_sha256)
         if existing is not None:
             return existing, False
+    # Parsed off the event loop and before the transaction: no lock is held while it runs.
+    spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
     try:
         async with db.transaction() as session:
-            build_id = (await create_build(session, new)).id
+            build_id = (await create_build(session, new, spec)).id
     except IntegrityError as exc:
         if not (key and is_idempotency_race(exc)):
             raise
-        existing = await _idempotent_detail(db, new.pipeline_id, key)
+        existing = await _idempotent_detail(db, new.pipeline_id, key, new.request_sha256)
         assert existing is not None  # the winner committed before our insert failed
         return existing, False
     assert build_id is not None
@@ -377,6 +418,7 @@ async def retry(
                 retry_of=build_id,
                 event_name=source.event_name,
                 event=source.event,
+                secrets_sealed=retry_secrets(source),
             ),
         )
         new_id = new.id

@@ -20,6 +20,7 @@ from app.logs.writer import LogWriter
 from app.metrics import Metrics
 from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
+from app.secrets import SecretBox, build_secrets
 from app.services import state
 from app.services.plan import job_run
 from app.workflow import JobSpec, WorkflowSpec, graph, parse_workflow
@@ -104,6 +105,7 @@ class BuildContext:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when the executor shuts down: runners that can re-attach detach instead of finishing.
     detach: bool = False
+    secret_box: SecretBox | None = None  # opens the build's sealed secrets (app/secrets.py)
 
     def request_cancel(self) -> None:
         self.cancel.set()
@@ -144,8 +146,15 @@ class BuildExecutor:
             return
         if build.cancel_requested_at is not None:
             ctx.cancel.set()
+        # Secret-named variables are stored as *** with their values sealed: put them back.
+        sealed = build_secrets(ctx.secret_box, build)
+        if sealed.variables:
+            build.variables = {**build.variables, **sealed.variables}
+        for value in sealed.secrets.values():
+            ctx.masker.add(value)
         self._build = build
-        self._spec = spec = parse_workflow(snapshot.workflow_yaml)
+        # Off the event loop: a big workflow must not stall every other build and request.
+        self._spec = spec = await asyncio.to_thread(parse_workflow, snapshot.workflow_yaml)
         self._secrets = secret_names(build.variables)
         for name in self._secrets:
             ctx.masker.add(build.variables[name])

@@ -12,8 +12,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.db import Database
 from app.errors import Conflict, Invalid
 from app.logs import store
-from app.logs.masking import MASK, MIN_SECRET_LENGTH, Masker, secret_names
+from app.logs.masking import MASK, MIN_SECRET_LENGTH, Masker
 from app.models import Build, BuildLogChunk, BuildStatus, LogAppend, LogChunkPublic, LogPage
+from app.secrets import SecretBox, secret_values
 from app.services.builds import get_build
 
 # A page holds at most this much (JSON-escaped worst case), however many chunks `limit` allows:
@@ -21,12 +22,12 @@ from app.services.builds import get_build
 PAGE_MAX_BYTES = 4 * 1024 * 1024
 
 
-def _secret_pattern(build: Build) -> re.Pattern[str] | None:
+def _secret_pattern(secrets: list[str]) -> re.Pattern[str] | None:
     """The build's secret values (line by line, as the Masker takes them), longest first."""
     values = {
         line.strip("\r")
-        for name in secret_names(build.variables)
-        for line in build.variables[name].split("\n")
+        for secret in secrets
+        for line in secret.split("\n")
         if len(line.strip("\r")) >= MIN_SECRET_LENGTH
     }
     if not values:
@@ -34,14 +35,16 @@ def _secret_pattern(build: Build) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(v) for v in sorted(values, key=len, reverse=True)))
 
 
-async def _mask_across(session: AsyncSession, build: Build, body: LogAppend, content: str) -> str:
+async def _mask_across(
+    session: AsyncSession, build: Build, body: LogAppend, content: str, secrets: list[str]
+) -> str:
     """Mask a secret split across this append and the previous one of the same job/step.
 
     Appends are stored as they come, so the previous chunk may end with the first part of a
     secret whose rest starts this one. The previous chunk's unfinished last line is joined to
     this content's first line; a secret found across the join is replaced by *** in both (the
     earlier chunk is rewritten in place: its stored content must not keep the secret's head)."""
-    pattern = _secret_pattern(build)
+    pattern = _secret_pattern(secrets)
     if pattern is None or build.last_log_seq < 1:
         return content
     prev = await store.chunk_at(session, build.id or 0, build.last_log_seq)
@@ -77,7 +80,7 @@ def _same_content(stored: str, masked: str) -> bool:
 
 
 async def append(
-    session: AsyncSession, build_id: int, body: LogAppend
+    session: AsyncSession, build_id: int, body: LogAppend, box: SecretBox | None = None
 ) -> tuple[LogChunkPublic, bool]:
     """AppendBuildLogs. Returns the chunk and whether it was created (False: an idempotent
     repeat). A different content at an existing seq, a seq that would leave a gap, or a new
@@ -85,7 +88,8 @@ async def append(
     if body.job_name is not None and store.storable(body.job_name) != body.job_name:
         raise Invalid("job_name must not contain NUL characters or lone surrogates")
     build = await get_build(session, build_id)
-    masker = Masker(build.variables[name] for name in secret_names(build.variables))
+    secrets = secret_values(box, build)  # sealed secrets too (app/secrets.py)
+    masker = Masker(secrets)
     content = store.storable(masker.mask_text(body.content))
     if body.seq is not None:
         existing = await store.chunk_at(session, build_id, body.seq)
@@ -104,7 +108,7 @@ async def append(
             f"seq {body.seq} would leave a gap: the next seq of build {build_id} is "
             f"{build.last_log_seq + 1}"
         )
-    content = await _mask_across(session, build, body, content)
+    content = await _mask_across(session, build, body, content, secrets)
     [chunk] = await store.insert_chunks(
         session, build_id, [(body.job_name, body.step_index, content)]
     )

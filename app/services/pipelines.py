@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 import httpx
 
 from app.errors import NotFound, UpstreamError
+from app.models.types import check_text
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,9 @@ class PipelineClient:
         await self._client.aclose()
 
     async def workflow_yaml(self, pipeline_id: str) -> str:
-        url = f"{self.base_url}/api/v1/pipelines/{pipeline_id}"
+        # The id is validated (PipelineId) and quoted anyway: whatever reaches the upstream path
+        # is one path segment, never a query, a fragment or a `..`.
+        url = f"{self.base_url}/api/v1/pipelines/{quote(pipeline_id, safe='')}"
         try:
             response = await self._client.get(url)
         except httpx.HTTPError as exc:
@@ -46,4 +50,8 @@ class PipelineClient:
             ) from exc
         if not isinstance(value, str):
             raise UpstreamError(f"pipeline_service's '{self.yaml_field}' is not a string")
+        try:
+            check_text(value)
+        except ValueError as exc:
+            raise UpstreamError(f"pipeline_service's '{self.yaml_field}' {exc}") from None
         return value

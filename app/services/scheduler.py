@@ -184,13 +184,16 @@ class Scheduler:
         ids = list(self._running)
         if not ids:
             return
+        lost: set[int] = set()
         async with self.db.transaction() as session:
             if renew:
-                await session.exec(
+                renewed = await session.exec(
                     update(Build)
                     .where(col(Build.id).in_(ids), col(Build.lease_owner) == self.owner)
                     .values(lease_expires_at=utcnow() + self.lease)
+                    .returning(col(Build.id))
                 )
+                lost = set(ids) - set(renewed.scalars().all())
             flagged = (
                 await session.exec(
                     select(Build.id).where(
@@ -201,6 +204,20 @@ class Scheduler:
         for build_id in flagged:
             if build_id is not None:
                 self.cancel(build_id)
+        for build_id in lost:
+            self._abandon(build_id)
+
+    def _abandon(self, build_id: int) -> None:
+        """Our lease on a build is gone (another replica took it over after we stalled, or an
+        operator moved it): stop working on it at once and record nothing, so two replicas never
+        run, or write the results of, the same build."""
+        entry = self._running.get(build_id)
+        if entry is None:
+            return
+        ctx, task = entry
+        log.warning("lost the lease on build %s; stopping our work on it", build_id)
+        ctx.detach = True
+        task.cancel()
 
     async def _sweep_loop(self) -> None:
         interval = max(0.2, min(self.settings.lease_seconds / 2, 10.0))

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import create, sse_events, wait_for_build
+from tests.support import create, sse_events, wait_for_build
 
 READ = {"Authorization": "Bearer r3ad-token"}
 WRITE = {"Authorization": "Bearer wr1te-token"}

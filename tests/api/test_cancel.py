@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 
-from tests.helpers import create, job, pids_with, wait_for_build, wait_until, workflow
+from tests.support import create, job, pids_with, wait_for_build, wait_until, workflow
 
 
 async def test_cancel_kills_grandchildren_and_marks_everything(client: httpx.AsyncClient) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.helpers import create, job, wait_for_build, workflow
+from tests.support import create, job, wait_for_build, workflow
 
 DAG = workflow(
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.helpers import create, wait_for_build
+from tests.support import create, wait_for_build
 
 
 async def test_metrics_after_a_build(client: httpx.AsyncClient) -> None:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.helpers import free_port
+from tests.support import free_port, uvicorn_server
 
 PIPELINES: dict[str, Any] = {
     "good": {"id": "good", "workflow_yaml": "jobs:\n  a:\n    steps:\n      - run: echo from-ps\n"},
@@ -35,14 +33,8 @@ async def _pipeline(request: Request) -> Response:
 @pytest.fixture
 async def pipeline_service() -> AsyncIterator[str]:
     app = Starlette(routes=[Route("/api/v1/pipelines/{pid}", _pipeline)])
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with uvicorn_server(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 
 from app.config import Settings
-from tests.helpers import create, job, log_text, step_statuses, ts, wait_for_build, workflow
+from tests.support import create, job, log_text, step_statuses, ts, wait_for_build, workflow
 
 
 async def test_failed_step_skips_rest_of_job_and_dependents(client: httpx.AsyncClient) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import create, job, log_text, step_statuses, ts, wait_for_build, workflow
+from tests.support import create, job, log_text, step_statuses, ts, wait_for_build, workflow
 
 
 async def test_job_conditions_follow_github_semantics(client: httpx.AsyncClient) -> None:

@@ -1,11 +1,8 @@
 """The Helm chart renders into the manifests production needs.
 
-Every check runs twice: with the real `helm template` (skipped when no helm binary is found;
-install one with `.venv/bin/python tests/deploy/install_helm.py`) and with
-tests/deploy/chart_render.py, a small renderer of exactly the template features the chart uses.
-`test_fallback_renderer_matches_helm` compares the two on several value sets, so the fallback
-cannot drift from what Helm does.
-Rendered objects are then checked against the Kubernetes API types (tests/deploy/k8s_schema.py).
+Rendered with the real `helm template` (`.ci/run` installs it with tests/deploy/install_helm.py;
+without it these tests fail rather than skip), then every object is validated strictly against
+the Kubernetes OpenAPI schemas with kubernetes-validate.
 """
 
 from __future__ import annotations
@@ -20,13 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from app.config import Settings
 from app.runners.kubernetes import REQUIRED_RBAC
-from tests.deploy.chart_render import TemplateError, merge_values, render_chart, render_manifests
-from tests.deploy.k8s_schema import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "ci-executor"
@@ -71,16 +67,40 @@ def _helm_binary() -> str | None:
 
 
 HELM = _helm_binary()
-needs_helm = pytest.mark.skipif(
-    HELM is None,
-    reason="no helm binary; `.venv/bin/python tests/deploy/install_helm.py` installs one",
-)
+K8S_VERSION = "1.33.0"  # the oldest Kubernetes the chart supports
+
+
+def merge_values(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's values merge: maps merge key by key, anything else replaces; None deletes."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_values(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def validate(doc: dict[str, Any]) -> list[str]:
+    """Strict schema problems of one manifest (unknown fields are errors)."""
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        # Only CRDs (the Prometheus Operator's ServiceMonitor) have no built-in schema.
+        assert doc["apiVersion"].startswith("monitoring.coreos.com/"), doc["kind"]
+        return []
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path)
+        return [f"{doc['kind']}/{doc['metadata']['name']}.{where}: {exc.message}"]
+    return []
 
 
 def _helm_render(
     values: dict[str, Any], tmp_path: Path, release: str = RELEASE, namespace: str = NAMESPACE
 ) -> Manifests:
-    assert HELM is not None
+    assert HELM is not None, "no helm: `.venv/bin/python tests/deploy/install_helm.py`"
     values_file = tmp_path / "values.yaml"
     # A values file (not --set) so numbers reach templates the way they do in real installs.
     values_file.write_text(yaml.safe_dump(values))
@@ -96,26 +116,10 @@ def _helm_render(
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def _fallback_render(
-    values: dict[str, Any],
-    tmp_path: Path,  # noqa: ARG001  # same signature as the helm renderer
-    release: str = RELEASE,
-    namespace: str = NAMESPACE,
-) -> Manifests:
-    try:
-        return render_manifests(CHART, release_name=release, namespace=namespace, values=values)
-    except TemplateError as exc:
-        raise RenderFailed(str(exc)) from exc
-
-
-@pytest.fixture(params=["helm", "fallback"])
-def render(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Manifests]:
-    if request.param == "helm" and HELM is None:
-        pytest.skip("no helm binary; `.venv/bin/python tests/deploy/install_helm.py` installs one")
-    renderer = _helm_render if request.param == "helm" else _fallback_render
-
+@pytest.fixture
+def render(tmp_path: Path) -> Callable[..., Manifests]:
     def run(values: dict[str, Any] | None = None, **kwargs: str) -> Manifests:
-        return renderer(merge_values(PROD_VALUES, values or {}), tmp_path, **kwargs)
+        return _helm_render(merge_values(PROD_VALUES, values or {}), tmp_path, **kwargs)
 
     return run
 
@@ -156,6 +160,11 @@ def test_renders_every_kind_once(prod: Manifests) -> None:
         ("ConfigMap", False),
         ("Deployment", False),
         ("Job", True),
+        ("LimitRange", False),
+        ("Namespace", False),
+        ("NetworkPolicy", False),
+        ("PodDisruptionBudget", False),
+        ("ResourceQuota", False),
         ("Role", False),
         ("RoleBinding", False),
         ("Secret", False),
@@ -163,7 +172,14 @@ def test_renders_every_kind_once(prod: Manifests) -> None:
         ("Service", False),
         ("ServiceAccount", False),
     ]
-    assert {d["metadata"]["namespace"] for d in prod} == {NAMESPACE}
+    builds = f"{NAMESPACE}-builds"
+    in_builds = {"LimitRange", "NetworkPolicy", "ResourceQuota", "Role", "RoleBinding"}
+    for doc in prod:
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == builds
+        else:
+            expected = builds if doc["kind"] in in_builds else NAMESPACE
+            assert doc["metadata"]["namespace"] == expected, doc["kind"]
 
 
 def test_manifests_match_the_kubernetes_api_types(prod: Manifests) -> None:
@@ -172,17 +188,12 @@ def test_manifests_match_the_kubernetes_api_types(prod: Manifests) -> None:
 
 
 def test_schema_check_catches_mistakes() -> None:
-    broken = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "x"},
-        "data": {"PORT": 10056},
-        "dta": {},
-    }
-    assert validate(broken) == [
-        "ConfigMap/x.data.PORT: expected a string, got int 10056",
-        "ConfigMap/x.dta: unknown field for V1ConfigMap",
-    ]
+    base = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+    assert validate({**base, "data": {"PORT": "10056"}}) == []
+    (wrong_type,) = validate({**base, "data": {"PORT": 10056}})
+    assert wrong_type.startswith("ConfigMap/x.data.PORT: 10056 is not of type")
+    (unknown,) = validate({**base, "dta": {}})
+    assert "dta" in unknown
 
 
 def test_role_grants_exactly_the_runner_calls(prod: Manifests) -> None:
@@ -293,10 +304,58 @@ def test_builds_in_another_namespace_get_the_role_there(render: Renderer) -> Non
     assert one(docs, "Deployment")["metadata"]["namespace"] == NAMESPACE
 
 
-def test_build_namespace_defaults_to_the_release_namespace(render: Renderer) -> None:
+def test_builds_get_a_hardened_namespace_of_their_own(render: Renderer) -> None:
     docs = render(namespace="team-a")
-    assert one(docs, "ConfigMap")["data"]["K8S_NAMESPACE"] == "team-a"
-    assert one(docs, "Role")["metadata"]["namespace"] == "team-a"
+    assert one(docs, "ConfigMap")["data"]["K8S_NAMESPACE"] == "team-a-builds"
+    assert one(docs, "Role")["metadata"]["namespace"] == "team-a-builds"
+    labels = one(docs, "Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert one(docs, "ResourceQuota")["spec"]["hard"]["pods"] == "50"
+    assert one(docs, "LimitRange")["spec"]["limits"][0]["type"] == "Container"
+    policy = one(docs, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchExpressions"][0]["key"] == "ci-executor/build-id"
+    assert policy["ingress"] == []
+    (dns, world) = policy["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert "10.0.0.0/8" in world["to"][0]["ipBlock"]["except"]
+    opened = render({"builds": {"networkPolicy": {"allowClusterAccess": True}}})
+    assert "except" not in one(opened, "NetworkPolicy")["spec"]["egress"][1]["to"][0]["ipBlock"]
+    given = render({"builds": {"namespace": "shared", "createNamespace": False}})
+    assert of_kind(given, "Namespace") == []
+    assert one(given, "Role")["metadata"]["namespace"] == "shared"
+
+
+def test_an_open_api_is_refused_unless_asked_for(render: Renderer) -> None:
+    with pytest.raises(RenderFailed, match=r"secret\.apiTokens is empty"):
+        render({"secret": {"apiTokens": ""}})
+    docs = render({"secret": {"apiTokens": ""}, "allowUnauthenticated": True})
+    assert one(docs, "Deployment")
+
+
+def test_the_marker_secret_is_generated_when_not_given(render: Renderer) -> None:
+    docs = render({"secret": {"k8sMarkerSecret": ""}})
+    marker = base64.b64decode(one(docs, "Secret")["data"]["K8S_MARKER_SECRET"]).decode()
+    assert len(marker) == 48
+
+
+def test_values_are_checked_against_the_schema(render: Renderer) -> None:
+    with pytest.raises(RenderFailed, match="replicaCount"):
+        render({"replicaCount": "two"})
+    with pytest.raises(RenderFailed, match="replicas"):
+        render({"replicas": 2})
+
+
+def test_disruption_budget_and_metrics(render: Renderer, prod: Manifests) -> None:
+    pdb = one(prod, "PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    annotations = one(prod, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(PORT)
+    assert of_kind(render({"replicaCount": 1}), "PodDisruptionBudget") == []
+    docs = render({"metrics": {"serviceMonitor": {"enabled": True, "labels": {"team": "ci"}}}})
+    monitor = one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["team"] == "ci"
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
 
 
 def test_rbac_and_account_can_be_left_to_the_cluster_admin(render: Renderer) -> None:
@@ -342,7 +401,7 @@ def test_env_comes_from_the_configmap_and_the_secret(prod: Manifests) -> None:
     assert "env" not in app
     data = config["data"]
     assert data["RUNNER"] == "kubernetes"
-    assert data["K8S_NAMESPACE"] == NAMESPACE
+    assert data["K8S_NAMESPACE"] == f"{NAMESPACE}-builds"
     assert data["PORT"] == str(PORT)
     assert data["HOST"] == "0.0.0.0"
     assert all(isinstance(value, str) for value in data.values())
@@ -529,12 +588,14 @@ def test_names_follow_the_release(render: Renderer) -> None:
     assert max(len(d["metadata"]["name"]) for d in docs) == 63
 
 
-# --- the fallback renderer itself ------------------------------------------------------------
+# --- every value set renders valid manifests ------------------------------------------------
 
-FALLBACK_CASES: list[dict[str, Any]] = [
+VALUE_CASES: list[dict[str, Any]] = [
     {},
     {"config": {"k8sNamespace": "ci-builds", "maxConcurrentBuilds": 1000000}},
     {"secret": {"existingSecret": "ci-secrets", "databaseUrl": None}},
+    {"metrics": {"serviceMonitor": {"enabled": True}}, "replicaCount": 1},
+    {"builds": {"networkPolicy": {"enabled": False}, "resourceQuota": {"enabled": False}}},
     {"rbac": {"create": False}, "serviceAccount": {"create": False}, "podAntiAffinity": False},
     {
         "extraConfig": {"QUEUE_NAME": "q", "LOG_CHUNK_MAX_BYTES": 65536},
@@ -549,54 +610,17 @@ FALLBACK_CASES: list[dict[str, Any]] = [
 ]
 
 
-@needs_helm
-@pytest.mark.parametrize("values", FALLBACK_CASES)
-def test_fallback_renderer_matches_helm(values: dict[str, Any], tmp_path: Path) -> None:
-    merged = merge_values(PROD_VALUES, values)
-
-    def keyed(docs: Manifests) -> dict[tuple[str, str], dict[str, Any]]:
-        out = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-        assert len(out) == len(docs)
-        return out
-
-    assert keyed(_fallback_render(merged, tmp_path)) == keyed(_helm_render(merged, tmp_path))
-
-
-def test_fallback_renderer_refuses_what_it_does_not_know(tmp_path: Path) -> None:
-    chart = tmp_path / "chart"
-    (chart / "templates").mkdir(parents=True)
-    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: t\nversion: 0.1.0\n")
-    (chart / "values.yaml").write_text("a: 1\n")
-    (chart / "templates" / "x.yaml").write_text("v: {{ .Values.a | lookup }}\n")
-    with pytest.raises(TemplateError, match="'lookup' is not supported"):
-        render_chart(chart, release_name="r", namespace="n")
-    (chart / "templates" / "x.yaml").write_text('{{ template "x" . }}\n')
-    with pytest.raises(TemplateError, match="'template' is not supported"):
-        render_chart(chart, release_name="r", namespace="n")
-
-
-def test_fallback_renderer_trims_ranges_and_scopes(tmp_path: Path) -> None:
-    chart = tmp_path / "chart"
-    (chart / "templates").mkdir(parents=True)
-    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: t\nversion: 0.1.0\n")
-    (chart / "values.yaml").write_text("m: {b: 2, a: 1}\nl: [x, y]\nbig: 1000000\n")
-    (chart / "templates" / "x.yaml").write_text(
-        '{{- $v := "outer" }}\n'
-        "{{- range $k, $n := .Values.m }}\n"
-        "{{ $k }}={{ $n }}\n"
-        "{{- end }}\n"
-        '{{- if true }}{{ $v = "inner" }}{{ end }}\n'
-        "v={{ $v }} l={{ range .Values.l }}{{ . }}{{ end }} big={{ .Values.big }}\n"
-        "{{- /* comment */ -}}\n"
-    )
-    text = render_chart(chart, release_name="r", namespace="n")["t/templates/x.yaml"]
-    assert text == "\na=1\nb=2\nv=inner l=xy big=1e+06"
+@pytest.mark.parametrize("values", VALUE_CASES)
+def test_every_value_set_renders_schema_valid_manifests(
+    values: dict[str, Any], render: Renderer
+) -> None:
+    docs = render(values)
+    assert [problem for doc in docs for problem in validate(doc)] == []
 
 
 # --- helm's own checks and the gateway example ----------------------------------------------
 
 
-@needs_helm
 def test_helm_lint_passes(tmp_path: Path) -> None:
     assert HELM is not None
     values_file = tmp_path / "values.yaml"

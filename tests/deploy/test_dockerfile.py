@@ -59,10 +59,10 @@ def _copy_sources(stage: Stage) -> list[tuple[str | None, list[str], str]]:
 
 def test_multi_stage_with_slim_python_runtime(stages: list[Stage], final: Stage) -> None:
     assert [s.name for s in stages] == ["web", "builder", "runtime"]
-    assert final.base == "python:3.11-slim"
+    assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", final.base), final.base
     # The venv is copied between stages, so both must have the same interpreter at the same path.
     assert _stage(stages, "builder").base == final.base
-    assert _stage(stages, "web").base.startswith("node:20")
+    assert re.fullmatch(r"node:20-slim@sha256:[0-9a-f]{64}", _stage(stages, "web").base)
 
 
 def test_runs_as_a_created_non_root_user(final: Stage) -> None:
@@ -126,9 +126,28 @@ def test_only_runtime_dependencies_are_installed(stages: list[Stage]) -> None:
             assert tool not in command, f"dev tool {tool} installed: {command}"
     builder = _stage(stages, "builder")
     assert [c for c in _copy_sources(builder) if c[0] is None] == [
-        (None, ["pyproject.toml"], "./"),
+        (None, ["pyproject.toml", "constraints.txt"], "./"),
         (None, ["app/"], "./app/"),
     ]
+
+
+def test_dependencies_are_pinned_and_installed_before_the_app(stages: list[Stage]) -> None:
+    builder = _stage(stages, "builder")
+    runs = [run.args for run in builder.all("RUN")]
+    (deps,) = [r for r in runs if "--constraint constraints.txt" in r]
+    (app,) = [r for r in runs if "--no-deps ." in r]
+    assert runs.index(deps) < runs.index(app)
+    pins = [
+        line
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert pins
+    assert all(re.fullmatch(r"[a-z0-9-]+==[\w.]+", line) for line in pins), pins
+    names = {line.split("==")[0] for line in pins}
+    for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower())
+        assert name in names, f"{name} has no pinned version in constraints.txt"
 
 
 def test_runtime_stage_copies_only_what_runs(stages: list[Stage], final: Stage) -> None:

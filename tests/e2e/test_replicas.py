@@ -7,7 +7,6 @@ restart with builds in flight.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import uuid
@@ -18,8 +17,15 @@ import aio_pika
 import httpx
 import pytest
 
-from tests.helpers import create, sse_events, wait_for_build, wait_for_output, wait_until, workflow
-from tests.serve import ServeProcess
+from tests.support import (
+    ServeProcess,
+    create,
+    sse_events,
+    wait_for_build,
+    wait_for_output,
+    wait_until,
+    workflow,
+)
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 pytestmark = pytest.mark.parametrize("backend", ["postgres"])
@@ -118,7 +124,7 @@ async def test_builds_spread_and_sse_and_cancel_across_replicas(
         # Cancel on replica B a build that replica A runs.
         go.unlink()
         blocked = [(await create(cb, BLOCKING, variables={"GO": str(go)}))["id"] for _ in range(2)]
-        await wait_until(lambda: asyncio.sleep(0, all(_runner_of(tmp_path, i) for i in blocked)))
+        await wait_until(lambda: all(_runner_of(tmp_path, i) for i in blocked), "both runners")
         for build_id in blocked:
             runner = _runner_of(tmp_path, build_id)
             other = cb if runner == "a" else ca
@@ -151,7 +157,7 @@ async def test_killed_replica_is_taken_over(
             ),
             variables={"GO": str(go)},
         )
-        await wait_until(lambda: asyncio.sleep(0, _runner_of(tmp_path, body["id"]) == "a"))
+        await wait_until(lambda: _runner_of(tmp_path, body["id"]) == "a", "replica a to run it")
 
         await wait_for_output(ca, body["id"])
     a.stop(signal.SIGKILL)
@@ -167,6 +173,7 @@ async def test_killed_replica_is_taken_over(
     assert "took over build" in b.log()
 
 
+@pytest.mark.broker_restart
 async def test_broker_restart_loses_no_build(
     replicas: Callable[[str], ServeProcess],
 ) -> None:

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import create, sse_events, wait_for_build, wait_for_output, workflow
-from tests.serve import ServeProcess
+from tests.support import (
+    ServeProcess,
+    create,
+    sse_events,
+    wait_for_build,
+    wait_for_output,
+    workflow,
+)
 
 
 async def test_serve_end_to_end(

@@ -15,7 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import (
+from tests.k8s_emulator.fixture import EmulatorProcess
+from tests.support import (
+    ROOT,
+    ServeProcess,
     create,
     free_port,
     log_text,
@@ -24,8 +27,6 @@ from tests.helpers import (
     wait_until,
     workflow,
 )
-from tests.k8s_emulator.fixture import EmulatorProcess
-from tests.serve import ROOT, ServeProcess
 
 REAL = os.environ.get("CI_K8S_REAL_CLUSTER") == "1"
 IMAGE = os.environ.get("K8S_TEST_IMAGE", "bash:5.2")  # the default shell is bash

@@ -35,6 +35,8 @@ class Toggles:
     unschedulable: bool = False
     # None: allowed. Otherwise a filter; empty lists mean "everything".
     forbid: dict[str, list[str]] | None = None
+    # Until this monotonic time the API answers 503 (an apiserver restarting); pods keep running.
+    unavailable_until: float = 0.0
 
     def forbidden(self, verb: str, resource: str) -> bool:
         if self.forbid is None:

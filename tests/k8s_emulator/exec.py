@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,10 @@ def exec_endpoint(cluster: Cluster) -> Callable[[WebSocket], Awaitable[None]]:
             "name": name,
         }
         cluster.calls.append(call)
+        if time.monotonic() < cluster.toggles.unavailable_until:
+            call["code"] = 503
+            await deny(ws, 503, "ServiceUnavailable", "apiserver is restarting")
+            return
         if ws.headers.get("authorization") != f"Bearer {TOKEN}":
             call["code"] = 401
             await deny(ws, 401, "Unauthorized", "Unauthorized")

@@ -364,7 +364,9 @@ class Kubelet:
             if runtime.container_id:
                 container_status["containerID"] = runtime.container_id
                 container_status["imageID"] = f"emulator://{container.get('image', '')}"
-            status["containerStatuses"] = [container_status]
+            status["containerStatuses"] = [container_status] + [
+                self._sidecar_status(runtime, c) for c in pod["spec"]["containers"][1:]
+            ]
         if runtime.reason:
             status["reason"] = runtime.reason
         if runtime.message:
@@ -376,6 +378,31 @@ class Kubelet:
                 obj["spec"]["nodeName"] = NODE_NAME
 
         self.cluster.store.modify(PODS, runtime.namespace, runtime.name, change)
+
+    def _sidecar_status(self, runtime: PodRuntime, container: Obj) -> Obj:
+        """Containers after the first (service sidecars) run no process here: they are reported
+        running and ready alongside the first, or failing to pull when their image is missing."""
+        image = str(container.get("image", ""))
+        if image in self.cluster.toggles.missing_images:
+            state: Obj = {
+                "waiting": {"reason": "ErrImagePull", "message": f'pull access denied: "{image}"'}
+            }
+        elif runtime.phase == "Running":
+            state = {"running": {"startedAt": runtime.start_time}}
+        elif runtime.phase in ("Succeeded", "Failed"):
+            state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+        else:
+            state = {"waiting": {"reason": "ContainerCreating"}}
+        return {
+            "name": container["name"],
+            "image": image,
+            "imageID": "",
+            "ready": "running" in state,
+            "restartCount": 0,
+            "started": "running" in state,
+            "state": state,
+            "lastState": {},
+        }
 
     # -- the pod worker --------------------------------------------------------------------
 
@@ -532,6 +559,17 @@ class Kubelet:
                     return local_path + value[len(mount_path) :]
             return None
 
+        pod_sc = spec.get("securityContext") or {}
+        sc = container.get("securityContext") or {}
+        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        user = sc.get("runAsUser", pod_sc.get("runAsUser"))
+        if non_root and user is None:
+            # Every image the emulator knows runs as root unless told otherwise, like busybox.
+            raise ConfigError(
+                f"container has runAsNonRoot and image will run as root (pod: "
+                f'"{runtime.name}_{runtime.namespace}({runtime.uid})", '
+                f"container: {container['name']})"
+            )
         env = self._resolve_env(runtime, container)
         env = {key: translate(value) or value for key, value in env.items()}
         home = runtime.directory / "home"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -179,6 +180,8 @@ def build_app(cluster: Cluster) -> Starlette:
         }
         cluster.calls.append(call)
         try:
+            if time.monotonic() < cluster.toggles.unavailable_until:
+                raise ApiError(503, "ServiceUnavailable", "apiserver is restarting")
             if request.headers.get("authorization") != f"Bearer {TOKEN}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             if info.discovery:
@@ -587,6 +590,12 @@ def build_app(cluster: Cluster) -> Starlette:
             return json_response({"broken": cluster.kubelet.break_log_streams()})
         elif action == "break-exec-streams":
             return json_response({"broken": cluster.kubelet.break_exec_streams()})
+        elif action == "unavailable":
+            # An apiserver restart: every open stream drops, requests fail for a while.
+            toggles.unavailable_until = time.monotonic() + float(body.get("seconds", 2))
+            cluster.kubelet.break_exec_streams()
+            cluster.kubelet.break_log_streams()
+            store.end_watches(True)
         elif action == "log-rotation":
             cluster.kubelet.log_rotate_bytes = int(body["bytes"])
         elif action == "namespace":

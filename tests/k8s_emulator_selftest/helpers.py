@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import watch
+
+from tests.support import wait_until
 
 Obj = dict[str, Any]
 WAIT_SECONDS = 20
@@ -100,16 +100,7 @@ def job_condition(job: Any, type_: str) -> Any:
 async def eventually(
     check: Callable[[], Awaitable[Any] | Any], timeout: float = WAIT_SECONDS
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
+    return await wait_until(check, timeout=timeout)
 
 
 def alive(pid: int) -> bool:

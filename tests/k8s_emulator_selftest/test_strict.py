@@ -215,3 +215,22 @@ async def test_termination_message_falls_back_to_the_log(core: client.CoreV1Api,
     )
     terminated = done["object"].status.container_statuses[0].state.terminated
     assert terminated.message.endswith("fatal: no such thing\n")
+
+
+async def test_run_as_non_root_without_a_user_cannot_start(core: client.CoreV1Api, ns: str) -> None:
+    pod = pod_manifest("rootish", "true")
+    pod["spec"]["securityContext"] = {"runAsNonRoot": True}
+    await core.create_namespaced_pod(ns, pod)
+    event = await wait_event(
+        core.list_namespaced_pod,
+        ns,
+        lambda e: (
+            e["object"].metadata.name == "rootish"
+            and bool(e["object"].status.container_statuses)
+            and e["object"].status.container_statuses[0].state.waiting is not None
+            and e["object"].status.container_statuses[0].state.waiting.reason
+            == "CreateContainerConfigError"
+        ),
+    )
+    waiting = event["object"].status.container_statuses[0].state.waiting
+    assert "runAsNonRoot and image will run as root" in waiting.message

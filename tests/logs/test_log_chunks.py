@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.helpers import all_logs, create, wait_for_build, workflow
+from tests.support import all_logs, create, wait_for_build, workflow
 
 
 async def test_chunks_are_batched_sequenced_and_tagged(client: httpx.AsyncClient) -> None:

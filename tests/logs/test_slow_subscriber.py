@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import create, sse_events
+from tests.support import create, sse_events
 
 
 @pytest.fixture

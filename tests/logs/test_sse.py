@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.helpers import SSEEvent, create, sse_events, wait_for_build, workflow
+from tests.support import SSEEvent, create, sse_events, wait_for_build, workflow
 
 SLOW = workflow(
     """

@@ -9,14 +9,6 @@ import pytest
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "broker_restart: stops and restarts the shared RabbitMQ app "
-        "(rabbitmqctl stop_app / start_app)",
-    )
-
-
 @pytest.fixture
 def amqp_url() -> str:
     return AMQP_URL

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
@@ -12,21 +11,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from app.queue.amqp import AmqpQueue, QueueConfigError, QueueConnectError, QueuePublishError
-
-
-async def wait_until(
-    condition: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = 15.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
+from tests.support import wait_until
 
 
 class Recorder:

@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from app.runners.base import JobResult, JobRun, KubernetesOptions, StepOutcome, StepRun
+from app.runners.base import (
+    JobResult,
+    JobRun,
+    KubernetesOptions,
+    ServiceContainer,
+    StepOutcome,
+    StepRun,
+)
 from app.runners.kubernetes import (
     LABEL_BUILD,
     LABEL_JOB_ID,
@@ -27,6 +34,7 @@ from app.runners.kubernetes import (
 )
 from tests.k8s_emulator.fixture import EmulatorProcess
 from tests.runners.steps import step
+from tests.support import wait_until
 
 INSTALLATION = installation_id("test-marker-secret")
 WAIT = 30.0
@@ -83,15 +91,7 @@ def job_run(
 
 
 async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    await wait_until(predicate, what, timeout=WAIT)
 
 
 async def control(emulator: EmulatorProcess, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -175,6 +175,10 @@ async def test_busybox_without_bash_is_a_step_failure_not_an_error(
     assert await runner.run_job(job, reporter) == JobResult("failed")
     assert reporter.statuses() == {0: "failed", 1: "skipped"}
     assert "bash is not installed" in reporter.text(0)
+    # A job without timeout-minutes gets K8S_JOB_DEADLINE_SECONDS.
+    obj = await runner.kube.read_job(runner.job_name(job))
+    assert obj is not None
+    assert obj["spec"]["activeDeadlineSeconds"] == runner.settings.default_deadline_seconds
 
 
 async def test_failure_exit_codes_and_continue_on_error(runner: KubernetesRunner) -> None:
@@ -369,3 +373,147 @@ async def test_cancel_build_deletes_the_builds_jobs(runner: KubernetesRunner) ->
     jobs = await runner.kube.list_jobs(f"{LABEL_BUILD}={job.build_id}")
     assert [j for j in jobs if not j["metadata"].get("deletionTimestamp")] == []
     assert k8s_job_name(job.build_id, "build", INSTALLATION) == runner.job_name(job)
+
+
+async def test_services_are_sidecars_reachable_by_name(runner: KubernetesRunner) -> None:
+    service = ServiceContainer(name="redis", image="redis:7", env={"A": "$(B)"}, ports=(6379,))
+    job = job_run(step(0, "echo with-service"), services=(service,))
+    reporter = FakeReporter()
+    assert await runner.run_job(job, reporter) == JobResult("success")
+    pod = (await runner.kube.read_job(runner.job_name(job)) or {})["spec"]["template"]["spec"]
+    assert pod["hostAliases"] == [{"ip": "127.0.0.1", "hostnames": ["redis"]}]
+    sidecar = pod["containers"][1]
+    assert sidecar["image"] == "redis:7"
+    assert sidecar["env"] == [{"name": "A", "value": "$$(B)"}]
+    assert sidecar["readinessProbe"]["tcpSocket"] == {"port": 6379}
+    assert sidecar["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+async def test_a_service_that_cannot_start_is_an_error_before_any_step(
+    emulator: EmulatorProcess, runner: KubernetesRunner
+) -> None:
+    await control(emulator, "missing-images", {"images": ["postgres:nope"]})
+    service = ServiceContainer(name="db", image="postgres:nope", ports=(5432,))
+    job = job_run(step(0, "echo never"), services=(service,))
+    reporter = FakeReporter()
+    result = await runner.run_job(job, reporter)
+    assert result.status == "error"
+    assert "postgres:nope" in (result.error or "")
+    assert reporter.events == [("finished", 0, "skipped", None)]
+
+
+async def test_another_database_never_follows_this_ones_jobs(
+    settings: KubernetesSettings, runner: KubernetesRunner
+) -> None:
+    # The same build number and job in two databases (e.g. after a reset): separate Jobs.
+    job = job_run(step(0, "echo old; sleep 300"))
+    old = asyncio.create_task(runner.run_job(job, FakeReporter()))
+    fresh = KubernetesRunner(replace(settings, database_id="another-database"))
+    await fresh.start()
+    try:
+        await until(lambda: runner.kube.read_job(runner.job_name(job)), "the old Job")
+        assert fresh.job_name(job) != runner.job_name(job)
+        reporter = FakeReporter()
+        again = replace(job, steps=(step(0, "echo new"),), cancel=asyncio.Event())
+        assert await fresh.run_job(again, reporter, resume=True) == JobResult("success")
+        assert reporter.text(0) == "new\n"
+    finally:
+        await fresh.stop()
+        job.cancel.set()
+        await old
+
+
+async def test_a_job_of_the_same_name_running_something_else_is_not_adopted(
+    runner: KubernetesRunner,
+) -> None:
+    # A restored database hands out build numbers again: its build N is not the old build N.
+    earlier = job_run(step(0, "echo earlier build"))
+    await runner.kube.create_job(runner.job_manifest(earlier))
+    later = replace(earlier, steps=(step(0, "echo later build"),), cancel=asyncio.Event())
+    reporter = FakeReporter()
+    result = await runner.run_job(later, reporter, resume=True)
+    assert result.status == "error"
+    assert "runs something else" in (result.error or "")
+    assert reporter.output == {}
+    assert await runner.kube.read_job(runner.job_name(later)) is not None
+
+
+@pytest.mark.parametrize(("control_path", "reason"), [("evict", "Evicted"), ("oom", "OOMKilled")])
+async def test_a_pod_stopped_under_the_step_is_an_error_with_the_reason(
+    emulator: EmulatorProcess, runner: KubernetesRunner, control_path: str, reason: str
+) -> None:
+    job = job_run(step(0, "echo up; sleep 300"), step(1, "echo never"))
+    reporter = FakeReporter()
+    task = asyncio.create_task(runner.run_job(job, reporter))
+    await until(lambda: "up" in reporter.text(0), "the step to start")
+    (pod,) = [p for p in await control(emulator, "processes") if p["pod"].startswith("ci-")][:1]
+    await control(emulator, control_path, {"pod": pod["pod"], "gracePeriodSeconds": 1})
+    result = await task
+    assert result.status == "error"
+    assert reason in (result.error or "")
+    assert reporter.statuses() == {0: "error", 1: "skipped"}
+
+
+async def test_an_apiserver_restart_mid_step_loses_and_repeats_nothing(
+    emulator: EmulatorProcess, runner: KubernetesRunner
+) -> None:
+    script = 'i=0; while [ $i -lt 60 ]; do echo "tick $i"; i=$((i+1)); sleep 0.05; done'
+    job = job_run(step(0, script), step(1, "echo after"))
+    reporter = FakeReporter()
+    task = asyncio.create_task(runner.run_job(job, reporter))
+    await until(lambda: reporter.text(0).count("\n") >= 5, "some output")
+    await control(emulator, "unavailable", {"seconds": 2})
+    assert await task == JobResult("success")
+    assert reporter.text(0) == "".join(f"tick {i}\n" for i in range(60))
+    assert reporter.text(1) == "after\n"
+
+
+class StepTimeRuntime:
+    """A workflow runtime as the executor attaches it (`JobRun.runtime`): each step's script is
+    made when it runs from what earlier steps wrote to $GITHUB_OUTPUT."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[int, str] = {}
+        self.finished: list[tuple[int, str]] = []
+
+    def start(self, **_dirs: str) -> dict[str, str]:
+        return {"event.json": '{"ref": "main"}'}
+
+    def prepare(self, step: StepRun, *, files: dict[str, str], temp: str, base_path: str) -> Any:
+        from types import SimpleNamespace
+
+        script = step.script.replace("<first-output>", self.outputs.get(0, "").strip())
+        env = {**step.env, **files, "EVENT": f"{temp}/event.json", "PATH": f"/opt/x:{base_path}"}
+        return SimpleNamespace(
+            run=step.index != 2,
+            error=None,
+            argv=("sh", "-e", f"{temp}/step-{step.index}.sh"),
+            script=script,
+            script_name=f"step-{step.index}.sh",
+            env=env,
+            working_directory=None,
+            timeout_seconds=None,
+            continue_on_error=False,
+        )
+
+    def finish(self, index: int, status: str, files: Any, **_flags: bool) -> None:
+        self.outputs[index] = files.output
+        self.finished.append((index, status))
+
+
+async def test_steps_are_prepared_when_they_run_and_runtime_files_read_back(
+    runner: KubernetesRunner,
+) -> None:
+    runtime = StepTimeRuntime()
+    job = job_run(
+        step(0, 'echo "answer=42" >> "$GITHUB_OUTPUT"; cat "$EVENT"'),
+        step(1, "echo got <first-output>; echo $PATH | cut -d: -f1"),
+        step(2, "echo skipped by its condition"),
+    )
+    object.__setattr__(job, "runtime", runtime)
+    reporter = FakeReporter()
+    assert await runner.run_job(job, reporter) == JobResult("success")
+    assert reporter.text(0) == '{"ref": "main"}\n'
+    assert reporter.text(1) == "got answer=42\n/opt/x\n"
+    assert runtime.finished == [(0, "success"), (1, "success"), (2, "skipped")]
+    assert reporter.statuses() == {0: "success", 1: "success", 2: "skipped"}

@@ -127,7 +127,8 @@ async def test_other_builds_workspaces_are_invisible(client: httpx.AsyncClient) 
                       ls "$CI_WORKSPACE/../.." || true
                       cat "$CI_WORKSPACE/../../{first["id"]}"/*/mine.txt || echo not-readable
                       touch /etc/owned 2>/dev/null && echo wrote-etc || echo etc-read-only
-                      echo ok > "$CI_WORKSPACE/mine.txt" && echo /tmp-ok > /tmp/x && cat /tmp/x
+                      echo ok > "$CI_WORKSPACE/mine.txt"
+                      echo tmp-ok > "$TMPDIR/x" && cat "$TMPDIR/x"
             """
         ),
     )
@@ -137,7 +138,7 @@ async def test_other_builds_workspaces_are_invisible(client: httpx.AsyncClient) 
     assert "private-data" not in text
     assert "not-readable" in text
     assert "etc-read-only" in text
-    assert "/tmp-ok" in text
+    assert "tmp-ok" in text
 
 
 async def test_daemon_does_not_keep_the_step_running_nor_survive_it(

@@ -8,8 +8,10 @@ stdout/stderr arrive on channels 1/2 and the command's exit status as a `Status`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,7 @@ REQUIRED_RBAC: dict[tuple[str, str], frozenset[str]] = {
     ("", "events"): frozenset({"list"}),
 }
 _STDIN, _STDOUT, _STDERR, _ERROR = 0, 1, 2, 3
+_RETRY_STATUSES = {0, 429, 500, 502, 503, 504}
 _STDIN_CHUNK = 64 * 1024
 
 
@@ -48,6 +51,9 @@ class ExecResult:
 
     exit_code: int | None
     error: str | None = None
+
+
+_TRANSIENT_ERRORS = (KubeError, aiohttp.ClientError, OSError, TimeoutError)
 
 
 def _raise_for_status(status: int, body: bytes) -> None:
@@ -78,7 +84,17 @@ def exec_status(raw: bytes) -> ExecResult:
 class Kube:
     """Thin typed wrapper over the kubernetes_asyncio calls the runner makes."""
 
-    def __init__(self, api_client: Any, ws_client: WsApiClient, namespace: str) -> None:
+    def __init__(
+        self,
+        api_client: Any,
+        ws_client: WsApiClient,
+        namespace: str,
+        *,
+        retry_seconds: float = 120.0,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self.retry_seconds = retry_seconds
+        self.retry_interval = retry_interval
         # Typed as Any on purpose: bodies go in as plain dicts and responses come back raw.
         self._batch: Any = k8s_client.BatchV1Api(api_client)
         self._core: Any = k8s_client.CoreV1Api(api_client)
@@ -86,11 +102,27 @@ class Kube:
         self._ws_core: Any = k8s_client.CoreV1Api(ws_client)
         self.ns = namespace
 
+    async def _json(
+        self, call: Callable[[], Awaitable[Any]], *, missing: bool = False
+    ) -> Json | None:
+        """The response body as JSON; with `missing`, None for a 404 instead of an error.
+        Transient failures (apiserver restarting, 5xx, 429, connection errors) are retried for
+        `retry_seconds`: a restart of the control plane must not fail running builds."""
+        deadline = time.monotonic() + self.retry_seconds
+        while True:
+            try:
+                return await self._json_once(call, missing=missing)
+            except _TRANSIENT_ERRORS as exc:
+                if isinstance(exc, KubeError) and exc.status not in _RETRY_STATUSES:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(self.retry_interval)
+
     @staticmethod
-    async def _json(call: Awaitable[Any], *, missing: bool = False) -> Json | None:
-        """The response body as JSON; with `missing`, None for a 404 instead of an error."""
+    async def _json_once(call: Callable[[], Awaitable[Any]], *, missing: bool) -> Json | None:
         try:
-            resp = await call
+            resp = await call()
         except ApiException as exc:  # raised before a response exists (bad arguments)
             raise KubeError(int(exc.status or 0), str(exc.reason)) from exc
         try:
@@ -103,35 +135,38 @@ class Kube:
         data = json.loads(body) if body else {}
         return data if isinstance(data, dict) else {}
 
-    async def _must(self, call: Awaitable[Any]) -> Json:
+    async def _must(self, call: Callable[[], Awaitable[Any]]) -> Json:
         return await self._json(call) or {}
 
     async def create_job(self, body: Json) -> Json:
         return await self._must(
-            self._batch.create_namespaced_job(self.ns, body, _preload_content=False)
+            lambda: self._batch.create_namespaced_job(self.ns, body, _preload_content=False)
         )
 
     async def read_job(self, name: str) -> Json | None:
         return await self._json(
-            self._batch.read_namespaced_job(name, self.ns, _preload_content=False), missing=True
+            lambda: self._batch.read_namespaced_job(name, self.ns, _preload_content=False),
+            missing=True,
         )
 
     async def list_jobs(self, selector: str, limit: int | None = None) -> list[Json]:
         kwargs: dict[str, Any] = {"label_selector": selector, "_preload_content": False}
         if limit is not None:
             kwargs["limit"] = limit
-        data = await self._must(self._batch.list_namespaced_job(self.ns, **kwargs))
+        data = await self._must(lambda: self._batch.list_namespaced_job(self.ns, **kwargs))
         return list(data.get("items") or [])
 
     async def delete_job(self, name: str, grace: int | None = None) -> None:
         kwargs: dict[str, Any] = {"propagation_policy": "Background", "_preload_content": False}
         if grace is not None:
             kwargs["grace_period_seconds"] = grace
-        await self._json(self._batch.delete_namespaced_job(name, self.ns, **kwargs), missing=True)
+        await self._json(
+            lambda: self._batch.delete_namespaced_job(name, self.ns, **kwargs), missing=True
+        )
 
     async def delete_jobs(self, selector: str) -> None:
         await self._must(
-            self._batch.delete_collection_namespaced_job(
+            lambda: self._batch.delete_collection_namespaced_job(
                 self.ns,
                 label_selector=selector,
                 propagation_policy="Background",
@@ -141,16 +176,24 @@ class Kube:
 
     async def list_pods(self, selector: str) -> list[Json]:
         data = await self._must(
-            self._core.list_namespaced_pod(self.ns, label_selector=selector, _preload_content=False)
+            lambda: self._core.list_namespaced_pod(
+                self.ns, label_selector=selector, _preload_content=False
+            )
         )
         return list(data.get("items") or [])
 
     async def events_for(self, name: str) -> list[Json]:
-        data = await self._must(
-            self._core.list_namespaced_event(
-                self.ns, field_selector=f"involvedObject.name={name}", _preload_content=False
+        """Events about the object `name` (best effort: [] where Events cannot be read)."""
+        try:
+            data = await self._must(
+                lambda: self._core.list_namespaced_event(
+                    self.ns, field_selector=f"involvedObject.name={name}", _preload_content=False
+                )
             )
-        )
+        except KubeError as exc:
+            if exc.status in (403, 404):
+                return []
+            raise
         return list(data.get("items") or [])
 
     async def allowed(self, group: str, resource: str, verb: str) -> bool:
@@ -164,7 +207,7 @@ class Kube:
             "spec": {"resourceAttributes": attributes},
         }
         review = await self._must(
-            self._auth.create_self_subject_access_review(body, _preload_content=False)
+            lambda: self._auth.create_self_subject_access_review(body, _preload_content=False)
         )
         return bool((review.get("status") or {}).get("allowed"))
 

@@ -10,16 +10,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 
-from app.runners.base import JobReporter, JobResult, JobRun, StepOutcome, StepRun, should_run_step
-from app.runners.kubernetes import shell
+from app.runners.base import (
+    JobReporter,
+    JobResult,
+    JobRun,
+    StepOutcome,
+    StepRun,
+    job_outcome,
+    should_run_step,
+)
+from app.runners.kubernetes import shell, workflow
 from app.runners.kubernetes.api import ExecResult, Json, Kube, KubeError
 from app.runners.kubernetes.manifests import KubernetesSettings, image_for
-from app.runners.kubernetes.names import CONTAINER, LABEL_JOB_ID
+from app.runners.kubernetes.names import CONTAINER, LABEL_JOB_ID, service_label
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,10 @@ _FATAL_WAITING = {
 }
 _PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
 _TRANSIENT = (KubeError, aiohttp.ClientError, OSError, TimeoutError)
+
+
+# Called when a step ends, before its end is reported: may turn the status (and add an error).
+_After = Callable[["StepOutcome"], Awaitable[tuple["StepOutcome", str | None]]]
 
 
 class InfraError(Exception):
@@ -60,6 +73,8 @@ class JobFollower:
     pod: str | None = None
     finished: dict[int, StepOutcome] = field(default_factory=dict)
     current: int | None = None
+    # Steps as they really ran (the workflow runtime may evaluate continue-on-error/timeouts).
+    effective: dict[int, StepRun] = field(default_factory=dict)
 
     # ------------------------------------------------------------ start-up
 
@@ -83,9 +98,12 @@ class JobFollower:
             else:
                 pod = pods[0]
                 self.pod = str(pod["metadata"]["name"])
+                service = ""
                 state = _container_state(pod)
                 if "running" in state:
-                    return
+                    state, service = self._unready_service(pod)
+                    if not state:
+                        return
                 waiting = state.get("waiting") or {}
                 reason = str(waiting.get("reason") or "")
                 if reason in _FATAL_WAITING:
@@ -96,7 +114,7 @@ class JobFollower:
                         raise InfraError(
                             _reason(
                                 reason,
-                                f"cannot pull image {image_for(self.job, s)!r}: "
+                                f"cannot pull image {service or image_for(self.job, s)!r}: "
                                 f"{waiting.get('message') or ''}",
                             )
                         )
@@ -115,6 +133,21 @@ class JobFollower:
                 raise InfraError(f"the pod did not start within {s.start_timeout_seconds:g}s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.job.cancel.wait(), s.poll_interval_seconds)
+
+    def _unready_service(self, pod: Json) -> tuple[Json, str]:
+        """The state of the first service container not ready yet ({} when all are): steps
+        start only once every service answers on its port (the readiness probe)."""
+        for service in self.job.services:
+            name = service_label(service.name)
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                if cs.get("name") == name and not cs.get("ready"):
+                    return dict(cs.get("state") or {"waiting": {}}), service.image
+            if not any(
+                cs.get("name") == name
+                for cs in (pod.get("status") or {}).get("containerStatuses") or []
+            ):
+                return {"waiting": {}}, service.image
+        return {}, ""
 
     async def _check_job_without_pod(self) -> None:
         job = await self.kube.read_job(self.name)
@@ -149,11 +182,20 @@ class JobFollower:
         failed = False
         known: dict[int, tuple[str, int]] = await self._pod_state() if resume else {}
         stored = await self.reporter.stored_offset() if resume else 0
+        runtime = workflow.runtime_of(self.job)
+        if runtime is not None:
+            files = runtime.start(
+                workspace=workflow.WORKSPACE, temp=workflow.TEMP, tool_cache=workflow.TOOL_CACHE
+            )
+            written = {f"{workflow.TEMP}/{name}": text for name, text in files.items()}
+            await self._exec(shell.write_files_program(written))
         for step in self.job.steps:
             if self.job.cancel.is_set():
                 return await self.cancelled()
             if step.index in known:
                 outcome = await self._reattach(step, known[step.index], stored)
+            elif runtime is not None:
+                outcome = await self._run_with_runtime(runtime, step)
             elif not should_run_step(step, failed=failed, cancelled=False):
                 self.finished[step.index] = "skipped"
                 await self.reporter.step_finished(step.index, "skipped", None)
@@ -181,6 +223,65 @@ class JobFollower:
                 known[int(parts[0])] = (parts[1], int(parts[2]))
         return known
 
+    async def _run_with_runtime(self, runtime: workflow.StepRuntime, step: StepRun) -> StepOutcome:
+        """A step prepared by the workflow runtime just before it runs; its runtime files are
+        read back and handed to the runtime before the step's end is reported."""
+        paths = workflow.file_paths(step.index)
+        prepared = runtime.prepare(step, files=paths, temp=workflow.TEMP, base_path=shell.BASE_PATH)
+        effective = replace(
+            step,
+            continue_on_error=prepared.continue_on_error,
+            timeout_seconds=prepared.timeout_seconds,
+        )
+        self.effective[step.index] = effective
+        if not prepared.run:
+            runtime.finish(step.index, "skipped", workflow.runtime_files(), continue_on_error=False)
+            self.finished[step.index] = "skipped"
+            await self.reporter.step_finished(step.index, "skipped", None)
+            return "skipped"
+        await self.reporter.step_started(step.index)
+        self.current = step.index
+        if prepared.error is not None:
+            runtime.finish(
+                step.index,
+                "failed",
+                workflow.runtime_files(),
+                continue_on_error=prepared.continue_on_error,
+            )
+            return await self._end_step(effective, "failed", None, prepared.error)
+        try:
+            program = shell.start_program(
+                step.index,
+                prepared.script,
+                prepared.env,
+                prepared.working_directory,
+                argv=prepared.argv,
+                script_path=f"{workflow.TEMP}/{prepared.script_name}",
+                empty_files=list(paths.values()),
+            )
+        except ValueError as exc:
+            raise InfraError(f"step {step.index + 1} ({step.name}): {exc}") from exc
+        return await self._drive(effective, program, 0, self._runtime_after(runtime, effective))
+
+    def _runtime_after(self, runtime: workflow.StepRuntime, step: StepRun) -> _After:
+        async def after(status: StepOutcome) -> tuple[StepOutcome, str | None]:
+            data = bytearray()
+
+            async def collect(chunk: bytes) -> None:
+                data.extend(chunk)
+
+            paths = list(workflow.file_paths(step.index).values())
+            await self._exec(shell.files_program(paths, workflow.max_file_bytes()), collect)
+            files = workflow.runtime_files(workflow.parse_files(bytes(data), len(paths)))
+            problem = runtime.finish(
+                step.index, status, files, continue_on_error=step.continue_on_error
+            )
+            if problem is not None and status == "success":
+                return "failed", problem
+            return status, problem
+
+        return after
+
     async def _reattach(self, step: StepRun, known: tuple[str, int], stored: int) -> StepOutcome:
         await self.reporter.step_started(step.index)
         self.current = step.index
@@ -189,20 +290,28 @@ class JobFollower:
             offset = stored & ((1 << _STEP_SHIFT) - 1)
         elif stored >> _STEP_SHIFT > step.index:
             offset = known[1]
-        return await self._drive(step, shell.follow_program(step.index, offset), offset)
+        runtime = workflow.runtime_of(self.job)
+        after = self._runtime_after(runtime, step) if runtime is not None else None
+        return await self._drive(step, shell.follow_program(step.index, offset), offset, after)
 
-    async def _run_step(self, step: StepRun) -> StepOutcome:
+    @staticmethod
+    def _start_program(step: StepRun) -> bytes:
         try:
-            program = shell.start_program(
-                step.index, step.script, step.shell, step.env, step.working_directory
+            return shell.start_program(
+                step.index, step.script, step.env, step.working_directory, shell=step.shell
             )
         except ValueError as exc:
             raise InfraError(f"step {step.index + 1} ({step.name}): {exc}") from exc
+
+    async def _run_step(self, step: StepRun) -> StepOutcome:
+        program = self._start_program(step)
         await self.reporter.step_started(step.index)
         self.current = step.index
         return await self._drive(step, program, 0)
 
-    async def _drive(self, step: StepRun, program: bytes, offset: int) -> StepOutcome:
+    async def _drive(
+        self, step: StepRun, program: bytes, offset: int, after: _After | None = None
+    ) -> StepOutcome:
         """Run/follow one step until it ends; a broken stream is followed on from its offset."""
         position = offset
         base = step.index << _STEP_SHIFT
@@ -225,19 +334,28 @@ class JobFollower:
                 if not task.done():
                     task.cancel()
             if outcome is not None:
-                return await self._end_step(step, outcome, None)
+                return await self._end_step(step, outcome, None, after=after)
             try:
                 result = task.result()
             except _TRANSIENT as exc:
                 log.info("exec stream of step %s broke: %s", step.index, exc)
                 result = ExecResult(None)
+            following = not program.startswith(b"__ci_main")
+            if (
+                following
+                and result.exit_code == shell.NOT_STARTED
+                and step.index not in await self._pod_state()
+            ):
+                # The start program never arrived: send it again.
+                program = self._start_program(step)
+                continue
             if result.exit_code is not None:
                 if result.exit_code != 0:
-                    await self._check_stopped_from_outside()
+                    await self._check_stopped_from_outside(result.exit_code)
                     if self.job.cancel.is_set():
                         return await self._end_step(step, "cancelled", None)
                 status: StepOutcome = "success" if result.exit_code == 0 else "failed"
-                return await self._end_step(step, status, result.exit_code)
+                return await self._end_step(step, status, result.exit_code, after=after)
             if result.error is not None:
                 raise InfraError(f"exec in pod {self.pod}: {result.error}")
             await self._pod_still_running()
@@ -272,16 +390,40 @@ class JobFollower:
         task.cancel()
         return "timed_out"
 
-    async def _end_step(self, step: StepRun, status: StepOutcome, code: int | None) -> StepOutcome:
+    async def _end_step(
+        self,
+        step: StepRun,
+        status: StepOutcome,
+        code: int | None,
+        error: str | None = None,
+        *,
+        after: _After | None = None,
+    ) -> StepOutcome:
+        if status == "timed_out":
+            error = f"step timed out after {step.timeout_seconds:g}s"
+        if after is not None and status != "cancelled":
+            status, problem = await after(status)
+            error = error or problem
         self.finished[step.index] = status
         self.current = None
-        error = f"step timed out after {step.timeout_seconds:g}s" if status == "timed_out" else None
         await self.reporter.step_finished(step.index, status, code, error)
         return status
 
-    async def _check_stopped_from_outside(self) -> None:
+    async def _check_stopped_from_outside(self, exit_code: int) -> None:
         """A step that failed because its pod was stopped (deadline, eviction, drain, OOM) did
-        not fail by itself: say what stopped it."""
+        not fail by itself: say what stopped it. Killed by a signal (137/143), the pod's state
+        may lag the step's end by up to the grace period: look again until it settles."""
+        signalled = exit_code in (137, 143)
+        settle = time.monotonic() + (
+            self.settings.termination_grace_seconds + 2 if signalled else 0
+        )
+        while True:
+            await self._raise_if_stopped()
+            if time.monotonic() >= settle or self.job.cancel.is_set():
+                return
+            await asyncio.sleep(self.settings.poll_interval_seconds)
+
+    async def _raise_if_stopped(self) -> None:
         job = await self.kube.read_job(self.name)
         deadline = _deadline_exceeded(job) if job is not None else None
         if deadline is not None:
@@ -301,6 +443,14 @@ class JobFollower:
             )
         if (pod.get("metadata") or {}).get("deletionTimestamp") and job is not None:
             raise InfraError("the pod was stopped (deleted or its node drained)")
+        if terminated:
+            raise InfraError(
+                _reason(
+                    f"the job container ended ({terminated.get('reason') or 'Error'}, exit code "
+                    f"{terminated.get('exitCode')})",
+                    terminated.get("message"),
+                )
+            )
 
     async def _pod_still_running(self) -> None:
         pods = await self.kube.list_pods(f"{LABEL_JOB_ID}={self.name}")
@@ -329,13 +479,8 @@ class JobFollower:
     # ------------------------------------------------------------ endings
 
     def outcome(self) -> JobResult:
-        for step in self.job.steps:
-            status = self.finished.get(step.index)
-            if status in ("failed", "timed_out") and not step.continue_on_error:
-                if status == "timed_out":
-                    return JobResult("timed_out", f"step {step.index + 1} ({step.name}) timed out")
-                return JobResult("failed")
-        return JobResult("success")
+        steps = [self.effective.get(step.index, step) for step in self.job.steps]
+        return job_outcome(steps, self.finished)
 
     async def end_unfinished(self, running: StepOutcome, error: str | None) -> None:
         """Report every step not finished yet: the running one as `running`, with the reason;

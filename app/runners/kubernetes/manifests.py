@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import math
 import shlex
 from collections.abc import Mapping
@@ -10,6 +13,7 @@ from typing import Any
 
 from app.runners.base import JobRun, KubernetesOptions, ServiceContainer
 from app.runners.kubernetes.names import (
+    ANNOTATION_FINGERPRINT,
     ANNOTATION_JOB_NAME,
     CONTAINER,
     LABEL_BUILD,
@@ -34,6 +38,8 @@ class KubernetesSettings:
     default_image: str
     # Derives the installation label; every replica of one installation must share it.
     marker_secret: str
+    # The database's installation id: Jobs made for another database are never followed.
+    database_id: str | None = None
     ttl_seconds_after_finished: int = 3600
     default_deadline_seconds: int = 3600  # activeDeadlineSeconds of jobs without a timeout
     unschedulable_timeout_seconds: float = 300
@@ -51,8 +57,24 @@ class KubernetesSettings:
     runs_on_images: Mapping[str, str] = field(default_factory=dict)
     poll_interval_seconds: float = 0.5  # how often pod status/events are read while waiting
     retry_interval_seconds: float = 1.0  # pause before re-attaching a broken exec stream
+    # How long API calls are retried through an apiserver restart before the job is an error.
+    api_retry_seconds: float = 120.0
     # A pod with no container running after this long (and no reason given) is an error.
     start_timeout_seconds: float = 600
+
+
+def fingerprint(job: JobRun, key: str) -> str:
+    """HMAC (keyed by the marker secret: env values may be secrets) of what the job runs."""
+    content = {
+        "job": job.job_name,
+        "image": job.image,
+        "steps": [
+            [s.index, s.name, s.script, s.shell, sorted(s.env.items()), s.working_directory]
+            for s in job.steps
+        ],
+    }
+    data = json.dumps(content, sort_keys=True).encode()
+    return hmac.new(key.encode(), data, hashlib.sha256).hexdigest()[:32]
 
 
 def image_for(job: JobRun, settings: KubernetesSettings) -> str:
@@ -126,6 +148,30 @@ def job_manifest(job: JobRun, settings: KubernetesSettings, name: str, installat
     deadline = s.default_deadline_seconds
     if job.timeout_seconds:
         deadline = max(1, math.ceil(job.timeout_seconds))
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {
+                ANNOTATION_JOB_NAME: job.job_name,
+                ANNOTATION_FINGERPRINT: fingerprint(job, s.marker_secret),
+            },
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": deadline,
+            "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
+            "template": {
+                "metadata": {"labels": labels, "annotations": {ANNOTATION_JOB_NAME: job.job_name}},
+                "spec": pod_spec(job, s),
+            },
+        },
+    }
+
+
+def pod_spec(job: JobRun, s: KubernetesSettings) -> Json:
     options = job.kubernetes
     container: Json = {
         "name": CONTAINER,
@@ -135,6 +181,7 @@ def job_manifest(job: JobRun, settings: KubernetesSettings, name: str, installat
         "env": [
             {"name": "CI_WORKSPACE", "value": WORKSPACE},
             {"name": "CI_RUN_DIR", "value": RUN_DIR},
+            {"name": "CI_ROOT", "value": "/ci"},
             {"name": "HOME", "value": HOME},
         ],
         "volumeMounts": [
@@ -176,24 +223,7 @@ def job_manifest(job: JobRun, settings: KubernetesSettings, name: str, installat
         pod["hostAliases"] = [{"ip": "127.0.0.1", "hostnames": [svc.name for svc in job.services]}]
     if options is not None:
         _apply_options(pod, options)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "labels": labels,
-            "annotations": {ANNOTATION_JOB_NAME: job.job_name},
-        },
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": deadline,
-            "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
-            "template": {
-                "metadata": {"labels": labels, "annotations": {ANNOTATION_JOB_NAME: job.job_name}},
-                "spec": pod,
-            },
-        },
-    }
+    return pod
 
 
 def _apply_options(pod: Json, options: KubernetesOptions) -> None:

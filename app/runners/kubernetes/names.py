@@ -14,6 +14,9 @@ LABEL_INSTALLATION = "ci-executor/installation"
 LABEL_JOB = "ci-executor/job"
 LABEL_JOB_ID = "ci-executor/job-id"  # the Kubernetes Job name: selects exactly this job's pods
 ANNOTATION_JOB_NAME = "ci-executor/job-name"
+# What the Job was made to run (an HMAC of the job's steps): a Job found under this job's name is
+# followed only if it matches, so a restored database's build N never adopts the old build N's.
+ANNOTATION_FINGERPRINT = "ci-executor/fingerprint"
 CONTAINER = "job"
 
 
@@ -23,9 +26,13 @@ def slug(text: str, max_len: int = 40) -> str:
     return out[:max_len].strip("-")
 
 
-def installation_id(marker_secret: str) -> str:
-    """Tells apart executor installations sharing a namespace (their build ids overlap)."""
-    return hashlib.sha256(f"installation:{marker_secret}".encode()).hexdigest()[:10]
+def installation_id(marker_secret: str, database_id: str | None = None) -> str:
+    """Tells apart executor installations sharing a namespace (their build ids overlap), and
+    databases: after a reset or a restore into a new database, build 1 is a different build."""
+    key = f"installation:{marker_secret}"
+    if database_id:
+        key += f":{database_id}"
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 def k8s_job_name(build_id: int, job_name: str, installation: str = "") -> str:

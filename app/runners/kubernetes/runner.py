@@ -25,8 +25,9 @@ from kubernetes_asyncio.stream import WsApiClient
 from app.runners.base import JobReporter, JobResult, JobRun
 from app.runners.kubernetes.api import REQUIRED_RBAC, Kube, KubeError
 from app.runners.kubernetes.follower import ForeignJob, InfraError, JobFollower, TimedOut
-from app.runners.kubernetes.manifests import KubernetesSettings, job_manifest
+from app.runners.kubernetes.manifests import KubernetesSettings, fingerprint, job_manifest
 from app.runners.kubernetes.names import (
+    ANNOTATION_FINGERPRINT,
     LABEL_BUILD,
     LABEL_INSTALLATION,
     installation_id,
@@ -48,7 +49,7 @@ class KubernetesRunner:
 
     def __init__(self, settings: KubernetesSettings) -> None:
         self.settings = settings
-        self.installation = installation_id(settings.marker_secret)
+        self.installation = installation_id(settings.marker_secret, settings.database_id)
         self._mine = f"{LABEL_INSTALLATION}={self.installation}"
         self._clients: list[Any] = []
         self._kube: Kube | None = None
@@ -63,9 +64,18 @@ class KubernetesRunner:
         # make job 101 wait for a free connection forever.
         configuration.connection_pool_maxsize = None
         api_client = k8s_client.ApiClient(configuration=configuration)
-        ws_client = WsApiClient(configuration=configuration)
+        # Pings keep a quiet step's exec stream alive through proxies and reveal a dead one.
+        ws_client = WsApiClient(configuration=configuration, heartbeat=30.0)
         self._clients = [api_client, ws_client]
-        self._kube = Kube(api_client, ws_client, self.settings.namespace)
+        self._kube = Kube(
+            api_client,
+            ws_client,
+            self.settings.namespace,
+            retry_seconds=self.settings.api_retry_seconds,
+            retry_interval=self.settings.retry_interval_seconds,
+        )
+        # At startup an unreachable API is a configuration problem: say so at once, no retries.
+        self._kube.retry_seconds = 0
         try:
             missing = [
                 f"{verb} {resource}"
@@ -78,6 +88,7 @@ class KubernetesRunner:
             raise RuntimeError(
                 f"cannot reach the Kubernetes API (config from {source}): {exc}"
             ) from exc
+        self._kube.retry_seconds = self.settings.api_retry_seconds
         if missing:
             await self.stop()
             raise RuntimeError(
@@ -201,6 +212,12 @@ class KubernetesRunner:
                 f"a Kubernetes Job named {follower.name} exists but was not created by this "
                 "executor installation; it is left alone"
             )
+        if existing is not None and not self._same_job(existing, follower.job):
+            raise ForeignJob(
+                f"a Kubernetes Job named {follower.name} exists but runs something else (made "
+                "for an earlier build with this number, e.g. before a database restore); it is "
+                "left alone"
+            )
         if existing is None:
             if resume and await follower.reporter.stored_offset() > 0:
                 raise InfraError(
@@ -214,6 +231,12 @@ class KubernetesRunner:
                 if exc.status != 409:
                     raise
         return True
+
+    def _same_job(self, job_obj: dict[str, Any], job: JobRun) -> bool:
+        annotations = (job_obj.get("metadata") or {}).get("annotations") or {}
+        return bool(
+            annotations.get(ANNOTATION_FINGERPRINT) == fingerprint(job, self.settings.marker_secret)
+        )
 
     def _ours(self, job_obj: dict[str, Any]) -> bool:
         labels = (job_obj.get("metadata") or {}).get("labels") or {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -54,7 +54,9 @@ while :; do
     tail -c +$((off + 1)) "$f" | head -c $((size - off)); off=$size
   fi
   [ "$ended" = 1 ] && break
-  sleep 0.2 2>/dev/null || sleep 1
+  # Quick while output flows, slower when the step is quiet (many steps poll at once).
+  if [ "$size" -gt "${last:-0}" ]; then t=0.1; else t=0.4; fi; last=$size
+  sleep "$t" 2>/dev/null || sleep 1
 done
 """
 
@@ -70,6 +72,7 @@ mkdir -p "$d" || exit 125
   cd "$CI_WORKSPACE" && cd "./$wd" 2>>"$d/$i.log" || {
     echo "ci-executor: working-directory $wd does not exist" >> "$d/$i.log"; rc=1
   }
+  __ci_env
   if [ -z "${rc:-}" ] && ! command -v "$shell_name" >/dev/null 2>&1; then
     printf '%s\n' "ci-executor: $shell_name is not installed in the image; use" \
       "\`shell: sh\` or an image that has $shell_name" | tr '\n' ' ' >> "$d/$i.log"
@@ -77,8 +80,7 @@ mkdir -p "$d" || exit 125
     rc=127
   fi
   if [ -z "${rc:-}" ]; then
-    __ci_env
-    $S "$@" "$d/$i.sh" < /dev/null >> "$d/$i.log" 2>&1 &
+    $S "$@" < /dev/null >> "$d/$i.log" 2>&1 &
     p=$!
     echo "$p" > "$d/$i.pgid"
     wait "$p"; rc=$?
@@ -91,6 +93,11 @@ sup=$!
 """
 
 Shell = Literal["bash", "sh"]
+# Stands for the image's own PATH in values the runner builds before knowing it.
+BASE_PATH = "/__ci_image_path__"
+_PATH_ROOTS = (("/ci", "CI_ROOT"), ("/workspace", "CI_WORKSPACE"))
+# follow_program's exit code when the step never started (its start program was lost in transit).
+NOT_STARTED = 254
 SHELL_COMMANDS: dict[str, tuple[str, ...]] = {
     "bash": ("bash", "--noprofile", "--norc", "-eo", "pipefail"),
     "sh": ("sh", "-e"),
@@ -121,28 +128,58 @@ def _header(index: int, offset: int) -> str:
     return f'd="$CI_RUN_DIR"; i={index}; off={offset}\n'
 
 
+def value_expr(value: str) -> str:
+    """`value` as a sh word. Paths under the pod's mounts become `"$CI_ROOT"'/rest'` (resp.
+    `$CI_WORKSPACE`), so they resolve wherever the mounts really are (the same paths in a
+    cluster; the emulator's local directories in tests); BASE_PATH stands for the image's PATH."""
+    if BASE_PATH in value:
+        return '"$PATH"'.join(value_expr(part) for part in value.split(BASE_PATH))
+    for root, variable in _PATH_ROOTS:
+        if value == root or value.startswith(root + "/"):
+            return f'"${variable}"' + sh_quote(value[len(root) :])
+    return sh_quote(value)
+
+
 def start_program(
     index: int,
     script: str,
-    shell: Shell,
     env: Mapping[str, str],
     working_directory: str | None,
+    *,
+    shell: Shell = "sh",
+    argv: Sequence[str] | None = None,
+    script_path: str | None = None,
+    empty_files: Sequence[str] = (),
 ) -> bytes:
-    """Write the step's script, start it, stream its output from byte 0, exit with its code."""
+    """Write the step's script, start it, stream its output from byte 0, exit with its code.
+
+    Without `argv` the script goes to `$CI_RUN_DIR/<i>.sh` and runs with `shell`; with it (the
+    workflow runtime's command line) the script goes to `script_path` and `argv` runs as given.
+    `empty_files` (runtime files such as $GITHUB_OUTPUT) are created empty first."""
     for name in env:
         if not is_env_name(name):
             raise ValueError(f"invalid environment variable name {name!r}")
     exports = "".join(
-        f"export {name}={sh_quote(value)}\n"
+        f"export {name}={value_expr(value)}\n"
         for name, value in sorted(env.items())
-        if name not in _POD_OWNED
+        if name not in _POD_OWNED or (name == "PATH" and BASE_PATH in value)
     )
     delimiter = f"CI_EXECUTOR_EOF_{secrets.token_hex(8)}"
-    command = " ".join(sh_quote(part) for part in SHELL_COMMANDS[shell])
+    target = value_expr(script_path) if script_path else '"$d/$i.sh"'
+    words = list(argv) if argv else [*SHELL_COMMANDS[shell], "\0script"]
+    command = " ".join(target if w == "\0script" else value_expr(w) for w in words)
+    created = "".join(
+        f'mkdir -p "$(dirname {value_expr(f)})" && : > {value_expr(f)}\n' for f in empty_files
+    )
+    # Everything runs from one function called on the last line: a program cut short in transit
+    # (the stream broke while stdin was sent) defines nothing and runs nothing.
     parts = [
+        "__ci_main() {\n",
         _header(index, 0),
-        f"wd={sh_quote(working_directory or '.')}; shell_name={shell}\n",
-        f'mkdir -p "$d" && cat > "$d/$i.sh" <<\'{delimiter}\'\n{script}\n{delimiter}\n',
+        f"wd={sh_quote(working_directory or '.')}; shell_name={sh_quote(words[0])}\n",
+        f'mkdir -p "$d" "$(dirname {target})" || exit 125\n',
+        f"cat > {target} <<'{delimiter}'\n{script}\n{delimiter}\n",
+        created,
         f"__ci_env() {{\n:\n{exports}}}\n",
         f"set -- {command}\n",
         _START,
@@ -152,8 +189,29 @@ def start_program(
         'size=$(wc -c < "$f"); [ "$size" -gt "$off" ] && tail -c +$((off + 1)) "$f" | '
         "head -c $((size - off))\n",
         'exit "$rc"\n',
+        "}\n__ci_main\n",
     ]
     return "".join(parts).encode()
+
+
+def files_program(paths: Sequence[str], limit: int) -> bytes:
+    """Print each file as `<n>\\n` + its first n bytes (n <= limit; 0 for a missing file)."""
+    body = "".join(
+        f'f={value_expr(p)}; n=0; [ -f "$f" ] && n=$(wc -c < "$f"); '
+        f'[ "$n" -gt {limit} ] && n={limit}; echo "$n"; [ "$n" -gt 0 ] && head -c "$n" "$f"\n'
+        for p in paths
+    )
+    return f"__ci_files() {{\n{body}:\n}}\n__ci_files\n".encode()
+
+
+def write_files_program(files: Mapping[str, str]) -> bytes:
+    """Write text files (the workflow runtime's event.json and such) into the pod."""
+    body = ""
+    for path, text in files.items():
+        delimiter = f"CI_EXECUTOR_EOF_{secrets.token_hex(8)}"
+        body += f'mkdir -p "$(dirname {value_expr(path)})"\n'
+        body += f"cat > {value_expr(path)} <<'{delimiter}'\n{text}\n{delimiter}\n"
+    return f"__ci_write() {{\n{body}:\n}}\n__ci_write\n".encode()
 
 
 def follow_program(index: int, offset: int) -> bytes:
@@ -161,6 +219,7 @@ def follow_program(index: int, offset: int) -> bytes:
     with the code it recorded (or 255 if it never started)."""
     return (
         _header(index, offset)
+        + f'[ -e "$d/$i.log" ] || exit {NOT_STARTED}\n'
         + _FOLLOW
         + 'rc=$(cat "$d/$i.rc" 2>/dev/null); case "$rc" in ""|*[!0-9]*) exit 255;; esac\n'
         + 'exit "$rc"\n'

@@ -24,6 +24,7 @@ from app.workflow.expressions.errors import (
 )
 from app.workflow.expressions.evaluator import KNOWN_CONTEXTS, Evaluator
 from app.workflow.expressions.functions import STATUS_FUNCTIONS, CallContext, Status
+from app.workflow.expressions.hashfiles import workspace_hasher
 from app.workflow.expressions.nodes import Node
 from app.workflow.expressions.parser import parse
 from app.workflow.expressions.template import (
@@ -55,6 +56,7 @@ __all__ = [
     "check_key",
     "condition",
     "evaluate",
+    "evaluate_structure",
     "evaluate_template",
     "interpolate",
     "parse",
@@ -63,6 +65,7 @@ __all__ = [
     "to_string",
     "truthy",
     "uses_status_function",
+    "workspace_hasher",
 ]
 
 HashFiles = Callable[[list[str]], str]
@@ -134,6 +137,35 @@ def evaluate_template(
         raise exc.shifted(offset) from None
 
 
+def evaluate_structure(
+    value: Any,
+    contexts: Mapping[str, Any],
+    *,
+    status: Status | None = None,
+    hash_files: HashFiles | None = None,
+) -> Any:
+    """Every string in a YAML-like structure (lists, mappings, scalars) evaluated with
+    `evaluate_template`; mapping keys are interpolated to strings. For values such as `with:`,
+    `env:` or a `strategy.matrix` whose parts are expressions (`os: ${{ fromJSON(x) }}`)."""
+    if isinstance(value, str):
+        return evaluate_template(value, contexts, status=status, hash_files=hash_files)
+    if isinstance(value, Mapping):
+        return {
+            (
+                interpolate(key, contexts, status=status, hash_files=hash_files)
+                if isinstance(key, str)
+                else key
+            ): evaluate_structure(item, contexts, status=status, hash_files=hash_files)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [
+            evaluate_structure(item, contexts, status=status, hash_files=hash_files)
+            for item in value
+        ]
+    return value
+
+
 def condition(
     text: str,
     contexts: Mapping[str, Any],
@@ -144,6 +176,9 @@ def condition(
     """GitHub's `if:`: the text may be wrapped in `${{ }}` or not; without a status function it
     means `success() && (expr)`. A text mixing `${{ }}` with other text is a string (truthy
     unless empty), as on GitHub."""
+    if not text.strip():
+        # GitHub's runner treats an empty condition as the default one, `success()`.
+        return status.success
     inner = single_expression(text)
     if inner is None and "${{" in text:
         return status.success and truthy(interpolate(text, contexts, status=status))

@@ -60,6 +60,7 @@ _PUNCT = {
     "*": Kind.STAR,
 }
 _TWO = {"!=": Kind.NE, "==": Kind.EQ, "<=": Kind.LE, ">=": Kind.GE, "&&": Kind.AND, "||": Kind.OR}
+_TWO_TEXTS = tuple(_TWO)
 _ONE = {"!": Kind.NOT, "<": Kind.LT, ">": Kind.GT}
 # After these a "." is property access; anywhere else it starts a number such as `.5`.
 _DOT_FOLLOWS = frozenset({Kind.IDENT, Kind.RBRACKET, Kind.RPAREN, Kind.STAR})
@@ -110,7 +111,7 @@ def tokenize(text: str) -> list[Token]:
         if c in _PUNCT:
             tokens.append(Token(_PUNCT[c], c, start))
             i += 1
-        elif text.startswith(tuple(_TWO), i):
+        elif text.startswith(_TWO_TEXTS, i):
             pair = text[i : i + 2]
             tokens.append(Token(_TWO[pair], pair, start))
             i += 2

@@ -31,13 +31,28 @@ _COMPARISONS = (Kind.LT, Kind.LE, Kind.GT, Kind.GE)
 _EQUALITIES = (Kind.EQ, Kind.NE)
 
 
-@lru_cache(maxsize=4096)
+# Only short texts are cached: real conditions are short, and a cap on both the entry count and
+# the text length bounds what a stream of distinct hostile expressions can pin in memory.
+_CACHED_LENGTH = 2_048
+
+
 def parse(expression: str) -> Node:
     """The syntax tree of a bare expression (the text inside `${{ }}`).
 
     An empty expression is `null`, as on GitHub. Raises ExpressionSyntaxError with the 0-based
     offset of the problem. Cached by text: the same `if:` is evaluated once per matrix leg.
     """
+    if len(expression) > _CACHED_LENGTH:
+        return _parse(expression)
+    return _parse_cached(expression)
+
+
+@lru_cache(maxsize=4096)
+def _parse_cached(expression: str) -> Node:
+    return _parse(expression)
+
+
+def _parse(expression: str) -> Node:
     return _Parser(tokenize(expression)).parse()
 
 

@@ -47,9 +47,35 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{/* Where the runner creates build Jobs, Pods and Secrets; the Role lives there too. */}}
+{{/* Where the runner creates build Jobs and their pods; the Role lives there too. Builds run
+untrusted code, so by default they get a namespace of their own, away from the release's Secret. */}}
 {{- define "ci-executor.buildNamespace" -}}
-{{- default .Release.Namespace .Values.config.k8sNamespace -}}
+{{- .Values.config.k8sNamespace | default .Values.builds.namespace | default (printf "%s-builds" .Release.Namespace) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Objects of the build namespace, named after the release. */}}
+{{- define "ci-executor.buildsName" -}}
+{{- printf "%s-builds" (include "ci-executor.fullname" . | trunc 56 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* The build pods, as the runner labels them. */}}
+{{- define "ci-executor.buildPodSelector" -}}
+matchExpressions:
+  - key: ci-executor/build-id
+    operator: Exists
+{{- end -}}
+
+{{/* The marker secret: the value given, else the one already installed, else a new random one
+(so replicas share it and it survives upgrades without anyone choosing it). */}}
+{{- define "ci-executor.markerSecret" -}}
+{{- $marker := .Values.secret.k8sMarkerSecret -}}
+{{- if not $marker -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "ci-executor.secretName" .) -}}
+{{- if and $existing $existing.data -}}
+{{- $marker = index $existing.data "K8S_MARKER_SECRET" | default "" | b64dec -}}
+{{- end -}}
+{{- end -}}
+{{- $marker | default (randAlphaNum 48) -}}
 {{- end -}}
 
 {{/* The migration hook's Job (and its Secret): Job names feed a 63-character pod label. */}}
@@ -103,5 +129,5 @@ LOG_LEVEL: {{ .Values.config.logLevel | quote }}
 DATABASE_URL: {{ required "secret.databaseUrl is required unless secret.existingSecret is set" .Values.secret.databaseUrl | b64enc | quote }}
 QUEUE_URL: {{ required "secret.queueUrl is required unless secret.existingSecret is set" .Values.secret.queueUrl | b64enc | quote }}
 API_TOKENS: {{ .Values.secret.apiTokens | b64enc | quote }}
-K8S_MARKER_SECRET: {{ .Values.secret.k8sMarkerSecret | b64enc | quote }}
+K8S_MARKER_SECRET: {{ include "ci-executor.markerSecret" . | b64enc | quote }}
 {{- end -}}

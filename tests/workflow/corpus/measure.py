@@ -35,6 +35,7 @@ _FEATURES = [
     (r"unknown key 'run-name'", "run-name"),
     (r"unknown key 'with'", "uses: with"),
     (r"^`if` of", "expressions in if"),
+    (r"has no `matrix`", "strategy without a matrix"),
     (r"matrix", "matrix values that are lists, mappings or fromJSON"),
     (r"^`shell`", "shell python / custom templates"),
     (r"`(timeout-minutes|continue-on-error)` of", "timeout-minutes/continue-on-error expressions"),
@@ -101,6 +102,15 @@ def job_statuses(output: str) -> dict[str, str]:
     return statuses
 
 
+def failed_steps(output: str) -> list[str]:
+    """`job / step` of the steps the run reports as FAILED (the live `<==` lines)."""
+    return [
+        line.removeprefix("<== ").rsplit(": FAILED", 1)[0]
+        for line in output.splitlines()
+        if line.startswith("<== ") and line.endswith(": FAILED")
+    ]
+
+
 def run_entry(entry: Entry) -> tuple[bool, str]:
     args = [str(CORPUS_DIR / a) if a.endswith(".json") else a for a in entry.args]
     command = [*_executable(), "run", str(entry.path), *args]
@@ -115,7 +125,8 @@ def run_entry(entry: Entry) -> tuple[bool, str]:
         return False, "refused: " + output.strip().splitlines()[-1] if output.strip() else "exit 2"
     result = "success" if done.returncode == 0 else "failure"
     if result != entry.run:
-        return False, f"build {result}, expected {entry.run}"
+        failed = "; ".join(failed_steps(output)[:2])
+        return False, f"build {result}, expected {entry.run}" + (f" ({failed})" if failed else "")
     statuses = job_statuses(output)
     wrong = {
         job: statuses.get(job, "absent")

@@ -18,6 +18,7 @@ from app.workflow.expressions import (
     check_key,
     condition,
     evaluate,
+    evaluate_structure,
     evaluate_template,
     interpolate,
     parse,
@@ -133,6 +134,8 @@ def test_evaluate_accepts_a_parsed_tree() -> None:
     tree = parse("matrix.os == 'LINUX'")
     assert evaluate(tree, CONTEXTS) is True
     assert parse("matrix.os == 'LINUX'") is tree  # cached by text
+    long_text = " || ".join(["false"] * 600)
+    assert parse(long_text) is not parse(long_text)  # long texts are not kept
 
 
 def test_evaluate_context_names_case_insensitive_and_missing_is_null() -> None:
@@ -180,6 +183,19 @@ def test_evaluate_template_interpolates_otherwise() -> None:
     assert evaluate_template("v${{ 3 }}", CONTEXTS) == "v3"
     assert evaluate_template("${{ 1 }}${{ 2 }}", CONTEXTS) == "12"
     assert evaluate_template("plain", CONTEXTS) == "plain"
+
+
+def test_evaluate_structure_evaluates_strings_keys_and_nested_values() -> None:
+    matrix = {
+        "os": '${{ fromJSON(\'["linux", "mac"]\') }}',
+        "${{ github.event_name }}-key": ["a", "${{ matrix.os }}", 3, None, True],
+        "nested": {"name": "v${{ 1 }}", "raw": "${{ fromJSON('{\"k\": 1}') }}"},
+    }
+    assert evaluate_structure(matrix, CONTEXTS) == {
+        "os": ["linux", "mac"],
+        "push-key": ["a", "linux", 3, None, True],
+        "nested": {"name": "v1", "raw": {"k": 1}},
+    }
 
 
 def test_to_string() -> None:
@@ -257,7 +273,9 @@ def test_hash_files_without_a_callback_is_an_evaluation_error() -> None:
         ("env.EMPTY", Status(), False),
         ("env.NAME", Status(), True),
         ("matrix.versions", Status(), True),
-        ("", Status(), False),
+        # An empty condition is the default one, success().
+        ("", Status(), True),
+        ("  ", Status(success=False, failure=True), False),
         # A text mixing ${{ }} with other text is a non-empty string: truthy, as on GitHub.
         ("${{ false }} == true", Status(), True),
         ("${{ false }} == true", Status(success=False), False),

@@ -7,7 +7,9 @@ Each file in `cases/` is a JSON list of cases in our own format:
   {"group", "expr", "contexts", "error": "context", "offset"} → `check` with only the given
                                                               contexts allowed reports the name
 `github_*.json` were ported from actions/languageservices `expressions/testdata` (GitHub's
-cross-implementation suite); `our_*.json` are cases we wrote.
+cross-implementation suite); `our_*.json` are cases we wrote (`our_logical_table.json` is every
+pair of twelve literals under `&&`, `||` and `!`, its expected values written out from the
+documented rule: `a && b` is `a` when `a` is falsy, else `b`).
 """
 
 from __future__ import annotations

@@ -128,7 +128,9 @@ export interface paths {
         /**
          * Get Logs
          * @description GetBuildLogs: chunks after `offset` in seq order, optionally of one job (and step).
-         *     `complete` is true once the build is finished and nothing follows.
+         *     A page holds at most `limit` chunks and about 4 MB of content (at least one chunk);
+         *     continue from `next_offset`. `complete` is true once the build is finished and nothing
+         *     follows.
          */
         get: operations["get_logs_api_v1_builds__build_id__logs_get"];
         put?: never;
@@ -249,10 +251,152 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/builds/{build_id}/artifacts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Artifacts
+         * @description The build's finished, unexpired artifacts (name, job, size, sha256 digest, expiry) with
+         *     the URL that downloads each as a zip. 404 for an unknown build.
+         */
+        get: operations["list_artifacts_api_v1_builds__build_id__artifacts_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/builds/{build_id}/artifacts/{artifact_id}/zip": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download Artifact
+         * @description Download one artifact, streamed: the zip upload-artifact made (or the single file it
+         *     uploaded unarchived), with its sha256 in the `Digest` header.
+         */
+        get: operations["download_artifact_api_v1_builds__build_id__artifacts__artifact_id__zip_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/builds/{build_id}/artifacts/{artifact_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete Artifact
+         * @description Delete one artifact and its content. 204; 404 if it does not exist.
+         */
+        delete: operations["delete_artifact_api_v1_builds__build_id__artifacts__artifact_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/build-caches": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Caches
+         * @description A pipeline's cache entries (optionally one branch's), most recently used first, with
+         *     their total size.
+         */
+        get: operations["list_caches_api_v1_build_caches_get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete Caches
+         * @description Delete a pipeline's caches: all of them, or those with this exact `key` and/or on this
+         *     `branch` (as `gh cache delete`).
+         */
+        delete: operations["delete_caches_api_v1_build_caches_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/build-caches/{cache_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete Cache
+         * @description Delete one cache entry of the pipeline. 204; 404 if it does not exist.
+         */
+        delete: operations["delete_cache_api_v1_build_caches__cache_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** ArtifactList */
+        ArtifactList: {
+            /** Items */
+            items: components["schemas"]["ArtifactPublic"][];
+            /** Total Bytes */
+            total_bytes: number;
+        };
+        /** ArtifactPublic */
+        ArtifactPublic: {
+            /** Id */
+            id: number;
+            /** Name */
+            name: string;
+            /** Job Name */
+            job_name: string;
+            /** Size */
+            size: number;
+            /** Digest */
+            digest: string;
+            /** Content Type */
+            content_type: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Download Url */
+            download_url: string;
+        };
         /**
          * BuildCreate
          * @description CreateBuild's body.
@@ -286,6 +430,18 @@ export interface components {
              * @default true
              */
             dispatch?: boolean;
+            /**
+             * Event Name
+             * @description The trigger's name (`github.event_name`); defaults to `push`.
+             */
+            event_name?: string | null;
+            /**
+             * Event
+             * @description The trigger's payload (`github.event`; `inputs` are read from `event.inputs`). At most 256 KiB as JSON.
+             */
+            event?: {
+                [key: string]: unknown;
+            } | null;
         };
         /** BuildDetail */
         BuildDetail: {
@@ -326,8 +482,14 @@ export interface components {
             cancel_requested_at: string | null;
             /** Retry Of */
             retry_of: number | null;
+            /** Event Name */
+            event_name?: string | null;
             /** Yaml Sha256 */
             yaml_sha256: string;
+            /** Event */
+            event?: {
+                [key: string]: unknown;
+            } | null;
             /** Jobs */
             jobs: components["schemas"]["JobPublic"][];
             /** Edges */
@@ -383,12 +545,53 @@ export interface components {
             cancel_requested_at: string | null;
             /** Retry Of */
             retry_of: number | null;
+            /** Event Name */
+            event_name?: string | null;
         };
         /**
          * BuildStatus
          * @enum {string}
          */
         BuildStatus: "queued" | "running" | "success" | "failed" | "cancelled" | "timed_out" | "error";
+        /** CacheDeleted */
+        CacheDeleted: {
+            /** Deleted */
+            deleted: number;
+        };
+        /** CacheList */
+        CacheList: {
+            /** Items */
+            items: components["schemas"]["CachePublic"][];
+            /** Total Bytes */
+            total_bytes: number;
+        };
+        /** CachePublic */
+        CachePublic: {
+            /** Id */
+            id: number;
+            /** Pipeline Id */
+            pipeline_id: string;
+            /** Branch */
+            branch: string;
+            /** Key */
+            key: string;
+            /** Version */
+            version: string;
+            /** Size */
+            size: number;
+            /** Build Id */
+            build_id: number | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Last Used At
+             * Format: date-time
+             */
+            last_used_at: string;
+        };
         /** EdgePublic */
         EdgePublic: {
             /** From Job */
@@ -403,6 +606,18 @@ export interface components {
         };
         /** JobPublic */
         JobPublic: {
+            /**
+             * Runs On
+             * @description The job's `runs-on` labels.
+             */
+            runs_on?: string[];
+            /**
+             * Environment
+             * @description The job's `environment` ({name, url}).
+             */
+            environment?: {
+                [key: string]: unknown;
+            } | null;
             /** Id */
             id: number;
             /** Name */
@@ -914,6 +1129,195 @@ export interface operations {
                 };
                 content: {
                     "application/json": unknown;
+                };
+            };
+        };
+    };
+    list_artifacts_api_v1_builds__build_id__artifacts_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                build_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ArtifactList"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    download_artifact_api_v1_builds__build_id__artifacts__artifact_id__zip_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                build_id: number;
+                artifact_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/zip": unknown;
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    delete_artifact_api_v1_builds__build_id__artifacts__artifact_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                build_id: number;
+                artifact_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_caches_api_v1_build_caches_get: {
+        parameters: {
+            query: {
+                pipeline_id: string;
+                branch?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CacheList"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    delete_caches_api_v1_build_caches_delete: {
+        parameters: {
+            query: {
+                pipeline_id: string;
+                key?: string | null;
+                branch?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CacheDeleted"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    delete_cache_api_v1_build_caches__cache_id__delete: {
+        parameters: {
+            query: {
+                pipeline_id: string;
+            };
+            header?: never;
+            path: {
+                cache_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };

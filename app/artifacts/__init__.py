@@ -1,0 +1,1 @@
+"""Artifacts and caches: storage, the toolkit-facing services, policy (docs/actions.md)."""

@@ -1,0 +1,770 @@
+"""Artifacts and caches: the state behind the toolkit-facing endpoints and the public API.
+
+Blobs are written to storage outside any database transaction (an upload may take minutes); the
+rows only change in short transactions around it. An upload is staged as blocks
+(`uploads/<kind>-<id>/<block>`) and composed into its final object when the client commits the
+block list; composing streams the blocks in order through sha256, so the digest the client sends
+at finalize is checked against the bytes actually stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import secrets
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncGenerator, AsyncIterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import delete, func, update
+from sqlmodel import col, select
+
+from app.artifacts.models import Artifact, ArtifactStatus, CacheEntry, CacheStatus
+from app.artifacts.storage import Expect, ObjectNotFound, Storage, StorageError, StoredObject
+from app.artifacts.tokens import (
+    InvalidToken,
+    RuntimeClaims,
+    check_signature,
+    issue_runtime_token,
+    signed_query,
+    verify_runtime_token,
+)
+from app.config import Settings
+from app.db import Database
+from app.models import Build, BuildStatus
+from app.models.types import utcnow
+
+log = logging.getLogger(__name__)
+BlobKind = Literal["artifact", "cache"]
+ACTIVE = (BuildStatus.queued.value, BuildStatus.running.value)
+MAX_BLOCKLIST_BYTES = 4 * 1024 * 1024
+MAX_NAME = 255
+MAX_KEY = 512
+# An upload nobody finished within this long is abandoned: its staged blocks are swept.
+STALE_UPLOAD = timedelta(hours=6)
+
+
+class ArtifactError(Exception):
+    """A refusal with a Twirp error code (mapped to an HTTP status by the routes)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _not_found(message: str) -> ArtifactError:
+    return ArtifactError("not_found", message)
+
+
+def _invalid(message: str) -> ArtifactError:
+    return ArtifactError("invalid_argument", message)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated runtime token whose build is still active."""
+
+    claims: RuntimeClaims
+    pipeline_id: str
+    branch: str
+
+
+def resolve_secret(settings: Settings) -> str:
+    """The HMAC secret for tokens and signed URLs. Without ACTIONS_TOKEN_SECRET (or
+    K8S_MARKER_SECRET) a random one per process: fine for one replica, and tokens die on restart
+    just as the local runner's processes do."""
+    if settings.actions_token_secret:
+        return settings.actions_token_secret
+    if settings.k8s_marker_secret:
+        return hashlib.sha256(b"actions-runtime:" + settings.k8s_marker_secret.encode()).hexdigest()
+    return secrets.token_hex(32)
+
+
+def validate_name(name: str) -> str:
+    """upload-artifact's own rules (no path separators or characters invalid on some OS)."""
+    bad = set('"<>:|*?\\/\r\n\x00')
+    if not name or len(name) > MAX_NAME or any(c in bad for c in name):
+        raise _invalid(
+            f"invalid artifact name {name!r}: 1-{MAX_NAME} characters, none of "
+            '" : < > | * ? \\ / CR LF NUL'
+        )
+    return name
+
+
+def validate_cache_key(key: str) -> str:
+    if not key or len(key) > MAX_KEY or "," in key or "\x00" in key:
+        raise _invalid(f"invalid cache key: 1-{MAX_KEY} characters, no commas")
+    return key
+
+
+def _block_name(block_id: str) -> str:
+    # Azure block ids are base64 (with / + =): hashed into a safe storage key.
+    return hashlib.sha256(block_id.encode()).hexdigest()
+
+
+def parse_block_list(body: bytes) -> list[str]:
+    """The block ids of an Azure `Put Block List` body, in order."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise _invalid(f"invalid block list XML: {exc}") from None
+    if root.tag != "BlockList":
+        raise _invalid("invalid block list: the root element must be BlockList")
+    ids = [
+        (child.text or "").strip()
+        for child in root
+        if child.tag in ("Latest", "Committed", "Uncommitted")
+    ]
+    if not ids or any(not i for i in ids):
+        raise _invalid("invalid block list: no block ids")
+    return ids
+
+
+def md5_header_hex(value: str | None) -> str | None:
+    """The hex md5 of a `Content-MD5` header (base64), if one was sent."""
+    if not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True).hex()
+    except (binascii.Error, ValueError):
+        raise _invalid("Content-MD5 is not base64") from None
+
+
+class ArtifactService:
+    def __init__(self, db: Database, storage: Storage, settings: Settings, secret: str) -> None:
+        self.db = db
+        self.storage = storage
+        self.settings = settings
+        self.secret = secret
+
+    # --- tokens and the runtime environment ------------------------------------------------
+
+    def runtime_token(self, build_id: int, job_name: str) -> str:
+        return issue_runtime_token(
+            self.secret, build_id, job_name, self.settings.actions_token_ttl_seconds
+        )
+
+    def public_url(self) -> str:
+        if self.settings.actions_public_url:
+            return self.settings.actions_public_url.rstrip("/")
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    def runtime_env(self, build_id: int, job_name: str) -> dict[str, str]:
+        """What a step needs so the toolkit finds our services (the seam for the runtime)."""
+        base = self.public_url()
+        return {
+            "ACTIONS_RUNTIME_TOKEN": self.runtime_token(build_id, job_name),
+            "ACTIONS_RUNTIME_URL": f"{base}/_actions/runtime/",
+            "ACTIONS_RESULTS_URL": f"{base}/",
+            "ACTIONS_CACHE_URL": f"{base}/_actions/cache/",
+        }
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ArtifactError("unauthenticated", "missing bearer token (ACTIONS_RUNTIME_TOKEN)")
+        try:
+            claims = verify_runtime_token(self.secret, token.strip())
+        except InvalidToken as exc:
+            raise ArtifactError("unauthenticated", str(exc)) from None
+        async with self.db.read() as session:
+            build = await session.get(Build, claims.build_id)
+        if build is None or build.status not in ACTIVE:
+            raise ArtifactError("unauthenticated", "the build of this token has finished")
+        return Caller(claims, build.pipeline_id, build.branch or "")
+
+    def check_blob_signature(
+        self,
+        kind: BlobKind,
+        object_id: int,
+        operation: Literal["upload", "download"],
+        expires: str | None,
+        signature: str | None,
+    ) -> None:
+        try:
+            check_signature(self.secret, kind, object_id, operation, expires, signature)
+        except InvalidToken as exc:
+            raise ArtifactError("unauthenticated", str(exc)) from None
+
+    def signed_url(
+        self,
+        base_url: str,
+        kind: BlobKind,
+        object_id: int,
+        operation: Literal["upload", "download"],
+        filename: str = "blob",
+    ) -> str:
+        query = signed_query(
+            self.secret, kind, object_id, operation, self.settings.actions_signed_url_ttl_seconds
+        )
+        return f"{base_url.rstrip('/')}/_actions/blob/{kind}/{object_id}/{filename}?{query}"
+
+    # --- blobs (shared by artifacts and caches) ----------------------------------------------
+
+    @staticmethod
+    def _final_key(row: Artifact | CacheEntry) -> str:
+        if isinstance(row, Artifact):
+            return f"artifacts/{row.build_id}/{row.id}"
+        return f"caches/{row.id}"
+
+    @staticmethod
+    def _staging(kind: BlobKind, object_id: int) -> str:
+        return f"uploads/{kind}-{object_id}"
+
+    async def _uploadable(self, kind: BlobKind, object_id: int) -> Artifact | CacheEntry:
+        async with self.db.read() as session:
+            row: Artifact | CacheEntry | None = await session.get(
+                Artifact if kind == "artifact" else CacheEntry, object_id
+            )
+            build = None
+            if row is not None and row.build_id is not None:
+                build = await session.get(Build, row.build_id)
+        if row is None:
+            raise _not_found(f"no such {kind} upload")
+        if row.status not in (ArtifactStatus.uploading, CacheStatus.reserved):
+            raise ArtifactError("failed_precondition", f"this {kind} is already finalized")
+        if build is None or build.status not in ACTIVE:
+            raise ArtifactError("unauthenticated", "the build of this upload has finished")
+        return row
+
+    async def stage_block(
+        self,
+        kind: BlobKind,
+        object_id: int,
+        block_id: str,
+        body: AsyncIterable[bytes],
+        md5: str | None,
+    ) -> StoredObject:
+        await self._uploadable(kind, object_id)
+        if not block_id or len(block_id) > 1024:
+            raise _invalid("blockid must be 1-1024 characters")
+        key = f"{self._staging(kind, object_id)}/{_block_name(block_id)}"
+        return await self.storage.put(
+            key, body, Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes, staging=True)
+        )
+
+    async def commit_blocks(
+        self, kind: BlobKind, object_id: int, block_ids: list[str]
+    ) -> StoredObject:
+        row = await self._uploadable(kind, object_id)
+        staging = self._staging(kind, object_id)
+        keys = [f"{staging}/{_block_name(b)}" for b in block_ids]
+        for key in keys:
+            if await self.storage.size(key) is None:
+                raise _invalid("the block list names a block that was never uploaded")
+
+        stored = await self.storage.compose(
+            self._final_key(row), keys, Expect(max_bytes=self.settings.artifact_max_bytes)
+        )
+        await self._record_blob(kind, object_id, stored)
+        await self.storage.delete_prefix(staging)
+        return stored
+
+    async def put_whole(
+        self, kind: BlobKind, object_id: int, body: AsyncIterable[bytes], md5: str | None
+    ) -> StoredObject:
+        row = await self._uploadable(kind, object_id)
+        stored = await self.storage.put(
+            self._final_key(row),
+            body,
+            Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes),
+        )
+        await self._record_blob(kind, object_id, stored)
+        return stored
+
+    async def _record_blob(self, kind: BlobKind, object_id: int, stored: StoredObject) -> None:
+        async with self.db.transaction() as session:
+            if kind == "artifact":
+                await session.exec(
+                    update(Artifact)
+                    .where(col(Artifact.id) == object_id)
+                    .values(size=stored.size, sha256=stored.sha256, status=ArtifactStatus.uploaded)
+                )
+            else:
+                await session.exec(
+                    update(CacheEntry)
+                    .where(col(CacheEntry.id) == object_id)
+                    .values(size=stored.size, sha256=stored.sha256)
+                )
+
+    # --- artifacts ---------------------------------------------------------------------------
+
+    async def create_artifact(
+        self, caller: Caller, name: str, expires_at: datetime | None, mime_type: str | None
+    ) -> Artifact:
+        validate_name(name)
+        now = utcnow()
+        default = now + timedelta(days=self.settings.artifact_retention_days)
+        # retention-days can shorten the default, never extend it (as on GitHub).
+        expires = min(expires_at, default) if expires_at is not None else default
+        if expires <= now:
+            raise _invalid("expires_at is in the past")
+        build_id = caller.claims.build_id
+        async with self.db.transaction() as session:
+            existing = (
+                await session.exec(
+                    select(Artifact).where(Artifact.build_id == build_id, Artifact.name == name)
+                )
+            ).first()
+            if existing is not None and existing.status == ArtifactStatus.ready:
+                raise ArtifactError(
+                    "already_exists",
+                    f"an artifact named {name!r} already exists in this build; delete it first "
+                    "(upload-artifact: overwrite: true) or choose another name",
+                )
+            if existing is not None:
+                # A retried upload of an unfinished artifact starts over.
+                await session.delete(existing)
+                await session.flush()
+            artifact = Artifact(
+                build_id=build_id,
+                job_name=caller.claims.job_name,
+                name=name,
+                mime_type=(mime_type or "application/zip")[:255],
+                expires_at=expires,
+            )
+            session.add(artifact)
+            await session.flush()
+            stale = existing.id if existing is not None else None
+        if stale is not None:
+            await self.storage.delete_prefix(self._staging("artifact", stale))
+            await self.storage.delete(f"artifacts/{build_id}/{stale}")
+        return artifact
+
+    async def finalize_artifact(
+        self, caller: Caller, name: str, size: int | None, digest: str | None
+    ) -> Artifact:
+        async with self.db.transaction() as session:
+            artifact = (
+                await session.exec(
+                    select(Artifact).where(
+                        Artifact.build_id == caller.claims.build_id, Artifact.name == name
+                    )
+                )
+            ).first()
+            if artifact is None:
+                raise _not_found(f"no artifact named {name!r} is being uploaded in this build")
+            if artifact.status == ArtifactStatus.ready:
+                return artifact
+            if artifact.status != ArtifactStatus.uploaded:
+                raise ArtifactError(
+                    "failed_precondition", f"artifact {name!r} has no uploaded content yet"
+                )
+            if size is not None and size != artifact.size:
+                raise _invalid(f"size mismatch: {size} announced, {artifact.size} stored")
+            if digest:
+                algorithm, _, value = digest.partition(":")
+                if algorithm != "sha256" or value.lower() != artifact.sha256:
+                    raise _invalid(
+                        f"digest mismatch: {digest} announced, sha256:{artifact.sha256} stored"
+                    )
+            artifact.status = ArtifactStatus.ready
+            artifact.finalized_at = utcnow()
+            session.add(artifact)
+            await session.flush()
+            return artifact
+
+    async def list_artifacts(
+        self, build_id: int, name: str | None = None, artifact_id: int | None = None
+    ) -> list[Artifact]:
+        query = select(Artifact).where(
+            Artifact.build_id == build_id,
+            Artifact.status == ArtifactStatus.ready,
+            col(Artifact.expires_at) > utcnow(),
+        )
+        if name is not None:
+            query = query.where(Artifact.name == name)
+        if artifact_id is not None:
+            query = query.where(Artifact.id == artifact_id)
+        async with self.db.read() as session:
+            return list((await session.exec(query.order_by(col(Artifact.id)))).all())
+
+    async def get_artifact(self, artifact_id: int) -> Artifact:
+        async with self.db.read() as session:
+            artifact = await session.get(Artifact, artifact_id)
+        if (
+            artifact is None
+            or artifact.status != ArtifactStatus.ready
+            or artifact.expires_at <= utcnow()
+        ):
+            raise _not_found("no such artifact (or it has expired)")
+        return artifact
+
+    def read_artifact(self, artifact: Artifact) -> AsyncGenerator[bytes, None]:
+        return self.storage.read(self._final_key(artifact))
+
+    async def delete_artifact(self, build_id: int, name: str) -> Artifact:
+        async with self.db.transaction() as session:
+            artifact = (
+                await session.exec(
+                    select(Artifact).where(
+                        Artifact.build_id == build_id,
+                        Artifact.name == name,
+                        Artifact.status == ArtifactStatus.ready,
+                    )
+                )
+            ).first()
+            if artifact is None:
+                raise _not_found(f"no artifact named {name!r} in this build")
+            await session.delete(artifact)
+        await self.storage.delete(self._final_key(artifact))
+        return artifact
+
+    # --- caches ------------------------------------------------------------------------------
+
+    def _scopes(self, caller: Caller) -> list[str]:
+        """Where a build may restore from: its own branch, then the default branch (GitHub)."""
+        scopes = [caller.branch]
+        if self.settings.cache_default_branch not in scopes:
+            scopes.append(self.settings.cache_default_branch)
+        return scopes
+
+    async def reserve_cache(self, caller: Caller, key: str, version: str) -> CacheEntry:
+        validate_cache_key(key)
+        if not version or len(version) > 128:
+            raise _invalid("cache version must be 1-128 characters")
+        stale_ids: list[int] = []
+        async with self.db.transaction() as session:
+            existing = (
+                await session.exec(
+                    select(CacheEntry).where(
+                        CacheEntry.pipeline_id == caller.pipeline_id,
+                        CacheEntry.scope == caller.branch,
+                        CacheEntry.key == key,
+                        CacheEntry.version == version,
+                    )
+                )
+            ).first()
+            if existing is not None:
+                abandoned = (
+                    existing.status == CacheStatus.reserved
+                    and existing.created_at < utcnow() - STALE_UPLOAD
+                )
+                if not abandoned:
+                    raise ArtifactError(
+                        "already_exists",
+                        f"cache entry {key!r} already exists or another job is creating it",
+                    )
+                assert existing.id is not None
+                stale_ids.append(existing.id)
+                await session.delete(existing)
+                await session.flush()
+            entry = CacheEntry(
+                pipeline_id=caller.pipeline_id,
+                scope=caller.branch,
+                key=key,
+                version=version,
+                build_id=caller.claims.build_id,
+            )
+            session.add(entry)
+            await session.flush()
+        for stale in stale_ids:
+            await self._drop_cache_blobs(stale)
+        return entry
+
+    async def cache_for_upload(self, caller: Caller, key: str, version: str) -> CacheEntry:
+        async with self.db.read() as session:
+            entry = (
+                await session.exec(
+                    select(CacheEntry).where(
+                        CacheEntry.pipeline_id == caller.pipeline_id,
+                        CacheEntry.scope == caller.branch,
+                        CacheEntry.key == key,
+                        CacheEntry.version == version,
+                    )
+                )
+            ).first()
+        if entry is None:
+            raise _not_found(f"no cache entry {key!r} is being saved by this build")
+        return entry
+
+    async def get_cache(self, caller: Caller, cache_id: int) -> CacheEntry:
+        async with self.db.read() as session:
+            entry = await session.get(CacheEntry, cache_id)
+        if (
+            entry is None
+            or entry.pipeline_id != caller.pipeline_id
+            or entry.build_id != caller.claims.build_id
+        ):
+            raise _not_found("no such cache reservation in this build")
+        return entry
+
+    async def stage_cache_range(
+        self, caller: Caller, cache_id: int, start: int, body: AsyncIterable[bytes]
+    ) -> None:
+        """A v1 PATCH chunk: stored as a block named by its offset."""
+        await self.get_cache(caller, cache_id)
+        await self._uploadable("cache", cache_id)
+        key = f"{self._staging('cache', cache_id)}/{start:020d}"
+        await self.storage.put(
+            key, body, Expect(max_bytes=self.settings.artifact_max_bytes, staging=True)
+        )
+
+    async def commit_cache_ranges(self, caller: Caller, cache_id: int, size: int) -> CacheEntry:
+        """v1 commit: the chunks must tile [0, size) exactly."""
+        await self.get_cache(caller, cache_id)
+        staging = self._staging("cache", cache_id)
+        names = await self.storage.list_children(staging)
+        offset = 0
+        for name in names:
+            if int(name) != offset:
+                raise _invalid(f"cache chunks do not cover the archive (gap at byte {offset})")
+            length = await self.storage.size(f"{staging}/{name}")
+            offset += length or 0
+        if offset != size:
+            raise _invalid(f"size mismatch: {size} announced, {offset} uploaded")
+        # Block ids equal to their staged names: commit them in offset order.
+        row = await self._uploadable("cache", cache_id)
+
+        parts = [f"{staging}/{name}" for name in names]
+        stored = await self.storage.compose(self._final_key(row), parts, Expect(size=size))
+        await self._record_blob("cache", cache_id, stored)
+        await self.storage.delete_prefix(staging)
+        return await self.finalize_cache(caller, cache_id, size)
+
+    async def finalize_cache(self, caller: Caller, cache_id: int, size: int | None) -> CacheEntry:
+        async with self.db.transaction() as session:
+            entry = await session.get(CacheEntry, cache_id)
+            if entry is None or entry.build_id != caller.claims.build_id:
+                raise _not_found("no such cache reservation in this build")
+            if entry.status != CacheStatus.ready:
+                if entry.sha256 is None:
+                    raise ArtifactError("failed_precondition", "the cache archive was not uploaded")
+                if size is not None and size != entry.size:
+                    raise _invalid(f"size mismatch: {size} announced, {entry.size} stored")
+                now = utcnow()
+                entry.status = CacheStatus.ready
+                entry.created_at = now
+                entry.last_used_at = now
+                session.add(entry)
+                await session.flush()
+        await self.evict_caches()
+        return entry
+
+    async def lookup_cache(
+        self, caller: Caller, keys: list[str], version: str
+    ) -> CacheEntry | None:
+        """GitHub's matching: in the build's branch, then the default branch: the primary key
+        exactly, then each restore key as a prefix (newest first)."""
+        if not keys or len(keys) > 10:
+            raise _invalid("between 1 and 10 keys")
+        for key in keys:
+            validate_cache_key(key)
+        found: CacheEntry | None = None
+        async with self.db.read() as session:
+            for scope in self._scopes(caller):
+                base = select(CacheEntry).where(
+                    CacheEntry.pipeline_id == caller.pipeline_id,
+                    CacheEntry.scope == scope,
+                    CacheEntry.version == version,
+                    CacheEntry.status == CacheStatus.ready,
+                )
+                found = (await session.exec(base.where(CacheEntry.key == keys[0]))).first()
+                for prefix in keys[1:]:
+                    if found is not None:
+                        break
+                    found = (
+                        await session.exec(
+                            base.where(
+                                func.substr(col(CacheEntry.key), 1, len(prefix)) == prefix
+                            ).order_by(col(CacheEntry.created_at).desc(), col(CacheEntry.id).desc())
+                        )
+                    ).first()
+                if found is not None:
+                    break
+        if found is None:
+            return None
+        async with self.db.transaction() as session:
+            await session.exec(
+                update(CacheEntry)
+                .where(col(CacheEntry.id) == found.id)
+                .values(last_used_at=utcnow())
+            )
+        return found
+
+    def read_cache(self, entry: CacheEntry) -> AsyncGenerator[bytes, None]:
+        return self.storage.read(self._final_key(entry))
+
+    async def get_ready_cache(self, cache_id: int) -> CacheEntry:
+        async with self.db.read() as session:
+            entry = await session.get(CacheEntry, cache_id)
+        if entry is None or entry.status != CacheStatus.ready:
+            raise _not_found("no such cache entry (it may have been evicted)")
+        return entry
+
+    async def list_caches(self, pipeline_id: str, branch: str | None = None) -> list[CacheEntry]:
+        query = select(CacheEntry).where(
+            CacheEntry.pipeline_id == pipeline_id, CacheEntry.status == CacheStatus.ready
+        )
+        if branch is not None:
+            query = query.where(CacheEntry.scope == branch)
+        async with self.db.read() as session:
+            rows = await session.exec(query.order_by(col(CacheEntry.last_used_at).desc()))
+            return list(rows.all())
+
+    async def delete_caches(
+        self,
+        pipeline_id: str,
+        *,
+        cache_id: int | None = None,
+        key: str | None = None,
+        branch: str | None = None,
+    ) -> list[CacheEntry]:
+        query = select(CacheEntry).where(CacheEntry.pipeline_id == pipeline_id)
+        if cache_id is not None:
+            query = query.where(CacheEntry.id == cache_id)
+        if key is not None:
+            query = query.where(CacheEntry.key == key)
+        if branch is not None:
+            query = query.where(CacheEntry.scope == branch)
+        async with self.db.transaction() as session:
+            doomed = list((await session.exec(query)).all())
+            if doomed:
+                await session.exec(
+                    delete(CacheEntry).where(col(CacheEntry.id).in_([e.id for e in doomed]))
+                )
+        for entry in doomed:
+            assert entry.id is not None
+            await self._drop_cache_blobs(entry.id)
+        return doomed
+
+    async def _drop_cache_blobs(self, cache_id: int) -> None:
+        await self.storage.delete(f"caches/{cache_id}")
+        await self.storage.delete_prefix(self._staging("cache", cache_id))
+
+    async def evict_caches(self) -> list[CacheEntry]:
+        """Least recently used first until the ready caches fit CACHE_MAX_BYTES."""
+        limit = self.settings.cache_max_bytes
+        async with self.db.transaction() as session:
+            total = (
+                await session.exec(
+                    select(func.coalesce(func.sum(CacheEntry.size), 0)).where(
+                        CacheEntry.status == CacheStatus.ready
+                    )
+                )
+            ).one()
+            excess = int(total) - limit
+            doomed: list[CacheEntry] = []
+            if excess > 0:
+                rows = await session.exec(
+                    select(CacheEntry)
+                    .where(CacheEntry.status == CacheStatus.ready)
+                    .order_by(col(CacheEntry.last_used_at), col(CacheEntry.id))
+                )
+                for entry in rows:
+                    if excess <= 0:
+                        break
+                    doomed.append(entry)
+                    excess -= entry.size
+                await session.exec(
+                    delete(CacheEntry).where(col(CacheEntry.id).in_([e.id for e in doomed]))
+                )
+        for entry in doomed:
+            assert entry.id is not None
+            log.info("cache %s (%s bytes) evicted: over CACHE_MAX_BYTES", entry.key, entry.size)
+            await self._drop_cache_blobs(entry.id)
+        return doomed
+
+    # --- retention and cleanup ---------------------------------------------------------------
+
+    async def purge_build(self, build_id: int) -> None:
+        """Delete a build's artifact blobs (call when a build is deleted; the rows cascade)."""
+        await self.storage.delete_prefix(f"artifacts/{build_id}")
+
+    async def sweep(self) -> dict[str, int]:
+        """Expired artifacts, abandoned uploads, blobs of deleted builds, caches over the cap."""
+        now = utcnow()
+        counts = {"expired": 0, "abandoned": 0, "orphaned": 0, "evicted": 0}
+        async with self.db.transaction() as session:
+            expired = list(
+                (await session.exec(select(Artifact).where(col(Artifact.expires_at) <= now))).all()
+            )
+            abandoned = list(
+                (
+                    await session.exec(
+                        select(Artifact).where(
+                            col(Artifact.status) != ArtifactStatus.ready,
+                            col(Artifact.created_at) < now - STALE_UPLOAD,
+                        )
+                    )
+                ).all()
+            )
+            stale_caches = list(
+                (
+                    await session.exec(
+                        select(CacheEntry).where(
+                            CacheEntry.status == CacheStatus.reserved,
+                            col(CacheEntry.created_at) < now - STALE_UPLOAD,
+                        )
+                    )
+                ).all()
+            )
+            ids = [a.id for a in expired + abandoned]
+            if ids:
+                await session.exec(delete(Artifact).where(col(Artifact.id).in_(ids)))
+            if stale_caches:
+                await session.exec(
+                    delete(CacheEntry).where(col(CacheEntry.id).in_([c.id for c in stale_caches]))
+                )
+        for artifact in expired + abandoned:
+            assert artifact.id is not None
+            await self.storage.delete(self._final_key(artifact))
+            await self.storage.delete_prefix(self._staging("artifact", artifact.id))
+        for entry in stale_caches:
+            assert entry.id is not None
+            await self._drop_cache_blobs(entry.id)
+        counts["expired"] = len(expired)
+        counts["abandoned"] = len(abandoned) + len(stale_caches)
+        counts["orphaned"] = await self._sweep_orphans()
+        counts["evicted"] = len(await self.evict_caches())
+        return counts
+
+    async def _sweep_orphans(self) -> int:
+        """Blobs whose rows are gone (a deleted build cascades its artifact rows)."""
+        removed = 0
+        build_dirs = [n for n in await self.storage.list_children("artifacts") if n.isdigit()]
+        if build_dirs:
+            async with self.db.read() as session:
+                alive = set(
+                    (
+                        await session.exec(
+                            select(Build.id).where(col(Build.id).in_([int(n) for n in build_dirs]))
+                        )
+                    ).all()
+                )
+            for name in build_dirs:
+                if int(name) not in alive:
+                    await self.storage.delete_prefix(f"artifacts/{name}")
+                    removed += 1
+        uploads = await self.storage.list_children("uploads")
+        for name in uploads:
+            kind, _, raw = name.partition("-")
+            if not raw.isdigit() or kind not in ("artifact", "cache"):
+                continue
+            async with self.db.read() as session:
+                row = await session.get(Artifact if kind == "artifact" else CacheEntry, int(raw))
+            if row is None:
+                await self.storage.delete_prefix(f"uploads/{name}")
+                removed += 1
+        return removed
+
+    async def run_sweeper(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                counts = await self.sweep()
+                if any(counts.values()):
+                    log.info("artifact sweep: %s", counts)
+            except (StorageError, OSError) as exc:
+                log.warning("artifact sweep failed (storage): %s", exc)
+            except Exception:
+                log.exception("artifact sweep failed")
+
+
+__all__ = ["ArtifactError", "ArtifactService", "Caller", "ObjectNotFound", "resolve_secret"]

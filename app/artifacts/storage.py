@@ -1,0 +1,595 @@
+"""Blob storage for artifacts and caches, behind one interface.
+
+Two backends:
+
+- `DirectoryStorage` (the embedded default): files under a root directory. A write goes to a temp
+  file in the same filesystem and is renamed into place only once it is complete and its checksums
+  match, so readers (other replicas sharing the volume included) never see a partial object.
+- `S3Storage` (production): any S3-compatible object store through aiobotocore. A write is a
+  multipart upload completed only once the checksums match (aborted otherwise), so again no partial
+  object is ever visible.
+
+Both stream: a write consumes an async iterator of byte chunks and holds at most one part (S3) or
+one write buffer (directory) in memory; a read yields chunks of `READ_CHUNK` bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+
+    from app.config import Settings
+
+READ_CHUNK = 1024 * 1024
+# Directory writes are batched to this size so each thread hop carries real work.
+WRITE_BUFFER = 1024 * 1024
+# S3 multipart parts: 8 MiB (S3's minimum is 5 MiB for every part but the last).
+S3_PART_SIZE = 8 * 1024 * 1024
+_SEGMENTS = ".segments"
+_KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+class StorageError(Exception):
+    """The storage backend failed (disk, network, object store): infrastructure, not the user."""
+
+
+class ObjectNotFound(StorageError):
+    pass
+
+
+class ChecksumMismatch(StorageError):
+    """The bytes received do not match the checksum the client announced; nothing was stored."""
+
+
+class ObjectTooLarge(StorageError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str | None  # None for staged parts (their digest would be wasted work)
+    md5: str | None  # only computed when a Content-MD5 is to be checked
+
+
+@dataclass
+class Expect:
+    """Checks applied to a write before it becomes visible."""
+
+    sha256: str | None = None  # hex
+    md5: str | None = None  # hex
+    size: int | None = None
+    max_bytes: int | None = None
+    # A staged part of a bigger object: no sha256 and no fsync (a crash loses the upload
+    # anyway; the composed object is hashed and made durable).
+    staging: bool = False
+
+
+def check_key(key: str) -> str:
+    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
+class _Digest:
+    def __init__(self, expect: Expect | None) -> None:
+        self.expect = expect or Expect()
+        self.sha256 = None if self.expect.staging else hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False) if self.expect.md5 else None
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.expect.max_bytes is not None and self.size > self.expect.max_bytes:
+            raise ObjectTooLarge(f"object larger than {self.expect.max_bytes} bytes")
+        if self.sha256 is not None:
+            self.sha256.update(chunk)
+        if self.md5 is not None:
+            self.md5.update(chunk)
+
+    def finish(self, key: str) -> StoredObject:
+        result = StoredObject(
+            key,
+            self.size,
+            self.sha256.hexdigest() if self.sha256 is not None else None,
+            self.md5.hexdigest() if self.md5 is not None else None,
+        )
+        expect = self.expect
+        if expect.size is not None and expect.size != result.size:
+            raise ChecksumMismatch(f"expected {expect.size} bytes, received {result.size}")
+        if expect.sha256 is not None and expect.sha256.lower() != (result.sha256 or ""):
+            raise ChecksumMismatch(
+                f"sha256 mismatch: expected {expect.sha256}, got {result.sha256}"
+            )
+        if expect.md5 is not None and expect.md5.lower() != (result.md5 or ""):
+            raise ChecksumMismatch(f"md5 mismatch: expected {expect.md5}, got {result.md5}")
+        return result
+
+
+class Storage(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], expect: Expect | None = None
+    ) -> StoredObject:
+        """Store the chunks under `key`, replacing any object there, atomically."""
+        ...
+
+    async def compose(
+        self, key: str, parts: list[str], expect: Expect | None = None
+    ) -> StoredObject:
+        """Store the concatenation of the objects `parts` under `key` (atomically, hashed)."""
+        ...
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """The object's bytes [start, end) in chunks; raises ObjectNotFound."""
+        ...
+
+    async def size(self, key: str) -> int | None:
+        """The object's size, or None when it does not exist."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def delete_prefix(self, prefix: str) -> None: ...
+
+    async def list_children(self, prefix: str) -> list[str]:
+        """The names directly below `prefix/` (like `ls`)."""
+        ...
+
+
+async def _rebatch(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """Coalesce small chunks (HTTP bodies arrive in ~64 KiB pieces) into blocks of at least
+    `size` bytes (the last may be shorter); one join per block, no per-chunk copying."""
+    pending: list[bytes] = []
+    count = 0
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        pending.append(chunk)
+        count += len(chunk)
+        if count >= size:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, count = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+class DirectoryStorage:
+    """Objects as files under `root`; temp files in `root/.tmp` (same filesystem: rename is
+    atomic).
+
+    A composed object (an upload that arrived as blocks) is stored as a directory of its parts,
+    renamed into place, plus a `.segments` manifest: the parts are moved, not copied, so an
+    upload writes its bytes to disk once (a copy would double the writes; see bench/artifacts.py).
+    Readers see one object either way."""
+
+    name = "directory"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.tmp = self.root / ".tmp"
+
+    async def start(self) -> None:
+        # Nothing to create yet: the directory appears with the first write, so an instance
+        # that never stores anything leaves no trace.
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], expect: Expect | None = None
+    ) -> StoredObject:
+        target = self._path(key)
+        digest = _Digest(expect)
+        await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
+        temp = self.tmp / f"{uuid.uuid4().hex}.part"
+        handle = await asyncio.to_thread(open, temp, "wb")
+        try:
+            try:
+                async for block in _rebatch(chunks, WRITE_BUFFER):
+                    digest.update(block)
+                    await asyncio.to_thread(handle.write, block)
+                await asyncio.to_thread(handle.flush)
+                if not digest.expect.staging:
+                    # Durable before it becomes visible: a crash never leaves a short file.
+                    await asyncio.to_thread(os.fsync, handle.fileno())
+            finally:
+                await asyncio.to_thread(handle.close)
+            result = digest.finish(key)
+            await asyncio.to_thread(self._install, temp, target)
+        except BaseException:
+            await asyncio.to_thread(temp.unlink, missing_ok=True)
+            raise
+        return result
+
+    def _install(self, temp: Path, target: Path) -> None:
+        """Rename a finished file or segment directory into place, replacing what is there."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir() or temp.is_dir():
+            self._remove(target)
+        os.replace(temp, target)
+
+    def _remove(self, path: Path) -> None:
+        if path.is_dir():
+            # Renamed aside first so a concurrent reader never walks a half-deleted tree.
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            doomed = self.tmp / f"{uuid.uuid4().hex}.deleted"
+            try:
+                os.replace(path, doomed)
+            except FileNotFoundError:
+                return
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    async def compose(
+        self, key: str, parts: list[str], expect: Expect | None = None
+    ) -> StoredObject:
+        """Move the parts into a segment directory (consumed on success, put back on failure),
+        hash them in order, and rename the directory into place."""
+        target = self._path(key)
+        sources = [self._path(p) for p in parts]
+        if len(set(sources)) != len(sources):
+            # A block listed twice cannot be moved twice: store a real concatenation instead.
+            async def chained() -> AsyncIterator[bytes]:
+                for part in parts:
+                    async for chunk in self.read(part):
+                        yield chunk
+
+            return await self.put(key, chained(), expect)
+        digest = _Digest(expect)
+
+        def work() -> StoredObject:
+            for source, name in zip(sources, parts, strict=True):
+                if not source.is_file():
+                    raise ObjectNotFound(name)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            staging = self.tmp / f"{uuid.uuid4().hex}.seg"
+            staging.mkdir()
+            moved: list[tuple[Path, Path]] = []
+            try:
+                sizes = []
+                for index, source in enumerate(sources):
+                    segment = staging / f"{index:06d}"
+                    os.replace(source, segment)
+                    moved.append((segment, source))
+                    with segment.open("rb") as handle:
+                        while chunk := handle.read(WRITE_BUFFER * 4):
+                            digest.update(chunk)
+                        os.fsync(handle.fileno())
+                    sizes.append(segment.stat().st_size)
+                result = digest.finish(key)
+                manifest = staging / _SEGMENTS
+                manifest.write_text(json.dumps({"sizes": sizes}))
+                self._install(staging, target)
+                return result
+            except BaseException:
+                for segment, source in moved:  # give the parts back: the upload may retry
+                    with contextlib.suppress(OSError):
+                        os.replace(segment, source)
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+
+        return await asyncio.to_thread(work)
+
+    def _segments(self, path: Path) -> list[tuple[Path, int]] | None:
+        """The parts of a segmented object, or None for a plain file."""
+        if not path.is_dir():
+            return None
+        try:
+            sizes = json.loads((path / _SEGMENTS).read_text())["sizes"]
+        except FileNotFoundError:
+            raise ObjectNotFound(str(path.relative_to(self.root))) from None
+        return [(path / f"{i:06d}", int(size)) for i, size in enumerate(sizes)]
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        path = self._path(key)
+        segments = await asyncio.to_thread(self._segments, path)
+        pieces = segments if segments is not None else [(path, -1)]
+        offset = 0  # where the current piece starts within the object
+        for piece, size in pieces:
+            if size >= 0 and offset + size <= start:
+                offset += size
+                continue
+            if end is not None and offset >= end:
+                return
+            local_start = max(0, start - offset)
+            local_end = None if end is None else end - offset
+            async with contextlib.aclosing(
+                self._read_file(piece, key, local_start, local_end)
+            ) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            offset += size
+
+    async def _read_file(
+        self, path: Path, key: str, start: int, end: int | None
+    ) -> AsyncGenerator[bytes, None]:
+        # Opened and closed on the loop (metadata calls, no data): a handle opened in a worker
+        # thread would leak if the reader were cancelled while waiting for it.
+        try:
+            handle = open(path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        try:
+            if start:
+                handle.seek(start)
+            remaining = None if end is None else max(0, end - start)
+            while remaining is None or remaining > 0:
+                want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+                chunk = await asyncio.to_thread(handle.read, want)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            handle.close()
+
+    async def size(self, key: str) -> int | None:
+        path = self._path(key)
+
+        def stat() -> int | None:
+            try:
+                segments = self._segments(path)
+                if segments is not None:
+                    return sum(size for _, size in segments)
+                return path.stat().st_size
+            except (FileNotFoundError, ObjectNotFound):
+                return None
+
+        return await asyncio.to_thread(stat)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._remove, self._path(key))
+
+    async def delete_prefix(self, prefix: str) -> None:
+        await asyncio.to_thread(self._remove, self._path(prefix))
+
+    async def list_children(self, prefix: str) -> list[str]:
+        path = self._path(prefix)
+        try:
+            return sorted(await asyncio.to_thread(os.listdir, path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+
+class S3Storage:
+    """Objects in an S3 bucket (AWS, MinIO, Ceph RGW, ...) under an optional key prefix."""
+
+    name = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        create_bucket: bool = False,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url or None
+        self.region = region or None
+        self.access_key = access_key or None
+        self.secret_key = secret_key or None
+        self.create_bucket = create_bucket
+        self._stack = AsyncExitStack()
+        self._client: S3Client | None = None
+
+    async def start(self) -> None:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        session = get_session()
+        client: S3Client = await self._stack.enter_async_context(
+            session.create_client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=self.region,
+                aws_access_key_id=self.access_key,
+                aws_secret_access_key=self.secret_key,
+                config=AioConfig(
+                    s3={"addressing_style": "path"},
+                    retries={"max_attempts": 5, "mode": "standard"},
+                    max_pool_connections=32,
+                ),
+            )
+        )
+        self._client = client
+        if self.create_bucket:
+            from botocore.exceptions import ClientError
+
+            try:
+                await client.head_bucket(Bucket=self.bucket)
+            except ClientError:
+                await client.create_bucket(Bucket=self.bucket)
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            raise StorageError("S3 storage used before start()")
+        return self._client
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], expect: Expect | None = None
+    ) -> StoredObject:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        s3_key = self._key(key)
+        digest = _Digest(expect)
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            async for block in _rebatch(chunks, S3_PART_SIZE):
+                digest.update(block)
+                if upload_id is None:
+                    created = await self.client.create_multipart_upload(
+                        Bucket=self.bucket, Key=s3_key
+                    )
+                    upload_id = created["UploadId"]
+                number = len(parts) + 1
+                answer = await self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=s3_key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=block,
+                )
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            result = digest.finish(key)
+            if upload_id is None:  # empty object: multipart needs at least one part
+                await self.client.put_object(Bucket=self.bucket, Key=s3_key, Body=b"")
+            else:
+                await self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=s3_key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                )
+                upload_id = None
+            return result
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"S3 write of {key} failed: {exc}") from exc
+        finally:
+            if upload_id is not None:
+                # Failed or refused (checksum): abort so no part lingers or becomes visible.
+                await asyncio.shield(self._abort(s3_key, upload_id))
+
+    async def compose(
+        self, key: str, parts: list[str], expect: Expect | None = None
+    ) -> StoredObject:
+        # Streamed through this process so the digest covers the bytes stored (UploadPartCopy
+        # would skip that, and needs every part but the last to be at least 5 MiB).
+        async def chained() -> AsyncIterator[bytes]:
+            for part in parts:
+                async for chunk in self.read(part):
+                    yield chunk
+
+        return await self.put(key, chained(), expect)
+
+    async def _abort(self, s3_key: str, upload_id: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        # If even the abort fails, a lifecycle rule on the bucket reaps abandoned uploads.
+        with contextlib.suppress(BotoCoreError, ClientError):
+            await self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=s3_key, UploadId=upload_id
+            )
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        s3_key = self._key(key)
+        if end is not None and end <= start:
+            return
+        kwargs: dict[str, Any] = {}
+        if start or end is not None:
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            answer = await self.client.get_object(Bucket=self.bucket, Key=s3_key, **kwargs)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ObjectNotFound(key) from None
+            raise StorageError(f"S3 read of {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 read of {key} failed: {exc}") from exc
+        body = answer["Body"]
+        try:
+            while True:
+                chunk = await body.read(READ_CHUNK)
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            body.close()
+
+    async def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = await self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise StorageError(f"S3 head of {key} failed: {exc}") from exc
+        return int(head["ContentLength"])
+
+    async def delete(self, key: str) -> None:
+        await self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    async def delete_prefix(self, prefix: str) -> None:
+        full = self._key(prefix) + "/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", []) if "Key" in item]
+            if keys:
+                await self.client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": keys, "Quiet": True},  # type: ignore[typeddict-item]
+                )
+        await self.client.delete_object(Bucket=self.bucket, Key=self._key(prefix))
+
+    async def list_children(self, prefix: str) -> list[str]:
+        full = self._key(prefix) + "/"
+        names: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                names.add(common.get("Prefix", "")[len(full) :].rstrip("/"))
+            for item in page.get("Contents", []):
+                names.add(item.get("Key", "")[len(full) :])
+        return sorted(n for n in names if n)
+
+
+def create_storage(settings: Settings) -> Storage:
+    if settings.artifacts_storage == "s3":
+        return S3Storage(
+            settings.artifacts_s3_bucket,
+            prefix=settings.artifacts_s3_prefix,
+            endpoint_url=settings.artifacts_s3_endpoint_url,
+            region=settings.artifacts_s3_region,
+            access_key=settings.artifacts_s3_access_key_id,
+            secret_key=settings.artifacts_s3_secret_access_key,
+            create_bucket=settings.artifacts_s3_create_bucket,
+        )
+    return DirectoryStorage(settings.artifacts_dir)

@@ -1,0 +1,217 @@
+"""Artifacts and caches: a 1 GiB artifact uploaded and downloaded, a 200 MB cache saved and
+restored, through the same calls the toolkit makes (Twirp + Azure-style block uploads of 8 MiB
+blocks, 5 at a time, as @actions/artifact does; 64 MiB blocks, 8 at a time, as @actions/cache v2
+does), against `cp` of the same file on the same disk. Also the serve process's peak RSS, which
+must stay flat (it streams: no blob is ever held whole in memory).
+
+The client side runs in this process; directory storage (the default) under the bench's temp
+directory, so both sides use the same disk as `cp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from app.artifacts.tokens import issue_runtime_token
+from bench._common import Ctx, Result, client, create_build, serve, workflow
+
+NAME = "artifacts"
+BACKENDS = ("sqlite", "postgres")
+SECRET = "bench-artifacts-secret"
+ARTIFACTS = "/twirp/github.actions.results.api.v1.ArtifactService"
+CACHES = "/twirp/github.actions.results.api.v1.CacheService"
+
+
+def make_file(path: Path, size: int) -> None:
+    """Random (incompressible) bytes, written in 8 MiB pieces."""
+    with path.open("wb") as out:
+        left = size
+        while left:
+            piece = min(left, 8 * 1024 * 1024)
+            out.write(os.urandom(piece))
+            left -= piece
+
+
+def cp_seconds(source: Path, dest: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(["cp", str(source), str(dest)], check=True)
+    subprocess.run(["sync", str(dest)], check=True)  # as durable as our fsync'd writes
+    elapsed = time.perf_counter() - started
+    dest.unlink()
+    return elapsed
+
+
+async def put_blocks(
+    http: httpx.AsyncClient, url: str, path: Path, block: int, concurrency: int
+) -> None:
+    size = path.stat().st_size
+    offsets = list(range(0, size, block))
+    ids = [base64.b64encode(f"block-{i:06d}".encode()).decode() for i in range(len(offsets))]
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(offsets)):
+        queue.put_nowait(i)
+
+    def read(offset: int) -> bytes:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(block)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            data = await asyncio.to_thread(read, offsets[i])
+            # Appended, as the Azure SDK does: httpx `params=` would drop the signature.
+            answer = await http.put(f"{url}&comp=block&blockid={quote(ids[i])}", content=data)
+            answer.raise_for_status()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    body = "<?xml version='1.0'?><BlockList>" + "".join(f"<Latest>{i}</Latest>" for i in ids)
+    answer = await http.put(f"{url}&comp=blocklist", content=body + "</BlockList>")
+    answer.raise_for_status()
+
+
+async def get_to_file(http: httpx.AsyncClient, url: str, dest: Path) -> str:
+    digest = hashlib.sha256()
+    with dest.open("wb") as out:
+        async with http.stream("GET", url) as response:
+            response.raise_for_status()
+            async for chunk in response.aiter_bytes(1024 * 1024):
+                digest.update(chunk)
+                await asyncio.to_thread(out.write, chunk)
+        await asyncio.to_thread(out.flush)
+        await asyncio.to_thread(os.fsync, out.fileno())
+    return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def twirp(
+    http: httpx.AsyncClient, service: str, method: str, token: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    answer = await http.post(
+        f"{service}/{method}", json=body, headers={"authorization": f"Bearer {token}"}
+    )
+    if answer.status_code != 200:
+        raise RuntimeError(f"{method}: {answer.status_code} {answer.text}")
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+async def run(ctx: Ctx, backend: str) -> None:
+    artifact_size = (256 if ctx.quick else 1024) * 1024 * 1024
+    cache_size = (64 if ctx.quick else 200) * 1000 * 1000
+    async with serve(backend) as (_db, _servers, _tmp):
+        pass  # a cold start first, so imports and migrations are not in the figures
+    store_env = {"ACTIONS_TOKEN_SECRET": SECRET, "CACHE_MAX_BYTES": str(4 * 1024**3)}
+    async with serve(backend, **store_env) as (_db, servers, tmp):
+        server = servers[0]
+        source = tmp / "artifact.bin"
+        await asyncio.to_thread(make_file, source, artifact_size)
+        cache_source = tmp / "cache.bin"
+        await asyncio.to_thread(make_file, cache_source, cache_size)
+        expected = await asyncio.to_thread(sha256_of, source)
+        rss_before = server.peak_rss_mb()
+
+        async with client(server.base) as http:
+            build = await create_build(http, workflow("true"), dispatch=False, branch="main")
+            token = issue_runtime_token(SECRET, build["id"], "bench", 3600)
+            label = f"{artifact_size // 1024**2} MiB"
+
+            cp_time = await asyncio.to_thread(cp_seconds, source, tmp / "cp.bin")
+            started = time.perf_counter()
+            created = await twirp(http, ARTIFACTS, "CreateArtifact", token, {"name": "big"})
+            await put_blocks(http, created["signed_upload_url"], source, 8 * 1024 * 1024, 5)
+            await twirp(
+                http,
+                ARTIFACTS,
+                "FinalizeArtifact",
+                token,
+                {"name": "big", "size": str(artifact_size), "hash": f"sha256:{expected}"},
+            )
+            upload = time.perf_counter() - started
+            started = time.perf_counter()
+            signed = await twirp(http, ARTIFACTS, "GetSignedArtifactURL", token, {"name": "big"})
+            got = await get_to_file(http, signed["signed_url"], tmp / "down.bin")
+            download = time.perf_counter() - started
+            if got != expected:
+                raise RuntimeError("downloaded artifact differs")
+            (tmp / "down.bin").unlink()
+            for metric, value in (("artifact upload", upload), ("artifact download", download)):
+                ctx.add(
+                    Result(
+                        NAME,
+                        backend,
+                        f"{metric} {label}",
+                        value,
+                        "s",
+                        baseline=cp_time,
+                        baseline_label="cp",
+                        target="<= 2x cp",
+                        passed=value <= 2 * cp_time,
+                    )
+                )
+
+            cp_time = await asyncio.to_thread(cp_seconds, cache_source, tmp / "cp.bin")
+            label = f"{cache_size // 1000**2} MB"
+            started = time.perf_counter()
+            entry = {"key": "bench-cache", "version": "v" * 64}
+            created = await twirp(http, CACHES, "CreateCacheEntry", token, entry)
+            await put_blocks(http, created["signed_upload_url"], cache_source, 64 * 1024**2, 8)
+            await twirp(
+                http,
+                CACHES,
+                "FinalizeCacheEntryUpload",
+                token,
+                {**entry, "size_bytes": str(cache_size)},
+            )
+            save = time.perf_counter() - started
+            started = time.perf_counter()
+            found = await twirp(http, CACHES, "GetCacheEntryDownloadURL", token, entry)
+            await get_to_file(http, found["signed_download_url"], tmp / "restored.bin")
+            restore = time.perf_counter() - started
+            for metric, value in (("cache save", save), ("cache restore", restore)):
+                ctx.add(
+                    Result(
+                        NAME,
+                        backend,
+                        f"{metric} {label}",
+                        value,
+                        "s",
+                        baseline=cp_time,
+                        baseline_label="cp",
+                        target="<= 2x cp",
+                        passed=value <= 2 * cp_time,
+                    )
+                )
+        rss = server.peak_rss_mb()
+        ctx.add(
+            Result(
+                NAME,
+                backend,
+                "serve peak RSS (VmHWM)",
+                rss,
+                "MB",
+                baseline=rss_before,
+                baseline_label="before the transfers",
+                target="< +100 MB",
+                passed=rss - rss_before < 100,
+            )
+        )
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,216 @@
+"""Retention, cleanup of deleted builds, signed URLs and bad input, through the real app (ASGI)
+on both databases with the directory backend (the S3 backend is covered by the toolkit tests)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from app.artifacts.service import ArtifactService
+from app.artifacts.tokens import issue_runtime_token
+from app.models.types import utcnow
+from tests.artifacts.toolkit import TOKEN_SECRET
+from tests.helpers import create, workflow
+
+ARTIFACTS = "http://test/twirp/github.actions.results.api.v1.ArtifactService"
+WORKFLOW = workflow(
+    """
+    jobs:
+      build:
+        steps:
+          - run: echo hi
+    """
+)
+
+
+@pytest.fixture
+def settings_overrides(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "artifacts_dir": tmp_path / "store",
+        "actions_token_secret": TOKEN_SECRET,
+        "artifact_retention_days": 30,
+    }
+
+
+def service_of(app: Any) -> ArtifactService:
+    service: ArtifactService = app.state.artifacts
+    return service
+
+
+def auth(build_id: int, job: str = "build") -> dict[str, str]:
+    return {"authorization": f"Bearer {issue_runtime_token(TOKEN_SECRET, build_id, job, 600)}"}
+
+
+async def upload(
+    client: httpx.AsyncClient, build_id: int, name: str, content: bytes, **create_fields: Any
+) -> dict[str, Any]:
+    """CreateArtifact, two staged blocks and a block list (as the Azure SDK does), Finalize."""
+    created = await client.post(
+        f"{ARTIFACTS}/CreateArtifact",
+        json={
+            "workflow_run_backend_id": str(build_id),
+            "name": name,
+            "version": 7,
+            **create_fields,
+        },
+        headers=auth(build_id),
+    )
+    assert created.status_code == 200, created.text
+    url = created.json()["signed_upload_url"]
+    half = len(content) // 2
+    for block_id, part in (("QUFB", content[:half]), ("QkJC", content[half:])):
+        staged = await client.put(f"{url}&comp=block&blockid={block_id}", content=part)
+        assert staged.status_code == 201, staged.text
+    blocklist = (
+        b"<?xml version='1.0'?><BlockList><Latest>QUFB</Latest><Latest>QkJC</Latest></BlockList>"
+    )
+    committed = await client.put(f"{url}&comp=blocklist", content=blocklist)
+    assert committed.status_code == 201, committed.text
+    digest = hashlib.sha256(content).hexdigest()
+    finalized = await client.post(
+        f"{ARTIFACTS}/FinalizeArtifact",
+        json={
+            "workflow_run_backend_id": str(build_id),
+            "name": name,
+            "size": str(len(content)),
+            "hash": f"sha256:{digest}",
+        },
+        headers=auth(build_id),
+    )
+    assert finalized.status_code == 200, finalized.text
+    return {"id": int(finalized.json()["artifact_id"]), "upload_url": url}
+
+
+async def test_retention_days_and_expiry_sweep(app: Any, client: httpx.AsyncClient) -> None:
+    build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
+    far = (utcnow() + timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    near = (utcnow() + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    long_lived = await upload(client, build_id, "clamped", b"x" * 1000, expires_at=far)
+    short = await upload(client, build_id, "short", b"y" * 1000, expires_at=near)
+    listing = (await client.get(f"/builds/{build_id}/artifacts")).json()["items"]
+    expiry = {a["name"]: a["expires_at"] for a in listing}
+    # retention-days may shorten the default (30 days here), never extend it.
+    assert expiry["clamped"] < (utcnow() + timedelta(days=31)).isoformat()
+    assert expiry["short"] < (utcnow() + timedelta(days=3)).isoformat()
+
+    service = service_of(app)
+    async with service.db.transaction() as session:
+        await session.exec(  # type: ignore[call-overload]
+            text("UPDATE artifacts SET expires_at = :t WHERE id = :i"),
+            params={"t": utcnow() - timedelta(seconds=1), "i": short["id"]},
+        )
+    assert [
+        a["name"] for a in (await client.get(f"/builds/{build_id}/artifacts")).json()["items"]
+    ] == ["clamped"]
+    gone = await client.get(f"/builds/{build_id}/artifacts/{short['id']}/zip")
+    assert gone.status_code == 404
+    counts = await service.sweep()
+    assert counts["expired"] == 1
+    assert await service.storage.size(f"artifacts/{build_id}/{short['id']}") is None
+    assert await service.storage.size(f"artifacts/{build_id}/{long_lived['id']}") == 1000
+
+
+async def test_deleted_build_leaves_no_blobs(app: Any, client: httpx.AsyncClient) -> None:
+    keep = (await create(client, WORKFLOW, dispatch=False))["id"]
+    doomed = (await create(client, WORKFLOW, dispatch=False))["id"]
+    kept = await upload(client, keep, "a", b"keep me")
+    await upload(client, doomed, "a", b"delete me")
+    service = service_of(app)
+    async with service.db.transaction() as session:
+        await session.exec(text("DELETE FROM builds WHERE id = :i"), params={"i": doomed})  # type: ignore[call-overload]
+    counts = await service.sweep()
+    assert counts["orphaned"] == 1
+    assert await service.storage.list_children("artifacts") == [str(keep)]
+    response = await client.get(f"/builds/{keep}/artifacts/{kept['id']}/zip")
+    assert response.status_code == 200 and response.content == b"keep me"
+
+
+def tamper(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    query.update(changes)
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+async def test_signed_urls_are_checked(client: httpx.AsyncClient) -> None:
+    build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
+    done = await upload(client, build_id, "a", b"content")
+    signed = await client.post(
+        f"{ARTIFACTS}/GetSignedArtifactURL",
+        json={"workflow_run_backend_id": str(build_id), "name": "a"},
+        headers=auth(build_id, "other-job"),
+    )
+    url = signed.json()["signed_url"]
+    assert (await client.get(url)).content == b"content"
+    bad_sig = await client.get(tamper(url, sig="0" * 64))
+    assert bad_sig.status_code == 401 and "bad signature" in bad_sig.text
+    expired = await client.get(tamper(url, se=str(int(time.time()) - 10)))
+    assert expired.status_code == 401
+    # An upload URL does not download, nor a download URL upload.
+    assert (await client.get(done["upload_url"])).status_code == 401
+    assert (await client.put(url, content=b"overwrite")).status_code == 401
+    assert (await client.get(url)).content == b"content"
+
+
+async def test_bad_input_is_refused_and_nothing_listed(client: httpx.AsyncClient) -> None:
+    build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
+    headers = auth(build_id)
+    bad_name = await client.post(
+        f"{ARTIFACTS}/CreateArtifact", json={"name": "a/b:c"}, headers=headers
+    )
+    assert bad_name.status_code == 400
+    assert (
+        bad_name.json()["code"] == "invalid_argument"
+        and "invalid artifact name" in bad_name.json()["msg"]
+    )
+    no_token = await client.post(f"{ARTIFACTS}/ListArtifacts", json={})
+    assert no_token.status_code == 401 and no_token.json()["code"] == "unauthenticated"
+    other_run = await client.post(
+        f"{ARTIFACTS}/ListArtifacts", json={"workflow_run_backend_id": "999"}, headers=headers
+    )
+    assert other_run.status_code == 403
+
+    created = await client.post(f"{ARTIFACTS}/CreateArtifact", json={"name": "x"}, headers=headers)
+    url = created.json()["signed_upload_url"]
+    unknown_block = await client.put(
+        f"{url}&comp=blocklist", content=b"<BlockList><Latest>bm9wZQ==</Latest></BlockList>"
+    )
+    assert unknown_block.status_code == 400 and "never uploaded" in unknown_block.text
+    bad_xml = await client.put(f"{url}&comp=blocklist", content=b"<BlockList><Latest>")
+    assert bad_xml.status_code == 400
+    assert (await client.put(url, content=b"real bytes")).status_code == 201
+    wrong_digest = await client.post(
+        f"{ARTIFACTS}/FinalizeArtifact",
+        json={"name": "x", "size": "10", "hash": "sha256:" + "0" * 64},
+        headers=headers,
+    )
+    assert wrong_digest.status_code == 400 and "digest mismatch" in wrong_digest.json()["msg"]
+    wrong_size = await client.post(
+        f"{ARTIFACTS}/FinalizeArtifact", json={"name": "x", "size": "11"}, headers=headers
+    )
+    assert wrong_size.status_code == 400
+    listed = await client.post(f"{ARTIFACTS}/ListArtifacts", json={}, headers=headers)
+    assert listed.json() == {"artifacts": []}
+    assert (await client.get(f"/builds/{build_id}/artifacts")).json()["items"] == []
+
+
+async def test_public_api_not_found(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/builds/424242/artifacts")).status_code == 404
+    # Ids beyond 64 bits are refused before they reach the database (same on both backends).
+    assert (await client.get(f"/builds/{2**63}/artifacts")).status_code == 422
+    huge = await client.get(f"http://test/_actions/blob/artifact/{2**64}/x?se=1&sig=x")
+    assert huge.status_code == 422
+    build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
+    assert (await client.get(f"/builds/{build_id}/artifacts/1/zip")).status_code == 404
+    assert (await client.delete(f"/builds/{build_id}/artifacts/1")).status_code == 404
+    assert (await client.delete("/build-caches/1", params={"pipeline_id": "p1"})).status_code == 404
+    listing = await client.get("/build-caches", params={"pipeline_id": "p1"})
+    assert listing.json() == {"items": [], "total_bytes": 0}

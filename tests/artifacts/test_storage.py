@@ -1,0 +1,149 @@
+"""The storage interface on both backends: streaming writes and reads, ranges, checksums verified
+before anything becomes visible, atomic replacement, prefix deletion and listing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from app.artifacts.storage import (
+    ChecksumMismatch,
+    DirectoryStorage,
+    Expect,
+    ObjectNotFound,
+    ObjectTooLarge,
+    Storage,
+)
+
+
+async def chunks(data: bytes, size: int = 300_000) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def read_all(storage: Storage, key: str, start: int = 0, end: int | None = None) -> bytes:
+    return b"".join([c async for c in storage.read(key, start, end)])
+
+
+async def test_roundtrip_multi_part(storage: Storage) -> None:
+    # 19 MiB + a tail: three S3 parts, several directory write batches.
+    data = os.urandom(19 * 1024 * 1024 + 12345)
+    stored = await storage.put("artifacts/1/2", chunks(data))
+    assert stored.size == len(data)
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.md5 is None  # computed only when there is one to check
+    assert await storage.size("artifacts/1/2") == len(data)
+    assert await read_all(storage, "artifacts/1/2") == data
+    assert await read_all(storage, "artifacts/1/2", 5, 5 + 1000) == data[5:1005]
+    assert await read_all(storage, "artifacts/1/2", len(data) - 10) == data[-10:]
+
+
+async def test_compose_concatenates_and_hashes(storage: Storage) -> None:
+    parts = [os.urandom(6 * 1024 * 1024), b"", os.urandom(123), os.urandom(5 * 1024 * 1024)]
+    for i, part in enumerate(parts):
+        staged = await storage.put(f"uploads/x/{i}", chunks(part), Expect(staging=True))
+        assert staged.size == len(part) and staged.sha256 is None
+    whole = b"".join(parts)
+    keys = [f"uploads/x/{i}" for i in (0, 1, 2, 3)]
+    with pytest.raises(ChecksumMismatch):
+        await storage.compose("final/obj", keys, Expect(sha256="0" * 64))
+    assert await storage.size("final/obj") is None
+    stored = await storage.compose("final/obj", keys, Expect(size=len(whole)))
+    assert stored.sha256 == hashlib.sha256(whole).hexdigest()
+    assert await read_all(storage, "final/obj") == whole
+    assert await storage.size("final/obj") == len(whole)
+    # Ranges that start, end and cross inside the parts (and the empty one).
+    six = 6 * 1024 * 1024
+    for start, end in ((0, 10), (six - 10, six + 50), (six + 100, None), (5, len(whole) - 5)):
+        assert await read_all(storage, "final/obj", start, end) == whole[start:end]
+    # Replaced by a plain write, then deleted: no trace of the parts remains.
+    await storage.put("final/obj", chunks(b"plain"))
+    assert await read_all(storage, "final/obj") == b"plain"
+    await storage.compose("final/obj", [], Expect(size=0))
+    assert await storage.size("final/obj") == 0
+    await storage.delete("final/obj")
+    assert await storage.size("final/obj") is None
+    assert await storage.list_children("final") == []
+    with pytest.raises(ObjectNotFound):
+        await storage.compose("final/other", ["uploads/x/0", "uploads/x/9"])
+    assert await storage.size("final/other") is None
+
+
+async def test_md5_is_checked_when_given(storage: Storage) -> None:
+    data = b"content with an md5"
+    stored = await storage.put("m/1", chunks(data), Expect(md5=hashlib.md5(data).hexdigest()))
+    assert stored.md5 == hashlib.md5(data).hexdigest()
+
+
+async def test_empty_object(storage: Storage) -> None:
+    stored = await storage.put("caches/empty", chunks(b""))
+    assert stored.size == 0
+    assert await storage.size("caches/empty") == 0
+    assert await read_all(storage, "caches/empty") == b""
+
+
+async def test_checksum_mismatch_stores_nothing(storage: Storage) -> None:
+    data = os.urandom(9 * 1024 * 1024)
+    await storage.put("k/obj", chunks(b"old content"))
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(ChecksumMismatch):
+        await storage.put("k/obj", chunks(data), Expect(sha256=wrong))
+    with pytest.raises(ChecksumMismatch):
+        await storage.put("k/obj", chunks(data), Expect(md5="0" * 32))
+    with pytest.raises(ChecksumMismatch):
+        await storage.put("k/obj", chunks(data), Expect(size=len(data) + 1))
+    with pytest.raises(ObjectTooLarge):
+        await storage.put("k/obj", chunks(data), Expect(max_bytes=1024))
+    # The previous object is untouched: a refused write never becomes visible.
+    assert await read_all(storage, "k/obj") == b"old content"
+    ok = await storage.put(
+        "k/obj", chunks(data), Expect(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    )
+    assert ok.size == len(data)
+    assert await read_all(storage, "k/obj") == data
+
+
+async def test_missing_object(storage: Storage) -> None:
+    assert await storage.size("nope/x") is None
+    with pytest.raises(ObjectNotFound):
+        await read_all(storage, "nope/x")
+
+
+async def test_delete_prefix_and_list(storage: Storage) -> None:
+    for key in ("artifacts/7/1", "artifacts/7/2", "artifacts/8/1", "artifacts/80/1"):
+        await storage.put(key, chunks(key.encode()))
+    assert await storage.list_children("artifacts") == ["7", "8", "80"]
+    assert await storage.list_children("artifacts/7") == ["1", "2"]
+    await storage.delete_prefix("artifacts/8")
+    assert await storage.list_children("artifacts") == ["7", "80"]
+    assert await storage.size("artifacts/80/1") == len(b"artifacts/80/1")
+    await storage.delete("artifacts/7/1")
+    assert await storage.size("artifacts/7/1") is None
+    assert await storage.list_children("artifacts/7") == ["2"]
+
+
+async def test_rejects_unsafe_keys(storage: Storage) -> None:
+    for key in ("../x", "a/../b", "/abs", "a//b", "a b"):
+        with pytest.raises(ValueError, match="invalid storage key"):
+            await storage.put(key, chunks(b"x"))
+
+
+async def test_directory_write_is_invisible_until_complete(tmp_path: Path) -> None:
+    store = DirectoryStorage(tmp_path / "store")
+    await store.start()
+    seen: list[int | None] = []
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"a" * (2 * 1024 * 1024)
+        # Mid-write: neither another reader nor a listing sees the object yet.
+        seen.append(await store.size("x/y"))
+        yield b"b" * 10
+
+    stored = await store.put("x/y", slow())
+    assert seen == [None]
+    assert stored.size == 2 * 1024 * 1024 + 10
+    assert list((tmp_path / "store" / ".tmp").iterdir()) == []
