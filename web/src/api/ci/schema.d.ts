@@ -402,7 +402,10 @@ export interface components {
          * @description CreateBuild's body.
          */
         BuildCreate: {
-            /** Pipeline Id */
+            /**
+             * Pipeline Id
+             * @description Letters, digits, `.`, `_`, `-`; not starting with a dot.
+             */
             pipeline_id: string;
             /**
              * Triggered By
@@ -430,6 +433,13 @@ export interface components {
              * @default true
              */
             dispatch?: boolean;
+            /**
+             * Secrets
+             * @description Secrets for the `secrets` context: encrypted at rest, masked in logs, never returned by any endpoint, purged SECRETS_RETENTION_DAYS after the build finishes.
+             */
+            secrets?: {
+                [key: string]: string;
+            } | null;
             /**
              * Event Name
              * @description The trigger's name (`github.event_name`); defaults to `push`.
@@ -599,11 +609,6 @@ export interface components {
             /** To Job */
             to_job: string;
         };
-        /** HTTPValidationError */
-        HTTPValidationError: {
-            /** Detail */
-            detail?: components["schemas"]["ValidationError"][];
-        };
         /** JobPublic */
         JobPublic: {
             /**
@@ -744,6 +749,7 @@ export interface operations {
                 pipeline_id?: string | null;
                 status?: components["schemas"]["BuildStatus"] | null;
                 branch?: string | null;
+                /** @description 1-based page number. */
                 page?: number;
                 size?: number;
             };
@@ -762,13 +768,45 @@ export interface operations {
                     "application/json": components["schemas"]["BuildPage"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -777,6 +815,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
+                /** @description A repeat with the same key and body returns the first build. */
                 "idempotency-key"?: string | null;
             };
             path?: never;
@@ -788,6 +827,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description A repeated Idempotency-Key */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BuildDetail"];
+                };
+            };
             /** @description Successful Response */
             201: {
                 headers: {
@@ -797,13 +845,100 @@ export interface operations {
                     "application/json": components["schemas"]["BuildDetail"];
                 };
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description pipeline_service failed or is unreachable */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -813,6 +948,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The build id. */
                 build_id: number;
             };
             cookie?: never;
@@ -828,13 +964,56 @@ export interface operations {
                     "application/json": components["schemas"]["BuildDetail"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -844,6 +1023,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The build id. */
                 build_id: number;
             };
             cookie?: never;
@@ -859,13 +1039,56 @@ export interface operations {
                     "application/json": components["schemas"]["SnapshotPublic"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -875,6 +1098,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The build id. */
                 build_id: number;
             };
             cookie?: never;
@@ -890,13 +1114,100 @@ export interface operations {
                     "application/json": components["schemas"]["BuildDetail"];
                 };
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Conflicts with the build's state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -906,6 +1217,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description The build id. */
                 build_id: number;
             };
             cookie?: never;
@@ -921,13 +1233,100 @@ export interface operations {
                     "application/json": components["schemas"]["BuildDetail"];
                 };
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Conflicts with the build's state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -958,13 +1357,56 @@ export interface operations {
                     "application/json": components["schemas"]["LogPage"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -993,13 +1435,100 @@ export interface operations {
                     "application/json": components["schemas"]["LogChunkPublic"];
                 };
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Conflicts with the build's state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1025,13 +1554,56 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1060,13 +1632,56 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1111,6 +1726,13 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
+            /** @description The database or the queue (consumer) is not ready */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     metrics_metrics_get: {
@@ -1128,7 +1750,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "text/plain": string;
                 };
             };
         };
@@ -1153,13 +1775,56 @@ export interface operations {
                     "application/json": components["schemas"]["ArtifactList"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1185,13 +1850,56 @@ export interface operations {
                     "application/zip": unknown;
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1215,13 +1923,100 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Conflicts with the build's state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1247,13 +2042,45 @@ export interface operations {
                     "application/json": components["schemas"]["CacheList"];
                 };
             };
-            /** @description Validation Error */
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1280,13 +2107,78 @@ export interface operations {
                     "application/json": components["schemas"]["CacheDeleted"];
                 };
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
@@ -1311,13 +2203,78 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Validation Error */
+            /** @description The body could not be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description The token is read-only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
                 };
             };
         };
