@@ -5,20 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.responses import JSONResponse
 
-from app.api import artifacts, builds, health, logs
+from app.api import artifacts, builds, health, logs, viewer
 from app.api.limits import RequestGuard
 from app.api.openapi import document_responses
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.errors import ServiceError
+from app.ui import Compress, mount_ui
 from app.wiring import running_services
 
 log = logging.getLogger(__name__)
@@ -55,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(builds.router, prefix=API_PREFIX)
     app.include_router(logs.router, prefix=API_PREFIX)
+    app.include_router(viewer.router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(artifacts.router, prefix=API_PREFIX)
     app.include_router(artifacts.runtime_router)
@@ -80,25 +79,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(RequestGuard, settings=settings, exempt=artifacts.BLOB_PATH_PREFIXES)
 
-    _mount_ui(app, WEB_DIST)
+    app.add_middleware(Compress, exempt=artifacts.BLOB_PATH_PREFIXES)
+    mount_ui(app, WEB_DIST)
     return app
-
-
-def _mount_ui(app: FastAPI, dist: Path) -> None:
-    """Serve the built UI at / with history-mode fallback, never shadowing the API routes."""
-    if not (dist / "index.html").is_file():
-        log.warning("web UI not built (no %s): serving the API only; run `make ui`", dist)
-        return
-    if (dist / "assets").is_dir():
-        app.mount("/assets", StaticFiles(directory=dist / "assets"), name="assets")
-    index = dist / "index.html"
-    reserved = ("api/", "docs", "redoc", "openapi.json", "healthz", "readyz", "metrics")
-
-    @app.get("/{path:path}", include_in_schema=False)
-    async def _ui(path: str) -> FileResponse:
-        if path.startswith(reserved):
-            raise StarletteHTTPException(404, "Not Found")
-        candidate = (dist / path).resolve()
-        if path and candidate.is_file() and dist.resolve() in candidate.parents:
-            return FileResponse(candidate)
-        return FileResponse(index)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from sqlmodel import col, select
 
@@ -47,6 +48,10 @@ class Core:
     writer: LogWriter
     runner: Runner
     secret_box: SecretBox | None  # seals build secrets (app/secrets.py); None: no key here
+
+    def parts(self) -> dict[str, Any]:
+        """The core's parts by field name: a Services is built from them plus its own."""
+        return {f.name: getattr(self, f.name) for f in fields(Core)}
 
     def build_context(self, build_id: int) -> BuildContext:
         """What the executor needs to run one build with these parts."""
@@ -156,13 +161,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             await listener.start()
             stack.push_async_callback(listener.stop)
         yield Services(
-            settings=settings,
-            db=core.db,
-            metrics=core.metrics,
-            hub=core.hub,
-            writer=core.writer,
-            runner=core.runner,
-            secret_box=core.secret_box,
+            **core.parts(),
             pipelines=pipelines,
             queue=queue,
             scheduler=scheduler,

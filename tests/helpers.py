@@ -2,38 +2,5 @@
 
 from __future__ import annotations
 
-from tests.support import (
-    FINISHED,
-    SSEEvent,
-    all_logs,
-    create,
-    free_port,
-    job,
-    log_text,
-    pids_with,
-    sse_events,
-    step_statuses,
-    ts,
-    wait_for_build,
-    wait_for_output,
-    wait_until,
-    workflow,
-)
-
-__all__ = [
-    "FINISHED",
-    "SSEEvent",
-    "all_logs",
-    "create",
-    "free_port",
-    "job",
-    "log_text",
-    "pids_with",
-    "sse_events",
-    "step_statuses",
-    "ts",
-    "wait_for_build",
-    "wait_for_output",
-    "wait_until",
-    "workflow",
-]
+from tests.support import *  # noqa: F403 (everything tests.support exports)
+from tests.support import __all__ as __all__

@@ -13,10 +13,10 @@ APP = Path(__file__).resolve().parents[1] / "app"
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
-# Temporary exceptions while a module is being split in the issue that owns it, e.g.
-# {"workflow/parser.py"} or {"runners/kubernetes.py:_follow"}. Empty: everything is within limits.
-ALLOWED_MODULES: set[str] = set()
-ALLOWED_FUNCTIONS: set[str] = set()
+# Temporary exceptions, each owned by the area that must bring it within the limits (the lead
+# removes an entry when that lands; the test fails on an entry no longer needed).
+ALLOWED_MODULES: set[str] = {"artifacts/service.py"}  # artifacts
+ALLOWED_FUNCTIONS: set[str] = {"logs/stream.py:stream_build"}  # perf
 
 
 def _modules() -> list[tuple[str, str]]:

@@ -26,7 +26,14 @@ from app.api.params import (
     request_sha256,
 )
 from app.errors import Invalid, TooLarge
-from app.models import BuildCreate, BuildDetail, BuildPage, BuildStatus, SnapshotPublic
+from app.models import (
+    BuildCreate,
+    BuildDetail,
+    BuildPage,
+    BuildStatus,
+    RetryRequest,
+    SnapshotPublic,
+)
 from app.secrets import seal_request
 from app.services import builds as service
 from app.services.builds import NewBuild
@@ -90,12 +97,21 @@ async def list_builds(
     pipeline_id: PipelineIdQuery = None,
     status: BuildStatus | None = None,
     branch: ShortTextQuery = None,
+    triggered_by: ShortTextQuery = None,
     page: PageQuery = 1,
     size: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> BuildPage:
-    """ListBuilds: newest first, filtered by pipeline, status and branch, paged (1-based)."""
+    """ListBuilds: newest first, filtered by pipeline, status, branch and actor
+    (`triggered_by`), paged (1-based). A page past the end is empty; `total` tells the
+    client where the last page is."""
     return await service.list_builds(
-        session, pipeline_id=pipeline_id, status=status, branch=branch, page=page, size=size
+        session,
+        pipeline_id=pipeline_id,
+        status=status,
+        branch=branch,
+        triggered_by=triggered_by,
+        page=page,
+        size=size,
     )
 
 
@@ -124,19 +140,37 @@ async def get_snapshot(
 
 @router.post("/builds/{build_id}/cancel", status_code=202, response_model=BuildDetail)
 async def cancel_build(
-    build_id: BuildIdPath, db: DbDep, scheduler: SchedulerDep, _caller: WriterDep
+    build_id: BuildIdPath, db: DbDep, scheduler: SchedulerDep, caller: WriterDep
 ) -> BuildDetail:
     """CancelBuild: a queued build is cancelled at once. A running build's processes (or
     Kubernetes Jobs) are stopped by the replica running it, which then marks running and pending
     jobs and steps `cancelled`/`skipped` and the build `cancelled`. A finished build: 409."""
-    return await service.cancel(db, build_id, signal=scheduler.cancel)
+    return await service.cancel(db, build_id, signal=scheduler.cancel, by=caller.name)
 
 
 @router.post("/builds/{build_id}/retry", status_code=201, response_model=BuildDetail)
 async def retry_build(
-    build_id: BuildIdPath, db: DbDep, queue: QueueDep, caller: WriterDep
+    build_id: BuildIdPath,
+    db: DbDep,
+    queue: QueueDep,
+    caller: WriterDep,
+    body: RetryRequest | None = None,
 ) -> BuildDetail:
     """A new build from the same snapshot, variables, commit, branch and repo, with `retry_of`
-    set. Retrying a build that has not finished is a 409."""
+    set and `triggered_by` the caller's token name. Retrying a build that has not finished is a
+    409.
+
+    Without a body every job runs again. With `{"failed_only": true}` only the failed, timed
+    out, errored and cancelled jobs run again, and with `{"jobs": [...]}` only those; in both
+    cases every job that needs them (directly or not) runs too, and the other jobs keep their
+    results and logs, copied into the new build with `reused_from` set, as GitHub's "Re-run
+    failed jobs" and "Re-run job" do. Nothing to re-run is a 409; an unknown job a 422."""
     triggered_by = caller.name if caller.name != "anonymous" else None
-    return await service.retry(db, queue, build_id, triggered_by=triggered_by)
+    return await service.retry(
+        db,
+        queue,
+        build_id,
+        triggered_by=triggered_by,
+        failed_only=body.failed_only if body else False,
+        jobs=body.jobs if body else None,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import anyio
@@ -19,6 +20,7 @@ from app.api.deps import (
     WriterDep,
 )
 from app.errors import Invalid, TooLarge
+from app.logs.events import LogStreamEvents
 from app.logs.stream import stream_build
 from app.models import LogAppend, LogChunkPublic, LogPage
 from app.services import logs as service
@@ -82,16 +84,48 @@ async def get_raw_logs(
     _caller: ReaderDep,
     job: Job = None,
     step: Step = None,
+    download: Annotated[
+        bool, Query(description="Answer as an attachment (a file download).")
+    ] = False,
 ) -> StreamingResponse:
-    """The whole log (or one job's, or one step's) as text/plain, streamed."""
+    """The whole log (or one job's, or one step's) as text/plain, streamed. The
+    Content-Disposition names the file after the build
+    (`<pipeline>-<number>[-<job>][-step<n>].log`), inline unless `download` is set."""
     async with db.read() as session:
-        await get_build(session, build_id)
+        build = await get_build(session, build_id)
+    name = raw_log_filename(build.pipeline_id, build.number, job, step)
+    disposition = "attachment" if download else "inline"
     return StreamingResponse(
-        service.raw(db, build_id, job=job, step=step), media_type="text/plain; charset=utf-8"
+        service.raw(db, build_id, job=job, step=step),
+        media_type="text/plain; charset=utf-8",
+        headers={"Content-Disposition": f'{disposition}; filename="{name}"'},
     )
 
 
-@router.get("/builds/{build_id}/logs/stream")
+def raw_log_filename(pipeline_id: str, number: int, job: str | None, step: int | None) -> str:
+    """A file name safe in a header and on any file system: other characters become `_`."""
+    parts = [pipeline_id, str(number)]
+    if job is not None:
+        parts.append(job)
+    if step is not None:
+        parts.append(f"step{step}")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))[:200] + ".log"
+
+
+@router.get(
+    "/builds/{build_id}/logs/stream",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "An SSE stream; each event's JSON data is the field of "
+            "LogStreamEvents named like the event.",
+            "content": {
+                "text/event-stream": {"schema": {"$ref": "#/components/schemas/LogStreamEvents"}}
+            },
+            "model": LogStreamEvents,
+        }
+    },
+)
 async def stream_logs(
     build_id: BuildId,
     db: DbDep,

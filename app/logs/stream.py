@@ -11,17 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 from sqlmodel import select
 from sse_starlette import ServerSentEvent
 
 from app.db import Database
-from app.logs.hub import LiveHub, LogEvent, Wakeup, sse_frame
+from app.logs.events import (
+    HubEvent,
+    LogEvent,
+    StatusEvent,
+    Wakeup,
+    end_event,
+    log_frame,
+    status_event,
+)
+from app.logs.hub import LiveHub, Subscription
 from app.logs.store import chunks_after
 from app.models import Build, BuildStatus
-from app.models.schemas import StatusEvent
 
 _BATCH = 500
 
@@ -36,6 +43,18 @@ async def _build_state(db: Database, build_id: int) -> tuple[BuildStatus | None,
     if row is None:
         return None, 0
     return BuildStatus(row[0]), row[1]
+
+
+def _drain(sub: Subscription) -> list[HubEvent]:
+    """What the subscriber's queue holds; nothing when it lagged (what it dropped is read back
+    from the database by seq instead)."""
+    items: list[HubEvent] = []
+    while not sub.queue.empty():
+        items.append(sub.queue.get_nowait())
+    if sub.lagged:
+        sub.lagged = False
+        return []
+    return items
 
 
 async def _wake_on(event: anyio.Event, signal: asyncio.Event) -> None:
@@ -62,7 +81,7 @@ async def stream_build(
             batch = await chunks_after(db, build_id, last, limit=_BATCH)
             for chunk in batch:
                 last = chunk.seq
-                yield sse_frame(chunk)
+                yield log_frame(chunk)
             if len(batch) < _BATCH:
                 return
 
@@ -73,8 +92,7 @@ async def stream_build(
                 yield event
             status, _ = await _build_state(db, build_id)
             if status is not None:
-                start = StatusEvent(kind="build", build_id=build_id, status=status)
-                yield ServerSentEvent(data=start.model_dump_json(), event="status")
+                yield status_event(StatusEvent(kind="build", build_id=build_id, status=status))
             while status is not None and not status.finished:
                 with contextlib.suppress(TimeoutError):
                     # The timeout is the polling fallback for writers we get no signal from.
@@ -84,13 +102,7 @@ async def stream_build(
                 sub.signal.clear()
                 reread = not sub.queue.qsize() or sub.lagged
                 fresh = sub.lagged  # a poll may share its read with the build's other streams
-                if sub.lagged:  # what it dropped is read back from the database below
-                    sub.lagged = False
-                    while not sub.queue.empty():
-                        sub.queue.get_nowait()
-                items: list[Any] = []
-                while not sub.queue.empty():
-                    items.append(sub.queue.get_nowait())
+                items = _drain(sub)
                 for item in items:
                     if isinstance(item, LogEvent):
                         if item.chunk.seq <= last:
@@ -103,7 +115,7 @@ async def stream_build(
                         last = item.chunk.seq
                         yield item.frame
                     elif isinstance(item, StatusEvent):
-                        yield ServerSentEvent(data=item.model_dump_json(), event="status")
+                        yield status_event(item)
                         if item.kind == "build" and BuildStatus(item.status).finished:
                             status = BuildStatus(item.status)
                     elif isinstance(item, Wakeup):
@@ -121,7 +133,7 @@ async def stream_build(
             async for event in catch_up():
                 yield event
             if status is not None:
-                yield ServerSentEvent(data=f'{{"status": "{status}"}}', event="end")
+                yield end_event(status)
         finally:
             if watcher is not None:
                 watcher.cancel()

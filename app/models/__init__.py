@@ -4,6 +4,7 @@ from app.models.installation import Installation
 from app.models.schemas import (
     BuildCreate,
     BuildDetail,
+    BuildFacets,
     BuildPage,
     BuildPublic,
     EdgePublic,
@@ -11,8 +12,10 @@ from app.models.schemas import (
     LogAppend,
     LogChunkPublic,
     LogPage,
+    RetryRequest,
     SnapshotPublic,
     StepPublic,
+    WhoAmI,
 )
 from app.models.status import BuildStatus, JobStatus
 from app.models.tables import (
@@ -33,6 +36,7 @@ __all__ = [
     "BuildAnnotation",
     "BuildCreate",
     "BuildDetail",
+    "BuildFacets",
     "BuildJob",
     "BuildJobEdge",
     "BuildLogChunk",
@@ -51,6 +55,8 @@ __all__ = [
     "LogChunkPublic",
     "LogPage",
     "PipelineCounter",
+    "RetryRequest",
     "SnapshotPublic",
     "StepPublic",
+    "WhoAmI",
 ]

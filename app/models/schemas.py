@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator
 
@@ -94,6 +94,14 @@ class BuildPublic(BaseModel):
     finished_at: datetime | None
     cancel_requested_at: datetime | None
     retry_of: int | None
+    cancelled_by: str | None = Field(
+        default=None, description="The name of the API token that cancelled the build."
+    )
+    last_log_seq: int = Field(
+        default=0,
+        description="The seq of the build's last stored log chunk: a client that loads logs "
+        "page by page follows the live stream from there.",
+    )
     event_name: str | None = None
 
 
@@ -127,6 +135,10 @@ class JobPublic(BaseModel):
     error: str | None
     needs: list[str]
     steps: list[StepPublic]
+    reused_from: int | None = Field(
+        default=None,
+        description="On a partial re-run: the build whose result and log this job reused.",
+    )
 
 
 class EdgePublic(BaseModel):
@@ -148,6 +160,39 @@ class BuildPage(BaseModel):
     total: int
     page: int
     size: int
+
+
+class RetryRequest(BaseModel):
+    """Retry's optional body: which jobs to run again (the rest keep their results)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failed_only: bool = Field(
+        default=False, description="Re-run the failed, timed out, errored and cancelled jobs."
+    )
+    jobs: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Re-run these jobs (names as in the build's `jobs`).",
+    )
+
+
+class BuildFacets(BaseModel):
+    """Filter choices for the build list, from the most recent builds."""
+
+    pipelines: list[str]
+    branches: list[str]
+    actors: list[str]
+
+
+class WhoAmI(BaseModel):
+    """The caller as the API sees it, so a UI can hide what the token may not do."""
+
+    name: str
+    role: str = Field(description="`read` or `write`.")
+    can_write: bool
+    auth_enabled: bool = Field(description="False when the service runs without API tokens.")
 
 
 class SnapshotPublic(BaseModel):
@@ -188,10 +233,12 @@ class LogPage(BaseModel):
 class StatusEvent(BaseModel):
     """A build, job or step status change, as sent on the SSE stream (`event: status`)."""
 
-    kind: str  # "build" | "job" | "step"
+    kind: Literal["build", "job", "step"]
     build_id: int
     job_name: str | None = None
     step_index: int | None = None
-    status: str
+    status: BuildStatus | JobStatus = Field(
+        description="A BuildStatus when `kind` is build, else a JobStatus."
+    )
     exit_code: int | None = None
     error: str | None = None

@@ -60,6 +60,8 @@ class Build(SQLModel, table=True):
     # + when the id was last handed to the queue; the requeue sweep re-publishes stale ones.
     dispatched_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     idempotency_key: str | None = Field(default=None, max_length=255)
+    # + the name of the API token that asked for the cancel (shown in the UI).
+    cancelled_by: str | None = Field(default=None, max_length=255)
     # + the trigger (GitHub's `github.event_name` / `github.event`; `inputs` come from the event)
     event_name: str | None = Field(default=None, max_length=255)
     event: dict[str, Any] | None = Field(default=None, sa_type=JSONVariant)
@@ -99,6 +101,8 @@ class BuildJob(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=Text)
     # + the runner's byte offset (e.g. into the pod log) up to which output is stored.
     log_offset: int = Field(default=0, sa_type=BigInteger)
+    # + set on a partial re-run: the build whose result (steps and log) this job reused.
+    reused_from: int | None = Field(default=None, sa_type=BigIntPK)
     # + `runs-on` labels and `environment` ({name, url}), recorded to be shown
     runs_on: list[str] = Field(default_factory=list, sa_type=JSONVariant)
     environment: dict[str, Any] | None = Field(default=None, sa_type=JSONVariant)

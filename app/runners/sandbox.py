@@ -66,7 +66,7 @@ class Isolation:
     reason: str
 
 
-def _bwrap_base(bwrap: str) -> list[str]:
+def bwrap_base(bwrap: str) -> list[str]:
     return [
         bwrap,
         "--die-with-parent",
@@ -99,7 +99,7 @@ def probe_isolation(setting: IsolationSetting) -> Isolation:
     else:
         try:
             done = subprocess.run(
-                [*_bwrap_base(bwrap), "--", "/bin/sh", "-c", "exit 0"],
+                [*bwrap_base(bwrap), "--", "/bin/sh", "-c", "exit 0"],
                 capture_output=True,
                 timeout=20,
                 check=False,
@@ -207,7 +207,7 @@ class Sandbox:
         readable: Sequence[Path],
     ) -> list[str]:
         assert self._bwrap is not None
-        args = _bwrap_base(self._bwrap)
+        args = bwrap_base(self._bwrap)
         # /tmp stays the machine's /tmp, writable as for any local user (tools and tests hand
         # files through it); whatever of ours lies under it is hidden by the mounts below.
         if Path("/tmp").is_dir():

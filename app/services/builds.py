@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import func, insert, literal, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db import Database, record_event
@@ -26,8 +27,10 @@ from app.logs.masking import masked_variables
 from app.models import (
     Build,
     BuildDetail,
+    BuildFacets,
     BuildJob,
     BuildJobEdge,
+    BuildLogChunk,
     BuildPage,
     BuildPublic,
     BuildSnapshot,
@@ -108,21 +111,7 @@ async def create_build(
     if spec is None:
         # Parsing a large workflow takes a while: never on the event loop.
         spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
-    # Job names identify rows (build_jobs.name, 255 characters on every database): refuse what
-    # would not fit rather than fail on Postgres only. Display names are clipped instead.
-    too_long = [j.name for j in spec.jobs if len(j.name) > NAME_MAX]
-    if too_long:
-        raise Invalid(
-            [
-                {
-                    "line": 0,
-                    "column": 0,
-                    "message": f"job name '{name[:60]}…' is {len(name)} characters long; job ids "
-                    f"and expanded matrix names may have at most {NAME_MAX}",
-                }
-                for name in too_long[:10]
-            ]
-        )
+    _check_job_names(spec)
     now = utcnow()
     build = Build(
         pipeline_id=new.pipeline_id,
@@ -155,9 +144,35 @@ async def create_build(
             yaml_sha256=hashlib.sha256(new.workflow_yaml.encode()).hexdigest(),
         )
     )
+    await _insert_dag(session, build.id, spec, checkout=bool(new.repo_url))
+    return build
+
+
+def _check_job_names(spec: WorkflowSpec) -> None:
+    """Job names identify rows (build_jobs.name, 255 characters on every database): refuse what
+    would not fit rather than fail on Postgres only. Display names are clipped instead."""
+    too_long = [j.name for j in spec.jobs if len(j.name) > NAME_MAX]
+    if too_long:
+        raise Invalid(
+            [
+                {
+                    "line": 0,
+                    "column": 0,
+                    "message": f"job name '{name[:60]}…' is {len(name)} characters long; job ids "
+                    f"and expanded matrix names may have at most {NAME_MAX}",
+                }
+                for name in too_long[:10]
+            ]
+        )
+
+
+async def _insert_dag(
+    session: AsyncSession, build_id: int, spec: WorkflowSpec, *, checkout: bool
+) -> None:
+    """The build's jobs, `needs` edges and planned steps, all pending, in three bulk inserts."""
     jobs = [
         {
-            "build_id": build.id,
+            "build_id": build_id,
             "name": j.name,
             "display_name": clip(j.display_name),
             "index": j.index,
@@ -169,17 +184,16 @@ async def create_build(
         for j in spec.jobs
     ]
     await session.exec(insert(BuildJob), params=jobs)
-    edges = [{"build_id": build.id, "from_job": a, "to_job": b} for a, b in spec.edges]
+    edges = [{"build_id": build_id, "from_job": a, "to_job": b} for a, b in spec.edges]
     if edges:
         await session.exec(insert(BuildJobEdge), params=edges)
     steps = [
-        {"build_id": build.id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
+        {"build_id": build_id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
         for j in spec.jobs
-        for s in planned_steps(j, checkout=bool(new.repo_url))
+        for s in planned_steps(j, checkout=checkout)
     ]
     await session.exec(insert(BuildStep), params=steps)
     await session.flush()
-    return build
 
 
 def is_idempotency_race(exc: IntegrityError) -> bool:
@@ -238,6 +252,7 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
                 "started_at": row.started_at,
                 "finished_at": row.finished_at,
                 "error": row.error,
+                "reused_from": row.reused_from,
                 "runs_on": row.runs_on,
                 "environment": row.environment,
                 "needs": needs.get(row.name, []),
@@ -263,6 +278,7 @@ async def list_builds(
     branch: str | None,
     page: int,
     size: int,
+    triggered_by: str | None = None,
 ) -> BuildPage:
     query = select(Build)
     count = select(func.count()).select_from(Build)
@@ -270,6 +286,7 @@ async def list_builds(
         (Build.pipeline_id, pipeline_id),
         (Build.status, status),
         (Build.branch, branch),
+        (Build.triggered_by, triggered_by),
     ):
         if value is not None:
             query = query.where(column == value)
@@ -283,9 +300,10 @@ async def list_builds(
     return BuildPage(items=[public(b) for b in rows], total=total, page=page, size=size)
 
 
-async def request_cancel(session: AsyncSession, build_id: int) -> Build:
+async def request_cancel(session: AsyncSession, build_id: int, by: str | None = None) -> Build:
     """Cancel a build: a queued one at once; a running one is flagged for its executor, which
-    stops the work and records `cancelled` (any replica sees the flag)."""
+    stops the work and records `cancelled` (any replica sees the flag). `by` is the caller's
+    token name, kept for the UI."""
     build = await get_build(session, build_id)
     if BuildStatus(build.status).finished:
         raise Conflict(f"build {build_id} is already {build.status}")
@@ -295,7 +313,7 @@ async def request_cancel(session: AsyncSession, build_id: int) -> Build:
         build_id,
         BuildStatus.cancelled,
         only_from=[BuildStatus.queued],
-        extra={"cancel_requested_at": now},
+        extra={"cancel_requested_at": now, "cancelled_by": by},
     ):
         await state.jobs(session, build_id, JobStatus.cancelled)
         await state.steps(session, build_id, JobStatus.skipped)
@@ -303,7 +321,7 @@ async def request_cancel(session: AsyncSession, build_id: int) -> Build:
         await session.exec(
             update(Build)
             .where(col(Build.id) == build_id, col(Build.cancel_requested_at).is_(None))
-            .values(cancel_requested_at=now)
+            .values(cancel_requested_at=now, cancelled_by=by)
         )
         record_event(session, CancelRequested(build_id))
     await session.flush()
@@ -328,6 +346,100 @@ async def snapshot(session: AsyncSession, build_id: int) -> BuildSnapshot:
     return (
         await session.exec(select(BuildSnapshot).where(BuildSnapshot.build_id == build_id))
     ).one()
+
+
+async def list_facets(session: AsyncSession, *, recent: int = 1000) -> BuildFacets:
+    """The pipelines, branches and actors of the most recent builds: the choices the build
+    list offers as filters. Bounded by `recent` so the query stays cheap on a million builds."""
+    latest = (
+        select(Build.pipeline_id, Build.branch, Build.triggered_by)
+        .order_by(col(Build.id).desc())
+        .limit(recent)
+    )
+    rows = (await session.exec(latest)).all()
+    return BuildFacets(
+        pipelines=sorted({r[0] for r in rows}),
+        branches=sorted({r[1] for r in rows if r[1]}),
+        actors=sorted({r[2] for r in rows}),
+    )
+
+
+# A job that ended like this is what "Re-run failed jobs" runs again (GitHub re-runs failed and
+# cancelled jobs alike).
+_RERUN = frozenset({JobStatus.failed, JobStatus.cancelled, JobStatus.timed_out, JobStatus.error})
+
+
+async def rerun_selection(
+    session: AsyncSession, build_id: int, *, failed_only: bool, jobs: list[str] | None
+) -> set[str]:
+    """The jobs a partial re-run runs again: the failed ones (or the named ones) and every job
+    that needs them, directly or not. The rest keep their results. 422 for an unknown job name,
+    409 when nothing failed."""
+    rows = (
+        await session.exec(
+            select(BuildJob.name, BuildJob.status).where(BuildJob.build_id == build_id)
+        )
+    ).all()
+    statuses = {name: JobStatus(status) for name, status in rows}
+    if jobs is not None:
+        unknown = [n for n in jobs if n not in statuses]
+        if unknown:
+            raise Invalid(f"build {build_id} has no job named {', '.join(map(repr, unknown))}")
+        chosen = set(jobs)
+    else:
+        chosen = {n for n, s in statuses.items() if s in _RERUN}
+        if failed_only and not chosen:
+            raise Conflict(f"build {build_id} has no failed or cancelled jobs to re-run")
+    edges = (
+        await session.exec(
+            select(BuildJobEdge.from_job, BuildJobEdge.to_job).where(
+                BuildJobEdge.build_id == build_id
+            )
+        )
+    ).all()
+    dependents: dict[str, list[str]] = {}
+    for src, dst in edges:
+        dependents.setdefault(src, []).append(dst)
+    todo = list(chosen)
+    while todo:
+        for nxt in dependents.get(todo.pop(), []):
+            if nxt not in chosen:
+                chosen.add(nxt)
+                todo.append(nxt)
+    return chosen
+
+
+async def reuse_jobs(session: AsyncSession, new_id: int, source_id: int, rerun: set[str]) -> None:
+    """Copy the results and the log of every job of `source_id` that is not re-run into the
+    new build `new_id` (created in this transaction): job and step rows through
+    state.reuse_results, and the jobs' log chunks renumbered 1..n in their original order so
+    the new build's seq stays gap-free and the live log continues after them."""
+    names = (await session.exec(select(BuildJob.name).where(BuildJob.build_id == new_id))).all()
+    copied = await state.reuse_results(
+        session, new_id, source_id, [n for n in names if n not in rerun]
+    )
+    if not copied:
+        return
+    chunks = SQLModel.metadata.tables[BuildLogChunk.__tablename__]
+    numbered = sa_select(
+        literal(new_id).label("build_id"),
+        func.row_number().over(order_by=chunks.c.seq).label("seq"),
+        chunks.c.job_name,
+        chunks.c.step_index,
+        chunks.c.content,
+        chunks.c.created_at,
+    ).where(chunks.c.build_id == source_id, chunks.c.job_name.in_(copied))
+    await session.exec(
+        insert(chunks).from_select(
+            ["build_id", "seq", "job_name", "step_index", "content", "created_at"], numbered
+        )
+    )
+    count = (
+        await session.exec(
+            select(func.count()).select_from(chunks).where(chunks.c.build_id == new_id)
+        )
+    ).one()
+    await session.exec(update(Build).where(col(Build.id) == new_id).values(last_log_seq=count))
 
 
 # ------------------------------------------------------------------ units of work for the routes
@@ -399,12 +511,23 @@ async def submit(db: Database, queue: BuildQueue, new: NewBuild) -> tuple[BuildD
 
 
 async def retry(
-    db: Database, queue: BuildQueue, build_id: int, *, triggered_by: str | None
+    db: Database,
+    queue: BuildQueue,
+    build_id: int,
+    *,
+    triggered_by: str | None,
+    failed_only: bool = False,
+    jobs: list[str] | None = None,
 ) -> BuildDetail:
     """A new build from a finished build's snapshot, variables, commit, branch and repo, with
-    `retry_of` set; committed, then published. `triggered_by` None keeps the original's."""
+    `retry_of` set; committed, then published. `triggered_by` None keeps the original's.
+    With `failed_only` or `jobs`, only those jobs and what needs them run again; the others'
+    results and logs are copied (reuse_jobs)."""
     async with db.transaction() as session:
         source, yaml_text = await retry_source(session, build_id)
+        rerun: set[str] | None = None
+        if failed_only or jobs is not None:
+            rerun = await rerun_selection(session, build_id, failed_only=failed_only, jobs=jobs)
         new = await create_build(
             session,
             NewBuild(
@@ -422,15 +545,19 @@ async def retry(
             ),
         )
         new_id = new.id
-    assert new_id is not None
+        assert new_id is not None
+        if rerun is not None:
+            await reuse_jobs(session, new_id, build_id, rerun)
     await dispatch(queue, new_id)
     return await _read_detail(db, new_id)
 
 
-async def cancel(db: Database, build_id: int, *, signal: Callable[[int], object]) -> BuildDetail:
-    """Record the cancel request, then `signal` this replica's executor (other replicas see the
-    flag or the NOTIFY)."""
+async def cancel(
+    db: Database, build_id: int, *, signal: Callable[[int], object], by: str | None = None
+) -> BuildDetail:
+    """Record the cancel request (and who made it), then `signal` this replica's executor
+    (other replicas see the flag or the NOTIFY)."""
     async with db.transaction() as session:
-        await request_cancel(session, build_id)
+        await request_cancel(session, build_id, by=by)
     signal(build_id)
     return await _read_detail(db, build_id)

@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Table, Update, bindparam, update
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db import record_event
@@ -181,3 +181,77 @@ async def step(
     return bool(
         await steps(session, build_id, to, job_name=job_name, index=index, exit_code=exit_code)
     )
+
+
+async def reuse_results(
+    session: AsyncSession, build_id: int, source_id: int, names: Iterable[str]
+) -> list[str]:
+    """A partial re-run: give the still-`pending` jobs `names` of a new build the finished
+    results (status, timestamps, error, exit codes) of the same jobs in `source_id`, marked
+    with `reused_from`. Not a transition a runner makes: the copy happens in the transaction
+    that creates the build, before anyone can see or run it. Returns the names copied."""
+    wanted = list(names)
+    if not wanted:
+        return []
+    src_jobs = (
+        await session.exec(
+            select(BuildJob).where(BuildJob.build_id == source_id, col(BuildJob.name).in_(wanted))
+        )
+    ).all()
+    done = [j for j in src_jobs if JobStatus(j.status).finished]
+    if not done:
+        return []
+    await session.exec(
+        update(JOBS)
+        .where(
+            JOBS.c.build_id == build_id,
+            JOBS.c.name == bindparam("n"),
+            JOBS.c.status == str(J.pending),
+        )
+        .values(
+            status=bindparam("s"),
+            started_at=bindparam("st", type_=UTCDateTime()),
+            finished_at=bindparam("ft", type_=UTCDateTime()),
+            error=bindparam("e"),
+            reused_from=source_id,
+        ),
+        params=[
+            {"n": j.name, "s": j.status, "st": j.started_at, "ft": j.finished_at, "e": j.error}
+            for j in done
+        ],
+    )
+    copied = [j.name for j in done]
+    src_steps = (
+        await session.exec(
+            select(BuildStep).where(
+                BuildStep.build_id == source_id, col(BuildStep.job_name).in_(copied)
+            )
+        )
+    ).all()
+    if src_steps:
+        await session.exec(
+            update(STEPS)
+            .where(
+                STEPS.c.build_id == build_id,
+                STEPS.c.job_name == bindparam("n"),
+                STEPS.c["index"] == bindparam("i"),
+            )
+            .values(
+                status=bindparam("s"),
+                started_at=bindparam("st", type_=UTCDateTime()),
+                finished_at=bindparam("ft", type_=UTCDateTime()),
+                exit_code=bindparam("x"),
+            ),
+            params=[
+                {
+                    "n": st.job_name,
+                    "i": st.index,
+                    "s": st.status,
+                    "st": st.started_at,
+                    "ft": st.finished_at,
+                    "x": st.exit_code,
+                }
+                for st in src_steps
+            ],
+        )
+    return copied

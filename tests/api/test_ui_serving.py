@@ -57,3 +57,41 @@ async def test_saved_openapi_for_the_web_client_is_current(client: httpx.AsyncCl
     live: Any = (await client.get("http://test/openapi.json")).json()
     saved = json.loads((ROOT / "web" / "openapi.json").read_text())
     assert saved == live
+
+
+async def test_head_cache_headers_and_gzip(ui_client: httpx.AsyncClient) -> None:
+    for path in ("/", "/ci", "/ci/builds/3?job=a", "/favicon.svg"):
+        head = await ui_client.head(path)
+        assert head.status_code == 200, path
+        assert head.content == b""
+        assert head.headers["cache-control"] == "no-cache"
+    asset = await ui_client.get("/assets/app.js")
+    assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert (await ui_client.head("/assets/app.js")).status_code == 200
+    assert (await ui_client.get("/assets/missing.js")).status_code == 404
+
+    # JSON is gzipped for clients that accept it (above the minimum size), not for others.
+    quick = "jobs:\n  a:\n    steps:\n      - run: 'true'\n"
+    for n in range(12):
+        body = {"pipeline_id": "p", "workflow_yaml": quick, "dispatch": False, "branch": f"b{n}"}
+        assert (await ui_client.post("/api/v1/builds", json=body)).status_code == 201
+    gz = await ui_client.get("/api/v1/builds", headers={"Accept-Encoding": "gzip"})
+    assert gz.headers["content-encoding"] == "gzip"
+    assert gz.json()["total"] == 12  # httpx decodes it
+    plain = await ui_client.get("/api/v1/builds", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    # Logs: the raw text and the SSE stream are never compressed.
+    build_id = gz.json()["items"][0]["id"]
+    await ui_client.post(f"/api/v1/builds/{build_id}/logs", json={"content": "x" * 5000})
+    raw = await ui_client.get(
+        f"/api/v1/builds/{build_id}/logs/raw", headers={"Accept-Encoding": "gzip"}
+    )
+    assert "content-encoding" not in raw.headers
+    assert raw.text == "x" * 5000
+    await ui_client.post(f"/api/v1/builds/{build_id}/cancel")
+    stream = await ui_client.get(
+        f"/api/v1/builds/{build_id}/logs/stream", headers={"Accept-Encoding": "gzip"}
+    )
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert "content-encoding" not in stream.headers
+    assert "event: end" in stream.text

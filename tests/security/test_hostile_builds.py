@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.runners.sandbox import IsolationUnavailable, probe_isolation
+from app.runners.sandbox import IsolationUnavailable, bwrap_base, probe_isolation
 from tests.helpers import (
     create,
     job,
@@ -322,3 +323,31 @@ async def test_nothing_outlives_a_kill_9_of_the_service(
         return not pids_with(f"sleep {daemon}") and not pids_with(f"sleep {idle}")
 
     await wait_until(gone, timeout=20)
+
+
+@needs_namespaces
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to an unprivileged user needs root")
+def test_the_sandbox_also_works_for_an_unprivileged_service_user() -> None:
+    # The same bwrap invocation as the runner's probe, as `nobody`: a service that does not run
+    # as root gets the same isolation (unprivileged user namespaces).
+    bwrap = shutil.which("bwrap")
+    assert bwrap is not None
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *bwrap_base(bwrap),
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo pid=$$ uid=$(id -u)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pid=2 uid=65534" in done.stdout or "pid=1 uid=65534" in done.stdout

@@ -14,6 +14,7 @@ export const ROOT = resolve(WEB, '..')
 export const DIST = join(WEB, 'dist')
 export const ARTIFACTS = join(WEB, 'test-artifacts')
 export const TOKEN = 'e2e-secret'
+export const READ_TOKEN = 'e2e-read-only'
 
 const CLI = process.env.CI_EXECUTOR_BIN ?? join(ROOT, '.venv', 'bin', 'ci-executor')
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
@@ -59,7 +60,7 @@ export async function startService() {
     WORKSPACE_ROOT: join(tmp, 'ws'),
     QUEUE_URL: 'memory://',
     RUNNER: 'local',
-    API_TOKENS: `e2e:${TOKEN}:write`,
+    API_TOKENS: `e2e:${TOKEN}:write,viewer:${READ_TOKEN}:read`,
     LOG_FLUSH_INTERVAL_MS: '100',
     CANCEL_GRACE_SECONDS: '1',
   }
@@ -166,4 +167,21 @@ export async function launchBrowser() {
       await browser.close()
     },
   }
+}
+
+const AXE = join(WEB, 'node_modules', 'axe-core', 'axe.min.js')
+
+/** Run axe-core on the page; returns the serious and critical violations (none expected). */
+export async function axeViolations(page) {
+  if (!(await page.evaluate(() => typeof window.axe !== 'undefined'))) await page.addScriptTag({ path: AXE })
+  const result = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ['violations'] })
+    return r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) }))
+  })
+  return result.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+}
+
+/** How far the page is wider than the window (0: no horizontal overflow). */
+export async function horizontalOverflow(page) {
+  return page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)
 }

@@ -4,16 +4,12 @@ export const router = createRouter({
   history: createWebHistory(import.meta.env.BASE_URL),
   routes: [
     { path: '/', redirect: '/ci' },
-    { path: '/ci', name: 'home', component: () => import('./views/HomeView.vue'), meta: { title: 'Run a build' } },
+    { path: '/ci', name: 'builds', component: () => import('./views/ci/builds/BuildList.vue'), meta: { title: 'Builds' } },
+    { path: '/ci/new', name: 'run', component: () => import('./views/HomeView.vue'), meta: { title: 'Run a build' } },
+    // The old per-pipeline list: the same list, filtered.
+    { path: '/ci/pipelines/:pipeline_id/builds', redirect: (to) => ({ name: 'builds', query: { ...to.query, pipeline: String(to.params.pipeline_id) } }) },
     {
-      path: '/ci/pipelines/:pipeline_id/builds',
-      name: 'builds',
-      component: () => import('./views/ci/builds/BuildList.vue'),
-      props: true,
-      meta: { title: 'Builds' },
-    },
-    {
-      path: '/ci/builds/:build_id',
+      path: '/ci/builds/:build_id(\\d+)',
       name: 'build',
       component: () => import('./views/ci/builds/BuildDetail.vue'),
       props: (route) => ({ buildId: Number(route.params.build_id) }),

@@ -64,3 +64,38 @@ export const BUILD_STATUSES = ['queued', 'running', 'success', 'failed', 'cancel
 export function statusLabel(status: string): string {
   return status.replace(/_/g, ' ')
 }
+
+/** "just now", "42s ago", "5 min ago", "3 h ago", "2 days ago"; older: the date. */
+export function relativeTime(iso: string | null, now: number = Date.now()): string {
+  if (!iso) return ''
+  const t = Date.parse(iso)
+  if (Number.isNaN(t)) return iso
+  const s = Math.round((now - t) / 1000)
+  if (s < 5) return 'just now'
+  if (s < 60) return `${s}s ago`
+  const m = Math.floor(s / 60)
+  if (m < 60) return `${m} min ago`
+  const h = Math.floor(m / 60)
+  if (h < 24) return `${h} h ago`
+  const d = Math.floor(h / 24)
+  if (d < 30) return `${d} ${d === 1 ? 'day' : 'days'} ago`
+  return formatTime(iso).slice(0, 10)
+}
+
+/**
+ * A job's name as GitHub shows it: a matrix job keeps its `name:` and adds the matrix values,
+ * `Build (linux, 3.11)`. The service names matrix jobs `<id> (<values>)` and keeps the plain
+ * `name:` as display_name, so the values come from the job name.
+ */
+export function jobTitle(job: { name: string; display_name?: string | null }): string {
+  const display = job.display_name || job.name
+  const m = /^(.*?) (\(.*\))$/.exec(job.name)
+  if (!m || display === job.name || display.endsWith(m[2]!)) return display
+  return `${display} ${m[2]}`
+}
+
+/** The matrix group a job belongs to (its id without the matrix values), or null. */
+export function matrixGroup(name: string): string | null {
+  const m = /^(.*?) \(.*\)$/.exec(name)
+  return m ? m[1]! : null
+}

@@ -107,3 +107,18 @@ describe('LogBuffer', () => {
     expect(searchLines(buf, 'line 99999')).toHaveLength(1)
   })
 })
+
+describe('LogBuffer seqs and times', () => {
+  it('a repeated or older seq is dropped; lines keep the time of their chunk', () => {
+    const b = new LogBuffer()
+    b.append('one\ntw', '2026-01-01T00:00:01Z', 1)
+    b.append('o\n', '2026-01-01T00:00:02Z', 2)
+    b.append('one\ntw', '2026-01-01T00:00:01Z', 1)
+    b.append('zzz\n', '2026-01-01T00:00:00Z', 2)
+    expect(b.lines.map((l) => [l.plain, l.time])).toEqual([
+      ['one', '2026-01-01T00:00:01Z'],
+      ['two', '2026-01-01T00:00:02Z'],
+    ])
+    expect(b.lastSeq).toBe(2)
+  })
+})

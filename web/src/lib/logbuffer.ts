@@ -17,6 +17,8 @@ export interface LogLine {
   opens: number
   /** Nesting depth (0 outside any group). */
   depth: number
+  /** When the chunk that completed the line was stored (ISO 8601), if known. */
+  time: string | null
 }
 
 export interface LogGroup {
@@ -38,12 +40,21 @@ export class LogBuffer {
   private stack: number[] = []
   private listeners = new Set<() => void>()
 
-  append(content: string): void {
+  /** The highest log seq appended (0: none, or chunks appended without a seq). */
+  lastSeq = 0
+
+  /** Append a chunk; with `seq`, a chunk at or below the last one appended is a repeat and
+   * dropped, so history pages and the live stream can overlap safely. */
+  append(content: string, time: string | null = null, seq = 0): void {
+    if (seq) {
+      if (seq <= this.lastSeq) return
+      this.lastSeq = seq
+    }
     if (!content) return
     const text = this.tail + content
     const parts = text.split('\n')
     this.tail = parts.pop() ?? ''
-    for (const part of parts) this.addLine(part)
+    for (const part of parts) this.addLine(part, time)
     for (const g of this.stack) this.groups[g]!.end = this.lines.length
     this.version++
     for (const fn of this.listeners) fn()
@@ -63,7 +74,7 @@ export class LogBuffer {
     return this.tail || null
   }
 
-  private addLine(rawLine: string): void {
+  private addLine(rawLine: string, time: string | null): void {
     // A progress bar rewrites its line with CR; the last rewrite is what a terminal would show.
     let raw = rawLine.endsWith('\r') ? rawLine.slice(0, -1) : rawLine
     const cr = raw.lastIndexOf('\r')
@@ -84,11 +95,11 @@ export class LogBuffer {
       const title = plain.slice(GROUP_START.length).trim() || 'group'
       const g = this.groups.length
       this.groups.push({ title, header: this.lines.length, end: this.lines.length + 1, open: true })
-      this.lines.push({ n, raw: title, plain: title, start: PLAIN, opens: g, depth: this.stack.length })
+      this.lines.push({ n, raw: title, plain: title, start: PLAIN, opens: g, depth: this.stack.length, time })
       this.stack.push(g)
       return
     }
-    this.lines.push({ n, raw, plain, start, opens: -1, depth: this.stack.length })
+    this.lines.push({ n, raw, plain, start, opens: -1, depth: this.stack.length, time })
   }
 }
 

@@ -3,14 +3,18 @@ import { runEventStream } from '../../lib/sse'
 import type {
   Build,
   BuildDetail,
+  BuildFacets,
   BuildPage,
   BuildStatus,
   CreateBuildRequest,
   EndEvent,
   LogChunk,
   LogPage,
+  LogStreamEvents,
+  RetryRequest,
   StatusEvent,
   ValidationProblem,
+  WhoAmI,
   YamlProblem,
 } from './types'
 
@@ -63,6 +67,7 @@ export interface ListParams {
   pipeline_id?: string
   status?: BuildStatus | ''
   branch?: string
+  triggered_by?: string
   page?: number
   size?: number
 }
@@ -181,9 +186,20 @@ export class BuildsClient {
     return this.request('POST', `/builds/${id}/cancel`)
   }
 
-  /** Retry: a new build from the same snapshot. */
-  retry(id: number): Promise<BuildDetail> {
-    return this.request('POST', `/builds/${id}/retry`)
+  /** Retry: a new build from the same snapshot; with `failed_only` or `jobs` only those jobs
+   * (and what needs them) run again and the rest keep their results. */
+  retry(id: number, body?: RetryRequest): Promise<BuildDetail> {
+    return this.request('POST', `/builds/${id}/retry`, { body })
+  }
+
+  /** Who the token belongs to and whether it may write (cancel, retry, run). */
+  whoami(): Promise<WhoAmI> {
+    return this.request('GET', '/whoami')
+  }
+
+  /** Pipelines, branches and actors of recent builds, for the list's filters. */
+  facets(): Promise<BuildFacets> {
+    return this.request('GET', '/build-facets')
   }
 
   /** GetBuildLogs: chunks with seq > offset. */
@@ -192,8 +208,17 @@ export class BuildsClient {
   }
 
   /** The raw log's URL (plain text), for links. */
-  rawUrl(id: number, params: { job?: string; step?: number } = {}): string {
-    return this.url(`/builds/${id}/logs/raw`, { ...params })
+  rawUrl(id: number, params: { job?: string; step?: number; download?: boolean } = {}): string {
+    return this.url(`/builds/${id}/logs/raw`, { ...params, download: params.download ? 'true' : undefined })
+  }
+
+  /** The raw log as a Blob and the file name the server gives it (sends the token). */
+  async rawFile(id: number, params: { job?: string; step?: number } = {}): Promise<{ blob: Blob; filename: string }> {
+    const res = await this.fetchImpl(this.rawUrl(id, { ...params, download: true }), { headers: this.headers({ Accept: 'text/plain' }) })
+    if (!res.ok) throw new ApiError(res.status, await res.text())
+    const disposition = res.headers.get('Content-Disposition') ?? ''
+    const m = /filename="([^"]+)"/.exec(disposition)
+    return { blob: await res.blob(), filename: m?.[1] ?? `build-${id}.log` }
   }
 
   /** The raw log as text (sends the token, which a plain link cannot). */
@@ -250,11 +275,11 @@ export class BuildsClient {
       onRetry: (err, delay) => handlers.onDrop?.(err, delay),
       onMessage: async (msg) => {
         if (msg.event === 'log') {
-          await deliver(JSON.parse(msg.data) as LogChunk)
+          await deliver(parseEvent('log', msg.data))
         } else if (msg.event === 'status') {
-          handlers.onStatus?.(JSON.parse(msg.data) as StatusEvent)
+          handlers.onStatus?.(parseEvent('status', msg.data))
         } else if (msg.event === 'end') {
-          handlers.onEnd?.(JSON.parse(msg.data) as EndEvent)
+          handlers.onEnd?.(parseEvent('end', msg.data))
           return 'stop'
         }
       },
@@ -267,6 +292,13 @@ export class BuildsClient {
       },
     }
   }
+}
+
+/** An SSE event's JSON data, typed by its event name from the OpenAPI LogStreamEvents schema.
+ * The server is the one writer of these payloads (app/logs/events.py), so they are trusted. */
+export function parseEvent<K extends keyof LogStreamEvents>(_event: K, data: string): LogStreamEvents[K] {
+  const parsed: LogStreamEvents[K] = JSON.parse(data)
+  return parsed
 }
 
 export function isFinished(status: Build['status']): boolean {

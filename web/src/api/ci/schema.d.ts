@@ -13,7 +13,9 @@ export interface paths {
         };
         /**
          * List Builds
-         * @description ListBuilds: newest first, filtered by pipeline, status and branch, paged (1-based).
+         * @description ListBuilds: newest first, filtered by pipeline, status, branch and actor
+         *     (`triggered_by`), paged (1-based). A page past the end is empty; `total` tells the
+         *     client where the last page is.
          */
         get: operations["list_builds_api_v1_builds_get"];
         put?: never;
@@ -109,7 +111,14 @@ export interface paths {
         /**
          * Retry Build
          * @description A new build from the same snapshot, variables, commit, branch and repo, with `retry_of`
-         *     set. Retrying a build that has not finished is a 409.
+         *     set and `triggered_by` the caller's token name. Retrying a build that has not finished is a
+         *     409.
+         *
+         *     Without a body every job runs again. With `{"failed_only": true}` only the failed, timed
+         *     out, errored and cancelled jobs run again, and with `{"jobs": [...]}` only those; in both
+         *     cases every job that needs them (directly or not) runs too, and the other jobs keep their
+         *     results and logs, copied into the new build with `reused_from` set, as GitHub's "Re-run
+         *     failed jobs" and "Re-run job" do. Nothing to re-run is a 409; an unknown job a 422.
          */
         post: operations["retry_build_api_v1_builds__build_id__retry_post"];
         delete?: never;
@@ -156,7 +165,9 @@ export interface paths {
         };
         /**
          * Get Raw Logs
-         * @description The whole log (or one job's, or one step's) as text/plain, streamed.
+         * @description The whole log (or one job's, or one step's) as text/plain, streamed. The
+         *     Content-Disposition names the file after the build
+         *     (`<pipeline>-<number>[-<job>][-step<n>].log`), inline unless `download` is set.
          */
         get: operations["get_raw_logs_api_v1_builds__build_id__logs_raw_get"];
         put?: never;
@@ -183,6 +194,48 @@ export interface paths {
          *     sent. Comment pings keep proxies from closing an idle stream.
          */
         get: operations["stream_logs_api_v1_builds__build_id__logs_stream_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/whoami": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Whoami
+         * @description The token's name and role. A read-only token gets `can_write: false`, so the UI hides
+         *     Cancel and Retry instead of letting them fail with 403. 401 for a missing or wrong token.
+         */
+        get: operations["whoami_api_v1_whoami_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/build-facets": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Build Facets
+         * @description Pipelines, branches and actors seen in the most recent 1,000 builds (sorted), for the
+         *     build list's filter menus.
+         */
+        get: operations["build_facets_api_v1_build_facets_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -492,6 +545,17 @@ export interface components {
             cancel_requested_at: string | null;
             /** Retry Of */
             retry_of: number | null;
+            /**
+             * Cancelled By
+             * @description The name of the API token that cancelled the build.
+             */
+            cancelled_by?: string | null;
+            /**
+             * Last Log Seq
+             * @description The seq of the build's last stored log chunk: a client that loads logs page by page follows the live stream from there.
+             * @default 0
+             */
+            last_log_seq?: number;
             /** Event Name */
             event_name?: string | null;
             /** Yaml Sha256 */
@@ -504,6 +568,18 @@ export interface components {
             jobs: components["schemas"]["JobPublic"][];
             /** Edges */
             edges: components["schemas"]["EdgePublic"][];
+        };
+        /**
+         * BuildFacets
+         * @description Filter choices for the build list, from the most recent builds.
+         */
+        BuildFacets: {
+            /** Pipelines */
+            pipelines: string[];
+            /** Branches */
+            branches: string[];
+            /** Actors */
+            actors: string[];
         };
         /** BuildPage */
         BuildPage: {
@@ -555,6 +631,17 @@ export interface components {
             cancel_requested_at: string | null;
             /** Retry Of */
             retry_of: number | null;
+            /**
+             * Cancelled By
+             * @description The name of the API token that cancelled the build.
+             */
+            cancelled_by?: string | null;
+            /**
+             * Last Log Seq
+             * @description The seq of the build's last stored log chunk: a client that loads logs page by page follows the live stream from there.
+             * @default 0
+             */
+            last_log_seq?: number;
             /** Event Name */
             event_name?: string | null;
         };
@@ -609,6 +696,13 @@ export interface components {
             /** To Job */
             to_job: string;
         };
+        /**
+         * EndEvent
+         * @description `event: end`: the build finished with `status` and every chunk was sent.
+         */
+        EndEvent: {
+            status: components["schemas"]["BuildStatus"];
+        };
         /** JobPublic */
         JobPublic: {
             /**
@@ -642,6 +736,11 @@ export interface components {
             needs: string[];
             /** Steps */
             steps: components["schemas"]["StepPublic"][];
+            /**
+             * Reused From
+             * @description On a partial re-run: the build whose result and log this job reused.
+             */
+            reused_from?: number | null;
         };
         /**
          * JobStatus
@@ -694,6 +793,36 @@ export interface components {
              */
             complete: boolean;
         };
+        /**
+         * LogStreamEvents
+         * @description The data of each SSE event type on the log stream, by event name. Never sent as one
+         *     object: every SSE message carries exactly one of these as its JSON `data`.
+         */
+        LogStreamEvents: {
+            /** @description `event: log`, `id` = the chunk's seq. */
+            log: components["schemas"]["LogChunkPublic"];
+            /** @description `event: status`. */
+            status: components["schemas"]["StatusEvent"];
+            /** @description `event: end`, the last message of the stream. */
+            end: components["schemas"]["EndEvent"];
+        };
+        /**
+         * RetryRequest
+         * @description Retry's optional body: which jobs to run again (the rest keep their results).
+         */
+        RetryRequest: {
+            /**
+             * Failed Only
+             * @description Re-run the failed, timed out, errored and cancelled jobs.
+             * @default false
+             */
+            failed_only?: boolean;
+            /**
+             * Jobs
+             * @description Re-run these jobs (names as in the build's `jobs`).
+             */
+            jobs?: string[] | null;
+        };
         /** SnapshotPublic */
         SnapshotPublic: {
             /** Build Id */
@@ -704,6 +833,32 @@ export interface components {
             workflow_yaml: string;
             /** Yaml Sha256 */
             yaml_sha256: string;
+        };
+        /**
+         * StatusEvent
+         * @description A build, job or step status change, as sent on the SSE stream (`event: status`).
+         */
+        StatusEvent: {
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "build" | "job" | "step";
+            /** Build Id */
+            build_id: number;
+            /** Job Name */
+            job_name?: string | null;
+            /** Step Index */
+            step_index?: number | null;
+            /**
+             * Status
+             * @description A BuildStatus when `kind` is build, else a JobStatus.
+             */
+            status: components["schemas"]["BuildStatus"] | components["schemas"]["JobStatus"];
+            /** Exit Code */
+            exit_code?: number | null;
+            /** Error */
+            error?: string | null;
         };
         /** StepPublic */
         StepPublic: {
@@ -734,6 +889,26 @@ export interface components {
             /** Context */
             ctx?: Record<string, never>;
         };
+        /**
+         * WhoAmI
+         * @description The caller as the API sees it, so a UI can hide what the token may not do.
+         */
+        WhoAmI: {
+            /** Name */
+            name: string;
+            /**
+             * Role
+             * @description `read` or `write`.
+             */
+            role: string;
+            /** Can Write */
+            can_write: boolean;
+            /**
+             * Auth Enabled
+             * @description False when the service runs without API tokens.
+             */
+            auth_enabled: boolean;
+        };
     };
     responses: never;
     parameters: never;
@@ -749,6 +924,7 @@ export interface operations {
                 pipeline_id?: string | null;
                 status?: components["schemas"]["BuildStatus"] | null;
                 branch?: string | null;
+                triggered_by?: string | null;
                 /** @description 1-based page number. */
                 page?: number;
                 size?: number;
@@ -1222,7 +1398,11 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody?: never;
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RetryRequest"] | null;
+            };
+        };
         responses: {
             /** @description Successful Response */
             201: {
@@ -1538,6 +1718,8 @@ export interface operations {
             query?: {
                 job?: string | null;
                 step?: number | null;
+                /** @description Answer as an attachment (a file download). */
+                download?: boolean;
             };
             header?: never;
             path: {
@@ -1623,13 +1805,14 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description An SSE stream; each event's JSON data is the field of LogStreamEvents named like the event. */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "text/event-stream": components["schemas"]["LogStreamEvents"];
+                    "application/json": components["schemas"]["LogStreamEvents"];
                 };
             };
             /** @description Missing or invalid bearer token (API_TOKENS is set) */
@@ -1645,6 +1828,128 @@ export interface operations {
             };
             /** @description Unknown build (or pipeline, in pipeline_service) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+        };
+    };
+    whoami_api_v1_whoami_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhoAmI"];
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Invalid input: a message, or a list of problems (request validation problems with `loc`/`msg`/`type`; workflow problems with `line`/`column`/`message`) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string | ({
+                            loc: (string | number)[];
+                            msg: string;
+                            type: string;
+                        } | {
+                            line?: number | null;
+                            column?: number | null;
+                            message: string;
+                        })[];
+                    };
+                };
+            };
+            /** @description Internal error (details only in the service log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+        };
+    };
+    build_facets_api_v1_build_facets_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BuildFacets"];
+                };
+            };
+            /** @description Missing or invalid bearer token (API_TOKENS is set) */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,6 +1,6 @@
 // The API's shapes. The REST ones come from the service's OpenAPI schema (`npm run gen:api`
-// regenerates schema.d.ts from the saved openapi.json); the SSE payloads and the YAML problem list
-// are not in the schema, so they are written here from DESIGN.md section 5.
+// regenerates openapi.json from the service and schema.d.ts from it), the SSE payloads included;
+// only the YAML problem list (a 422 `detail`) is not in the schema and is written here.
 import type { components } from './schema'
 
 type Schemas = components['schemas']
@@ -19,20 +19,13 @@ export type LogPage = Schemas['LogPage']
 export type CreateBuildRequest = Schemas['BuildCreate']
 export type ValidationProblem = Schemas['ValidationError']
 
-/** A `status` SSE event. */
-export interface StatusEvent {
-  kind: 'build' | 'job' | 'step'
-  build_id: number
-  job_name: string | null
-  step_index: number | null
-  status: string
-  exit_code: number | null
-}
-
-/** An `end` SSE event: the build finished and every chunk was sent. */
-export interface EndEvent {
-  status: BuildStatus
-}
+// The SSE payloads, from the service's LogStreamEvents schema (app/logs/events.py).
+export type LogStreamEvents = Schemas['LogStreamEvents']
+export type StatusEvent = Schemas['StatusEvent']
+export type EndEvent = Schemas['EndEvent']
+export type WhoAmI = Schemas['WhoAmI']
+export type BuildFacets = Schemas['BuildFacets']
+export type RetryRequest = Schemas['RetryRequest']
 
 /** One YAML problem in a 422 answer to CreateBuild. */
 export interface YamlProblem {
