@@ -1,6 +1,7 @@
 """Tables and their public schemas."""
 
 from app.models.schemas import (
+    AnnotationPublic,
     BuildCreate,
     BuildDetail,
     BuildPage,
@@ -28,6 +29,7 @@ from app.models.tables import (
 )
 
 __all__ = [
+    "AnnotationPublic",
     "Build",
     "BuildAnnotation",
     "BuildCreate",

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
 import re
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
 from app.runners.base import (
@@ -27,6 +28,7 @@ from app.runners.base import (
     StepRun,
     should_run_step,
 )
+from app.workflow.runtime import MAX_FILE_BYTES, OUTPUT_FILES, JobRuntime, RuntimeFiles
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,34 @@ def _exit_code(returncode: int | None) -> int | None:
     if returncode is not None and returncode < 0:
         return 128 - returncode
     return returncode
+
+
+def _runtime_paths(temp: Path, index: int) -> dict[str, Path]:
+    return {name: temp / f"{name.lower()}-{index}" for name in OUTPUT_FILES}
+
+
+def _create_empty(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.write_bytes(b"")
+
+
+def _read_runtime_files(temp: Path, index: int) -> RuntimeFiles:
+    """The step's runtime files, each read up to MAX_FILE_BYTES (a step cannot make the service
+    hold an arbitrarily large file in memory)."""
+    texts: dict[str, str] = {}
+    for name, path in _runtime_paths(temp, index).items():
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_FILE_BYTES)
+        except OSError:
+            data = b""
+        texts[name] = data.decode("utf-8", "replace")
+    return RuntimeFiles(
+        output=texts["GITHUB_OUTPUT"],
+        env=texts["GITHUB_ENV"],
+        path=texts["GITHUB_PATH"],
+        summary=texts["GITHUB_STEP_SUMMARY"],
+    )
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:
@@ -117,23 +147,59 @@ class LocalRunner:
                 "service containers",
             )
         workspace = self.workspace(job.build_id, job.job_name)
-        await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
+        temp = self.workspace_root / str(job.build_id) / "_temp" / workspace.name
+        tool_cache = self.workspace_root / "_tool"
+        for path in (workspace, temp, tool_cache):
+            await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        if job.runtime is not None:
+            files = job.runtime.start(
+                workspace=str(workspace), temp=str(temp), tool_cache=str(tool_cache)
+            )
+            for name, text in files.items():
+                await asyncio.to_thread((temp / name).write_text, text)
         deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
         failed = False
         failure: JobResult = JobResult("failed")
         outcome: JobResult | None = None
         for step in job.steps:
             if outcome is not None:  # the job already ended (cancel, timeout, error)
-                await reporter.step_finished(step.index, "skipped", None)
+                await self._skip(job, step, reporter)
                 continue
             cancelled = job.cancel.is_set()
-            if cancelled or not should_run_step(step, failed=failed, cancelled=False):
-                await reporter.step_finished(step.index, "skipped", None)
-                if cancelled:
-                    outcome = JobResult("cancelled")
+            if cancelled:
+                await self._skip(job, step, reporter)
+                outcome = JobResult("cancelled")
+                continue
+            if job.runtime is None:
+                run: StepRun | None = step
+                if not should_run_step(step, failed=failed, cancelled=False):
+                    run = None
+                argv: tuple[str, ...] | None = None
+                error: str | None = None
+            else:
+                run, argv, error = await self._prepare(job.runtime, step, temp)
+            if run is None:
+                await self._skip(job, step, reporter)
                 continue
             await reporter.step_started(step.index)
-            status, code, message = await self._run_step(job, step, workspace, reporter, deadline)
+            if error is not None:
+                await reporter.step_output(step.index, f"{error}\n".encode())
+                status: StepOutcome = "failed"
+                code, message = None, None
+            else:
+                status, code, message = await self._run_step(
+                    job, run, workspace, reporter, deadline, argv=argv
+                )
+            if job.runtime is not None:
+                problem = job.runtime.finish(
+                    step.index,
+                    status,
+                    await asyncio.to_thread(_read_runtime_files, temp, step.index),
+                    continue_on_error=run.continue_on_error,
+                )
+                if problem is not None:
+                    await reporter.step_output(step.index, f"{problem}\n".encode())
+                    status = "failed" if status == "success" else status
             await reporter.step_finished(step.index, status, code, message)
             if status == "cancelled":
                 outcome = JobResult("cancelled")
@@ -143,7 +209,7 @@ class LocalRunner:
                 )
             elif status == "error":
                 outcome = JobResult("error", message)
-            elif status in ("failed", "timed_out") and not step.continue_on_error:
+            elif status in ("failed", "timed_out") and not run.continue_on_error:
                 if not failed and status == "timed_out":
                     failure = JobResult(
                         "timed_out", f"step {step.index + 1} ({step.name}) timed out"
@@ -153,6 +219,39 @@ class LocalRunner:
             return outcome
         return failure if failed else JobResult("success")
 
+    async def _skip(self, job: JobRun, step: StepRun, reporter: JobReporter) -> None:
+        if job.runtime is not None:
+            job.runtime.finish(step.index, "skipped", RuntimeFiles(), continue_on_error=False)
+        await reporter.step_finished(step.index, "skipped", None)
+
+    async def _prepare(
+        self, runtime: JobRuntime, step: StepRun, temp: Path
+    ) -> tuple[StepRun | None, tuple[str, ...] | None, str | None]:
+        """The step as it runs now (expressions evaluated, script written to RUNNER_TEMP), or
+        None when its `if:` says skip; an error message when an expression failed."""
+        paths = _runtime_paths(temp, step.index)
+        await asyncio.to_thread(_create_empty, paths.values())
+        prepared = runtime.prepare(
+            step,
+            files={name: str(path) for name, path in paths.items()},
+            temp=str(temp),
+            base_path=os.environ.get("PATH", "/usr/bin:/bin"),
+        )
+        if not prepared.run:
+            return None, None, None
+        if prepared.error is not None:
+            return step, None, prepared.error
+        await asyncio.to_thread((temp / prepared.script_name).write_text, prepared.script)
+        run = dataclasses.replace(
+            step,
+            script=prepared.script,
+            env=prepared.env,
+            working_directory=prepared.working_directory,
+            timeout_seconds=prepared.timeout_seconds,
+            continue_on_error=prepared.continue_on_error,
+        )
+        return run, prepared.argv, None
+
     async def _run_step(
         self,
         job: JobRun,
@@ -160,6 +259,7 @@ class LocalRunner:
         workspace: Path,
         reporter: JobReporter,
         job_deadline: float | None,
+        argv: Sequence[str] | None = None,
     ) -> tuple[StepOutcome, int | None, str | None]:
         cwd = workspace
         if step.working_directory:
@@ -168,9 +268,10 @@ class LocalRunner:
                 message = f"working-directory '{step.working_directory}' does not exist\n"
                 await reporter.step_output(step.index, message.encode())
                 return "failed", None, None
-        argv = ["bash", "-eo", "pipefail", "-c", step.script]
-        if step.shell == "sh":
-            argv = ["sh", "-c", step.script]
+        if argv is None:  # without a runtime: the script inline
+            argv = ["bash", "-eo", "pipefail", "-c", step.script]
+            if step.shell == "sh":
+                argv = ["sh", "-c", step.script]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workspace)}
         env.update({"LANG": "C.UTF-8"})
         env.update(step.env)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlmodel import select
 
@@ -20,18 +21,30 @@ from app.logs.writer import LogWriter
 from app.metrics import Metrics
 from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
-from app.services import state
-from app.services.plan import job_run
+from app.services import results, state
+from app.services.plan import JobSetupError, job_contexts, job_run
 from app.workflow import JobSpec, WorkflowSpec, graph, parse_workflow
+from app.workflow.commands import Annotation, CommandParser
+from app.workflow.expressions import ExpressionError
+from app.workflow.runtime import JobRuntime
 
 log = logging.getLogger(__name__)
 J = JobStatus
+# `needs.<job>.result` as GitHub names it, and which wins when combinations differ.
+_RESULTS = {J.success: "success", J.skipped: "skipped", J.cancelled: "cancelled"}
+_RANK = {"success": 0, "skipped": 1, "cancelled": 2, "failure": 3}
 
 
 class _Reporter(JobReporter):
-    def __init__(self, ctx: BuildContext, job_name: str) -> None:
+    """Stores what a runner reports; workflow commands are parsed here, in the output path every
+    runner shares, and their effects (annotations, masks, set-output) applied."""
+
+    def __init__(self, ctx: BuildContext, job_name: str, runtime: JobRuntime | None) -> None:
         self.ctx = ctx
         self.job_name = job_name
+        self.runtime = runtime
+        self._commands: dict[int, CommandParser] = {}
+        self._annotations: dict[int, list[Annotation]] = {}
         self._lines: dict[int, LineAssembler] = {}
         self._started: dict[int, float] = {}  # for the duration metric (not after re-attach)
 
@@ -47,16 +60,33 @@ class _Reporter(JobReporter):
 
     async def step_output(self, index: int, data: bytes, source_offset: int | None = None) -> None:
         assembler = self._assembler(index)
-        text = assembler.feed(data)
+        text = self._commands_in(index, assembler.feed(data))
         if source_offset is not None:
             # Only what left the assembler is stored; a re-attaching runner resumes from there.
             source_offset -= assembler.held_bytes
         await self.ctx.writer.write(self.ctx.build_id, self.job_name, index, text, source_offset)
 
+    def _commands_in(self, index: int, text: str) -> str:
+        parser = self._commands.setdefault(index, CommandParser())
+        kept, effects = parser.process(text)
+        for value in effects.masks:
+            self.ctx.masker.add(value)
+        if effects.masks:
+            # Lines after the add-mask in the same chunk were masked before it was known.
+            kept = self.ctx.masker.mask_text(kept)
+        if effects.annotations:
+            self._annotations.setdefault(index, []).extend(effects.annotations)
+        if self.runtime is not None:
+            for name, value in effects.outputs.items():
+                self.runtime.command_output(index, name, value)
+        return kept
+
     async def step_finished(
         self, index: int, status: StepOutcome, exit_code: int | None, error: str | None = None
     ) -> None:
         tail = self._lines.pop(index).close() if index in self._lines else ""
+        tail = self._commands_in(index, tail)
+        self._commands.pop(index, None)
         if error:
             tail += f"{error}\n"
         await self.ctx.writer.write(self.ctx.build_id, self.job_name, index, tail)
@@ -65,6 +95,15 @@ class _Reporter(JobReporter):
         async with self.ctx.db.transaction() as session:
             await state.step(
                 session, self.ctx.build_id, self.job_name, index, J(status), exit_code=exit_code
+            )
+            await results.store_step(
+                session,
+                self.ctx.build_id,
+                self.job_name,
+                index,
+                outputs=self.runtime.step_outputs.get(index, {}) if self.runtime else {},
+                summary=self.runtime.summaries.get(index) if self.runtime else None,
+                annotations=self._annotations.pop(index, []),
             )
         started = self._started.pop(index, None)
         if started is not None:
@@ -117,6 +156,14 @@ class BuildExecutor:
         self._ancestors: dict[str, frozenset[str]] = {}
         self._statuses: dict[str, JobStatus] = {}
         self._tasks: dict[str, asyncio.Task[JobResult]] = {}
+        self._outputs: dict[str, dict[str, str]] = {}  # job name -> its `outputs:` values
+
+    def _condition_contexts(self, job: JobSpec) -> dict[str, Any]:
+        assert self._build is not None
+        assert self._spec is not None
+        contexts = job_contexts(self._build, self._spec, job, self._needs_context(job))
+        contexts["env"] = dict(self._spec.env)
+        return contexts
 
     async def run(self, *, resume: bool = False) -> None:
         ctx = self.ctx
@@ -141,6 +188,8 @@ class BuildExecutor:
         for name in self._secrets:
             ctx.masker.add(build.variables[name])
         self._statuses = {row.name: J(row.status) for row in rows}
+        async with ctx.db.read() as session:
+            self._outputs = await results.job_outputs(session, ctx.build_id)
         self._jobs = {job.name: job for job in spec.jobs}
         self._keys = {job.name: job.key for job in spec.jobs}
         self._needs = {job.name: job.needs for job in spec.jobs}
@@ -164,10 +213,32 @@ class BuildExecutor:
     def _start(self, job: JobSpec, *, reattach: bool = False) -> None:
         assert self._build is not None
         assert self._spec is not None
-        run = job_run(self._build, self._spec, job, self._secrets)
-        self._tasks[job.name] = asyncio.create_task(
-            self._run_job(run, reattach=reattach), name=f"job {job.name}"
-        )
+        try:
+            run = job_run(self._build, self._spec, job, self._secrets, self._needs_context(job))
+        except JobSetupError as exc:
+            work = self._setup_failed(job, str(exc))
+        else:
+            work = self._run_job(run, reattach=reattach)
+        self._tasks[job.name] = asyncio.create_task(work, name=f"job {job.name}")
+
+    def _needs_context(self, job: JobSpec) -> dict[str, dict[str, Any]]:
+        """`needs.<job id>`: its result and outputs (a matrix job's combinations together: any
+        failure makes it `failure`; outputs of later combinations win, as on GitHub)."""
+        context: dict[str, dict[str, Any]] = {}
+        for name in job.needs:
+            key = self._keys[name]
+            entry = context.setdefault(key, {"result": "success", "outputs": {}})
+            result = _RESULTS.get(self._statuses[name], "failure")
+            if _RANK[result] > _RANK[entry["result"]]:
+                entry["result"] = result
+            entry["outputs"].update(self._outputs.get(name, {}))
+        return context
+
+    async def _setup_failed(self, job: JobSpec, message: str) -> JobResult:
+        async with self.ctx.db.transaction() as session:
+            await state.job(session, self.ctx.build_id, job.name, J.failed, error=message)
+            await state.steps(session, self.ctx.build_id, J.skipped, job_name=job.name)
+        return JobResult("failed", message)
 
     async def _walk(self) -> None:
         """Start jobs as their needs finish until nothing runs and nothing can start."""
@@ -212,9 +283,21 @@ class BuildExecutor:
         )
         for name in candidates:
             job = self._jobs[name]
-            success = all(statuses[n] == J.success for n in job.needs)
+            # Transitive, as on GitHub: a failure anywhere upstream makes success() false.
             failure = any(statuses[a].is_failure for a in self._ancestors[name])
-            if not job.condition.evaluate(success=success, failure=failure, cancelled=False):
+            success = not failure and all(statuses[n] == J.success for n in job.needs)
+            try:
+                run = job.condition.evaluate(
+                    success=success,
+                    failure=failure,
+                    cancelled=False,
+                    contexts=self._condition_contexts(job),
+                )
+            except ExpressionError as exc:
+                await self._setup_failed(job, f"Error evaluating the job's `if`: {exc}")
+                statuses[name] = J.failed
+                continue
+            if not run:
                 async with self.ctx.db.transaction() as session:
                     await state.job(session, self.ctx.build_id, name, J.skipped)
                     await state.steps(session, self.ctx.build_id, J.skipped, job_name=name)
@@ -270,7 +353,8 @@ class BuildExecutor:
             run.cancel.set()
         ctx.metrics.running_jobs.inc()
         try:
-            result = await ctx.runner.run_job(run, _Reporter(ctx, name), resume=reattach)
+            reporter = _Reporter(ctx, name, run.runtime)
+            result = await ctx.runner.run_job(run, reporter, resume=reattach)
         except Exception as exc:
             log.exception("runner failed on job %r of build %s", name, ctx.build_id)
             result = JobResult(
@@ -282,7 +366,11 @@ class BuildExecutor:
         if ctx.detach and result.status in ("cancelled", "error") and ctx.runner.can_reattach:
             return result
         await ctx.writer.flush(ctx.build_id)
+        outputs = run.runtime.job_outputs() if run.runtime is not None else {}
+        self._outputs[name] = outputs
         async with ctx.db.transaction() as session:
+            if outputs:
+                await results.store_job_outputs(session, ctx.build_id, name, outputs)
             await state.job(session, ctx.build_id, name, J(result.status), error=result.error)
             # Steps the runner never reached: a cancelled or broken job leaves them pending.
             await state.steps(session, ctx.build_id, J.skipped, job_name=name)

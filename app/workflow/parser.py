@@ -72,7 +72,7 @@ def parse_workflow(text: str) -> WorkflowSpec:
     problems = Problems()
     root = load(text, problems)
     if root is not None:
-        spec = _Parser(problems).workflow(root)
+        spec = _Parser(problems, text).workflow(root)
         if not problems.items:
             return spec
     raise WorkflowError(sorted(problems.items, key=lambda p: (p.line, p.column)))
@@ -136,13 +136,15 @@ class _Job(Strategy):
 
 
 class _Parser(Checker):
+    defaults = RunDefaults()  # the workflow's `defaults.run`, under each job's own
+
     def workflow(self, root: CommentedMap) -> WorkflowSpec:
         where = "the workflow"
         self.unknown_keys(root, WORKFLOW_KEYS, where)
         name = self.optional_str(root, "name", where)
         run_name = self.optional_str(root, "run-name", where)
         env = {k: t.value for k, t in self.env(root, where).items()}
-        defaults = platform.defaults(self, root, where)
+        defaults = self.defaults = platform.defaults(self, root, where)
         concurrency = platform.concurrency(self, root, where)
         jobs = self.jobs(root)
         return WorkflowSpec(
@@ -231,7 +233,11 @@ class _Parser(Checker):
         job.runs_on = platform.runs_on(self, body, where)
         job.environment = platform.environment(self, body, where)
         job.concurrency = platform.concurrency(self, body, where)
-        job.defaults = platform.defaults(self, body, where)
+        own = platform.defaults(self, body, where)
+        job.defaults = RunDefaults(
+            shell=own.shell or self.defaults.shell,
+            working_directory=own.working_directory or self.defaults.working_directory,
+        )
         job.outputs = self.string_map(body, "outputs", where, "output")
         job.continue_on_error = self.bool_or_expression(body, "continue-on-error", where, False)
         job.services = platform.services(self, body, where)
@@ -375,6 +381,15 @@ class _Parser(Checker):
         return result.order
 
     def check_references(self, job: _Job) -> None:
+        for text in job.texts():
+            self.expressions(text)
+        for step in job.steps:
+            for flag in (step.continue_on_error, step.timeout_minutes):
+                if isinstance(flag, Text):
+                    self.expressions(flag)
+        for flag in (job.continue_on_error, job.timeout_minutes):
+            if isinstance(flag, Text):
+                self.expressions(flag)
         for text in job.texts():
             for ref in dict.fromkeys(references(text.value)):
                 if job.combinations is None:

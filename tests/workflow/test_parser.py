@@ -569,17 +569,10 @@ PROBLEM_CASES: list[tuple[str, str, Found]] = [
         [(3, 9, "`if` of job 'a' must be an expression string such as 'success()', not true")],
     ),
     (
-        "job-if-unsupported",
-        "jobs:\n  a:\n    if: github.ref == 'refs/heads/main'\n    steps: [{run: x}]\n",
-        [
-            (
-                3,
-                9,
-                "`if` of job 'a': unsupported expression: \"github.ref == 'refs/heads/main'\" "
-                "(unexpected 'github.ref' at position 1; supported: success(), failure(), "
-                "always(), cancelled(), !, &&, || and parentheses)",
-            )
-        ],
+        # issue 11: any GitHub expression; a syntax error points inside the scalar
+        "job-if-syntax",
+        "jobs:\n  a:\n    if: github.ref == \n    steps: [{run: x}]\n",
+        [(3, 20, "`if` of job 'a': Unexpected end of expression after '=='")],
     ),
     # --- needs
     (
@@ -729,16 +722,13 @@ PROBLEM_CASES: list[tuple[str, str, Found]] = [
     ),
     (
         "step-if",
-        "jobs:\n  a:\n    steps:\n      - run: make\n        if: ${{ success() && env.X }}\n",
-        [
-            (
-                5,
-                13,
-                "`if` of step 1 of job 'a': unsupported expression: '${{ success() && env.X }}' "
-                "(unexpected 'env.X' at position 18; supported: success(), failure(), always(), "
-                "cancelled(), !, &&, || and parentheses)",
-            )
-        ],
+        "jobs:\n  a:\n    steps:\n      - run: make\n        if: ${{ success() && env.X == }}\n",
+        [(5, 36, "`if` of step 1 of job 'a': Unexpected end of expression after '=='")],
+    ),
+    (
+        "run-block-scalar-expression",
+        "jobs:\n  a:\n    steps:\n      - run: |\n          echo hi\n          echo ${{ foo( }}\n",
+        [(6, 23, "`run` of step 1 of job 'a': Unexpected end of expression after '('")],
     ),
     # --- duplicate keys
     (
@@ -880,7 +870,7 @@ def test_every_problem_is_reported_in_document_order() -> None:
               - uses: actions/cache@v4
               - run: make
                 shell: zsh
-                if: github.ref == 'main'
+                if: github.ref ==
           test:
             needs: [build, lint]
             steps: []
@@ -896,7 +886,7 @@ def test_every_problem_is_reported_in_document_order() -> None:
         (6, 22),
         (8, 15),
         (10, 16),
-        (11, 13),
+        (11, 24),
         (13, 20),
         (14, 12),
         (15, 3),
