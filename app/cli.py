@@ -95,6 +95,14 @@ def _run(args: argparse.Namespace) -> int:
     return run_workflow(args, _settings(runner="local"))
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from app.workflow.describe import validate_file
+
+    code, text = validate_file(args.workflow)
+    (sys.stdout if code == 0 else sys.stderr).write(text)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ci-executor",
@@ -134,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--workspace", help="workspace root (default: a temporary directory)")
     run.set_defaults(func=_run)
+    validate = sub.add_parser(
+        "validate",
+        help="check a workflow file and print its plan",
+        description="Parse WORKFLOW.yml as a build would: print the plan (jobs after matrix "
+        "expansion, needs, steps) and exit 0, or print every problem as FILE:LINE:COLUMN: "
+        "message and exit 2.",
+    )
+    validate.add_argument("workflow", help="path to the workflow YAML")
+    validate.set_defaults(func=_validate)
     return parser
 
 
