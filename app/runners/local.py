@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -241,6 +242,10 @@ class LocalRunner:
             return None, None, None
         if prepared.error is not None:
             return step, None, prepared.error
+        program = prepared.argv[0] if prepared.argv else ""
+        if not shutil.which(program, path=prepared.env.get("PATH") or os.defpath):
+            # The user's choice of shell, not an infrastructure failure: the step fails.
+            return step, None, f"the shell {program!r} is not installed on this runner"
         await asyncio.to_thread((temp / prepared.script_name).write_text, prepared.script)
         run = dataclasses.replace(
             step,

@@ -67,7 +67,10 @@ class _Reporter(JobReporter):
         await self.ctx.writer.write(self.ctx.build_id, self.job_name, index, text, source_offset)
 
     def _commands_in(self, index: int, text: str) -> str:
-        parser = self._commands.setdefault(index, CommandParser())
+        if index not in self._commands:
+            unsecure = self.runtime is not None and self.runtime.unsecure_commands
+            self._commands[index] = CommandParser(allow_unsecure=unsecure)
+        parser = self._commands[index]
         kept, effects = parser.process(text)
         for value in effects.masks:
             self.ctx.masker.add(value)
@@ -79,6 +82,10 @@ class _Reporter(JobReporter):
         if self.runtime is not None:
             for name, value in effects.outputs.items():
                 self.runtime.command_output(index, name, value)
+            for name, value in effects.env.items():
+                self.runtime.command_env(name, value)
+            for path in effects.path:
+                self.runtime.command_path(path)
         return kept
 
     async def step_finished(

@@ -35,8 +35,8 @@ if [ -n "${INPUT_REPOSITORY:-}" ]; then
   ref="${INPUT_REF:-HEAD}"
 fi
 if [ -z "$url" ]; then
-  echo "::error::checkout: the build has no repo_url and the step names no repository"
-  exit 1
+  echo "::warning::checkout: no repo_url and no repository input; nothing to check out"
+  exit 0
 fi
 dir="${INPUT_PATH:-.}"
 mkdir -p "$dir" && cd "$dir"

@@ -8,7 +8,8 @@ GitHub's "Workflow commands" documentation:
 - `::add-mask::value` → masked from then on; the command line itself is never stored;
 - `::set-output name=x::value` → a step output (deprecated on GitHub, still honoured); the line is
   not stored;
-- `::set-env` / `::add-path` → refused with GitHub's message (disabled there since 2020);
+- `::set-env` / `::add-path` → refused with GitHub's message (disabled there since 2020) unless
+  the job's env sets ACTIONS_ALLOW_UNSECURE_COMMANDS=true, as on GitHub;
 - `::stop-commands::TOKEN` ... `::TOKEN::` → nothing between is processed;
 - `::group::` / `::endgroup::`, `::debug::` and anything else → kept in the log as written (the UI
   folds groups).
@@ -50,6 +51,8 @@ class Effects:
     annotations: list[Annotation] = field(default_factory=list)
     masks: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # set-env, when allowed
+    path: list[str] = field(default_factory=list)  # add-path, when allowed
 
 
 def _unescape(text: str, table: tuple[tuple[str, str], ...]) -> str:
@@ -74,7 +77,8 @@ def _int(value: str | None) -> int | None:
 class CommandParser:
     """One per step: keeps the `stop-commands` state across chunks."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, allow_unsecure: bool = False) -> None:
+        self._allow_unsecure = allow_unsecure
         self._stop_token: str | None = None
         self._annotations = 0
 
@@ -126,6 +130,12 @@ class CommandParser:
         if name == "set-output":
             if props.get("name"):
                 effects.outputs[props["name"]] = _unescape(message, _MESSAGE_ESCAPES)
+            return False
+        if name == "set-env" and self._allow_unsecure and props.get("name"):
+            effects.env[props["name"]] = _unescape(message, _MESSAGE_ESCAPES)
+            return False
+        if name == "add-path" and self._allow_unsecure and message:
+            effects.path.append(_unescape(message, _MESSAGE_ESCAPES))
             return False
         if name in ("set-env", "add-path"):
             text = _DISABLED.format(name)

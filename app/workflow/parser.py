@@ -221,12 +221,15 @@ class _Parser(Checker):
             return
         job.name = self.optional_str(body, "name", where)
         job.image = self.optional_str(body, "image", where)
+        job.env = self.env(body, where)
+        container_shell: str | None = None
         if "container" in body:
-            image = platform.container_image(self, body, where)
+            image, container_env = platform.container_image(self, body, where)
             if job.image is not None and image is not None:
                 self.add(key_pos(body, "container"), f"{where} has both `image` and `container`")
             job.image = job.image or image
-        job.env = self.env(body, where)
+            job.env = {**container_env, **job.env}
+            container_shell = "sh"  # GitHub's default shell inside a container
         job.timeout_minutes = self.timeout(body, where)
         job.condition = self.condition(body, where)
         job.needs = self.needs(body, where)
@@ -235,7 +238,7 @@ class _Parser(Checker):
         job.concurrency = platform.concurrency(self, body, where)
         own = platform.defaults(self, body, where)
         job.defaults = RunDefaults(
-            shell=own.shell or self.defaults.shell,
+            shell=own.shell or self.defaults.shell or container_shell,
             working_directory=own.working_directory or self.defaults.working_directory,
         )
         job.outputs = self.string_map(body, "outputs", where, "output")
@@ -324,7 +327,11 @@ class _Parser(Checker):
         if "run" not in body:
             self.add(pos, f"{where} has neither `run` nor `uses`")
             return None
-        step.run = self.optional_str(body, "run", where)
+        value = body["run"]
+        if isinstance(value, str) and not value.strip():
+            step.run = Text("", value_pos(body, "run"), f"`run` of {where}")  # GitHub runs it
+        else:
+            step.run = self.optional_str(body, "run", where)
         return step if step.run is not None else None
 
     def step_id(self, body: CommentedMap, where: str) -> str | None:

@@ -250,6 +250,11 @@ class JobRuntime:
         if self.path:
             full_env["PATH"] = ":".join([*self.path, full_env.get("PATH") or base_path])
         chosen = step.shell_template or self.default_shell
+        if "${{" in chosen:
+            try:
+                chosen = ex.interpolate(chosen, step_contexts).strip() or "bash"
+            except ex.ExpressionError as exc:
+                return Prepared(run=True, error=f"Error evaluating `shell`: {exc}")
         name = f"step-{step.index}{script_suffix(chosen)}"
         return Prepared(
             run=True,
@@ -294,6 +299,17 @@ class JobRuntime:
         if spec is not None and spec.id is not None:
             self.results[spec.id] = _StepResult(outputs, outcome, conclusion)
         return error
+
+    @property
+    def unsecure_commands(self) -> bool:
+        """`::set-env` / `::add-path` allowed (GitHub's ACTIONS_ALLOW_UNSECURE_COMMANDS)."""
+        return self.env.get("ACTIONS_ALLOW_UNSECURE_COMMANDS", "").lower() == "true"
+
+    def command_env(self, name: str, value: str) -> None:
+        self.env[name] = value
+
+    def command_path(self, path: str) -> None:
+        self.path.insert(0, path)
 
     def command_output(self, index: int, name: str, value: str) -> None:
         """`::set-output name=x::value` (deprecated on GitHub, still honoured)."""

@@ -326,3 +326,52 @@ async def test_checkout_at_its_position(client: httpx.AsyncClient, tmp_path: obj
     text = await log_text(client, done["id"])
     assert "before 0" in text
     assert "hi from repo" in text
+
+
+async def test_container_jobs_default_to_sh_and_get_container_env(
+    client: httpx.AsyncClient,
+) -> None:
+    # GitHub: `sh` is the default shell inside a container; `container.env` reaches the steps.
+    done = await run(
+        client,
+        """
+        jobs:
+          c:
+            container:
+              image: alpine:3
+              env: {FROM_CONTAINER: yes-it-is}
+            steps:
+              - run: |
+                  [ -z "${BASH+x}" ] && echo "plain sh"
+                  echo "env $FROM_CONTAINER"
+        """,
+    )
+    assert done["status"] == "success", done
+    text = await log_text(client, done["id"])
+    assert "plain sh" in text
+    assert "env yes-it-is" in text
+
+
+async def test_unsecure_commands_when_allowed_and_missing_shell(
+    client: httpx.AsyncClient,
+) -> None:
+    done = await run(
+        client,
+        """
+        jobs:
+          allowed:
+            env: {ACTIONS_ALLOW_UNSECURE_COMMANDS: "true"}
+            steps:
+              - run: echo "::set-env name=FOO::bar"
+              - run: echo "foo=$FOO"
+          missing-shell:
+            steps:
+              - shell: no-such-shell-here {0}
+                run: echo hi
+        """,
+    )
+    text = await log_text(client, done["id"])
+    assert "foo=bar" in text
+    assert job(done, "allowed")["status"] == "success"
+    assert job(done, "missing-shell")["status"] == "failed"
+    assert "the shell 'no-such-shell-here' is not installed on this runner" in text
