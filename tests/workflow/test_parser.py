@@ -642,11 +642,6 @@ PROBLEM_CASES: list[tuple[str, str, Found]] = [
         [(4, 9, "step 1 of job 'a' has neither `run` nor `uses`")],
     ),
     (
-        "step-run-empty",
-        "jobs:\n  a:\n    steps:\n      - run: '   '\n",
-        [(4, 14, "`run` of step 1 of job 'a' must be a non-empty string, not '   '")],
-    ),
-    (
         "step-run-null",
         "jobs:\n  a:\n    steps:\n      - run:\n",
         [(4, 9, "`run` of step 1 of job 'a' must be a non-empty string, not nothing")],
@@ -1058,3 +1053,8 @@ def test_job_and_step_limits_are_checked_before_anything_else() -> None:
     assert problems(matrix) == [
         (2, 3, "the workflow expands to 300 jobs (matrix combinations counted); the limit is 256")
     ]
+
+
+def test_empty_run_is_accepted_as_on_github() -> None:
+    [job] = parse_workflow("jobs:\n  a:\n    steps:\n      - run: ''\n").jobs
+    assert job.steps[0].run == ""
