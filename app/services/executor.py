@@ -8,6 +8,8 @@ which stops the runner's work and records the outcome, so there is one writer pe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,11 +24,14 @@ from app.metrics import Metrics
 from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
 from app.services import results, state
-from app.services.plan import JobSetupError, job_contexts, job_run
+from app.services.plan import JobSetupError, job_contexts, job_run, planned_steps
 from app.workflow import JobSpec, WorkflowSpec, graph, parse_workflow
 from app.workflow.commands import Annotation, CommandParser
-from app.workflow.expressions import ExpressionError
+from app.workflow.expressions import ExpressionError, interpolate
+from app.workflow.matrix import combination_name
+from app.workflow.parser import MAX_JOBS
 from app.workflow.runtime import JobRuntime
+from app.workflow.strategy import MatrixError, expand_template
 
 log = logging.getLogger(__name__)
 J = JobStatus
@@ -202,6 +207,12 @@ class BuildExecutor:
         self._needs = {job.name: job.needs for job in spec.jobs}
         self._ancestors = graph.ancestors([job.name for job in spec.jobs], self._needs)
 
+        for job in list(self._jobs.values()):
+            if job.matrix_template is not None and job.name not in self._statuses:
+                # Expanded by an earlier executor: expand again (deterministic: same needs
+                # outputs) to know the combinations' specs; the rows are already stored.
+                with contextlib.suppress(MatrixError):
+                    self._replace(job, self._combinations(job))
         for name, status in self._statuses.items():
             if status == J.running:
                 self._start(self._jobs[name], reattach=resume)
@@ -243,6 +254,8 @@ class BuildExecutor:
 
     async def _setup_failed(self, job: JobSpec, message: str) -> JobResult:
         async with self.ctx.db.transaction() as session:
+            # pending jobs start first: the state machine only fails a job that ran
+            await state.job(session, self.ctx.build_id, job.name, J.running)
             await state.job(session, self.ctx.build_id, job.name, J.failed, error=message)
             await state.steps(session, self.ctx.build_id, J.skipped, job_name=job.name)
         return JobResult("failed", message)
@@ -257,8 +270,8 @@ class BuildExecutor:
                 if not cancelling:
                     cancelling = True
                     await self._cancel_pending()
-            else:
-                await self._start_ready()
+            elif await self._start_ready():
+                continue
             if not tasks:
                 break
             ctx.wake.clear()
@@ -277,7 +290,8 @@ class BuildExecutor:
             if ctx.detach and not tasks:
                 return
 
-    async def _start_ready(self) -> None:
+    async def _start_ready(self) -> bool:
+        """Start or skip what is ready; True when a matrix was expanded (walk again)."""
         statuses = self._statuses
         running = sum(1 for s in statuses.values() if s == J.running)
         # Jobs are in topological order, so a job skipped here is decided before its dependents
@@ -304,6 +318,10 @@ class BuildExecutor:
                 await self._setup_failed(job, f"Error evaluating the job's `if`: {exc}")
                 statuses[name] = J.failed
                 continue
+            if run and job.matrix_template is not None:
+                # The graph changes: look again from the start, with the combinations in it.
+                await self._expand(job)
+                return True
             if not run:
                 async with self.ctx.db.transaction() as session:
                     await state.job(session, self.ctx.build_id, name, J.skipped)
@@ -325,6 +343,85 @@ class BuildExecutor:
             statuses[name] = J.running
             running += 1
             self._start(job)
+        return False
+
+    def _combinations(self, job: JobSpec) -> list[JobSpec]:
+        """One spec per combination of a matrix computed now (raises MatrixError)."""
+        contexts = self._condition_contexts(job)
+        combinations = expand_template(job.key, job.matrix_template, contexts)
+        specs: list[JobSpec] = []
+        for i, combination in enumerate(combinations):
+            name = combination_name(job.key, combination)
+            display = name
+            if job.display_name != job.name:
+                with contextlib.suppress(ExpressionError):
+                    display = interpolate(job.display_name, {**contexts, "matrix": combination})
+            specs.append(
+                dataclasses.replace(
+                    job,
+                    name=name,
+                    display_name=display[:255],
+                    index=job.index + i,
+                    matrix=combination,
+                    matrix_template=None,
+                )
+            )
+        return specs
+
+    async def _expand(self, job: JobSpec) -> None:
+        """Replace a placeholder job by its combinations, in the database and here."""
+        assert self._build is not None
+        try:
+            specs = self._combinations(job)
+            if len(self._jobs) - 1 + len(specs) > MAX_JOBS:
+                raise MatrixError(f"the build would have more than {MAX_JOBS} jobs")
+        except MatrixError as exc:
+            await self._setup_failed(job, str(exc))
+            self._statuses[job.name] = J.failed
+            return
+        checkout = bool(self._build.repo_url)
+        jobs = [
+            {
+                "build_id": self.ctx.build_id,
+                "name": s.name,
+                "display_name": s.display_name,
+                "index": s.index,
+                "runs_on": list(s.runs_on),
+                "environment": None,
+            }
+            for s in specs
+        ]
+        steps = [
+            {"build_id": self.ctx.build_id, "job_name": s.name, "index": p.index, "name": p.name}
+            for s in specs
+            for p in planned_steps(s, checkout=checkout)
+        ]
+        async with self.ctx.db.transaction() as session:
+            await results.replace_placeholder(session, self.ctx.build_id, job.name, jobs, steps)
+        self._replace(job, specs)
+
+    def _replace(self, placeholder: JobSpec, specs: list[JobSpec]) -> None:
+        names = tuple(s.name for s in specs)
+        jobs: dict[str, JobSpec] = {}
+        for name, job in self._jobs.items():
+            if name == placeholder.name:
+                jobs.update((s.name, s) for s in specs)
+            elif placeholder.name in job.needs:
+                needs = tuple(
+                    n
+                    for need in job.needs
+                    for n in (names if need == placeholder.name else (need,))
+                )
+                jobs[name] = dataclasses.replace(job, needs=needs)
+            else:
+                jobs[name] = job
+        self._jobs = jobs
+        self._statuses.pop(placeholder.name, None)
+        for s in specs:
+            self._statuses.setdefault(s.name, J.pending)
+        self._keys = {name: job.key for name, job in jobs.items()}
+        self._needs = {name: job.needs for name, job in jobs.items()}
+        self._ancestors = graph.ancestors(list(jobs), self._needs)
 
     async def _fail_fast(self, job: JobSpec) -> None:
         if job.matrix is None or not job.fail_fast:

@@ -186,9 +186,7 @@ def job_contexts(
             "job-total": len(siblings),
             "max-parallel": job.max_parallel or len(siblings),
         },
-        "needs": {key: needs[key] for key in dict.fromkeys(spec.job(n).key for n in job.needs)}
-        if needs
-        else {},
+        "needs": dict(needs),  # keyed by job id (app/services/executor.py _needs_context)
         "job": {"status": "success", "container": {}, "services": {}},
         "runner": {
             "os": RUNNER_OS,

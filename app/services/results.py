@@ -124,3 +124,57 @@ async def for_detail(session: AsyncSession, build_id: int) -> dict[str, Any]:
         )
     ).all()
     return {"annotations": annotations, "summaries": summaries, "outputs": outputs}
+
+
+async def replace_placeholder(
+    session: AsyncSession,
+    build_id: int,
+    placeholder: str,
+    jobs: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+) -> None:
+    """A job whose matrix was computed at run time: its placeholder row (job, steps, edges) is
+    replaced by one row per combination, with the placeholder's edges copied to each."""
+    from app.models import BuildJob, BuildJobEdge, BuildStep
+
+    edges = (
+        await session.exec(
+            select(BuildJobEdge).where(
+                BuildJobEdge.build_id == build_id,
+                (col(BuildJobEdge.from_job) == placeholder)
+                | (col(BuildJobEdge.to_job) == placeholder),
+            )
+        )
+    ).all()
+    names = [job["name"] for job in jobs]
+    new_edges = [
+        {
+            "build_id": build_id,
+            "from_job": name if edge.from_job == placeholder else edge.from_job,
+            "to_job": name if edge.to_job == placeholder else edge.to_job,
+        }
+        for edge in edges
+        for name in names
+    ]
+    await session.exec(
+        delete(BuildJobEdge).where(
+            col(BuildJobEdge.build_id) == build_id,
+            (col(BuildJobEdge.from_job) == placeholder) | (col(BuildJobEdge.to_job) == placeholder),
+        )
+    )
+    await session.exec(
+        delete(BuildStep).where(
+            col(BuildStep.build_id) == build_id, col(BuildStep.job_name) == placeholder
+        )
+    )
+    await session.exec(
+        delete(BuildJob).where(
+            col(BuildJob.build_id) == build_id, col(BuildJob.name) == placeholder
+        )
+    )
+    await session.exec(insert(BuildJob), params=jobs)
+    if steps:
+        await session.exec(insert(BuildStep), params=steps)
+    if new_edges:
+        await session.exec(insert(BuildJobEdge), params=new_edges)
+    await session.flush()

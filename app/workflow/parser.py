@@ -399,6 +399,8 @@ class _Parser(Checker):
                 self.expressions(flag)
         for text in job.texts():
             for ref in dict.fromkeys(references(text.value)):
+                if job.matrix_template is not None:
+                    continue  # keys known only once the matrix is computed
                 if job.combinations is None:
                     self.add(
                         text.pos,
@@ -438,13 +440,14 @@ def _expand(jobs: list[_Job], order: list[str]) -> tuple[JobSpec, ...]:
 def _job_spec(
     job: _Job, name: str, combination: Combination | None, index: int, needs: tuple[str, ...]
 ) -> JobSpec:
-    values = combination or {}
+    # A matrix computed at run time: its `${{ matrix.x }}` stay for the runtime to evaluate.
+    values = None if job.matrix_template is not None else (combination or {})
 
     def sub(text: Text | None) -> str | None:
-        return None if text is None else substitute(text.value, values)
+        return None if text is None else _sub(text.value, values)
 
     def subs(texts: dict[str, Text]) -> dict[str, str]:
-        return {k: substitute(v.value, values) for k, v in texts.items()}
+        return {k: _sub(v.value, values) for k, v in texts.items()}
 
     steps = tuple(_step_spec(i, step, values) for i, step in enumerate(job.steps))
     return JobSpec(
@@ -461,7 +464,7 @@ def _job_spec(
         matrix=dict(combination) if combination is not None else None,
         fail_fast=job.fail_fast,
         max_parallel=job.max_parallel,
-        runs_on=tuple(substitute(label, values) for label in job.runs_on),
+        runs_on=tuple(_sub(label, values) for label in job.runs_on),
         environment=job.environment,
         outputs=subs(job.outputs),
         continue_on_error=_flag(job.continue_on_error, values),
@@ -469,37 +472,42 @@ def _job_spec(
         concurrency=job.concurrency,
         services=job.services,
         kubernetes=job.kubernetes,
+        matrix_template=job.matrix_template,
     )
 
 
-def _step_spec(index: int, step: _Step, values: Combination) -> StepSpec:
-    run = substitute(step.run.value, values) if step.run else ""
+def _step_spec(index: int, step: _Step, values: Combination | None) -> StepSpec:
+    run = _sub(step.run.value, values) if step.run else ""
     uses = step.uses.value.strip() if step.uses else None
-    name = substitute(step.name.value, values) if step.name else None
+    name = _sub(step.name.value, values) if step.name else None
     return StepSpec(
         index=index,
         name=name or (f"Run {uses}" if uses else _default_step_name(run)),
         run=run,
-        env={k: substitute(v.value, values) for k, v in step.env.items()},
+        env={k: _sub(v.value, values) for k, v in step.env.items()},
         condition=step.condition,
         continue_on_error=_flag(step.continue_on_error, values),
         timeout_minutes=_minutes(step.timeout_minutes, values),
         working_directory=(
-            substitute(step.working_directory.value, values) if step.working_directory else None
+            _sub(step.working_directory.value, values) if step.working_directory else None
         ),
         shell=step.shell,
         id=step.id,
         uses=uses,
-        with_={k: substitute(v.value, values) for k, v in step.with_.items()},
+        with_={k: _sub(v.value, values) for k, v in step.with_.items()},
     )
 
 
-def _flag(value: bool | Text, values: Combination) -> Flag:
-    return substitute(value.value, values) if isinstance(value, Text) else value
+def _sub(text: str, values: Combination | None) -> str:
+    return text if values is None else substitute(text, values)
 
 
-def _minutes(value: float | Text | None, values: Combination) -> Minutes:
-    return substitute(value.value, values) if isinstance(value, Text) else value
+def _flag(value: bool | Text, values: Combination | None) -> Flag:
+    return _sub(value.value, values) if isinstance(value, Text) else value
+
+
+def _minutes(value: float | Text | None, values: Combination | None) -> Minutes:
+    return _sub(value.value, values) if isinstance(value, Text) else value
 
 
 def _default_step_name(run: str) -> str:

@@ -96,6 +96,9 @@ class JobSpec:
     concurrency: Concurrency | None = None
     services: tuple[ServiceContainer, ...] = ()
     kubernetes: KubernetesOptions | None = None
+    # A matrix computed by an expression: this spec is a placeholder (named by the job id) that
+    # the executor replaces with one job per combination once the needs have finished.
+    matrix_template: Any = None
 
 
 @dataclass(frozen=True)

@@ -375,3 +375,62 @@ async def test_unsecure_commands_when_allowed_and_missing_shell(
     assert job(done, "allowed")["status"] == "success"
     assert job(done, "missing-shell")["status"] == "failed"
     assert "the shell 'no-such-shell-here' is not installed on this runner" in text
+
+
+async def test_matrix_from_needs_outputs_is_expanded_when_the_need_finishes(
+    client: httpx.AsyncClient,
+) -> None:
+    # docs: "Example: Using an output to define two matrices" (fromJSON of a job output)
+    created = await create(
+        client,
+        workflow(
+            """
+            jobs:
+              define-matrix:
+                outputs:
+                  colors: ${{ steps.colors.outputs.colors }}
+                steps:
+                  - id: colors
+                    run: echo 'colors=["red", "green"]' >> "$GITHUB_OUTPUT"
+              produce:
+                needs: define-matrix
+                name: paint ${{ matrix.color }}
+                strategy:
+                  matrix:
+                    color: ${{ fromJSON(needs.define-matrix.outputs.colors) }}
+                steps:
+                  - run: echo "painting ${{ matrix.color }}"
+              after:
+                needs: produce
+                steps: [{run: echo done}]
+            """
+        ),
+    )
+    # before the need finishes: one placeholder row named by the job id
+    assert [j["name"] for j in created["jobs"]] == ["define-matrix", "produce", "after"]
+    done = await wait_for_build(client, created["id"])
+    assert done["status"] == "success", done
+    jobs = {j["name"]: j for j in done["jobs"]}
+    assert set(jobs) == {"define-matrix", "produce (red)", "produce (green)", "after"}
+    assert jobs["produce (red)"]["display_name"] == "paint red"
+    assert sorted(jobs["after"]["needs"]) == ["produce (green)", "produce (red)"]
+    assert jobs["produce (green)"]["needs"] == ["define-matrix"]
+    text = await log_text(client, done["id"])
+    assert "painting red" in text
+    assert "painting green" in text
+
+
+async def test_matrix_computed_badly_fails_the_job(client: httpx.AsyncClient) -> None:
+    done = await run(
+        client,
+        """
+        jobs:
+          m:
+            strategy:
+              matrix: ${{ fromJSON('"not a mapping"') }}
+            steps: [{run: echo never}]
+        """,
+    )
+    m = job(done, "m")
+    assert m["status"] == "failed"
+    assert "the matrix of job 'm' must be a mapping" in m["error"]

@@ -365,14 +365,15 @@ MATRIX_SHAPE_CASES = [
         [(4, 15, "`matrix` of job 't' must be a mapping of keys to lists of values, not a list")],
     ),
     (
-        "matrix-expression",
-        "      matrix: ${{ fromJSON(needs.x.outputs.m) }}\n",
+        # issue 11: a computed matrix is accepted (expanded at run time); its syntax is checked
+        "matrix-expression-syntax",
+        "      matrix: ${{ fromJSON(needs.x.outputs.m }}\n",
         [
             (
                 4,
-                15,
-                "`matrix` of job 't' must be a mapping of keys to lists of values, "
-                "not '${{ fromJSON(needs.x.outputs.m) }}'",
+                7,
+                "matrix of job 't': Unexpected end of expression after 'm' "
+                "(in '${{ fromJSON(needs.x.outputs.m }}')",
             )
         ],
     ),
