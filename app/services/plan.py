@@ -178,7 +178,7 @@ def job_contexts(
         "github": github,
         "vars": {},
         "secrets": {"GITHUB_TOKEN": "", **build_secrets(build)},
-        "inputs": dict(event.get("inputs") or {}),
+        "inputs": _inputs(spec, event),
         "matrix": dict(job.matrix or {}),
         "strategy": {
             "fail-fast": job.fail_fast,
@@ -195,6 +195,19 @@ def job_contexts(
             "environment": "self-hosted",
         },
     }
+
+
+def _inputs(spec: WorkflowSpec, event: dict[str, Any]) -> dict[str, Any]:
+    """Declared inputs' defaults, then the event's inputs (booleans typed as GitHub types them)."""
+    given = event.get("inputs")
+    inputs: dict[str, Any] = {name: default for name, (default, _) in spec.inputs.items()}
+    if isinstance(given, dict):
+        for name, value in given.items():
+            kind = spec.inputs.get(name, (None, "string"))[1]
+            if kind == "boolean" and isinstance(value, str):
+                value = value.lower() == "true"
+            inputs[name] = value
+    return inputs
 
 
 def predefined_env(
@@ -302,6 +315,7 @@ def job_run(
         default_shell=job.defaults.shell or "bash",
         outputs=job.outputs,
         event=json.dumps(contexts["github"]["event"]),
+        env_templates=(spec.env, job.env),
     )
     return JobRun(
         build_id=build.id,

@@ -33,6 +33,7 @@ from app.workflow.loader import (
     key_pos,
     load,
     node_pos,
+    plain,
     value_pos,
 )
 from app.workflow.matrix import Combination, combination_name, references, substitute
@@ -154,6 +155,7 @@ class _Parser(Checker):
             run_name=run_name.value if run_name else None,
             defaults=defaults,
             concurrency=concurrency,
+            inputs=_declared_inputs(root.get("on")),
         )
 
     def jobs(self, root: CommentedMap) -> tuple[JobSpec, ...]:
@@ -412,6 +414,27 @@ class _Parser(Checker):
                         f"{text.label} refers to `matrix.{ref}`, which is not a key of the "
                         f"matrix of job {job.key!r} (keys: {', '.join(sorted(job.matrix_keys))})",
                     )
+
+
+def _declared_inputs(on: object) -> dict[str, tuple[object, str]]:
+    """Inputs declared under `on.workflow_dispatch` / `on.workflow_call`, with their defaults
+    (the `inputs` context holds them when the event does not), typed as GitHub types them."""
+    result: dict[str, tuple[object, str]] = {}
+    if not isinstance(on, CommentedMap):
+        return result
+    for event in ("workflow_call", "workflow_dispatch"):
+        block = on.get(event)
+        inputs = block.get("inputs") if isinstance(block, CommentedMap) else None
+        if not isinstance(inputs, CommentedMap):
+            continue
+        for name, spec in inputs.items():
+            if isinstance(name, str) and isinstance(spec, CommentedMap):
+                kind = str(spec.get("type") or "string")
+                default = plain(spec.get("default"))
+                if kind == "boolean":
+                    default = default is True or str(default).lower() == "true"
+                result.setdefault(name, (default, kind))
+    return result
 
 
 # --- expansion ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ the moment a step starts (`if`, `env`, `run`, `with`, `working-directory`, `time
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 from collections.abc import Callable, Mapping
@@ -144,8 +145,10 @@ class JobRuntime:
         outputs: Mapping[str, str],
         event: str = "{}",
         hash_files: Callable[[str], ex.HashFiles] | None = None,
+        env_templates: tuple[Mapping[str, str], ...] = (),
     ) -> None:
         self.event = event
+        self.env_templates = env_templates
         self.contexts = dict(contexts)  # github, vars, secrets, inputs, matrix, needs, ...
         self.env = dict(env)  # predefined < workflow < job env, evaluated
         self.overrides = dict(overrides)  # build variables: above everything, as documented
@@ -187,6 +190,16 @@ class JobRuntime:
             "temp": temp,
             "tool_cache": tool_cache,
         }
+        # Workflow and job env again, now that `github.workspace` and `runner.temp` are known.
+        job_env: dict[str, str] = {}
+        for layer in self.env_templates:
+            for name, value in layer.items():
+                if "${{" in value:
+                    with contextlib.suppress(ex.ExpressionError):
+                        job_env[name] = ex.interpolate(value, self.context({**self.env, **job_env}))
+                else:
+                    job_env[name] = value
+        self.env.update(job_env)
         self.env.update(
             {
                 "GITHUB_WORKSPACE": workspace,

@@ -107,6 +107,8 @@ class WorkflowSpec:
     env: dict[str, str]
     jobs: tuple[JobSpec, ...]  # in topological order (JobSpec.index == position)
     run_name: str | None = None
+    # `on.workflow_dispatch.inputs` / `on.workflow_call.inputs`: name -> (default, type)
+    inputs: dict[str, tuple[Any, str]] = field(default_factory=dict)
     defaults: RunDefaults = field(default_factory=RunDefaults)
     concurrency: Concurrency | None = None
 

@@ -86,7 +86,7 @@ def parse_strategy(checker: Checker, job: Strategy, body: CommentedMap) -> None:
                 f"not {describe(value)}",
             )
     if "matrix" not in strategy:
-        checker.add(key_pos(body, "strategy"), f"`strategy` of job {job.key!r} has no `matrix`")
+        job.combinations = None  # GitHub accepts a strategy without a matrix: one plain job
         return
     template = plain(strategy["matrix"])
     if _has_expression(template):

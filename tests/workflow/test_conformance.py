@@ -434,3 +434,30 @@ async def test_matrix_computed_badly_fails_the_job(client: httpx.AsyncClient) ->
     m = job(done, "m")
     assert m["status"] == "failed"
     assert "the matrix of job 'm' must be a mapping" in m["error"]
+
+
+async def test_workflow_dispatch_inputs_defaults_and_booleans(client: httpx.AsyncClient) -> None:
+    # act's testdata/workflow_dispatch, with its event.json as the build's event
+    done = await run(
+        client,
+        """
+        on:
+          workflow_dispatch:
+            inputs:
+              required: {required: true}
+              with_default: {required: false, default: default}
+              boolean: {required: false, type: boolean}
+        jobs:
+          test:
+            steps:
+              - run: '[[ "${{ inputs.required }}" = "required input" ]]'
+              - run: '[[ "${{ inputs.with_default }}" = "default" ]]'
+              - id: boolean-test
+                if: ${{ inputs.boolean == true }}
+                run: echo "::set-output name=value::executed"
+              - run: '[[ "${{ steps.boolean-test.outputs.value }}" = "executed" ]]'
+        """,
+        event_name="workflow_dispatch",
+        event={"inputs": {"required": "required input", "boolean": "true"}},
+    )
+    assert done["status"] == "success", done
