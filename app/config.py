@@ -45,7 +45,16 @@ class Settings(BaseSettings):
     pipeline_yaml_field: str = "workflow_yaml"
     pipeline_service_timeout_seconds: float = Field(default=10.0, gt=0)
     k8s_namespace: str = "ci"
-    k8s_default_image: str = "busybox:1.36"
+    # Kubernetes runner (k8s area). The default image has bash, git and node, like GitHub's
+    # runners, so the default shell (bash) and actions/checkout work without an `image:`.
+    k8s_default_image: str = "ghcr.io/catthehacker/ubuntu:act-latest"
+    runs_on_images: str = (
+        "ubuntu-latest=ghcr.io/catthehacker/ubuntu:act-latest,"
+        "ubuntu-24.04=ghcr.io/catthehacker/ubuntu:act-24.04,"
+        "ubuntu-22.04=ghcr.io/catthehacker/ubuntu:act-22.04"
+    )
+    k8s_termination_grace_seconds: int = Field(default=10, ge=1)
+    k8s_workspace_size_limit: str = "10Gi"
     k8s_ttl_seconds_after_finished: int = Field(default=3600, ge=0)
     k8s_marker_secret: str = ""
     kubeconfig: str = ""  # empty: in-cluster config, then the default kubeconfig
@@ -72,6 +81,10 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     sse_queue_size: int = Field(default=1000, ge=1)
     log_level: str = "INFO"
+    # --- security (hostile input and builds) ---
+    # Local runner step isolation: auto (namespaces when bubblewrap works here, else none),
+    # namespaces (refuse to start without them), none (process groups + tracking variable).
+    local_isolation: Literal["auto", "namespaces", "none"] = "auto"
 
     @field_validator("database_url")
     @classmethod
@@ -104,6 +117,39 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split("://", 1)[1].split("?", 1)[0]
+        return Path(path[1:]) if path.startswith("/") else None
+
+    @property
+    def paths_hidden_from_steps(self) -> tuple[Path, ...]:
+        """What a sandboxed local step must not see: the service's working directory (its
+        `.env`, a relative SQLite file), the source tree, HOME (kubeconfig, .pgpass) and the
+        SQLite database file. WORKSPACE_ROOT is hidden too, except the job's own dir."""
+        paths = [Path.cwd(), PROJECT_ROOT, Path.home()]
+        if self.sqlite_path is not None:
+            paths.append(self.sqlite_path.resolve())
+        return tuple(paths)
+
+    @property
+    def service_secrets(self) -> list[str]:
+        """The service's own credentials, masked in every build log whatever the isolation."""
+        values = [token.token for token in self.tokens]
+        from sqlalchemy.engine import make_url
+
+        try:
+            password = make_url(self.database_url).password
+        except Exception:  # a URL SQLAlchemy cannot parse has no password we could mask
+            password = None
+        if password:
+            values.append(str(password))
+        if self.k8s_marker_secret:
+            values.append(self.k8s_marker_secret)
+        return values
 
 
 def parse_tokens(value: str) -> list[ApiToken]:

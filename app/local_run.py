@@ -27,7 +27,7 @@ from app.services.builds import NewBuild
 from app.services.executor import BuildExecutor
 from app.wiring import Core, running_core
 
-_MARK = {"success": "ok", "failed": "FAILED", "skipped": "skipped", "cancelled": "cancelled"}
+_MARK = {"failed": "FAILED", "skipped": "skipped", "cancelled": "cancelled"}
 
 
 def _parse_vars(pairs: list[str]) -> dict[str, str]:

@@ -13,9 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import builds, health, logs
+from app.api.limits import RequestGuard
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.errors import ServiceError
 from app.wiring import running_services
@@ -74,28 +74,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _error(500, "internal error; see the service log")
 
-    app.add_middleware(BodyLimit, limit=settings.max_workflow_bytes * 2 + 64 * 1024)
+    app.add_middleware(RequestGuard, settings=settings)
 
     _mount_ui(app, WEB_DIST)
     return app
-
-
-class BodyLimit:
-    """Refuse oversized request bodies up front (413) by their Content-Length. Plain ASGI: a
-    BaseHTTPMiddleware would add a task and a queue to every request, SSE streams included."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    response = _error(413, f"request body larger than {self.limit} bytes")
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
 
 
 def _mount_ui(app: FastAPI, dist: Path) -> None:

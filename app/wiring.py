@@ -19,6 +19,7 @@ from sqlmodel import col, select
 from app.config import Settings
 from app.db import Database
 from app.logs.hub import LiveHub
+from app.logs.masking import Masker
 from app.logs.writer import LogWriter
 from app.metrics import Metrics
 from app.models import Build, BuildStatus
@@ -52,6 +53,8 @@ class Core:
             runner=self.runner,
             metrics=self.metrics,
             max_jobs=self.settings.max_concurrent_jobs,
+            # The service's own credentials never reach a build log, whatever a step can read.
+            masker=Masker(self.settings.service_secrets),
         )
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
-from sqlalchemy.exc import IntegrityError
 
 from app.api.deps import (
     DbDep,
@@ -23,20 +21,7 @@ from app.models import BuildCreate, BuildDetail, BuildPage, BuildStatus, Snapsho
 from app.services import builds as service
 from app.services.builds import NewBuild
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["builds"])
-
-BuildId = Annotated[int, "build id"]
-
-
-async def _dispatch(queue: QueueDep, build_id: int) -> None:
-    try:
-        await queue.publish(build_id)
-    except Exception:
-        # The build stays queued with a dispatched_at stamp; the requeue sweep publishes again.
-        log.warning(
-            "publishing build %s failed; the requeue sweep will retry", build_id, exc_info=True
-        )
 
 
 @router.post("/builds", status_code=201, response_model=BuildDetail)
@@ -78,30 +63,10 @@ async def create_build(
         event_name=body.event_name,
         event=body.event,
     )
-    build_id: int | None = None
-    if idempotency_key:
-        async with db.read() as session:
-            existing = await service.find_idempotent(session, body.pipeline_id, idempotency_key)
-            if existing is not None:
-                response.status_code = 200
-                return await service.detail(session, existing.id or 0)
-    try:
-        async with db.transaction() as session:
-            build_id = (await service.create_build(session, new)).id
-    except IntegrityError as exc:
-        if not (idempotency_key and service.is_idempotency_race(exc)):
-            raise
-        async with db.read() as session:  # a concurrent request with the same key won
-            existing = await service.find_idempotent(session, body.pipeline_id, idempotency_key)
-            assert existing is not None
-            assert existing.id is not None
-            response.status_code = 200
-            return await service.detail(session, existing.id)
-    assert build_id is not None
-    if body.dispatch:
-        await _dispatch(queue, build_id)
-    async with db.read() as session:
-        return await service.detail(session, build_id)
+    build, created = await service.submit(db, queue, new)
+    if not created:
+        response.status_code = 200
+    return build
 
 
 @router.get("/builds", response_model=BuildPage)
@@ -148,36 +113,12 @@ async def cancel_build(
     """CancelBuild: a queued build is cancelled at once. A running build's processes (or
     Kubernetes Jobs) are stopped by the replica running it, which then marks running and pending
     jobs and steps `cancelled`/`skipped` and the build `cancelled`. A finished build: 409."""
-    async with db.transaction() as session:
-        await service.request_cancel(session, build_id)
-    scheduler.cancel(build_id)
-    async with db.read() as session:
-        return await service.detail(session, build_id)
+    return await service.cancel(db, build_id, signal=scheduler.cancel)
 
 
 @router.post("/builds/{build_id}/retry", status_code=201, response_model=BuildDetail)
 async def retry_build(build_id: int, db: DbDep, queue: QueueDep, caller: WriterDep) -> BuildDetail:
     """A new build from the same snapshot, variables, commit, branch and repo, with `retry_of`
     set. Retrying a build that has not finished is a 409."""
-    async with db.transaction() as session:
-        source, yaml_text = await service.retry_source(session, build_id)
-        new = await service.create_build(
-            session,
-            NewBuild(
-                pipeline_id=source.pipeline_id,
-                triggered_by=caller.name if caller.name != "anonymous" else source.triggered_by,
-                workflow_yaml=yaml_text,
-                commit_sha=source.commit_sha,
-                branch=source.branch,
-                repo_url=source.repo_url,
-                variables=source.variables,
-                retry_of=build_id,
-                event_name=source.event_name,
-                event=source.event,
-            ),
-        )
-        new_id = new.id
-    assert new_id is not None
-    await _dispatch(queue, new_id)
-    async with db.read() as session:
-        return await service.detail(session, new_id)
+    triggered_by = caller.name if caller.name != "anonymous" else None
+    return await service.retry(db, queue, build_id, triggered_by=triggered_by)

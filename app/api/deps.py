@@ -67,19 +67,12 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 PipelinesDep = Annotated[PipelineClient, Depends(get_pipelines)]
 
 
-async def get_session(db: DbDep) -> AsyncIterator[AsyncSession]:
-    """The request's unit of work: committed when the route returns, rolled back on error."""
-    async with db.transaction() as session:
-        yield session
-
-
 async def get_read_session(db: DbDep) -> AsyncIterator[AsyncSession]:
     """A read-only session for GET routes (no write lock on SQLite)."""
     async with db.read() as session:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 
 

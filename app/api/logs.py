@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
@@ -18,10 +18,17 @@ from app.services.builds import get_build
 
 router = APIRouter(tags=["logs"])
 
+# seq and step_index are 32-bit integer columns and build ids 64-bit ones: larger values are
+# refused here with a 422 rather than overflowing the database driver (a 500).
+MAX_SEQ = 2**31 - 1
+BuildId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+Step = Annotated[int | None, Query(ge=0, le=MAX_SEQ)]
+Job = Annotated[str | None, Query(max_length=255, pattern="^[^\\x00]*$")]
+
 
 @router.post("/builds/{build_id}/logs", status_code=201, response_model=LogChunkPublic)
 async def append_logs(
-    build_id: int,
+    build_id: BuildId,
     body: LogAppend,
     response: Response,
     db: DbDep,
@@ -31,7 +38,7 @@ async def append_logs(
     """AppendBuildLogs. Without `seq` the chunk goes at the end (201). With `seq`: writing the
     same content at the same seq again is a no-op (200); different content there, or a seq that
     would leave a gap, is a 409. Secret values are masked before storing."""
-    if len(body.content.encode()) > settings.max_log_append_bytes:
+    if len(body.content.encode(errors="replace")) > settings.max_log_append_bytes:
         raise TooLarge(f"content is larger than {settings.max_log_append_bytes} bytes")
     async with db.transaction() as session:
         chunk, created = await service.append(session, build_id, body)
@@ -42,26 +49,30 @@ async def append_logs(
 
 @router.get("/builds/{build_id}/logs", response_model=LogPage)
 async def get_logs(
-    build_id: int,
+    build_id: BuildId,
     session: ReadSessionDep,
     _caller: ReaderDep,
-    offset: Annotated[int, Query(ge=0, description="Return chunks with seq > offset.")] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="Return chunks with seq > offset.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    job: str | None = None,
-    step: Annotated[int | None, Query(ge=0)] = None,
+    job: Job = None,
+    step: Step = None,
 ) -> LogPage:
     """GetBuildLogs: chunks after `offset` in seq order, optionally of one job (and step).
-    `complete` is true once the build is finished and nothing follows."""
+    A page holds at most `limit` chunks and about 4 MB of content (at least one chunk);
+    continue from `next_offset`. `complete` is true once the build is finished and nothing
+    follows."""
     return await service.page(session, build_id, offset=offset, limit=limit, job=job, step=step)
 
 
 @router.get("/builds/{build_id}/logs/raw", response_class=StreamingResponse)
 async def get_raw_logs(
-    build_id: int,
+    build_id: BuildId,
     db: DbDep,
     _caller: ReaderDep,
-    job: str | None = None,
-    step: Annotated[int | None, Query(ge=0)] = None,
+    job: Job = None,
+    step: Step = None,
 ) -> StreamingResponse:
     """The whole log (or one job's, or one step's) as text/plain, streamed."""
     async with db.read() as session:
@@ -73,12 +84,12 @@ async def get_raw_logs(
 
 @router.get("/builds/{build_id}/logs/stream")
 async def stream_logs(
-    build_id: int,
+    build_id: BuildId,
     db: DbDep,
     hub: HubDep,
     settings: SettingsDep,
     _caller: ReaderDep,
-    offset: Annotated[int | None, Query(ge=0)] = None,
+    offset: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """StreamBuildLogs (Server-Sent Events). Replays chunks after `offset` (or the
@@ -88,9 +99,11 @@ async def stream_logs(
     sent. Comment pings keep proxies from closing an idle stream."""
     after = offset or 0
     if last_event_id:
-        if not last_event_id.strip().isdigit():
-            raise Invalid("Last-Event-ID must be a log seq")
-        after = max(after, int(last_event_id))
+        value = last_event_id.strip()
+        # Length first: int() of a huge digit string is slow, then refused by Python itself.
+        if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > MAX_SEQ:
+            raise Invalid(f"Last-Event-ID must be a log seq (0 to {MAX_SEQ})")
+        after = max(after, int(value))
     async with db.read() as session:
         await get_build(session, build_id)
     shutdown = anyio.Event()

@@ -19,9 +19,9 @@ from sse_starlette import ServerSentEvent
 
 from app.db import Database
 from app.logs.hub import LiveHub, LogEvent, Wakeup, sse_frame
+from app.logs.store import chunks_after
 from app.models import Build, BuildStatus
 from app.models.schemas import StatusEvent
-from app.services.logs import chunks_after
 
 _BATCH = 500
 

@@ -14,7 +14,7 @@ from app.models.schemas import (
     SnapshotPublic,
     StepPublic,
 )
-from app.models.status import BuildStatus, JobStatus, StepStatus
+from app.models.status import BuildStatus, JobStatus
 from app.models.tables import (
     Build,
     BuildAnnotation,
@@ -53,5 +53,4 @@ __all__ = [
     "PipelineCounter",
     "SnapshotPublic",
     "StepPublic",
-    "StepStatus",
 ]

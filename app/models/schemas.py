@@ -177,9 +177,10 @@ class LogAppend(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     content: str
-    seq: int | None = Field(default=None, ge=1)
+    # seq and step_index are 32-bit columns: bounded so larger values are a 422, not a 500.
+    seq: int | None = Field(default=None, ge=1, le=2**31 - 1)
     job_name: str | None = Field(default=None, max_length=255)
-    step_index: int | None = Field(default=None, ge=0)
+    step_index: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
 class LogChunkPublic(BaseModel):

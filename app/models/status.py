@@ -38,6 +38,3 @@ class JobStatus(StrEnum):
     @property
     def is_failure(self) -> bool:
         return self in (JobStatus.failed, JobStatus.timed_out, JobStatus.error)
-
-
-StepStatus = JobStatus

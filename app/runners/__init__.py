@@ -10,7 +10,11 @@ from app.runners.local import LocalRunner
 def create_runner(settings: Settings) -> Runner:
     if settings.runner == "local":
         return LocalRunner(
-            settings.workspace_root, kill_grace_seconds=settings.cancel_grace_seconds
+            settings.workspace_root,
+            kill_grace_seconds=settings.cancel_grace_seconds,
+            isolation=settings.local_isolation,
+            hidden=settings.paths_hidden_from_steps,
+            install_key=settings.database_url,
         )
     from app.runners.kubernetes import KubernetesRunner, KubernetesSettings
 
@@ -29,5 +33,12 @@ def create_runner(settings: Settings) -> Runner:
             cpu_limit=settings.k8s_cpu_limit or None,
             memory_limit=settings.k8s_memory_limit or None,
             run_as_user=settings.k8s_run_as_user,
+            termination_grace_seconds=settings.k8s_termination_grace_seconds,
+            workspace_size_limit=settings.k8s_workspace_size_limit or None,
+            runs_on_images=dict(
+                pair.strip().split("=", 1)
+                for pair in settings.runs_on_images.split(",")
+                if "=" in pair
+            ),
         )
     )

@@ -1,15 +1,17 @@
 """The runner interface: how the scheduler hands one DAG job to an execution backend.
 
 A runner executes every step of one job in order and reports what happens through a JobReporter.
-The step loop's rules are the same for every runner (see `should_run_step`): a step runs when its
-`if:` condition holds given whether an earlier step failed; a failed step without
-`continue-on-error` makes the job fail; `timed_out` and `error` steps fail the job too.
+The step loop's rules are the same for every runner and are written once, at the end of this
+module: a step runs when its `if:` condition holds given whether an earlier step failed
+(`should_run_step`); a `failed` or `timed_out` step without `continue-on-error` fails the job
+(`step_failure`), the first such step deciding the job's outcome (`job_outcome`). A cancel, the
+job's own timeout and an infrastructure `error` end the job at once, as each runner notices them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -145,6 +147,28 @@ class Runner(Protocol):
         Jobs after a crash). `finished_build_ids` answers which of the given builds finished.
         Returns the names of what was deleted."""
         ...
+
+
+def step_failure(step: StepRun, status: StepOutcome) -> JobResult | None:
+    """What a finished step makes of its job, when it fails it: a `failed` or `timed_out` step
+    without `continue-on-error` fails the job (`timed_out` naming the step). None otherwise."""
+    if step.continue_on_error or status not in ("failed", "timed_out"):
+        return None
+    if status == "timed_out":
+        return JobResult("timed_out", f"step {step.index + 1} ({step.name}) timed out")
+    return JobResult("failed")
+
+
+def job_outcome(steps: Sequence[StepRun], finished: Mapping[int, StepOutcome]) -> JobResult:
+    """The job-outcome rule shared by all runners, for a job that ran to its end (not
+    cancelled, not stopped by its own timeout or an infrastructure error): the first step that
+    failed it decides (see `step_failure`); otherwise the job succeeded."""
+    for step in steps:
+        status = finished.get(step.index)
+        failure = None if status is None else step_failure(step, status)
+        if failure is not None:
+            return failure
+    return JobResult("success")
 
 
 def should_run_step(step: StepRun, *, failed: bool, cancelled: bool) -> bool:

@@ -1,9 +1,10 @@
 """The local runner: each step is a subprocess on this machine.
 
 Every step runs as `bash -eo pipefail -c SCRIPT` (or `sh -c SCRIPT`) in the job's workspace
-`WORKSPACE_ROOT/<build>/<job>`, in a new session (its own process group), so a cancel or a timeout
-can kill the whole tree: SIGTERM to the group, then SIGKILL after a grace period. When the step's
-main process exits, anything it left running in its group is killed too, as a CI user expects.
+`WORKSPACE_ROOT/<build>/<job>`, through app/runners/sandbox.py: in its own namespaces where the
+machine allows it, else in its own session with a tracking variable. A cancel or a timeout stops the
+whole tree (SIGTERM, then SIGKILL after a grace period), and when the step's main process exits
+anything it left running is killed too, daemons included, as a CI user expects.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
+from urllib.parse import unquote
 
 from app.runners.base import (
     JobReporter,
@@ -27,13 +29,19 @@ from app.runners.base import (
     JobRun,
     StepOutcome,
     StepRun,
+    job_outcome,
     should_run_step,
+    step_failure,
 )
+from app.runners.sandbox import Isolation, IsolationSetting, Sandbox, kill_tracked, probe_isolation
 from app.workflow.runtime import MAX_FILE_BYTES, OUTPUT_FILES, JobRuntime, RuntimeFiles
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
+# After the step's processes are killed, output already in the pipe is read for at most this
+# long: a process that escaped the kill (it can only in `none` mode) must not hold the step open.
+_DRAIN_SECONDS = 5.0
 
 
 def job_dir_name(job_name: str) -> str:
@@ -49,6 +57,23 @@ def _exit_code(returncode: int | None) -> int | None:
     if returncode is not None and returncode < 0:
         return 128 - returncode
     return returncode
+
+
+def _kill_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _local_sources(env: dict[str, str]) -> list[Path]:
+    """A `file://` repository the build checks out must be readable inside the sandbox."""
+    url = env.get("CI_REPO_URL", "")
+    if url.startswith("file://") and len(url) > len("file://"):
+        return [Path(unquote(url[len("file://") :]))]
+    return []
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def _runtime_paths(temp: Path, index: int) -> dict[str, Path]:
@@ -79,22 +104,42 @@ def _read_runtime_files(temp: Path, index: int) -> RuntimeFiles:
     )
 
 
-def _kill_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 class LocalRunner:
     name = "local"
     can_reattach = False
 
-    def __init__(self, workspace_root: Path, *, kill_grace_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        workspace_root: Path,
+        *,
+        kill_grace_seconds: float = 5.0,
+        # The service passes LOCAL_ISOLATION; `ci-executor run` (your own workflow on your own
+        # machine, like `act`) keeps the unsandboxed default.
+        isolation: IsolationSetting = "none",
+        hidden: tuple[Path, ...] = (),
+        install_key: str = "",
+    ) -> None:
         self.workspace_root = workspace_root.resolve()
         self.kill_grace_seconds = kill_grace_seconds
+        self.isolation_setting: IsolationSetting = isolation
+        self._hidden = hidden
+        self._install_key = install_key
+        # Replaced in start() once the machine has been probed.
+        self.sandbox = Sandbox(
+            Isolation("none", "not started"), workspace_root=self.workspace_root, hidden=hidden
+        )
         self._jobs: dict[int, set[JobRun]] = {}
 
     async def start(self) -> None:
         self.workspace_root.mkdir(parents=True, exist_ok=True)
+        choice = await asyncio.to_thread(probe_isolation, self.isolation_setting)
+        self.sandbox = Sandbox(
+            choice,
+            workspace_root=self.workspace_root,
+            hidden=self._hidden,
+            install_key=self._install_key,
+        )
+        log.info("local runner isolation: %s (%s)", choice.mode, choice.reason)
 
     async def stop(self) -> None:
         for jobs in list(self._jobs.values()):
@@ -103,6 +148,10 @@ class LocalRunner:
 
     def workspace(self, build_id: int, job_name: str) -> Path:
         return self.workspace_root / str(build_id) / job_dir_name(job_name)
+
+    def temp_dir(self, build_id: int, job_name: str) -> Path:
+        """The job's private temp dir (/tmp inside the sandbox), emptied with the workspace."""
+        return self.workspace_root / str(build_id) / ".tmp" / job_dir_name(job_name)
 
     async def cleanup_build(self, build_id: int) -> None:
         """Workspaces are kept for inspection; WORKSPACE_ROOT is the operator's to prune."""
@@ -122,7 +171,11 @@ class LocalRunner:
         self, job: JobRun, reporter: JobReporter, *, resume: bool = False
     ) -> JobResult:
         if resume:
-            # Our processes died with the executor that started them; nothing to re-attach to.
+            # Our processes die with the executor that started them (bwrap --die-with-parent);
+            # without namespaces, kill what carries the build's tracking id on this machine.
+            killed = await self.sandbox.reap_build(job.build_id)
+            if killed:
+                log.warning("killed %d leftover process(es) of build %s", killed, job.build_id)
             return JobResult(
                 "error", "the executor running this job stopped; its processes are gone"
             )
@@ -148,8 +201,10 @@ class LocalRunner:
                 "service containers",
             )
         workspace = self.workspace(job.build_id, job.job_name)
-        temp = self.workspace_root / str(job.build_id) / "_temp" / workspace.name
-        tool_cache = self.workspace_root / "_tool"
+        # RUNNER_TEMP and the tool cache live inside the build's directory, which the sandbox
+        # shows at the same path (the job's /tmp is the sandbox's own).
+        temp = self.temp_dir(job.build_id, job.job_name)
+        tool_cache = self.workspace_root / str(job.build_id) / "_tool"
         for path in (workspace, temp, tool_cache):
             await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
         if job.runtime is not None:
@@ -159,8 +214,9 @@ class LocalRunner:
             for name, text in files.items():
                 await asyncio.to_thread((temp / name).write_text, text)
         deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
+        finished: dict[int, StepOutcome] = {}
+        ran: list[StepRun] = []  # as they ran (continue-on-error evaluated)
         failed = False
-        failure: JobResult = JobResult("failed")
         outcome: JobResult | None = None
         for step in job.steps:
             if outcome is not None:  # the job already ended (cancel, timeout, error)
@@ -202,6 +258,8 @@ class LocalRunner:
                     await reporter.step_output(step.index, f"{problem}\n".encode())
                     status = "failed" if status == "success" else status
             await reporter.step_finished(step.index, status, code, message)
+            finished[step.index] = status
+            ran.append(run)
             if status == "cancelled":
                 outcome = JobResult("cancelled")
             elif status == "timed_out" and deadline is not None and time.monotonic() >= deadline:
@@ -210,15 +268,11 @@ class LocalRunner:
                 )
             elif status == "error":
                 outcome = JobResult("error", message)
-            elif status in ("failed", "timed_out") and not run.continue_on_error:
-                if not failed and status == "timed_out":
-                    failure = JobResult(
-                        "timed_out", f"step {step.index + 1} ({step.name}) timed out"
-                    )
+            elif step_failure(run, status) is not None:
                 failed = True
         if outcome is not None:
             return outcome
-        return failure if failed else JobResult("success")
+        return job_outcome(ran, finished)
 
     async def _skip(self, job: JobRun, step: StepRun, reporter: JobReporter) -> None:
         if job.runtime is not None:
@@ -269,6 +323,10 @@ class LocalRunner:
         cwd = workspace
         if step.working_directory:
             cwd = (workspace / step.working_directory).resolve()
+            if not _inside(cwd, workspace.resolve()):
+                message = f"working-directory '{step.working_directory}' is outside the workspace\n"
+                await reporter.step_output(step.index, message.encode())
+                return "failed", None, None
             if not cwd.is_dir():
                 message = f"working-directory '{step.working_directory}' does not exist\n"
                 await reporter.step_output(step.index, message.encode())
@@ -281,15 +339,16 @@ class LocalRunner:
         env.update({"LANG": "C.UTF-8"})
         env.update(step.env)
         env["CI_WORKSPACE"] = str(workspace)
+        track = self.sandbox.track_id(job.build_id, workspace.name, step.index)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
+            proc = await self.sandbox.spawn(
+                argv,
                 cwd=cwd,
                 env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
+                workspace=workspace,
+                tmpdir=self.temp_dir(job.build_id, job.job_name),
+                track=track,
+                readable=_local_sources(env),
             )
         except OSError as exc:
             return "error", None, f"could not start {argv[0]}: {exc}"
@@ -308,34 +367,41 @@ class LocalRunner:
             if waiter in done:
                 status: StepOutcome = "success" if proc.returncode == 0 else "failed"
                 code = _exit_code(proc.returncode)
-                # Orphans the step left in its group would hold the pipe open (and keep running).
-                _kill_group(proc.pid, signal.SIGKILL)
-                await pump
+                # Whatever the step left running (daemons too) ends with it, and stops holding
+                # the output pipe open.
+                await self.sandbox.kill(proc, track)
+                await self._drain(pump)
                 return status, code, None
             status = "cancelled" if canceller in done else "timed_out"
-            await self._terminate(proc)
+            await self._terminate(proc, track)
             if status == "timed_out":
                 limit = timeout or 0
                 await reporter.step_output(
                     step.index, f"\nstep timed out after {limit:g}s; killed\n".encode()
                 )
-            await pump
+            await self._drain(pump)
             return status, _exit_code(proc.returncode), None
         finally:
             canceller.cancel()
             if not waiter.done():
                 _kill_group(proc.pid, signal.SIGKILL)
+                if self.sandbox.mode == "none":
+                    kill_tracked(track)
                 waiter.cancel()
             if not pump.done():
                 pump.cancel()
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        _kill_group(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), self.kill_grace_seconds)
-        # Whatever survived SIGTERM (including grandchildren that ignore it) dies now.
-        _kill_group(proc.pid, signal.SIGKILL)
-        await proc.wait()
+    async def _terminate(self, proc: asyncio.subprocess.Process, track: str) -> None:
+        await self.sandbox.terminate(proc, track, self.kill_grace_seconds)
+
+    async def _drain(self, pump: asyncio.Task[None]) -> None:
+        """Wait for the output already written, bounded: see _DRAIN_SECONDS."""
+        done, _ = await asyncio.wait({pump}, timeout=_DRAIN_SECONDS)
+        if not done:
+            log.warning("a step's output pipe stayed open after its processes were killed")
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
 
     async def _pump(self, stream: asyncio.StreamReader, index: int, reporter: JobReporter) -> None:
         while data := await stream.read(_READ_SIZE):

@@ -1,9 +1,15 @@
-"""Build state changes and reads: create, cancel, retry, detail, list. Services flush; the
-caller's unit of work commits."""
+"""Build state changes and reads: create, cancel, retry, detail, list.
+
+The functions taking a session flush; the caller's unit of work commits. The three taking the
+Database (`submit`, `retry`, `cancel`) are whole units of work for the routes: they commit in one
+transaction and only then publish (queue message, in-process cancel signal).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db import record_event
+from app.db import Database, record_event
 from app.errors import Conflict, Invalid, NotFound
 from app.logs.masking import masked_variables
 from app.models import (
@@ -34,10 +40,13 @@ from app.models import (
     StepPublic,
 )
 from app.models.types import utcnow
+from app.queue.base import BuildQueue
 from app.services import results, state
 from app.services.notify import CancelRequested
 from app.services.plan import planned_steps
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -306,3 +315,93 @@ async def snapshot(session: AsyncSession, build_id: int) -> BuildSnapshot:
     return (
         await session.exec(select(BuildSnapshot).where(BuildSnapshot.build_id == build_id))
     ).one()
+
+
+# ------------------------------------------------------------------ units of work for the routes
+
+
+async def dispatch(queue: BuildQueue, build_id: int) -> None:
+    """Publish a committed build's id. A failed publish is not the caller's error: the build
+    stays queued with its dispatched_at stamp and the scheduler's requeue sweep publishes again."""
+    try:
+        await queue.publish(build_id)
+    except Exception:
+        log.warning(
+            "publishing build %s failed; the requeue sweep will retry", build_id, exc_info=True
+        )
+
+
+async def _read_detail(db: Database, build_id: int) -> BuildDetail:
+    async with db.read() as session:
+        return await detail(session, build_id)
+
+
+async def _idempotent_detail(db: Database, pipeline_id: str, key: str) -> BuildDetail | None:
+    async with db.read() as session:
+        existing = await find_idempotent(session, pipeline_id, key)
+        if existing is None or existing.id is None:
+            return None
+        return await detail(session, existing.id)
+
+
+async def submit(db: Database, queue: BuildQueue, new: NewBuild) -> tuple[BuildDetail, bool]:
+    """Create a build, commit it, then publish its id (unless `new.dispatch` is false).
+
+    With an idempotency key already used for the pipeline, the first build is returned instead,
+    also when a concurrent request with the same key wins the insert race (the unique index
+    decides). Returns the build's detail and whether it was created here."""
+    key = new.idempotency_key
+    if key:
+        existing = await _idempotent_detail(db, new.pipeline_id, key)
+        if existing is not None:
+            return existing, False
+    try:
+        async with db.transaction() as session:
+            build_id = (await create_build(session, new)).id
+    except IntegrityError as exc:
+        if not (key and is_idempotency_race(exc)):
+            raise
+        existing = await _idempotent_detail(db, new.pipeline_id, key)
+        assert existing is not None  # the winner committed before our insert failed
+        return existing, False
+    assert build_id is not None
+    if new.dispatch:
+        await dispatch(queue, build_id)
+    return await _read_detail(db, build_id), True
+
+
+async def retry(
+    db: Database, queue: BuildQueue, build_id: int, *, triggered_by: str | None
+) -> BuildDetail:
+    """A new build from a finished build's snapshot, variables, commit, branch and repo, with
+    `retry_of` set; committed, then published. `triggered_by` None keeps the original's."""
+    async with db.transaction() as session:
+        source, yaml_text = await retry_source(session, build_id)
+        new = await create_build(
+            session,
+            NewBuild(
+                pipeline_id=source.pipeline_id,
+                triggered_by=triggered_by or source.triggered_by,
+                workflow_yaml=yaml_text,
+                commit_sha=source.commit_sha,
+                branch=source.branch,
+                repo_url=source.repo_url,
+                variables=source.variables,
+                retry_of=build_id,
+                event_name=source.event_name,
+                event=source.event,
+            ),
+        )
+        new_id = new.id
+    assert new_id is not None
+    await dispatch(queue, new_id)
+    return await _read_detail(db, new_id)
+
+
+async def cancel(db: Database, build_id: int, *, signal: Callable[[int], object]) -> BuildDetail:
+    """Record the cancel request, then `signal` this replica's executor (other replicas see the
+    flag or the NOTIFY)."""
+    async with db.transaction() as session:
+        await request_cancel(session, build_id)
+    signal(build_id)
+    return await _read_detail(db, build_id)

@@ -71,7 +71,6 @@ class PgListener:
         self._on_cancel = on_cancel
         self._retry = retry_seconds
         self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pg-listener")
@@ -100,7 +99,6 @@ class PgListener:
             try:
                 conn = await asyncpg.connect(self._dsn)
                 await conn.add_listener(CHANNEL, self._received)
-                self.connected.set()
                 closed = asyncio.Event()
                 conn.add_termination_listener(lambda _c, done=closed: done.set())
                 await closed.wait()
@@ -110,7 +108,6 @@ class PgListener:
             except Exception as exc:
                 log.warning("LISTEN connection failed (%s); retrying", exc)
             finally:
-                self.connected.clear()
                 if conn is not None and not conn.is_closed():
                     await conn.close()
             await asyncio.sleep(self._retry)

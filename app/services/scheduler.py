@@ -98,10 +98,6 @@ class Scheduler:
                 .values(lease_expires_at=utcnow())
             )
 
-    @property
-    def running_builds(self) -> list[int]:
-        return list(self._running)
-
     def cancel(self, build_id: int) -> bool:
         """Signal an in-process cancel; returns whether this replica runs the build."""
         entry = self._running.get(build_id)

@@ -110,16 +110,15 @@ async def test_continue_on_error_and_always(client: httpx.AsyncClient) -> None:
     ]
 
 
-async def test_step_timeout_kills_the_tree(client: httpx.AsyncClient, tmp_path: Path) -> None:
-    marker = tmp_path / "survivor"
+async def test_step_timeout_kills_the_tree(client: httpx.AsyncClient, settings: Settings) -> None:
     body = await create(
         client,
         workflow(
-            f"""
+            """
             jobs:
               a:
                 steps:
-                  - run: (sleep 3; touch {marker}) & sleep 60
+                  - run: (sleep 3; touch "$CI_WORKSPACE/../survivor") & sleep 60
                     timeout-minutes: 0.01
                   - run: echo next
             """
@@ -134,7 +133,7 @@ async def test_step_timeout_kills_the_tree(client: httpx.AsyncClient, tmp_path: 
     waiter = await create(client, "jobs:\n  w:\n    steps:\n      - run: sleep 3.5\n")
     survivor = await wait_for_build(client, waiter["id"])
     assert survivor["status"] == "success"
-    assert not marker.exists()
+    assert not (settings.workspace_root / str(body["id"]) / "survivor").exists()
 
 
 async def test_job_timeout(client: httpx.AsyncClient) -> None:

@@ -208,12 +208,15 @@ _VERBS = {
     "delete_collection": "deletecollection",
     "patch": "patch",
     "replace": "update",
+    "connect_get": "create",  # exec over a websocket: `create` since 1.30, `get` before
 }
 _RESOURCES = {
     "job": ("batch", "jobs"),
     "pod": ("", "pods"),
     "pod_log": ("", "pods/log"),
+    "pod_exec": ("", "pods/exec"),
     "secret": ("", "secrets"),
+    "event": ("", "events"),
 }
 _API_METHOD = re.compile(
     r"^(" + "|".join(sorted(_VERBS, key=len, reverse=True)) + r")_namespaced_(\w+)$"
@@ -237,6 +240,8 @@ def _runner_calls(source: str) -> set[tuple[str, str, str]]:
             for kw in node.keywords
         )
         calls.add((group, plural, "watch" if watches else verb))
+        if match.group(1) == "connect_get":
+            calls.add((group, plural, "get"))
     return calls
 
 

@@ -28,7 +28,7 @@ from tests.k8s_emulator.fixture import EmulatorProcess
 from tests.serve import ROOT, ServeProcess
 
 REAL = os.environ.get("CI_K8S_REAL_CLUSTER") == "1"
-IMAGE = os.environ.get("K8S_TEST_IMAGE", "busybox:1.36")
+IMAGE = os.environ.get("K8S_TEST_IMAGE", "bash:5.2")  # the default shell is bash
 NAMESPACE = os.environ.get("K8S_TEST_NAMESPACE", "ci")
 pytestmark = pytest.mark.parametrize("backend", ["postgres"])  # replicas share one database
 

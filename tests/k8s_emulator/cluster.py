@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.k8s_emulator.errors import ApiError
-from tests.k8s_emulator.kubelet import MAX_GRACE_SECONDS, Kubelet
+from tests.k8s_emulator.kubelet import DEFAULT_LOG_ROTATE_BYTES, Kubelet
 from tests.k8s_emulator.selectors import FieldRequirement, Requirement
 from tests.k8s_emulator.store import JOBS, KINDS, PODS, Event, Kind, Store, meta, now
+from tests.k8s_emulator.strict import Images, admit_pod_security, record_event
 from tests.k8s_emulator.validation import Invalid, admit, check_labels, generated_name
 
 Obj = dict[str, Any]
@@ -73,6 +74,9 @@ class Cluster:
         self.store = Store()
         self.toggles = Toggles()
         self.kubelet = Kubelet(self, state_dir / "pods")
+        self.images = Images(state_dir)
+        # Namespace labels set by tests (e.g. pod-security.kubernetes.io/enforce=restricted).
+        self.namespace_labels: dict[str, dict[str, str]] = {}
         self.jobs = JobController(self)
         self.calls: list[Obj] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -97,6 +101,8 @@ class Cluster:
         """Back to an empty cluster: everything deleted at once, toggles and call log cleared."""
         self.toggles = Toggles()
         self.calls.clear()
+        self.namespace_labels.clear()
+        self.kubelet.log_rotate_bytes = DEFAULT_LOG_ROTATE_BYTES
         for kind in KINDS.values():
             for obj in self.store.query(kind, None):
                 md = obj["metadata"]
@@ -130,6 +136,8 @@ class Cluster:
 
     def create(self, kind: Kind, namespace: str, body: Obj) -> Obj:
         obj = admit(kind, body, namespace)
+        if kind is PODS:
+            admit_pod_security(self.namespace_labels.get(namespace, {}), obj)
         return self.store.create(kind, obj)
 
     def patch(self, kind: Kind, namespace: str, name: str, patch: Any, json_patch: bool) -> Obj:
@@ -264,7 +272,7 @@ class Cluster:
                 runtime.request_stop("deleted", 0)
             self._remove(PODS, ns, name)
         elif runtime is not None:
-            runtime.request_stop("deleted", min(float(grace), MAX_GRACE_SECONDS))
+            runtime.request_stop("deleted", float(grace))
         return marked
 
     async def pod_finished_terminating(self, namespace: str, name: str, uid: str) -> None:
@@ -526,7 +534,7 @@ class JobController:
                             else "Killed"
                         )
                         grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
-                        runtime.request_stop(reason, min(float(grace), MAX_GRACE_SECONDS))
+                        runtime.request_stop(reason, float(grace))
                 if not running:
                     conditions.append(_condition("Failed", target["reason"], target["message"]))
                     newly_finished = True
@@ -626,5 +634,20 @@ class JobController:
                 return
             except ApiError as exc:
                 if exc.code != 409:
-                    raise
+                    # Admission (PodSecurity, quota) refused the pod: the controller records it
+                    # on the Job and tries again later, as the real one does.
+                    record_event(
+                        self.cluster.store,
+                        {"kind": "Job", "apiVersion": "batch/v1", **job},
+                        "FailedCreate",
+                        f"Error creating: {exc.message}",
+                        type_="Warning",
+                        component="job-controller",
+                    )
+                    state = self.states.get(md["uid"])
+                    if state is not None and state.retry_timer is None:
+                        state.retry_timer = asyncio.get_running_loop().call_later(
+                            1.0, self._retry, md["namespace"], md["name"], md["uid"]
+                        )
+                    return
                 pod["metadata"]["name"] = generated_name(f"{md['name']}-")

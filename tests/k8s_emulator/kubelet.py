@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tests.k8s_emulator.expansion import expand, mapping_for
 from tests.k8s_emulator.store import PODS, SECRETS, now
+from tests.k8s_emulator.strict import record_event
 from tests.k8s_emulator.validation import decode_secret
 
 if TYPE_CHECKING:
@@ -29,11 +30,17 @@ if TYPE_CHECKING:
 
 Obj = dict[str, Any]
 
-# Real grace periods default to 30 s; tests must not wait that long for a stubborn process.
-MAX_GRACE_SECONDS = 2.0
 NODE_NAME = "emulator-node"
 HOST_IP = "127.0.0.1"
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+")
+# Every process of a container carries this in its environment: the emulator's stand-in for the
+# container's PID namespace, so processes that left the process group (setsid) die with it too.
+CONTAINER_MARK = "KUBE_EMULATOR_CONTAINER"
+# The kubelet's container-log-max-size default.
+DEFAULT_LOG_ROTATE_BYTES = 10 * 1024 * 1024
+# FallbackToLogsOnError: the last lines/bytes of the log become the termination message.
+_TERMINATION_LOG_BYTES = 2048
+_TERMINATION_LOG_LINES = 80
 
 
 class ConfigError(Exception):
@@ -59,8 +66,13 @@ class PodRuntime:
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: str | None = None  # deleted, DeadlineExceeded, Evicted, Killed
     stop_message: str | None = None
-    grace: float = MAX_GRACE_SECONDS
+    grace: float = float("inf")
     pgid: int | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the container's environment (for exec)
+    cwd: str = ""
+    image: str = ""
+    exec_sessions: set[Any] = field(default_factory=set)
+    log_generation: int = 0  # bumped at each rotation
     command: list[str] = field(default_factory=list)
     started: bool = False  # the container log exists
     log_complete: bool = False
@@ -119,6 +131,34 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
+def container_pids(uid: str) -> list[int]:
+    """Live processes started in the container `uid` (however they detached)."""
+    mark = f"{CONTAINER_MARK}={uid}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if mark in environ.split(b"\0") and stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+def catches_signal(pid: int, sig: int) -> bool:
+    """A namespace's PID 1 only receives signals it installed a handler for."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    except OSError:
+        pass
+    return False
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -136,6 +176,7 @@ class Kubelet:
         self.runtimes: dict[str, PodRuntime] = {}  # by pod uid
         self.groups: dict[int, Obj] = {}  # every process group ever started, by pgid
         self._next_ip = 10
+        self.log_rotate_bytes = DEFAULT_LOG_ROTATE_BYTES
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -164,11 +205,69 @@ class Kubelet:
 
     def processes(self) -> list[Obj]:
         result = []
+        seen: set[int] = set()
         for pgid, info in self.groups.items():
             members = live_group_members(pgid)
             if members:
+                seen.update(members)
                 result.append({**info, "pgid": pgid, "pid": pgid, "pids": sorted(members)})
+        uids = {info["uid"]: info for info in self.groups.values()}
+        for uid, info in uids.items():
+            strays = [p for p in container_pids(uid) if p not in seen]
+            if strays:
+                result.append({**info, "pgid": None, "pid": strays[0], "pids": sorted(strays)})
         return result
+
+    def event(self, runtime: PodRuntime, reason: str, message: str, warning: bool = False) -> None:
+        pod = self.cluster.store.get(PODS, runtime.namespace, runtime.name)
+        if pod is not None and pod["metadata"]["uid"] == runtime.uid:
+            component = "default-scheduler" if reason == "FailedScheduling" else "kubelet"
+            record_event(
+                self.cluster.store,
+                {"kind": "Pod", "apiVersion": "v1", **pod},
+                reason,
+                message,
+                type_="Warning" if warning else "Normal",
+                component=component,
+            )
+
+    def break_exec_streams(self) -> int:
+        count = 0
+        for runtime in self.runtimes.values():
+            for session in list(runtime.exec_sessions):
+                session.broken.set()
+                count += 1
+        return count
+
+    async def start_exec(self, runtime: PodRuntime, argv: list[str]) -> asyncio.subprocess.Process:
+        """Start a process in the running container, as the container runtime's exec does."""
+        if not argv:
+            raise OSError(2, "no command specified")
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=runtime.cwd,
+            env=runtime.env,
+            start_new_session=True,
+        )
+        self.groups[proc.pid] = {
+            "namespace": runtime.namespace,
+            "pod": runtime.name,
+            "uid": runtime.uid,
+            "command": argv,
+        }
+        return proc
+
+    def _kill_container(self, runtime: PodRuntime) -> None:
+        """The container's init died: the kernel kills everything left in its PID namespace."""
+        for pgid, info in self.groups.items():
+            if info["uid"] == runtime.uid:
+                _signal_group(pgid, signal.SIGKILL)
+        for pid in container_pids(runtime.uid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def break_log_streams(self) -> int:
         count = 0
@@ -310,6 +409,13 @@ class Kubelet:
         if self.cluster.toggles.unschedulable:
             runtime.scheduled = False
             self.publish(runtime)
+            self.event(
+                runtime,
+                "FailedScheduling",
+                "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are "
+                "available: 1 No preemption victims found for incoming pod.",
+                warning=True,
+            )
             while self.cluster.toggles.unschedulable:
                 if await self._stopped_within(runtime, 0.1):
                     return None
@@ -328,6 +434,12 @@ class Kubelet:
                 }
             }
             self.publish(runtime)
+            self.event(
+                runtime,
+                "Failed",
+                f'Failed to pull image "{image}": {runtime.state["waiting"]["message"]}',
+                warning=True,
+            )
             if await self._stopped_within(runtime, 0.2):
                 return None
             while image in self.cluster.toggles.missing_images:
@@ -352,6 +464,7 @@ class Kubelet:
                 if runtime.state.get("waiting") != waiting:
                     runtime.state = {"waiting": waiting}
                     self.publish(runtime)
+                    self.event(runtime, "Failed", f"Error: {exc}", warning=True)
             if await self._stopped_within(runtime, 0.3):
                 return None
         runtime.command, cwd, env = spawn
@@ -379,6 +492,8 @@ class Kubelet:
             runtime.message = runtime.stop_message or (
                 "Pod was active on the node longer than the specified deadline"
             )
+        elif runtime.stop_reason == "OOMKilled":
+            pass  # a container state reason, not a pod one
         elif runtime.stop_reason == "Evicted":
             runtime.reason = "Evicted"
             runtime.message = runtime.stop_message or (
@@ -421,14 +536,15 @@ class Kubelet:
         env = {key: translate(value) or value for key, value in env.items()}
         home = runtime.directory / "home"
         home.mkdir(parents=True, exist_ok=True)
+        runtime.image = str(container.get("image", ""))
         base = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "PATH": self.cluster.images.path_for(runtime.image),
             "HOSTNAME": runtime.name,
             "HOME": str(home),
             "KUBERNETES_SERVICE_HOST": HOST_IP,
             "KUBERNETES_SERVICE_PORT": str(self.cluster.port),
         }
-        full_env = {**base, **env}
+        full_env = {**base, **env, CONTAINER_MARK: runtime.uid}
         lookup = mapping_for(full_env)
         argv = [expand(str(a), lookup) for a in (container.get("command") or [])]
         argv += [expand(str(a), lookup) for a in (container.get("args") or [])]
@@ -445,6 +561,7 @@ class Kubelet:
         else:
             cwd = str(runtime.directory / "rootfs")
         Path(cwd).mkdir(parents=True, exist_ok=True)
+        runtime.env, runtime.cwd = full_env, cwd
         return argv, cwd, full_env
 
     def _resolve_env(self, runtime: PodRuntime, container: Obj) -> dict[str, str]:
@@ -530,14 +647,12 @@ class Kubelet:
         except OSError as exc:
             os.close(read_fd)
             os.close(write_fd)
-            self._finish(
-                runtime,
-                128,
-                "StartError",
-                started_at,
+            message = (
                 f"failed to create containerd task: failed to create shim task: OCI runtime create "
-                f'failed: exec: "{runtime.command[0]}": {exc.strerror}: unknown',
+                f'failed: exec: "{runtime.command[0]}": {exc.strerror}: unknown'
             )
+            self.event(runtime, "Failed", f"Error: {message}", warning=True)
+            self._finish(runtime, 128, "StartError", started_at, message)
             return
         os.close(write_fd)
         runtime.pgid = proc.pid
@@ -555,27 +670,53 @@ class Kubelet:
         runtime.container_id = f"emulator://{proc.pid}"
         runtime.state = {"running": {"startedAt": started_at}}
         self.publish(runtime)
+        self.event(runtime, "Started", f"Started container {self._container_name(runtime)}")
 
         exited = asyncio.create_task(proc.wait())
         stopped = asyncio.create_task(runtime.stop_requested.wait())
         await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not exited.done():
-            _signal_group(proc.pid, signal.SIGTERM if runtime.grace > 0 else signal.SIGKILL)
-            try:
+        if not exited.done() and runtime.grace > 0 and runtime.stop_reason != "OOMKilled":
+            self.event(runtime, "Killing", f"Stopping container {self._container_name(runtime)}")
+            # Like the container runtime: SIGTERM to the container's PID 1 only, which (being a
+            # namespace init) ignores it unless it installed a handler; nothing else is signalled.
+            if catches_signal(proc.pid, signal.SIGTERM):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(exited), runtime.grace)
-            except TimeoutError:
-                _signal_group(proc.pid, signal.SIGKILL)
-                await exited
         stopped.cancel()
-        # The container ends with its main process: whatever else it started dies with it.
-        _signal_group(proc.pid, signal.SIGKILL)
+        # The container ends with its PID 1 (or the grace period): everything in it dies.
+        await asyncio.to_thread(self._kill_container, runtime)
+        await exited
         try:
             await asyncio.wait_for(pump, 2.0)
         except TimeoutError:
             pump.cancel()
         code = proc.returncode if proc.returncode is not None else 137
         exit_code = code if code >= 0 else 128 - code
-        self._finish(runtime, exit_code, "Completed" if exit_code == 0 else "Error", started_at)
+        reason = "Completed" if exit_code == 0 else "Error"
+        if runtime.stop_reason == "OOMKilled":
+            reason, exit_code = "OOMKilled", 137
+        self._finish(runtime, exit_code, reason, started_at, self._termination_message(runtime))
+
+    def _container_name(self, runtime: PodRuntime) -> str:
+        pod = self.cluster.store.get(PODS, runtime.namespace, runtime.name)
+        return str(pod["spec"]["containers"][0]["name"]) if pod else "main"
+
+    def _termination_message(self, runtime: PodRuntime) -> str | None:
+        """FallbackToLogsOnError: the tail of the log of a failed container."""
+        pod = self.cluster.store.get(PODS, runtime.namespace, runtime.name)
+        if pod is None or runtime.stop_reason == "deleted":
+            return None
+        policy = pod["spec"]["containers"][0].get("terminationMessagePolicy")
+        if policy != "FallbackToLogsOnError":
+            return None
+        try:
+            data = runtime.log_path.read_bytes()[-_TERMINATION_LOG_BYTES:]
+        except OSError:
+            return None
+        lines = data.splitlines(keepends=True)[-_TERMINATION_LOG_LINES:]
+        return b"".join(lines).decode("utf-8", "replace") or None
 
     def _finish(
         self,
@@ -613,14 +754,28 @@ class Kubelet:
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), pipe
         )
+        raw = open(runtime.log_path, "ab", buffering=0)  # noqa: SIM115 - reopened at rotation
+        stamped = open(runtime.timestamped_log_path, "ab", buffering=0)  # noqa: SIM115
         try:
-            with (
-                open(runtime.log_path, "ab", buffering=0) as raw,
-                open(runtime.timestamped_log_path, "ab", buffering=0) as stamped,
-            ):
-                while chunk := await reader.read(65536):
-                    self._append(runtime, chunk, raw, stamped)
+            while chunk := await reader.read(65536):
+                while chunk:
+                    room = self.log_rotate_bytes - raw.tell()
+                    if room <= 0:
+                        # Like the kubelet's log rotation: the current file is moved aside and a
+                        # new one started; the API only ever serves the current file.
+                        raw.close()
+                        stamped.close()
+                        for path in (runtime.log_path, runtime.timestamped_log_path):
+                            path.replace(path.with_suffix(path.suffix + ".1"))
+                        raw = open(runtime.log_path, "ab", buffering=0)  # noqa: SIM115
+                        stamped = open(runtime.timestamped_log_path, "ab", buffering=0)  # noqa: SIM115
+                        runtime.log_generation += 1
+                        continue
+                    self._append(runtime, chunk[:room], raw, stamped)
+                    chunk = chunk[room:]
         finally:
+            raw.close()
+            stamped.close()
             transport.close()
 
     def _append(self, runtime: PodRuntime, chunk: bytes, raw: BinaryIO, stamped: BinaryIO) -> None:
@@ -643,25 +798,29 @@ class Kubelet:
         path = runtime.timestamped_log_path if timestamps else runtime.log_path
         follower = Follower()
         runtime.followers.add(follower)
+        generation = runtime.log_generation
         try:
-            with open(path, "rb") as handle:
-                while True:
-                    follower.wake.clear()
-                    complete = runtime.log_complete
-                    data = handle.read(65536)
-                    if data:
-                        yield data
-                        continue
-                    if not follow or complete:
-                        return
-                    if follower.broken:
-                        raise LogStreamBroken(
-                            f"log stream of {runtime.name} broken by the emulator"
-                        )
-                    await follower.wake.wait()
-                    if follower.broken:
-                        raise LogStreamBroken(
-                            f"log stream of {runtime.name} broken by the emulator"
-                        )
+            handle = open(path, "rb")  # noqa: SIM115 - reopened when the log rotates
+            while True:
+                follower.wake.clear()
+                complete = runtime.log_complete
+                data = handle.read(65536)
+                if data:
+                    yield data
+                    continue
+                if follow and generation != runtime.log_generation:
+                    # A follower goes on into the new file, as kubectl logs -f does.
+                    handle.close()
+                    generation = runtime.log_generation
+                    handle = open(path, "rb")  # noqa: SIM115
+                    continue
+                if not follow or complete:
+                    return
+                if follower.broken:
+                    raise LogStreamBroken(f"log stream of {runtime.name} broken by the emulator")
+                await follower.wake.wait()
+                if follower.broken:
+                    raise LogStreamBroken(f"log stream of {runtime.name} broken by the emulator")
         finally:
+            handle.close()
             runtime.followers.discard(follower)

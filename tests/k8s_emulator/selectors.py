@@ -113,6 +113,16 @@ FIELD_PATHS: dict[str, dict[str, tuple[str, ...]]] = {
         "metadata.namespace": ("metadata", "namespace"),
         "status.successful": ("status", "succeeded"),
     },
+    "events": {
+        "metadata.name": ("metadata", "name"),
+        "metadata.namespace": ("metadata", "namespace"),
+        "involvedObject.kind": ("involvedObject", "kind"),
+        "involvedObject.name": ("involvedObject", "name"),
+        "involvedObject.uid": ("involvedObject", "uid"),
+        "involvedObject.namespace": ("involvedObject", "namespace"),
+        "reason": ("reason",),
+        "type": ("type",),
+    },
     "secrets": {
         "metadata.name": ("metadata", "name"),
         "metadata.namespace": ("metadata", "namespace"),

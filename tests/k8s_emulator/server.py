@@ -12,10 +12,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from tests.k8s_emulator.cluster import Cluster
 from tests.k8s_emulator.errors import ApiError
+from tests.k8s_emulator.exec import exec_endpoint
 from tests.k8s_emulator.kubelet import LogStreamBroken
 from tests.k8s_emulator.selectors import parse_field_selector, parse_label_selector
 from tests.k8s_emulator.store import KINDS, PODS, Kind, WatchEnd, now
@@ -41,8 +42,10 @@ SERVED = {
     ("batch", "jobs"),
     ("", "pods"),
     ("", "secrets"),
+    ("", "events"),
     ("", "namespaces"),
     ("authorization.k8s.io", "selfsubjectaccessreviews"),
+    ("authorization.k8s.io", "selfsubjectrulesreviews"),
 }
 
 
@@ -185,7 +188,7 @@ def build_app(cluster: Cluster) -> Starlette:
                     raise ApiError(
                         404, "NotFound", "the server could not find the requested resource"
                     )
-                if info.resource != "selfsubjectaccessreviews" and cluster.toggles.forbidden(
+                if not str(info.resource).startswith("selfsubject") and cluster.toggles.forbidden(
                     info.verb, info.full_resource
                 ):
                     raise forbidden(info)
@@ -233,7 +236,9 @@ def build_app(cluster: Cluster) -> Starlette:
                 resource("pods", "Pod"),
                 resource("pods/log", "Pod", verbs=["get"]),
                 resource("pods/status", "Pod", verbs=["get"]),
+                resource("pods/exec", "PodExecOptions", verbs=["create", "get"]),
                 resource("secrets", "Secret"),
+                resource("events", "Event"),
             ]
             return json_response(
                 {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
@@ -250,6 +255,8 @@ def build_app(cluster: Cluster) -> Starlette:
             return namespaces(info)
         if info.resource == "selfsubjectaccessreviews":
             return await access_review(info, request)
+        if info.resource == "selfsubjectrulesreviews":
+            return await rules_review(request)
         kind = KINDS[str(info.resource)]
         query = request.query_params
         if info.name is None:
@@ -425,7 +432,10 @@ def build_app(cluster: Cluster) -> Starlette:
                     "uid": f"ns-{name}",
                     "resourceVersion": "1",
                     "creationTimestamp": "2026-01-01T00:00:00Z",
-                    "labels": {"kubernetes.io/metadata.name": name},
+                    "labels": {
+                        "kubernetes.io/metadata.name": name,
+                        **cluster.namespace_labels.get(name, {}),
+                    },
                 },
                 "spec": {"finalizers": ["kubernetes"]},
                 "status": {"phase": "Active"},
@@ -469,6 +479,29 @@ def build_app(cluster: Cluster) -> Starlette:
                 "metadata": {"creationTimestamp": None},
                 "spec": body.get("spec") or {},
                 "status": status,
+            },
+            201,
+        )
+
+    async def rules_review(request: Request) -> Response:
+        body = await _json_body(request) or {}
+        rules = []
+        for group, resource in sorted(SERVED):
+            if resource.startswith("selfsubject") or resource == "namespaces":
+                continue
+            for name in (resource, f"{resource}/log", f"{resource}/exec"):
+                if "/" in name and resource != "pods":
+                    continue
+                verbs = [v for v in RESOURCE_VERBS if not cluster.toggles.forbidden(v, name)]
+                if verbs:
+                    rules.append({"verbs": verbs, "apiGroups": [group], "resources": [name]})
+        return json_response(
+            {
+                "kind": "SelfSubjectRulesReview",
+                "apiVersion": "authorization.k8s.io/v1",
+                "metadata": {"creationTimestamp": None},
+                "spec": body.get("spec") or {},
+                "status": {"resourceRules": rules, "nonResourceRules": [], "incomplete": False},
             },
             201,
         )
@@ -552,6 +585,14 @@ def build_app(cluster: Cluster) -> Starlette:
             )
         elif action == "break-log-streams":
             return json_response({"broken": cluster.kubelet.break_log_streams()})
+        elif action == "break-exec-streams":
+            return json_response({"broken": cluster.kubelet.break_exec_streams()})
+        elif action == "log-rotation":
+            cluster.kubelet.log_rotate_bytes = int(body["bytes"])
+        elif action == "namespace":
+            cluster.namespace_labels[str(body["name"])] = dict(body.get("labels") or {})
+        elif action == "oom":
+            return evict({**body, "reason": "OOMKilled"})
         elif action == "break-watches":
             return json_response({"broken": store.end_watches(bool(body.get("abrupt", False)))})
         elif action == "compact":
@@ -573,7 +614,9 @@ def build_app(cluster: Cluster) -> Starlette:
                 runtime = cluster.kubelet.runtime_for(pod)
                 if runtime is not None:
                     runtime.request_stop(
-                        "Evicted", float(body.get("gracePeriodSeconds", 0)), body.get("message")
+                        body.get("reason", "Evicted"),
+                        float(body.get("gracePeriodSeconds", 0)),
+                        body.get("message"),
                     )
                 return json_response({"ok": True, "at": now()})
         return json_response({"error": f"pod {name} not found"}, 404)
@@ -581,6 +624,9 @@ def build_app(cluster: Cluster) -> Starlette:
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     return Starlette(
         routes=[
+            WebSocketRoute(
+                "/api/v1/namespaces/{namespace}/pods/{name}/exec", exec_endpoint(cluster)
+            ),
             Route("/_emulator/{action}", control, methods=["GET", "POST"]),
             Route("/{path:path}", api, methods=methods),
         ]

@@ -50,7 +50,8 @@ class Kind:
 JOBS = Kind("jobs", "batch", "Job")
 PODS = Kind("pods", "", "Pod")
 SECRETS = Kind("secrets", "", "Secret")
-KINDS = {k.resource: k for k in (JOBS, PODS, SECRETS)}
+EVENTS = Kind("events", "", "Event")
+KINDS = {k.resource: k for k in (JOBS, PODS, SECRETS, EVENTS)}
 
 
 def now() -> str:

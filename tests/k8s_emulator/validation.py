@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from tests.k8s_emulator.errors import ApiError
-from tests.k8s_emulator.store import JOBS, PODS, SECRETS, Kind, now
+from tests.k8s_emulator.store import EVENTS, JOBS, PODS, SECRETS, Kind, now
 
 Obj = dict[str, Any]
 
@@ -298,6 +298,9 @@ def admit(kind: Kind, obj: Obj, namespace: str) -> Obj:
         return _admit_pod(obj, namespace)
     if kind is SECRETS:
         return _admit_secret(obj, namespace)
+    if kind is EVENTS:
+        admit_metadata(EVENTS, obj, namespace).raise_if_any()
+        return obj
     raise AssertionError(kind)
 
 

@@ -26,6 +26,7 @@ def job_manifest(
     mounts: list[Obj] | None = None,
     working_dir: str | None = None,
     command: list[str] | None = None,
+    grace: int = 1,
 ) -> Obj:
     container: Obj = {
         "name": "main",
@@ -41,7 +42,13 @@ def job_manifest(
         "backoffLimit": backoff_limit,
         "template": {
             "metadata": {"labels": labels or {}},
-            "spec": {"restartPolicy": "Never", "containers": [container], "volumes": volumes or []},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [container],
+                "volumes": volumes or [],
+                # PID 1 ignores SIGTERM without a handler: keep the kill after the grace short.
+                "terminationGracePeriodSeconds": grace,
+            },
         },
     }
     if deadline is not None:

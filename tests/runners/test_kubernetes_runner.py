@@ -1,35 +1,34 @@
-"""KubernetesRunner end to end against the Kubernetes API emulator (real HTTP, real processes)."""
+"""KubernetesRunner against the Kubernetes API emulator (real HTTP, websocket exec, processes).
+
+Each numbered failure of the Kubernetes issue has a test here: signals reaching the step's whole
+tree, resumable output, unforgeable results, real-cluster defaults (busybox without bash),
+hardened pods (PodSecurity "restricted"), big scripts, the startup RBAC check, the job deadline,
+foreign Jobs, and reasons reported once."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.runners.base import JobResult, JobRun, StepOutcome, StepRun
-from app.runners.k8s_script import installation_id, k8s_job_name, secret_name
+from app.runners.base import JobResult, JobRun, KubernetesOptions, StepOutcome, StepRun
 from app.runners.kubernetes import (
-    ANNOTATION_JOB_NAME,
     LABEL_BUILD,
-    LABEL_JOB,
     LABEL_JOB_ID,
     REQUIRED_RBAC,
     KubernetesRunner,
     KubernetesSettings,
+    installation_id,
+    k8s_job_name,
 )
 from tests.k8s_emulator.fixture import EmulatorProcess
 from tests.runners.steps import step
 
 INSTALLATION = installation_id("test-marker-secret")
-
 WAIT = 30.0
 
 
@@ -71,19 +70,15 @@ _next_build = iter(range(int(time.time()) % 100000 * 100, 10**12))
 
 
 def job_run(
-    *steps: StepRun,
-    image: str | None = None,
-    timeout: float | None = None,
-    secrets: frozenset[str] = frozenset(),
-    name: str = "build",
+    *steps: StepRun, image: str | None = None, timeout: float | None = None, **kw: Any
 ) -> JobRun:
     return JobRun(
         build_id=next(_next_build),
-        job_name=name,
+        job_name="build",
         image=image,
         timeout_seconds=timeout,
         steps=tuple(steps),
-        secret_names=secrets,
+        **kw,
     )
 
 
@@ -99,28 +94,8 @@ async def until(predicate: Callable[[], Awaitable[bool] | bool], what: str) -> N
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def control(
-    emulator: EmulatorProcess, path: str, body: dict[str, Any] | None = None, *, key: str = ""
-) -> Any:
-    """An emulator control call off the event loop (the runner under test shares the loop)."""
-    answer = await asyncio.to_thread(emulator.control, path, body)
-    return answer[key] if key else answer
-
-
-def _has_lines(reporter: FakeReporter, index: int, n: int) -> bool:
-    return reporter.text(index).count("\n") >= n
-
-
-async def _no_processes(emulator: EmulatorProcess) -> bool:
-    return not await control(emulator, "processes")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+async def control(emulator: EmulatorProcess, path: str, body: dict[str, Any] | None = None) -> Any:
+    return await asyncio.to_thread(emulator.control, path, body)
 
 
 @pytest.fixture
@@ -133,9 +108,9 @@ def settings(emulator: EmulatorProcess) -> KubernetesSettings:
         ttl_seconds_after_finished=600,
         image_pull_timeout_seconds=0,
         unschedulable_timeout_seconds=1,
-        watch_timeout_seconds=5,
+        termination_grace_seconds=3,
+        poll_interval_seconds=0.1,
         retry_interval_seconds=0.1,
-        job_check_interval_seconds=0.5,
     )
 
 
@@ -147,496 +122,250 @@ async def runner(settings: KubernetesSettings) -> AsyncIterator[KubernetesRunner
     await runner.stop()
 
 
-async def pods_of(runner: KubernetesRunner, job: JobRun) -> list[dict[str, Any]]:
-    name = k8s_job_name(job.build_id, job.job_name, INSTALLATION)
-    listing = await runner.kube.list_pods(f"{LABEL_JOB_ID}={name}")
-    return list(listing.get("items") or [])
-
-
-# ---------------------------------------------------------------- plain runs
-
-
-async def test_success_reports_steps_output_and_builds_the_job_as_specified(
-    runner: KubernetesRunner,
+async def test_success_runs_each_step_by_exec_in_a_hardened_pod(
+    emulator: EmulatorProcess, runner: KubernetesRunner
 ) -> None:
+    await control(
+        emulator,
+        "namespace",
+        {"name": "ci", "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+    )
     job = job_run(
-        step(0, "echo one; printf 'two'"),
-        step(1, 'echo "ws=$CI_WORKSPACE cwd=$(pwd)"; echo "cost: $$"', shell="bash"),
-        name="Build (3.11)",
+        step(0, "echo one; printf 'two'", env={"GREETING": "hi $(HOME) $$"}),
+        step(
+            1,
+            'echo "$GREETING"; touch "$HOME/.gitconfig" && echo home-ok; pwd',
+            env={"GREETING": "hi $(HOME) $$"},
+        ),
         timeout=90.5,
+        kubernetes=KubernetesOptions(node_selector={"pool": "ci"}, runtime_class_name="gvisor"),
     )
     reporter = FakeReporter()
-    result = await runner.run_job(job, reporter)
-    assert result == JobResult("success")
+    assert await runner.run_job(job, reporter) == JobResult("success")
     assert reporter.text(0) == "one\ntwo"
-    ws, _, rest = reporter.text(1).partition(" cwd=")
-    assert ws.startswith("ws=")
-    assert rest.startswith(ws[3:])  # the step runs in the workspace
-    assert reporter.text(1).count("cost: ") == 1
-    assert "cost: $" not in reporter.text(1)  # `$$` reached the shell as the PID, not expanded
+    greeting, home, cwd = reporter.text(1).splitlines()
+    assert greeting == "hi $(HOME) $$"  # values reach the step untouched by $(VAR) expansion
+    assert home == "home-ok"
+    assert cwd.endswith("workspace")
     assert reporter.events == [
         ("started", 0),
         ("finished", 0, "success", 0),
         ("started", 1),
         ("finished", 1, "success", 0),
     ]
-    name = k8s_job_name(job.build_id, job.job_name, INSTALLATION)
-    obj = await runner.kube.read_job(name)
+    obj = await runner.kube.read_job(runner.job_name(job))
     assert obj is not None
-    meta, spec = obj["metadata"], obj["spec"]
-    assert meta["labels"][LABEL_BUILD] == str(job.build_id)
-    assert meta["labels"][LABEL_JOB] == "build-3-11"
-    assert meta["annotations"][ANNOTATION_JOB_NAME] == "Build (3.11)"
-    assert spec["backoffLimit"] == 0
+    spec = obj["spec"]
     assert spec["activeDeadlineSeconds"] == 91
-    assert spec["ttlSecondsAfterFinished"] == 600
     pod = spec["template"]["spec"]
-    assert pod["restartPolicy"] == "Never"
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["nodeSelector"] == {"pool": "ci"}
+    assert pod["runtimeClassName"] == "gvisor"
     container = pod["containers"][0]
-    assert container["image"] == "busybox:1.36"
-    assert container["workingDir"] == "/workspace"
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert {"name": "CI_WORKSPACE", "value": "/workspace"} in container["env"]
-    assert pod["volumes"] == [{"name": "workspace", "emptyDir": {}}]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert "GREETING" not in str(container)  # values travel on stdin, not in the spec
+    assert "sizeLimit" in pod["volumes"][0]["emptyDir"]
 
 
-async def test_failure_continue_on_error_and_conditions(runner: KubernetesRunner) -> None:
+async def test_busybox_without_bash_is_a_step_failure_not_an_error(
+    runner: KubernetesRunner,
+) -> None:
+    job = job_run(step(0, "echo hi", shell="bash"), step(1, "echo later"))
+    reporter = FakeReporter()
+    assert await runner.run_job(job, reporter) == JobResult("failed")
+    assert reporter.statuses() == {0: "failed", 1: "skipped"}
+    assert "bash is not installed" in reporter.text(0)
+
+
+async def test_failure_exit_codes_and_continue_on_error(runner: KubernetesRunner) -> None:
     job = job_run(
-        step(0, "echo soft; exit 4", coe=True),
-        step(1, "echo hard; exit 2"),
+        step(0, "exit 3", coe=True),
+        step(1, "echo running; exit 4"),
         step(2, "echo never"),
         step(3, "echo cleanup", cond="always()"),
-        step(4, "echo only-on-success"),
-        image="alpine:3",
     )
     reporter = FakeReporter()
-    result = await runner.run_job(job, reporter)
-    assert result == JobResult("failed")
-    assert reporter.finished == {
-        0: ("failed", 4, None),
-        1: ("failed", 2, None),
-        2: ("skipped", None, None),
-        3: ("success", 0, None),
-        4: ("skipped", None, None),
+    assert await runner.run_job(job, reporter) == JobResult("failed")
+    assert {i: (s, c) for i, (s, c, _) in reporter.finished.items()} == {
+        0: ("failed", 3),
+        1: ("failed", 4),
+        2: ("skipped", None),
+        3: ("success", 0),
     }
     assert reporter.text(3) == "cleanup\n"
-    assert 2 not in reporter.output
 
 
-async def test_step_timeout_kills_grandchildren(runner: KubernetesRunner) -> None:
-    script = "sh -c 'sleep 300 & echo grandchild=$!; wait' & sleep 0.2; echo child=$!; sleep 300"
-    job = job_run(step(0, script, timeout=1), step(1, "echo after", cond="always()"))
+async def test_results_cannot_be_forged_by_the_job(runner: KubernetesRunner) -> None:
+    forge = (
+        'for f in "$CI_RUN_DIR"/*; do echo 0 > "$f"; done 2>/dev/null; '
+        "echo '##[ci-executor:x] job-end success'; exit 1"
+    )
     reporter = FakeReporter()
-    result = await runner.run_job(job, reporter)
-    assert result.status == "timed_out"
-    assert reporter.finished[0] == ("timed_out", 124, None)
-    assert reporter.finished[1] == ("success", 0, None)
-    pids = [int(line.split("=")[1]) for line in reporter.text(0).split()]
-    assert len(pids) == 2
-    await until(lambda: not any(pid_alive(p) for p in pids), "the step's tree to die")
+    assert await runner.run_job(job_run(step(0, forge)), reporter) == JobResult("failed")
+    assert reporter.finished[0][:2] == ("failed", 1)
 
 
-async def test_job_deadline_is_timed_out(runner: KubernetesRunner) -> None:
+async def test_scripts_beyond_the_argv_limit_run(runner: KubernetesRunner) -> None:
+    big = "x=1\n" * 100_000 + "echo big-done\n"  # 400 KiB: over MAX_ARG_STRLEN (128 KiB)
+    reporter = FakeReporter()
+    assert await runner.run_job(job_run(step(0, big)), reporter) == JobResult("success")
+    assert reporter.text(0) == "big-done\n"
+
+
+async def test_output_survives_stream_breaks_without_loss_or_repeat(
+    emulator: EmulatorProcess, runner: KubernetesRunner
+) -> None:
+    await control(emulator, "log-rotation", {"bytes": 4096})
+    script = 'i=0; while [ $i -lt 400 ]; do echo "line $i"; i=$((i+1)); sleep 0.005; done'
+    job = job_run(step(0, script))
+    reporter = FakeReporter()
+    task = asyncio.create_task(runner.run_job(job, reporter))
+    for _ in range(3):
+        await until(lambda: reporter.text(0).count("\n") > 20, "some output")
+        await control(emulator, "break-exec-streams", {})
+        await asyncio.sleep(0.3)
+    assert await task == JobResult("success")
+    assert reporter.text(0) == "".join(f"line {i}\n" for i in range(400))
+
+
+async def test_reattach_after_restart_follows_on_from_the_stored_offset(
+    settings: KubernetesSettings, runner: KubernetesRunner
+) -> None:
     job = job_run(
-        step(0, "echo start"), step(1, "echo slow; sleep 300"), step(2, "echo x"), timeout=2
+        step(0, "echo first"),
+        step(1, 'i=0; while [ $i -lt 30 ]; do echo "n $i"; i=$((i+1)); sleep 0.05; done'),
     )
+    reporter = FakeReporter()
+    task = asyncio.create_task(runner.run_job(job, reporter))
+    await until(lambda: reporter.text(1).count("\n") >= 5, "step 1 output")
+    task.cancel()  # the executor dies mid-step
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    other = KubernetesRunner(settings)
+    await other.start()
+    try:
+        resumed = replace(job, cancel=asyncio.Event())
+        assert await other.run_job(resumed, reporter, resume=True) == JobResult("success")
+    finally:
+        await other.stop()
+    assert reporter.text(0) == "first\n"
+    assert reporter.text(1) == "".join(f"n {i}\n" for i in range(30))
+
+
+async def test_cancel_stops_the_whole_process_tree_within_the_grace_period(
+    emulator: EmulatorProcess, runner: KubernetesRunner
+) -> None:
+    # A daemon in the background, and a step that ignores nothing: all must be gone.
+    job = job_run(step(0, "sleep 300 & sleep 300 & echo started; wait"))
+    reporter = FakeReporter()
+    task = asyncio.create_task(runner.run_job(job, reporter))
+    await until(lambda: "started" in reporter.text(0), "the step to start")
+    started = time.monotonic()
+    job.cancel.set()
+    assert await task == JobResult("cancelled")
+    assert reporter.statuses() == {0: "cancelled"}
+
+    async def gone() -> bool:
+        return not [p for p in await control(emulator, "processes") if "ci-" in p["pod"]]
+
+    await until(gone, "every process of the pod to end")
+    # Within the grace period (3 s), not the 30 s default nor at SIGKILL.
+    assert time.monotonic() - started < 3
+
+
+async def test_step_timeout_kills_the_step_tree(runner: KubernetesRunner) -> None:
+    job = job_run(step(0, "sleep 300 & echo up; wait", timeout=1), step(1, "echo next"))
     reporter = FakeReporter()
     result = await runner.run_job(job, reporter)
     assert result.status == "timed_out"
-    assert result.error
-    assert "deadline" in result.error.lower()
-    assert reporter.statuses() == {0: "success", 1: "timed_out", 2: "skipped"}
-    assert reporter.text(1) == "slow\n"
+    assert reporter.statuses() == {0: "timed_out", 1: "skipped"}
 
 
-# ---------------------------------------------------------------- infrastructure failures
+async def test_job_deadline_reports_timed_out(runner: KubernetesRunner) -> None:
+    job = job_run(step(0, "echo up; sleep 300"), step(1, "echo next"), timeout=2)
+    reporter = FakeReporter()
+    result = await runner.run_job(job, reporter)
+    assert result.status == "timed_out"
+    assert reporter.statuses() == {0: "timed_out", 1: "skipped"}
 
 
-async def test_image_pull_failure_is_an_error(
-    runner: KubernetesRunner, emulator: EmulatorProcess
+async def test_missing_image_is_an_error_reported_once(
+    emulator: EmulatorProcess, runner: KubernetesRunner
 ) -> None:
-    await control(emulator, "missing-images", {"images": ["registry.example/nope:1"]})
-    job = job_run(step(0, "echo hi"), image="registry.example/nope:1")
+    await control(emulator, "missing-images", {"images": ["nope:1"]})
+    job = job_run(step(0, "true"), step(1, "true"), step(2, "true"), image="nope:1")
     reporter = FakeReporter()
     result = await runner.run_job(job, reporter)
     assert result.status == "error"
-    assert result.error
-    assert "registry.example/nope:1" in result.error
-    assert "ImagePull" in result.error or "ErrImagePull" in result.error
-    assert reporter.statuses() == {0: "skipped"}
-    assert (
-        await runner.kube.read_job(k8s_job_name(job.build_id, job.job_name, INSTALLATION)) is None
-    )
+    assert "nope:1" in (result.error or "")
+    assert [e for _, (_, _, e) in reporter.finished.items() if e] == []
+    assert reporter.statuses() == {0: "skipped", 1: "skipped", 2: "skipped"}
 
 
-async def test_create_container_config_error(
-    runner: KubernetesRunner, emulator: EmulatorProcess
+async def test_admission_refusal_ends_the_job_in_seconds_with_the_reason(
+    emulator: EmulatorProcess, runner: KubernetesRunner
 ) -> None:
-    await control(emulator, "create-config-error", {"images": ["bad-config:1"]})
-    job = job_run(step(0, "echo hi"), image="bad-config:1")
-    result = await runner.run_job(job, FakeReporter())
-    assert result.status == "error"
-    assert result.error
-    assert result.error.startswith("CreateContainerConfigError")
-
-
-async def test_unschedulable_past_the_timeout(
-    runner: KubernetesRunner, emulator: EmulatorProcess
-) -> None:
-    await control(emulator, "unschedulable", {"value": True})
-    job = job_run(step(0, "echo hi"))
-    result = await runner.run_job(job, FakeReporter())
-    assert result.status == "error"
-    assert result.error
-    assert result.error.startswith("Unschedulable")
-    await until(lambda: _no_pods(runner, job), "the pods to be deleted")
-
-
-async def _no_pods(runner: KubernetesRunner, job: JobRun) -> bool:
-    return not await pods_of(runner, job)
-
-
-async def test_eviction_is_an_error_not_a_failure(
-    runner: KubernetesRunner, emulator: EmulatorProcess
-) -> None:
-    job = job_run(step(0, "echo ready; sleep 300"), step(1, "echo next"))
-    reporter = FakeReporter()
-    task = asyncio.create_task(runner.run_job(job, reporter))
-    await until(lambda: reporter.text(0).startswith("ready"), "the step to start")
-    pod = (await pods_of(runner, job))[0]["metadata"]["name"]
     await control(
-        emulator, "evict", {"pod": pod, "namespace": "ci", "message": "node memory pressure"}
+        emulator,
+        "namespace",
+        {"name": "ci", "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
     )
-    result = await asyncio.wait_for(task, WAIT)
+    job = job_run(step(0, "true"), kubernetes=KubernetesOptions())
+    manifest_job = replace(job, kubernetes=None)
+    # A privileged option the hardened namespace refuses: a hostPath-free way is a root user.
+    runner.settings = replace(runner.settings, run_as_user=1000)
+    reporter = FakeReporter()
+    original = runner.job_manifest
+
+    def loose(j: JobRun) -> dict[str, Any]:
+        body = original(j)
+        body["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {}
+        return body
+
+    runner.job_manifest = loose  # type: ignore[method-assign]
+    result = await runner.run_job(manifest_job, reporter)
     assert result.status == "error"
-    assert result.error
-    assert result.error.startswith("Evicted")
-    assert reporter.statuses() == {0: "error", 1: "skipped"}
+    assert "violates PodSecurity" in (result.error or "")
 
 
-# ---------------------------------------------------------------- cancel
-
-
-async def test_cancel_deletes_the_job_and_kills_processes(
-    runner: KubernetesRunner, emulator: EmulatorProcess
+async def test_a_foreign_job_of_the_same_name_is_not_adopted(
+    settings: KubernetesSettings, runner: KubernetesRunner
 ) -> None:
-    job = job_run(step(0, "sh -c 'sleep 300' & echo ready; wait"), step(1, "echo next"))
-    reporter = FakeReporter()
-    task = asyncio.create_task(runner.run_job(job, reporter))
-    await until(lambda: reporter.text(0).startswith("ready"), "the step to start")
-    processes = [p for p in await control(emulator, "processes") if p["uid"]]
-    assert processes
-    job.cancel.set()
-    result = await asyncio.wait_for(task, WAIT)
-    assert result == JobResult("cancelled")
-    assert reporter.statuses() == {0: "cancelled", 1: "skipped"}
-    await until(lambda: _no_processes(emulator), "the pod's processes to die")
-    await until(lambda: _no_pods(runner, job), "the pods to be deleted")
-    assert (
-        await runner.kube.read_job(k8s_job_name(job.build_id, job.job_name, INSTALLATION)) is None
-    )
-    # The pods went away with the Job: without propagationPolicy=Background they would stay.
-    deletes = [c for c in (await control(emulator, "calls")) if c["verb"] == "delete"]
-    assert [c["resource"] for c in deletes] == ["jobs"]
-
-
-async def test_cancel_while_pending_never_starts_work(
-    runner: KubernetesRunner, emulator: EmulatorProcess, tmp_path: Path
-) -> None:
-    marker = tmp_path / "started"
-    await control(emulator, "unschedulable", {"value": True})
-    job = job_run(step(0, f"touch {marker}; sleep 300"))
-    reporter = FakeReporter()
-    runner_long = KubernetesRunner(replace(runner.settings, unschedulable_timeout_seconds=600))
-    await runner_long.start()
-    try:
-        task = asyncio.create_task(runner_long.run_job(job, reporter))
-        await until(lambda: _has_pods(runner, job), "the pending pod")
-        job.cancel.set()
-        result = await asyncio.wait_for(task, WAIT)
-    finally:
-        await runner_long.stop()
-    assert result == JobResult("cancelled")
-    assert reporter.statuses() == {0: "skipped"}  # it never started
-    await until(lambda: _no_pods(runner, job), "the pending pod to be deleted")
-    await control(emulator, "unschedulable", {"value": False})
-    # With the pod object gone nothing is left that the kubelet could start.
-    assert not await control(emulator, "processes")
-    assert not marker.exists()
-
-
-async def _has_pods(runner: KubernetesRunner, job: JobRun) -> bool:
-    return bool(await pods_of(runner, job))
-
-
-async def test_cancel_build_deletes_all_jobs_and_the_secret(runner: KubernetesRunner) -> None:
-    first = job_run(step(0, "echo a; sleep 300", env={"PW": "s3cr3t"}), secrets=frozenset({"PW"}))
-    second = JobRun(
-        build_id=first.build_id,
-        job_name="other",
-        image=None,
-        timeout_seconds=None,
-        steps=(step(0, "echo b; sleep 300", env={"PW": "s3cr3t"}),),
-        secret_names=frozenset({"PW"}),
-    )
-    reporters = [FakeReporter(), FakeReporter()]
-    tasks = [
-        asyncio.create_task(runner.run_job(j, r))
-        for j, r in zip((first, second), reporters, strict=True)
-    ]
-    await until(lambda: all(r.text(0) for r in reporters), "both jobs to run")
-    assert await runner.kube.read_secret(secret_name(first.build_id, INSTALLATION)) is not None
-    await runner.cancel_build(first.build_id)
-    results = await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
-    assert all(r.status in ("error", "cancelled") for r in results)
-    assert await runner.kube.list_jobs(f"{LABEL_BUILD}={first.build_id}") == []
-    assert await runner.kube.read_secret(secret_name(first.build_id, INSTALLATION)) is None
-
-
-# ---------------------------------------------------------------- logs, breaks and re-attach
-
-LINES = 40
-SLOW_SCRIPT = (
-    f'i=0; while [ $i -lt {LINES} ]; do echo "line $i of the log"; i=$((i+1)); sleep 0.05; done'
-)
-EXPECTED = "".join(f"line {i} of the log\n" for i in range(LINES))
-
-
-async def test_log_stream_breaks_lose_and_repeat_nothing(
-    runner: KubernetesRunner, emulator: EmulatorProcess
-) -> None:
-    job = job_run(step(0, SLOW_SCRIPT), step(1, "printf 'tail'"))
-    reporter = FakeReporter()
-    task = asyncio.create_task(runner.run_job(job, reporter))
-    for n in (5, 15, 25):
-        await until(partial(_has_lines, reporter, 0, n), f"{n} lines")
-        # Retried: right after a break the runner may be between two connections.
-        await until(
-            lambda: control(emulator, "break-log-streams", {}, key="broken"), "a log to break"
-        )
-    # An unrelated change, then compaction: the pod watch's resourceVersion is now too old, so
-    # the runner's re-watch gets 410 Gone and it must list again.
-    await runner.kube.create_secret({"metadata": {"name": f"unrelated-{job.build_id}"}})
-    await control(emulator, "compact", {})
-    await control(emulator, "break-watches", {"abrupt": True})
-    result = await asyncio.wait_for(task, WAIT)
-    pod_lists = [
-        c
-        for c in await control(emulator, "calls")
-        if (c["verb"], c["resource"]) == ("list", "pods")
-    ]
-    assert len(pod_lists) >= 2  # listed again after the 410
-    assert result == JobResult("success")
-    assert reporter.text(0) == EXPECTED
-    assert reporter.text(1) == "tail"
-
-
-async def test_silent_log_streams_are_reopened_without_loss(
-    settings: KubernetesSettings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    runner = KubernetesRunner(replace(settings, log_idle_reconnect_seconds=0.3))
-    await runner.start()
-    try:
-        opened = 0
-        real = runner.kube.pod_log
-
-        async def counting(name: str, idle: float) -> Any:
-            nonlocal opened
-            opened += 1
-            return await real(name, idle)
-
-        monkeypatch.setattr(runner.kube, "pod_log", counting)
-        job = job_run(step(0, "echo a; sleep 1.5; echo b"))
-        reporter = FakeReporter()
-        assert await runner.run_job(job, reporter) == JobResult("success")
-    finally:
-        await runner.stop()
-    assert reporter.text(0) == "a\nb\n"
-    assert opened >= 2
-
-
-async def test_resume_after_a_crash_reports_every_line_once(
-    settings: KubernetesSettings, emulator: EmulatorProcess
-) -> None:
-    job = job_run(step(0, "echo first"), step(1, SLOW_SCRIPT), step(2, "echo last"))
-    reporter = FakeReporter()
-    crashed = KubernetesRunner(settings)
-    await crashed.start()
-    task = asyncio.create_task(crashed.run_job(job, reporter))
-    await until(lambda: reporter.text(1).count("\n") >= 10, "some output")
-    task.cancel()  # the executor dies: its tasks stop, the Job keeps running
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await crashed.stop()
-    stored = reporter.stored
-    assert stored > 0
-
-    revived = KubernetesRunner(settings)
-    await revived.start()
-    try:
-        result = await revived.run_job(job, reporter, resume=True)
-    finally:
-        await revived.stop()
-    assert result == JobResult("success")
-    assert reporter.text(0) == "first\n"
-    assert reporter.text(1) == EXPECTED
-    assert reporter.text(2) == "last\n"
-    assert reporter.statuses() == {0: "success", 1: "success", 2: "success"}
-    creates = [c for c in (await control(emulator, "calls")) if c["verb"] == "create"]
-    assert [c["resource"] for c in creates] == ["jobs"]  # re-attached, not re-created
-
-
-async def test_resume_after_the_job_finished_meanwhile(settings: KubernetesSettings) -> None:
-    job = job_run(step(0, SLOW_SCRIPT), step(1, "exit 3"))
-    reporter = FakeReporter()
-    crashed = KubernetesRunner(settings)
-    await crashed.start()
-    task = asyncio.create_task(crashed.run_job(job, reporter))
-    await until(lambda: reporter.text(0).count("\n") >= 3, "some output")
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    name = k8s_job_name(job.build_id, job.job_name, INSTALLATION)
-
-    async def job_failed() -> bool:
-        obj = await crashed.kube.read_job(name)
-        return bool(obj and (obj.get("status") or {}).get("failed"))
-
-    await until(job_failed, "the Job to fail while nobody follows it")
-    await crashed.stop()
-
-    revived = KubernetesRunner(settings)
-    await revived.start()
-    try:
-        result = await revived.run_job(job, reporter, resume=True)
-    finally:
-        await revived.stop()
-    assert result == JobResult("failed")
-    assert reporter.text(0) == EXPECTED
-    assert reporter.finished[1] == ("failed", 3, None)
-
-
-async def test_api_errors_during_a_run_are_infrastructure_errors(
-    runner: KubernetesRunner, emulator: EmulatorProcess
-) -> None:
-    await control(emulator, "forbid", {"verbs": ["create"], "resources": ["secrets"]})
-    job = job_run(step(0, "echo hi", env={"PW": "x"}), secrets=frozenset({"PW"}))
-    reporter = FakeReporter()
-    result = await runner.run_job(job, reporter)
-    assert result.status == "error"
-    assert result.error is not None
-    assert "403" in result.error
-    assert reporter.statuses() == {0: "skipped"}
-
-
-async def test_resume_of_a_job_that_never_started_creates_it(runner: KubernetesRunner) -> None:
-    job = job_run(step(0, "echo fresh"))
+    job = job_run(step(0, "echo mine"))
+    other = KubernetesRunner(replace(settings, marker_secret="another-installation"))
+    name = runner.job_name(job)
+    body = other.job_manifest(job)
+    body["metadata"]["name"] = name
+    body["spec"]["template"]["metadata"]["labels"][LABEL_JOB_ID] = name
+    await runner.kube.create_job(body)
     reporter = FakeReporter()
     result = await runner.run_job(job, reporter, resume=True)
-    assert result == JobResult("success")
-    assert reporter.text(0) == "fresh\n"
+    assert result.status == "error"
+    assert "not created by this executor installation" in (result.error or "")
+    assert await runner.kube.read_job(name) is not None  # left alone
 
 
-# ---------------------------------------------------------------- secrets
-
-
-async def test_secret_values_never_appear_in_the_pod_spec(runner: KubernetesRunner) -> None:
-    job = job_run(
-        step(
-            0,
-            'printf "%s" "$API_KEY" | tr a-z A-Z; echo " $PLAIN"',
-            env={"API_KEY": "hunter-two", "PLAIN": "p$(HOME)"},
-        ),
-        step(1, 'printf "%s" "$API_KEY" | wc -c', env={"API_KEY": "hunter-two", "PLAIN": "q"}),
-        secrets=frozenset({"API_KEY"}),
-    )
-    reporter = FakeReporter()
-    result = await runner.run_job(job, reporter)
-    assert result == JobResult("success")
-    assert reporter.text(0) == "HUNTER-TWO p$(HOME)\n"
-    assert reporter.text(1).strip() == "10"
-    name = k8s_job_name(job.build_id, job.job_name, INSTALLATION)
-    job_obj = await runner.kube.read_job(name)
-    pods = await pods_of(runner, job)
-    assert job_obj is not None
-    assert pods
-    assert "hunter-two" not in json.dumps(job_obj)
-    assert "hunter-two" not in json.dumps(pods)
-    refs = [
-        e["valueFrom"]["secretKeyRef"]
-        for e in job_obj["spec"]["template"]["spec"]["containers"][0]["env"]
-        if "valueFrom" in e
-    ]
-    assert refs
-    assert all(r["name"] == secret_name(job.build_id, INSTALLATION) for r in refs)
-    secret = await runner.kube.read_secret(secret_name(job.build_id, INSTALLATION))
-    assert secret is not None
-    owners = secret["metadata"].get("ownerReferences") or []
-    assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
-        ("Job", name, job_obj["metadata"]["uid"])
-    ]
-    await runner.cleanup_build(job.build_id)
-    assert await runner.kube.read_secret(secret_name(job.build_id, INSTALLATION)) is None
-
-
-# ---------------------------------------------------------------- startup and sweep
-
-
-async def test_forbidden_is_a_clear_start_error(
-    settings: KubernetesSettings, emulator: EmulatorProcess
+async def test_startup_checks_every_verb_the_runner_uses(
+    emulator: EmulatorProcess, settings: KubernetesSettings
 ) -> None:
-    await control(emulator, "forbid", {"verbs": ["list"], "resources": ["jobs"]})
+    assert ("", "pods/exec") in REQUIRED_RBAC
+    await control(emulator, "forbid", {"resources": ["pods/exec"]})
     runner = KubernetesRunner(settings)
-    with pytest.raises(RuntimeError, match="RBAC forbids listing Jobs in namespace 'ci'"):
+    with pytest.raises(RuntimeError) as refused:
         await runner.start()
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "create pods/exec" in message
 
 
-async def test_missing_config_is_a_clear_start_error(
-    settings: KubernetesSettings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
-    runner = KubernetesRunner(replace(settings, kubeconfig=None))
-    with pytest.raises(RuntimeError, match="no Kubernetes config: set KUBECONFIG"):
-        await runner.start()
-    assert os.environ["KUBECONFIG"].endswith("absent")
-
-
-async def test_sweep_deletes_jobs_of_finished_builds_only(runner: KubernetesRunner) -> None:
-    done = job_run(step(0, "sleep 300"), name="a")
-    live = job_run(step(0, "sleep 300"), name="b")
-    for job in (done, live):
-        await runner.kube.create_job(runner.job_manifest(job, "sleep 300", []))
-    asked: list[list[int]] = []
-
-    async def finished(ids: list[int]) -> set[int]:
-        asked.append(ids)
-        return {done.build_id}
-
-    deleted = await runner.sweep_orphans(finished)
-    assert deleted == [k8s_job_name(done.build_id, "a", INSTALLATION)]
-    assert asked == [sorted([done.build_id, live.build_id])]
-    assert await runner.kube.list_jobs(f"{LABEL_BUILD}={done.build_id}") == []
-    assert len(await runner.kube.list_jobs(f"{LABEL_BUILD}={live.build_id}")) == 1
-
-
-async def test_the_runner_calls_exactly_the_verbs_it_declares(
-    runner: KubernetesRunner, emulator: EmulatorProcess
-) -> None:
-    job = job_run(step(0, "echo hi", env={"PW": "x"}), secrets=frozenset({"PW"}))
-    # resume=True also covers reading the Job before creating it
-    assert (await runner.run_job(job, FakeReporter(), resume=True)).status == "success"
-
-    async def finished(ids: list[int]) -> set[int]:
-        return set(ids)
-
-    assert await runner.sweep_orphans(finished) == [
-        k8s_job_name(job.build_id, job.job_name, INSTALLATION)
-    ]
+async def test_cancel_build_deletes_the_builds_jobs(runner: KubernetesRunner) -> None:
+    job = job_run(step(0, "echo started; sleep 300"))
+    reporter = FakeReporter()
+    task = asyncio.create_task(runner.run_job(job, reporter))
+    await until(lambda: "started" in reporter.text(0), "the step to start")
     await runner.cancel_build(job.build_id)
-    used: dict[tuple[str, str], set[str]] = {}
-    for call in await control(emulator, "calls"):
-        used.setdefault((call["group"], call["resource"]), set()).add(call["verb"])
-    assert used == {key: set(verbs) for key, verbs in REQUIRED_RBAC.items()}
+    job.cancel.set()
+    assert (await task).status == "cancelled"
+    jobs = await runner.kube.list_jobs(f"{LABEL_BUILD}={job.build_id}")
+    assert [j for j in jobs if not j["metadata"].get("deletionTimestamp")] == []
+    assert k8s_job_name(job.build_id, "build", INSTALLATION) == runner.job_name(job)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from app.workflow.expressions.availability import AVAILABILITY, Availability, check_key
 from app.workflow.expressions.errors import (
     MAX_DEPTH,
     MAX_EXPRESSION_LENGTH,
@@ -36,10 +37,12 @@ from app.workflow.expressions.template import (
 from app.workflow.expressions.values import plain, to_json, to_string, truthy
 
 __all__ = [
+    "AVAILABILITY",
     "KNOWN_CONTEXTS",
     "MAX_DEPTH",
     "MAX_EXPRESSION_LENGTH",
     "STATUS_FUNCTIONS",
+    "Availability",
     "ExpressionError",
     "ExpressionEvalError",
     "ExpressionSyntaxError",
@@ -49,6 +52,7 @@ __all__ = [
     "Status",
     "check",
     "check_expression",
+    "check_key",
     "condition",
     "evaluate",
     "evaluate_template",

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from app.workflow.expressions import (
+    AVAILABILITY,
     MAX_EXPRESSION_LENGTH,
     ExpressionError,
     ExpressionEvalError,
@@ -14,6 +15,7 @@ from app.workflow.expressions import (
     Segment,
     Status,
     check,
+    check_key,
     condition,
     evaluate,
     evaluate_template,
@@ -347,3 +349,40 @@ def test_deeply_nested_context_data_is_refused_by_tojson() -> None:
         data = [data]
     with pytest.raises(ExpressionEvalError, match="nested"):
         evaluate("toJSON(deep)", {"deep": data})
+
+
+# -- context availability per workflow key --------------------------------------------------------
+@pytest.mark.parametrize(
+    ("key", "text", "bad"),
+    [
+        ("jobs.<job_id>.if", "${{ needs.a.result == 'success' && success() }}", []),
+        ("jobs.<job_id>.if", "github.ref == 'x' && env.X", []),  # bare text is not a template
+        ("jobs.<job_id>.if", "${{ env.X }}", ["env"]),
+        ("jobs.<job_id>.if", "${{ secrets.TOKEN && matrix.os }}", ["secrets", "matrix"]),
+        ("jobs.<job_id>.runs-on", "${{ matrix.os }}", []),
+        ("jobs.<job_id>.runs-on", "${{ env.OS }}", ["env"]),
+        ("jobs.<job_id>.strategy", "${{ fromJSON(needs.a.outputs.m) }}", []),
+        ("jobs.<job_id>.strategy", "${{ matrix.x }}", ["matrix"]),
+        ("jobs.<job_id>.steps.if", "${{ steps.a.outputs.x && always() }}", []),
+        ("jobs.<job_id>.steps.if", "${{ secrets.TOKEN }}", ["secrets"]),
+        ("jobs.<job_id>.steps.run", "echo ${{ secrets.TOKEN }} ${{ hashFiles('x') }}", []),
+        ("jobs.<job_id>.steps.run", "${{ success() }}", ["success"]),
+        ("jobs.<job_id>.env", "${{ hashFiles('x') }}", ["hashFiles"]),
+        ("env", "${{ secrets.A }} ${{ github.sha }}", []),
+        ("env", "${{ matrix.a }}", ["matrix"]),
+        ("run-name", "${{ inputs.name }} by ${{ github.actor }}", []),
+        ("jobs.<job_id>.outputs.<output_id>", "${{ steps.a.outputs.b }}", []),
+    ],
+)
+def test_check_key_follows_githubs_context_availability(
+    key: str, text: str, bad: list[str]
+) -> None:
+    problems = check_key(key, text)
+    assert [
+        text[offset : offset + len(name)] for (offset, _), name in zip(problems, bad, strict=True)
+    ] == bad
+
+
+def test_availability_covers_the_keys_that_take_expressions() -> None:
+    for key in ("jobs.<job_id>.if", "jobs.<job_id>.steps.if", "jobs.<job_id>.steps.run", "env"):
+        assert "github" in AVAILABILITY[key].contexts

@@ -6,10 +6,10 @@ function texts(buf: LogBuffer, idx: number[]): string[] {
 }
 
 describe('LogBuffer', () => {
-  it('splits chunks into numbered lines and hides runner marker lines', () => {
+  it('splits chunks into numbered lines', () => {
     const buf = new LogBuffer()
-    buf.append('##[ci-executor:abc:step-start:0]\nfirst\nsecond\n')
-    buf.append('third\n##[ci-executor:abc:step-end:0:1]\n')
+    buf.append('first\nsecond\n')
+    buf.append('third\n')
     expect(buf.lines.map((l) => [l.n, l.plain])).toEqual([
       [1, 'first'],
       [2, 'second'],

@@ -1,14 +1,12 @@
-// The lines of one log (a step's, a job's or the build's): numbering, hidden marker lines,
+// The lines of one log (a step's, a job's or the build's): numbering,
 // `::group::` / `::endgroup::` folding and search, kept incremental so 100k lines stay cheap.
 import { type AnsiState, PLAIN, endState, stripAnsi } from './ansi'
 
-/** Lines the runner writes for itself (step boundaries); never shown. */
-export const MARKER_PREFIX = '##[ci-executor:'
 const GROUP_START = '::group::'
 const GROUP_END = '::endgroup::'
 
 export interface LogLine {
-  /** Line number shown in the gutter (1-based, markers and group ends not counted). */
+  /** Line number shown in the gutter (1-based, group ends not counted). */
   n: number
   raw: string
   /** Text without escape sequences: what search looks at. */
@@ -62,10 +60,7 @@ export class LogBuffer {
 
   /** The displayable tail line, if the last chunk did not end with a newline. */
   get pendingLine(): string | null {
-    if (!this.tail) return null
-    const plain = stripAnsi(this.tail)
-    if (plain.startsWith(MARKER_PREFIX)) return null
-    return this.tail
+    return this.tail || null
   }
 
   private addLine(rawLine: string): void {
@@ -76,7 +71,6 @@ export class LogBuffer {
     const plain = stripAnsi(raw)
     const start = this.state
     this.state = endState(raw, start)
-    if (plain.startsWith(MARKER_PREFIX)) return
     if (plain.startsWith(GROUP_END)) {
       const g = this.stack.pop()
       if (g !== undefined) {

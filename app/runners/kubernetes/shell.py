@@ -1,0 +1,188 @@
+"""The POSIX sh the runner puts in the pod: PID 1, the per-step program sent through exec, and
+the small commands to stop a step or end the pod.
+
+Layout in the pod (`$CI_RUN_DIR`, an emptyDir): `<i>.sh` the step's script, `<i>.log` its
+output, `<i>.pgid` its process group, `<i>.rc` its exit code (written when it ends, read only
+when the runner re-attaches after losing the exec stream), `exit` (the runner is done: PID 1
+ends and the pod succeeds).
+
+Values never reach the pod spec: the step's environment and script travel on the exec's stdin,
+and `sh -c 'eval "$(head -c N)"'` reads exactly N bytes of it, so no stdin close is needed
+(the v4 channel protocol has none) and no argv length limit applies.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Literal
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names the pod sets itself; a step's environment must not point them elsewhere.
+_POD_OWNED = frozenset({"CI_WORKSPACE", "CI_RUN_DIR", "HOME", "PATH", "HOSTNAME"})
+
+# PID 1. Without a TERM handler, a container's PID 1 ignores the kubelet's SIGTERM and the step
+# runs on until SIGKILL after the grace period. This one forwards TERM to every step's process
+# group, waits for them to exit (the kubelet's SIGKILL bounds the wait), then exits.
+INIT = r"""
+d="$CI_RUN_DIR"
+mkdir -p "$d" "$HOME" || exit 1
+stop() {
+  for f in "$d"/*.pgid; do [ -f "$f" ] && kill -TERM -- "-$(cat "$f")" 2>/dev/null; done
+  while :; do
+    alive=0
+    for f in "$d"/*.pgid; do
+      [ -f "$f" ] && kill -0 -- "-$(cat "$f")" 2>/dev/null && alive=1
+    done
+    [ "$alive" = 0 ] && exit 143
+    sleep 0.1 2>/dev/null || sleep 1
+  done
+}
+trap stop TERM INT
+while [ ! -e "$d/exit" ]; do sleep 1 & wait $!; done
+exit 0
+"""
+
+# Prints the step's log from byte `off` as it grows, until `<i>.rc` exists and all is printed.
+_FOLLOW = r"""
+f="$d/$i.log"
+while :; do
+  ended=0; [ -e "$d/$i.rc" ] && ended=1
+  size=0; [ -f "$f" ] && size=$(wc -c < "$f")
+  if [ "$size" -gt "$off" ]; then
+    tail -c +$((off + 1)) "$f" | head -c $((size - off)); off=$size
+  fi
+  [ "$ended" = 1 ] && break
+  sleep 0.2 2>/dev/null || sleep 1
+done
+"""
+
+# Starts the step in its own session (its whole tree is one process group the runner and PID 1
+# can signal), detached from the exec's output so a dropped stream cannot kill it (SIGPIPE).
+# The exit code the runner trusts is this program's own, from `wait` on the supervisor: output
+# or files the step writes cannot change it.
+_START = r"""
+mkdir -p "$d" || exit 125
+: > "$d/$i.log"
+(
+  S=setsid; command -v setsid >/dev/null 2>&1 || S=
+  cd "$CI_WORKSPACE" && cd "./$wd" 2>>"$d/$i.log" || {
+    echo "ci-executor: working-directory $wd does not exist" >> "$d/$i.log"; rc=1
+  }
+  if [ -z "${rc:-}" ] && ! command -v "$shell_name" >/dev/null 2>&1; then
+    printf '%s\n' "ci-executor: $shell_name is not installed in the image; use" \
+      "\`shell: sh\` or an image that has $shell_name" | tr '\n' ' ' >> "$d/$i.log"
+    echo >> "$d/$i.log"
+    rc=127
+  fi
+  if [ -z "${rc:-}" ]; then
+    __ci_env
+    $S "$@" "$d/$i.sh" < /dev/null >> "$d/$i.log" 2>&1 &
+    p=$!
+    echo "$p" > "$d/$i.pgid"
+    wait "$p"; rc=$?
+    kill -KILL -- "-$p" 2>/dev/null
+  fi
+  echo "$rc" > "$d/$i.rc.tmp" && mv "$d/$i.rc.tmp" "$d/$i.rc"
+  exit "$rc"
+) < /dev/null > /dev/null 2>&1 &
+sup=$!
+"""
+
+Shell = Literal["bash", "sh"]
+SHELL_COMMANDS: dict[str, tuple[str, ...]] = {
+    "bash": ("bash", "--noprofile", "--norc", "-eo", "pipefail"),
+    "sh": ("sh", "-e"),
+}
+
+
+def sh_quote(text: str) -> str:
+    """Single-quote `text` for POSIX sh: nothing inside single quotes is special but the quote."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def k8s_escape(text: str) -> str:
+    """Protect text from Kubernetes' `$(VAR)` expansion of command args and env values: `$$`
+    becomes `$`, so doubling every `$` makes the container see exactly `text`."""
+    return text.replace("$", "$$")
+
+
+def is_env_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))
+
+
+def exec_argv(program: bytes) -> list[str]:
+    """The exec command that reads and runs `program` from stdin."""
+    return ["sh", "-c", 'eval "$(head -c "$1")"', "ci-executor", str(len(program))]
+
+
+def _header(index: int, offset: int) -> str:
+    return f'd="$CI_RUN_DIR"; i={index}; off={offset}\n'
+
+
+def start_program(
+    index: int,
+    script: str,
+    shell: Shell,
+    env: Mapping[str, str],
+    working_directory: str | None,
+) -> bytes:
+    """Write the step's script, start it, stream its output from byte 0, exit with its code."""
+    for name in env:
+        if not is_env_name(name):
+            raise ValueError(f"invalid environment variable name {name!r}")
+    exports = "".join(
+        f"export {name}={sh_quote(value)}\n"
+        for name, value in sorted(env.items())
+        if name not in _POD_OWNED
+    )
+    delimiter = f"CI_EXECUTOR_EOF_{secrets.token_hex(8)}"
+    command = " ".join(sh_quote(part) for part in SHELL_COMMANDS[shell])
+    parts = [
+        _header(index, 0),
+        f"wd={sh_quote(working_directory or '.')}; shell_name={shell}\n",
+        f'mkdir -p "$d" && cat > "$d/$i.sh" <<\'{delimiter}\'\n{script}\n{delimiter}\n',
+        f"__ci_env() {{\n:\n{exports}}}\n",
+        f"set -- {command}\n",
+        _START,
+        _FOLLOW,
+        'wait "$sup"; rc=$?\n',
+        # Whatever the step wrote after the loop's last read (it ended between the two).
+        'size=$(wc -c < "$f"); [ "$size" -gt "$off" ] && tail -c +$((off + 1)) "$f" | '
+        "head -c $((size - off))\n",
+        'exit "$rc"\n',
+    ]
+    return "".join(parts).encode()
+
+
+def follow_program(index: int, offset: int) -> bytes:
+    """Re-attach to a step started earlier: stream its output from `offset` until it ends, exit
+    with the code it recorded (or 255 if it never started)."""
+    return (
+        _header(index, offset)
+        + _FOLLOW
+        + 'rc=$(cat "$d/$i.rc" 2>/dev/null); case "$rc" in ""|*[!0-9]*) exit 255;; esac\n'
+        + 'exit "$rc"\n'
+    ).encode()
+
+
+def state_program() -> bytes:
+    """One line per step the pod knows: `<index> <rc or -> <log bytes>`."""
+    return (
+        _header(0, 0)
+        + 'for f in "$d"/*.log; do [ -f "$f" ] || continue; i=${f##*/}; i=${i%.log}\n'
+        + '  rc=-; [ -f "$d/$i.rc" ] && rc=$(cat "$d/$i.rc")\n'
+        + '  echo "$i $rc $(wc -c < "$f")"\ndone\n'
+    ).encode()
+
+
+def signal_program(index: int, signal: Literal["TERM", "KILL"]) -> bytes:
+    return (
+        _header(index, 0)
+        + f'p=$(cat "$d/$i.pgid" 2>/dev/null) && kill -{signal} -- "-$p" 2>/dev/null; exit 0\n'
+    ).encode()
+
+
+def finish_program() -> bytes:
+    return b'touch "$CI_RUN_DIR/exit"\n'
