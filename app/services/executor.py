@@ -169,6 +169,7 @@ class BuildExecutor:
         self._statuses: dict[str, JobStatus] = {}
         self._tasks: dict[str, asyncio.Task[JobResult]] = {}
         self._outputs: dict[str, dict[str, str]] = {}  # job name -> its `outputs:` values
+        self._tolerated: set[str] = set()  # failed jobs with `continue-on-error` true
 
     def _condition_contexts(self, job: JobSpec) -> dict[str, Any]:
         assert self._build is not None
@@ -471,6 +472,8 @@ class BuildExecutor:
             return result
         await ctx.writer.flush(ctx.build_id)
         outputs = run.runtime.job_outputs() if run.runtime is not None else {}
+        if run.runtime is not None and run.runtime.continue_on_error:
+            self._tolerated.add(name)
         self._outputs[name] = outputs
         async with ctx.db.transaction() as session:
             if outputs:
@@ -485,7 +488,7 @@ class BuildExecutor:
     async def _finish(self) -> None:
         ctx = self.ctx
         await ctx.writer.flush(ctx.build_id)
-        values = set(self._statuses.values())
+        values = {s for n, s in self._statuses.items() if n not in self._tolerated}
         if ctx.cancel.is_set():
             final, error = BuildStatus.cancelled, None
         elif J.error in values:

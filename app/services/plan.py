@@ -17,6 +17,7 @@ from app.models import Build
 from app.runners.base import JobRun, StepRun
 from app.workflow import Condition, JobSpec, WorkflowSpec
 from app.workflow import expressions as ex
+from app.workflow.hashfiles import hash_files
 from app.workflow.parser import CHECKOUT
 from app.workflow.runtime import JobRuntime, input_name
 from app.workflow.spec import Flag, Minutes
@@ -179,7 +180,7 @@ def job_contexts(
         "vars": {},
         "secrets": {"GITHUB_TOKEN": "", **build_secrets(build)},
         "inputs": _inputs(spec, event),
-        "matrix": dict(job.matrix or {}),
+        "matrix": {k: _typed(v) for k, v in (job.matrix or {}).items()},
         "strategy": {
             "fail-fast": job.fail_fast,
             "job-index": siblings.index(job) if job in siblings else 0,
@@ -195,6 +196,21 @@ def job_contexts(
             "environment": "self-hosted",
         },
     }
+
+
+def _typed(value: Any) -> Any:
+    """Matrix scalars are kept as text for names; expressions see booleans and numbers again
+    (`matrix.experimental && ...` must be false for `false`). A quoted "true" becomes a boolean
+    too: the one difference from GitHub, which keeps YAML's types."""
+    if value in ("true", "false"):
+        return value == "true"
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value else number
+    return value
 
 
 def _inputs(spec: WorkflowSpec, event: dict[str, Any]) -> dict[str, Any]:
@@ -287,6 +303,9 @@ def job_run(
         if isinstance(job.timeout_minutes, str):
             minutes = float(ex.evaluate_template(job.timeout_minutes, contexts))
         runs_on = tuple(ex.interpolate(label, contexts) for label in job.runs_on)
+        tolerated = job.continue_on_error
+        if isinstance(tolerated, str):
+            tolerated = ex.truthy(ex.evaluate_template(tolerated, contexts))
     except (ex.ExpressionError, ValueError, TypeError) as exc:
         raise JobSetupError(f"Error evaluating the job's expressions: {exc}") from exc
     base = {**predefined_env(build, job, contexts["github"]), **job_env}
@@ -316,7 +335,9 @@ def job_run(
         outputs=job.outputs,
         event=json.dumps(contexts["github"]["event"]),
         env_templates=(spec.env, job.env),
+        hash_files=hash_files,
     )
+    runtime.continue_on_error = bool(tolerated)
     return JobRun(
         build_id=build.id,
         job_name=job.name,

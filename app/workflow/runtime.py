@@ -162,6 +162,9 @@ class JobRuntime:
         self.summaries: dict[int, str] = {}
         self.failed = False
         self.cancelled = False
+        # The job's `continue-on-error`, evaluated when it started: its failure does not fail
+        # the build.
+        self.continue_on_error = False
 
     # --- contexts ------------------------------------------------------------------------------
 

@@ -317,7 +317,7 @@ async def test_checkout_at_its_position(client: httpx.AsyncClient, tmp_path: obj
                   fetch-depth: 0
               - run: cat code/hello.txt
         """,
-        repo_url=str(repo),
+        repo_url=f"file://{repo}",
         branch="main",
     )
     assert done["status"] == "success", done
