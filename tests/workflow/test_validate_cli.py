@@ -68,3 +68,34 @@ def test_invalid_file_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     )
     assert lines[2].startswith(f"{wf}:6:15: step 2 of job 'a' uses 'actions/cache@v4'")
     assert len(lines) == 3
+
+
+def test_run_takes_the_event_name_and_payload(tmp_path: Path) -> None:
+    wf = tmp_path / "ci.yml"
+    wf.write_text(
+        "on:\n  workflow_dispatch:\n    inputs:\n      level: {default: '1'}\n"
+        "jobs:\n  a:\n    steps:\n"
+        '      - run: echo "event=${{ github.event_name }} level=${{ inputs.level }}"\n'
+    )
+    event = tmp_path / "event.json"
+    event.write_text('{"inputs": {"level": "7"}}')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "run",
+            str(wf),
+            "--event-name",
+            "workflow_dispatch",
+            "--event",
+            str(event),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "event=workflow_dispatch level=7" in result.stdout
