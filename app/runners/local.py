@@ -200,19 +200,7 @@ class LocalRunner:
                 f"`services:` ({names}) need the kubernetes runner; the local runner cannot run "
                 "service containers",
             )
-        workspace = self.workspace(job.build_id, job.job_name)
-        # RUNNER_TEMP and the tool cache live inside the build's directory, which the sandbox
-        # shows at the same path (the job's /tmp is the sandbox's own).
-        temp = self.temp_dir(job.build_id, job.job_name)
-        tool_cache = self.workspace_root / str(job.build_id) / "_tool"
-        for path in (workspace, temp, tool_cache):
-            await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
-        if job.runtime is not None:
-            files = job.runtime.start(
-                workspace=str(workspace), temp=str(temp), tool_cache=str(tool_cache)
-            )
-            for name, text in files.items():
-                await asyncio.to_thread((temp / name).write_text, text)
+        workspace, temp = await self._directories(job)
         deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
         finished: dict[int, StepOutcome] = {}
         ran: list[StepRun] = []  # as they ran (continue-on-error evaluated)
@@ -273,6 +261,22 @@ class LocalRunner:
         if outcome is not None:
             return outcome
         return job_outcome(ran, finished)
+
+    async def _directories(self, job: JobRun) -> tuple[Path, Path]:
+        """The job's workspace and RUNNER_TEMP. RUNNER_TEMP and the tool cache live inside the
+        build's directory, which the sandbox shows at the same path (its /tmp is private)."""
+        workspace = self.workspace(job.build_id, job.job_name)
+        temp = self.temp_dir(job.build_id, job.job_name)
+        tool_cache = self.workspace_root / str(job.build_id) / "_tool"
+        for path in (workspace, temp, tool_cache):
+            await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        if job.runtime is not None:
+            files = job.runtime.start(
+                workspace=str(workspace), temp=str(temp), tool_cache=str(tool_cache)
+            )
+            for name, text in files.items():
+                await asyncio.to_thread((temp / name).write_text, text)
+        return workspace, temp
 
     async def _skip(self, job: JobRun, step: StepRun, reporter: JobReporter) -> None:
         if job.runtime is not None:
