@@ -91,8 +91,34 @@ def _migrate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from app.local_run import run_workflow
 
+    args.event_payload = None
+    if getattr(args, "event", None):
+        import json
+        from pathlib import Path
+
+        problem = None
+        try:
+            payload = json.loads(Path(args.event).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            problem = f"cannot read the event file {args.event}: {exc}"
+        else:
+            if not isinstance(payload, dict):
+                problem = f"the event file {args.event} must hold a JSON object"
+        if problem is not None:
+            print(f"ci-executor: {problem}", file=sys.stderr)  # noqa: T201
+            return 2
+        args.event_payload = payload
+
     # Always the local runner, whatever RUNNER says: `run` executes on this machine.
     return run_workflow(args, _settings(runner="local"))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from app.workflow.describe import validate_file
+
+    code, text = validate_file(args.workflow)
+    (sys.stdout if code == 0 else sys.stderr).write(text)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url", help="keep the build in this database (default: a throwaway SQLite)"
     )
     run.add_argument("--workspace", help="workspace root (default: a temporary directory)")
+    run.add_argument("--event-name", help="the trigger's name, github.event_name (default: push)")
+    run.add_argument(
+        "--event", metavar="FILE", help="a JSON file with the trigger's payload (github.event)"
+    )
     run.set_defaults(func=_run)
+    validate = sub.add_parser(
+        "validate",
+        help="check a workflow file and print its plan",
+        description="Parse WORKFLOW.yml as a build would: print the plan (jobs after matrix "
+        "expansion, needs, steps) and exit 0, or print every problem as FILE:LINE:COLUMN: "
+        "message and exit 2.",
+    )
+    validate.add_argument("workflow", help="path to the workflow YAML")
+    validate.set_defaults(func=_validate)
     return parser
 
 

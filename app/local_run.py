@@ -113,6 +113,8 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
                     repo_url=args.repo,
                     variables=_parse_vars(args.var),
                     dispatch=False,
+                    event_name=getattr(args, "event_name", None),
+                    event=getattr(args, "event_payload", None),
                 ),
             )
             assert build.id is not None

@@ -2,6 +2,7 @@
 
 from app.models.installation import Installation
 from app.models.schemas import (
+    AnnotationPublic,
     BuildCreate,
     BuildDetail,
     BuildFacets,
@@ -32,6 +33,7 @@ from app.models.tables import (
 )
 
 __all__ = [
+    "AnnotationPublic",
     "Build",
     "BuildAnnotation",
     "BuildCreate",

@@ -115,6 +115,29 @@ class StepPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     exit_code: int | None
+    outputs: dict[str, str] = Field(
+        default_factory=dict, description="What the step wrote to $GITHUB_OUTPUT."
+    )
+    summary: str | None = Field(
+        default=None, description="The step's $GITHUB_STEP_SUMMARY, as Markdown."
+    )
+
+
+class AnnotationPublic(BaseModel):
+    """An `::error::`, `::warning::` or `::notice::` workflow command."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    job_name: str
+    step_index: int
+    level: str
+    message: str
+    title: str | None
+    file: str | None
+    line: int | None
+    end_line: int | None
+    col: int | None
+    end_column: int | None
 
 
 class JobPublic(BaseModel):
@@ -124,6 +147,7 @@ class JobPublic(BaseModel):
     environment: dict[str, Any] | None = Field(
         default=None, description="The job's `environment` ({name, url})."
     )
+    outputs: dict[str, str] = Field(default_factory=dict, description="The job's `outputs:`.")
 
     id: int
     name: str
@@ -151,6 +175,7 @@ class EdgePublic(BaseModel):
 class BuildDetail(BuildPublic):
     yaml_sha256: str
     event: dict[str, Any] | None = None
+    annotations: list[AnnotationPublic] = Field(default_factory=list)
     jobs: list[JobPublic]
     edges: list[EdgePublic]
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from app.workflow.conditions import Condition
+from app.workflow.runtime import JobRuntime
 
 StepOutcome = Literal["success", "failed", "skipped", "cancelled", "timed_out", "error"]
 JobOutcome = Literal["success", "failed", "cancelled", "timed_out", "error"]
@@ -32,6 +33,9 @@ class StepRun:
     continue_on_error: bool
     timeout_seconds: float | None
     working_directory: str | None  # relative to the job workspace
+    # The step's `shell:` as written or defaulted (bash, sh, python, pwsh, or "cmd {0}"); `shell`
+    # above is the nearest of bash/sh for runners that only know those two.
+    shell_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class JobRun:
     runs_on: tuple[str, ...] = ()  # the job's `runs-on` labels (the kubernetes runner maps them)
     services: tuple[ServiceContainer, ...] = ()
     kubernetes: KubernetesOptions | None = None
+    # GitHub semantics evaluated as the job runs (app/workflow/runtime.py): contexts, expressions
+    # in step `if`/`run`/`env`/..., $GITHUB_OUTPUT/ENV/PATH/STEP_SUMMARY. None: plain steps.
+    runtime: JobRuntime | None = field(default=None, compare=False)
     # Set by the scheduler to stop the job (build cancel, fail-fast). The runner kills what runs,
     # reports the running step `cancelled`, the rest `skipped`/`cancelled`, and returns "cancelled".
     cancel: asyncio.Event = field(default_factory=asyncio.Event, compare=False)

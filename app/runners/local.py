@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
 import re
+import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -32,6 +34,7 @@ from app.runners.base import (
     step_failure,
 )
 from app.runners.sandbox import Isolation, IsolationSetting, Sandbox, kill_tracked, probe_isolation
+from app.workflow.runtime import MAX_FILE_BYTES, OUTPUT_FILES, JobRuntime, RuntimeFiles
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,34 @@ def _local_sources(env: dict[str, str]) -> list[Path]:
 
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+def _runtime_paths(temp: Path, index: int) -> dict[str, Path]:
+    return {name: temp / f"{name.lower()}-{index}" for name in OUTPUT_FILES}
+
+
+def _create_empty(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.write_bytes(b"")
+
+
+def _read_runtime_files(temp: Path, index: int) -> RuntimeFiles:
+    """The step's runtime files, each read up to MAX_FILE_BYTES (a step cannot make the service
+    hold an arbitrarily large file in memory)."""
+    texts: dict[str, str] = {}
+    for name, path in _runtime_paths(temp, index).items():
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_FILE_BYTES)
+        except OSError:
+            data = b""
+        texts[name] = data.decode("utf-8", "replace")
+    return RuntimeFiles(
+        output=texts["GITHUB_OUTPUT"],
+        env=texts["GITHUB_ENV"],
+        path=texts["GITHUB_PATH"],
+        summary=texts["GITHUB_STEP_SUMMARY"],
+    )
 
 
 class LocalRunner:
@@ -167,29 +198,54 @@ class LocalRunner:
                 f"`services:` ({names}) need the kubernetes runner; the local runner cannot run "
                 "service containers",
             )
-        workspace = self.workspace(job.build_id, job.job_name)
-        await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
-        await asyncio.to_thread(
-            self.temp_dir(job.build_id, job.job_name).mkdir, parents=True, exist_ok=True
-        )
+        workspace, temp = await self._directories(job)
         deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
         finished: dict[int, StepOutcome] = {}
+        ran: list[StepRun] = []  # as they ran (continue-on-error evaluated)
         failed = False
         outcome: JobResult | None = None
         for step in job.steps:
             if outcome is not None:  # the job already ended (cancel, timeout, error)
-                await reporter.step_finished(step.index, "skipped", None)
+                await self._skip(job, step, reporter)
                 continue
             cancelled = job.cancel.is_set()
-            if cancelled or not should_run_step(step, failed=failed, cancelled=False):
-                await reporter.step_finished(step.index, "skipped", None)
-                if cancelled:
-                    outcome = JobResult("cancelled")
+            if cancelled:
+                await self._skip(job, step, reporter)
+                outcome = JobResult("cancelled")
+                continue
+            if job.runtime is None:
+                run: StepRun | None = step
+                if not should_run_step(step, failed=failed, cancelled=False):
+                    run = None
+                argv: tuple[str, ...] | None = None
+                error: str | None = None
+            else:
+                run, argv, error = await self._prepare(job.runtime, step, temp)
+            if run is None:
+                await self._skip(job, step, reporter)
                 continue
             await reporter.step_started(step.index)
-            status, code, message = await self._run_step(job, step, workspace, reporter, deadline)
+            if error is not None:
+                await reporter.step_output(step.index, f"{error}\n".encode())
+                status: StepOutcome = "failed"
+                code, message = None, None
+            else:
+                status, code, message = await self._run_step(
+                    job, run, workspace, reporter, deadline, argv=argv
+                )
+            if job.runtime is not None:
+                problem = job.runtime.finish(
+                    step.index,
+                    status,
+                    await asyncio.to_thread(_read_runtime_files, temp, step.index),
+                    continue_on_error=run.continue_on_error,
+                )
+                if problem is not None:
+                    await reporter.step_output(step.index, f"{problem}\n".encode())
+                    status = "failed" if status == "success" else status
             await reporter.step_finished(step.index, status, code, message)
             finished[step.index] = status
+            ran.append(run)
             if status == "cancelled":
                 outcome = JobResult("cancelled")
             elif status == "timed_out" and deadline is not None and time.monotonic() >= deadline:
@@ -198,11 +254,64 @@ class LocalRunner:
                 )
             elif status == "error":
                 outcome = JobResult("error", message)
-            elif step_failure(step, status) is not None:
+            elif step_failure(run, status) is not None:
                 failed = True
         if outcome is not None:
             return outcome
-        return job_outcome(job.steps, finished)
+        return job_outcome(ran, finished)
+
+    async def _directories(self, job: JobRun) -> tuple[Path, Path]:
+        """The job's workspace and RUNNER_TEMP. RUNNER_TEMP and the tool cache live inside the
+        build's directory, which the sandbox shows at the same path (its /tmp is private)."""
+        workspace = self.workspace(job.build_id, job.job_name)
+        temp = self.temp_dir(job.build_id, job.job_name)
+        tool_cache = self.workspace_root / str(job.build_id) / "_tool"
+        for path in (workspace, temp, tool_cache):
+            await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        if job.runtime is not None:
+            files = job.runtime.start(
+                workspace=str(workspace), temp=str(temp), tool_cache=str(tool_cache)
+            )
+            for name, text in files.items():
+                await asyncio.to_thread((temp / name).write_text, text)
+        return workspace, temp
+
+    async def _skip(self, job: JobRun, step: StepRun, reporter: JobReporter) -> None:
+        if job.runtime is not None:
+            job.runtime.finish(step.index, "skipped", RuntimeFiles(), continue_on_error=False)
+        await reporter.step_finished(step.index, "skipped", None)
+
+    async def _prepare(
+        self, runtime: JobRuntime, step: StepRun, temp: Path
+    ) -> tuple[StepRun | None, tuple[str, ...] | None, str | None]:
+        """The step as it runs now (expressions evaluated, script written to RUNNER_TEMP), or
+        None when its `if:` says skip; an error message when an expression failed."""
+        paths = _runtime_paths(temp, step.index)
+        await asyncio.to_thread(_create_empty, paths.values())
+        prepared = runtime.prepare(
+            step,
+            files={name: str(path) for name, path in paths.items()},
+            temp=str(temp),
+            base_path=os.environ.get("PATH", "/usr/bin:/bin"),
+        )
+        if not prepared.run:
+            return None, None, None
+        if prepared.error is not None:
+            return step, None, prepared.error
+        program = prepared.argv[0] if prepared.argv else ""
+        if not shutil.which(program, path=prepared.env.get("PATH") or os.defpath):
+            # The user's choice of shell, not an infrastructure failure: the step fails.
+            return step, None, f"the shell {program!r} is not installed on this runner"
+        await asyncio.to_thread((temp / prepared.script_name).write_text, prepared.script)
+        run = dataclasses.replace(
+            step,
+            script=prepared.script,
+            env=prepared.env,
+            working_directory=prepared.working_directory,
+            timeout_seconds=prepared.timeout_seconds,
+            continue_on_error=prepared.continue_on_error,
+        )
+        return run, prepared.argv, None
 
     async def _run_step(
         self,
@@ -211,6 +320,7 @@ class LocalRunner:
         workspace: Path,
         reporter: JobReporter,
         job_deadline: float | None,
+        argv: Sequence[str] | None = None,
     ) -> tuple[StepOutcome, int | None, str | None]:
         cwd = workspace
         if step.working_directory:
@@ -223,9 +333,10 @@ class LocalRunner:
                 message = f"working-directory '{step.working_directory}' does not exist\n"
                 await reporter.step_output(step.index, message.encode())
                 return "failed", None, None
-        argv = ["bash", "-eo", "pipefail", "-c", step.script]
-        if step.shell == "sh":
-            argv = ["sh", "-c", step.script]
+        if argv is None:  # without a runtime: the script inline
+            argv = ["bash", "-eo", "pipefail", "-c", step.script]
+            if step.shell == "sh":
+                argv = ["sh", "-c", step.script]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workspace)}
         env.update({"LANG": "C.UTF-8"})
         env.update(step.env)

@@ -25,6 +25,7 @@ from app.db import Database, record_event
 from app.errors import Conflict, Invalid, NotFound
 from app.logs.masking import masked_variables
 from app.models import (
+    AnnotationPublic,
     Build,
     BuildDetail,
     BuildFacets,
@@ -45,7 +46,7 @@ from app.models import (
 from app.models.types import NAME_MAX, clip, utcnow
 from app.queue.base import BuildQueue
 from app.secrets import retry_secrets
-from app.services import state
+from app.services import results, state
 from app.services.notify import CancelRequested
 from app.services.plan import planned_steps
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
@@ -239,9 +240,19 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
             .order_by(col(BuildJobEdge.id))
         )
     ).all()
+    extra = await results.for_detail(session, build_id)
+    step_outputs: dict[tuple[str, int], dict[str, str]] = {}
+    for output in extra["outputs"]:
+        step_outputs.setdefault((output.job_name, output.step_index), {})[output.name] = (
+            output.value
+        )
+    summaries = {(s.job_name, s.step_index): s.content for s in extra["summaries"]}
     steps_by_job: dict[str, list[StepPublic]] = {}
     for step in step_rows:
-        steps_by_job.setdefault(step.job_name, []).append(StepPublic.model_validate(step))
+        public_step = StepPublic.model_validate(step)
+        public_step.outputs = step_outputs.get((step.job_name, step.index), {})
+        public_step.summary = summaries.get((step.job_name, step.index))
+        steps_by_job.setdefault(step.job_name, []).append(public_step)
     needs: dict[str, list[str]] = {}
     for edge in edge_rows:
         needs.setdefault(edge.to_job, []).append(edge.from_job)
@@ -254,6 +265,7 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
                 "error": row.error,
                 "reused_from": row.reused_from,
                 "runs_on": row.runs_on,
+                "outputs": step_outputs.get((row.name, results.JOB_OUTPUT), {}),
                 "environment": row.environment,
                 "needs": needs.get(row.name, []),
                 "steps": steps_by_job.get(row.name, []),
@@ -265,6 +277,7 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
         **public(build).model_dump(),
         yaml_sha256=sha,
         event=build.event,
+        annotations=[AnnotationPublic.model_validate(a) for a in extra["annotations"]],
         jobs=jobs,
         edges=[EdgePublic.model_validate(e) for e in edge_rows],
     )

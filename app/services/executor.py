@@ -8,11 +8,15 @@ which stops the runner's work and records the outcome, so there is one writer pe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db import Database
 from app.logs.masking import LineAssembler, Masker, secret_names
@@ -21,18 +25,33 @@ from app.metrics import Metrics
 from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
 from app.secrets import SecretBox, build_secrets
-from app.services import state
-from app.services.plan import job_run
+from app.services import results, state
+from app.services.plan import JobSetupError, job_contexts, job_run, planned_steps
 from app.workflow import JobSpec, WorkflowSpec, graph, parse_workflow
+from app.workflow.commands import Annotation, CommandParser
+from app.workflow.expressions import ExpressionError, interpolate
+from app.workflow.matrix import combination_name
+from app.workflow.parser import MAX_JOBS
+from app.workflow.runtime import JobRuntime
+from app.workflow.strategy import MatrixError, expand_template
 
 log = logging.getLogger(__name__)
 J = JobStatus
+# `needs.<job>.result` as GitHub names it, and which wins when combinations differ.
+_RESULTS = {J.success: "success", J.skipped: "skipped", J.cancelled: "cancelled"}
+_RANK = {"success": 0, "skipped": 1, "cancelled": 2, "failure": 3}
 
 
 class _Reporter(JobReporter):
-    def __init__(self, ctx: BuildContext, job_name: str) -> None:
+    """Stores what a runner reports; workflow commands are parsed here, in the output path every
+    runner shares, and their effects (annotations, masks, set-output) applied."""
+
+    def __init__(self, ctx: BuildContext, job_name: str, runtime: JobRuntime | None) -> None:
         self.ctx = ctx
         self.job_name = job_name
+        self.runtime = runtime
+        self._commands: dict[int, CommandParser] = {}
+        self._annotations: dict[int, list[Annotation]] = {}
         self._lines: dict[int, LineAssembler] = {}
         self._started: dict[int, float] = {}  # for the duration metric (not after re-attach)
 
@@ -55,27 +74,64 @@ class _Reporter(JobReporter):
 
     async def step_output(self, index: int, data: bytes, source_offset: int | None = None) -> None:
         assembler = self._assembler(index)
-        text = assembler.feed(data)
+        text = self._commands_in(index, assembler.feed(data))
         if source_offset is not None:
             # Only what left the assembler is stored; a re-attaching runner resumes from there.
             source_offset -= assembler.held_bytes
         await self.ctx.writer.write(self.ctx.build_id, self.job_name, index, text, source_offset)
 
+    def _commands_in(self, index: int, text: str) -> str:
+        if index not in self._commands:
+            unsecure = self.runtime is not None and self.runtime.unsecure_commands
+            self._commands[index] = CommandParser(allow_unsecure=unsecure)
+        parser = self._commands[index]
+        kept, effects = parser.process(text)
+        for value in effects.masks:
+            self.ctx.masker.add(value)
+        if effects.masks:
+            # Lines after the add-mask in the same chunk were masked before it was known.
+            kept = self.ctx.masker.mask_text(kept)
+        if effects.annotations:
+            self._annotations.setdefault(index, []).extend(effects.annotations)
+        if self.runtime is not None:
+            for name, value in effects.outputs.items():
+                self.runtime.command_output(index, name, value)
+            for name, value in effects.env.items():
+                self.runtime.command_env(name, value)
+            for path in effects.path:
+                self.runtime.command_path(path)
+        return kept
+
     async def step_finished(
         self, index: int, status: StepOutcome, exit_code: int | None, error: str | None = None
     ) -> None:
         tail = self._lines.pop(index).close() if index in self._lines else ""
+        tail = self._commands_in(index, tail)
+        self._commands.pop(index, None)
         if error:
             tail += f"{error}\n"
         build_id, job_name, to = self.ctx.build_id, self.job_name, J(status)
         await self.ctx.writer.write(build_id, job_name, index, tail)
+        outputs = self.runtime.step_outputs.get(index, {}) if self.runtime else {}
+        summary = self.runtime.summaries.get(index) if self.runtime else None
+        annotations = self._annotations.pop(index, [])
+
+        async def record(session: AsyncSession) -> None:
+            await state.step(session, build_id, job_name, index, to, exit_code=exit_code)
+            await results.store_step(
+                session,
+                build_id,
+                job_name,
+                index,
+                outputs=outputs,
+                summary=summary,
+                annotations=annotations,
+            )
+
         # Stored after the step's output in the writer's next transaction: the next step's
         # start, the job's end (the executor flushes the writer first) or the writer's next
         # interval, whichever comes first. One write per step transition instead of two.
-        self.ctx.writer.add_transition(
-            build_id,
-            lambda session: state.step(session, build_id, job_name, index, to, exit_code=exit_code),
-        )
+        self.ctx.writer.add_transition(build_id, record)
         started = self._started.pop(index, None)
         if started is not None:
             self.ctx.metrics.step_duration.labels(status).observe(time.monotonic() - started)
@@ -123,11 +179,23 @@ class BuildExecutor:
         self._build: Build | None = None
         self._spec: WorkflowSpec | None = None
         self._secrets: frozenset[str] = frozenset()
+        self._secret_map: dict[str, str] = {}  # the decrypted `secrets` map of the build
         self._jobs: dict[str, JobSpec] = {}
         self._needs: dict[str, tuple[str, ...]] = {}
         self._ancestors: dict[str, frozenset[str]] = {}
         self._statuses: dict[str, JobStatus] = {}
         self._tasks: dict[str, asyncio.Task[JobResult]] = {}
+        self._outputs: dict[str, dict[str, str]] = {}  # job name -> its `outputs:` values
+        self._tolerated: set[str] = set()  # failed jobs with `continue-on-error` true
+
+    def _condition_contexts(self, job: JobSpec) -> dict[str, Any]:
+        assert self._build is not None
+        assert self._spec is not None
+        contexts = job_contexts(
+            self._build, self._spec, job, self._needs_context(job), self._secret_map
+        )
+        contexts["env"] = dict(self._spec.env)
+        return contexts
 
     async def run(self, *, resume: bool = False) -> None:
         ctx = self.ctx
@@ -152,6 +220,7 @@ class BuildExecutor:
             build.variables = {**build.variables, **sealed.variables}
         for value in sealed.secrets.values():
             ctx.masker.add(value)
+        self._secret_map = sealed.secrets
         self._build = build
         # Off the event loop: a big workflow must not stall every other build and request.
         self._spec = spec = await asyncio.to_thread(parse_workflow, snapshot.workflow_yaml)
@@ -159,11 +228,19 @@ class BuildExecutor:
         for name in self._secrets:
             ctx.masker.add(build.variables[name])
         self._statuses = {row.name: J(row.status) for row in rows}
+        async with ctx.db.read() as session:
+            self._outputs = await results.job_outputs(session, ctx.build_id)
         self._jobs = {job.name: job for job in spec.jobs}
         self._keys = {job.name: job.key for job in spec.jobs}
         self._needs = {job.name: job.needs for job in spec.jobs}
         self._ancestors = graph.ancestors([job.name for job in spec.jobs], self._needs)
 
+        for job in list(self._jobs.values()):
+            if job.matrix_template is not None and job.name not in self._statuses:
+                # Expanded by an earlier executor: expand again (deterministic: same needs
+                # outputs) to know the combinations' specs; the rows are already stored.
+                with contextlib.suppress(MatrixError):
+                    self._replace(job, self._combinations(job))
         for name, status in self._statuses.items():
             if status == J.running:
                 self._start(self._jobs[name], reattach=resume)
@@ -182,10 +259,41 @@ class BuildExecutor:
     def _start(self, job: JobSpec, *, reattach: bool = False) -> None:
         assert self._build is not None
         assert self._spec is not None
-        run = job_run(self._build, self._spec, job, self._secrets)
-        self._tasks[job.name] = asyncio.create_task(
-            self._run_job(run, reattach=reattach), name=f"job {job.name}"
-        )
+        try:
+            run = job_run(
+                self._build,
+                self._spec,
+                job,
+                self._secrets,
+                self._needs_context(job),
+                self._secret_map,
+            )
+        except JobSetupError as exc:
+            work = self._setup_failed(job, str(exc))
+        else:
+            work = self._run_job(run, reattach=reattach)
+        self._tasks[job.name] = asyncio.create_task(work, name=f"job {job.name}")
+
+    def _needs_context(self, job: JobSpec) -> dict[str, dict[str, Any]]:
+        """`needs.<job id>`: its result and outputs (a matrix job's combinations together: any
+        failure makes it `failure`; outputs of later combinations win, as on GitHub)."""
+        context: dict[str, dict[str, Any]] = {}
+        for name in job.needs:
+            key = self._keys[name]
+            entry = context.setdefault(key, {"result": "success", "outputs": {}})
+            result = _RESULTS.get(self._statuses[name], "failure")
+            if _RANK[result] > _RANK[entry["result"]]:
+                entry["result"] = result
+            entry["outputs"].update(self._outputs.get(name, {}))
+        return context
+
+    async def _setup_failed(self, job: JobSpec, message: str) -> JobResult:
+        async with self.ctx.db.transaction() as session:
+            # pending jobs start first: the state machine only fails a job that ran
+            await state.job(session, self.ctx.build_id, job.name, J.running)
+            await state.job(session, self.ctx.build_id, job.name, J.failed, error=message)
+            await state.steps(session, self.ctx.build_id, J.skipped, job_name=job.name)
+        return JobResult("failed", message)
 
     async def _walk(self) -> None:
         """Start jobs as their needs finish until nothing runs and nothing can start."""
@@ -197,8 +305,8 @@ class BuildExecutor:
                 if not cancelling:
                     cancelling = True
                     await self._cancel_pending()
-            else:
-                await self._start_ready()
+            elif await self._start_ready():
+                continue
             if not tasks:
                 break
             ctx.wake.clear()
@@ -217,7 +325,8 @@ class BuildExecutor:
             if ctx.detach and not tasks:
                 return
 
-    async def _start_ready(self) -> None:
+    async def _start_ready(self) -> bool:
+        """Start or skip what is ready; True when a matrix was expanded (walk again)."""
         statuses = self._statuses
         running = sum(1 for s in statuses.values() if s == J.running)
         # Jobs are in topological order, so a job skipped here is decided before its dependents
@@ -230,9 +339,25 @@ class BuildExecutor:
         )
         for name in candidates:
             job = self._jobs[name]
-            success = all(statuses[n] == J.success for n in job.needs)
+            # Transitive, as on GitHub: a failure anywhere upstream makes success() false.
             failure = any(statuses[a].is_failure for a in self._ancestors[name])
-            if not job.condition.evaluate(success=success, failure=failure, cancelled=False):
+            success = not failure and all(statuses[n] == J.success for n in job.needs)
+            try:
+                run = job.condition.evaluate(
+                    success=success,
+                    failure=failure,
+                    cancelled=False,
+                    contexts=self._condition_contexts(job),
+                )
+            except ExpressionError as exc:
+                await self._setup_failed(job, f"Error evaluating the job's `if`: {exc}")
+                statuses[name] = J.failed
+                continue
+            if run and job.matrix_template is not None:
+                # The graph changes: look again from the start, with the combinations in it.
+                await self._expand(job)
+                return True
+            if not run:
                 async with self.ctx.db.transaction() as session:
                     await state.job(session, self.ctx.build_id, name, J.skipped)
                     await state.steps(session, self.ctx.build_id, J.skipped, job_name=name)
@@ -253,6 +378,85 @@ class BuildExecutor:
             statuses[name] = J.running
             running += 1
             self._start(job)
+        return False
+
+    def _combinations(self, job: JobSpec) -> list[JobSpec]:
+        """One spec per combination of a matrix computed now (raises MatrixError)."""
+        contexts = self._condition_contexts(job)
+        combinations = expand_template(job.key, job.matrix_template, contexts)
+        specs: list[JobSpec] = []
+        for i, combination in enumerate(combinations):
+            name = combination_name(job.key, combination)
+            display = name
+            if job.display_name != job.name:
+                with contextlib.suppress(ExpressionError):
+                    display = interpolate(job.display_name, {**contexts, "matrix": combination})
+            specs.append(
+                dataclasses.replace(
+                    job,
+                    name=name,
+                    display_name=display[:255],
+                    index=job.index + i,
+                    matrix=combination,
+                    matrix_template=None,
+                )
+            )
+        return specs
+
+    async def _expand(self, job: JobSpec) -> None:
+        """Replace a placeholder job by its combinations, in the database and here."""
+        assert self._build is not None
+        try:
+            specs = self._combinations(job)
+            if len(self._jobs) - 1 + len(specs) > MAX_JOBS:
+                raise MatrixError(f"the build would have more than {MAX_JOBS} jobs")
+        except MatrixError as exc:
+            await self._setup_failed(job, str(exc))
+            self._statuses[job.name] = J.failed
+            return
+        checkout = bool(self._build.repo_url)
+        jobs = [
+            {
+                "build_id": self.ctx.build_id,
+                "name": s.name,
+                "display_name": s.display_name,
+                "index": s.index,
+                "runs_on": list(s.runs_on),
+                "environment": None,
+            }
+            for s in specs
+        ]
+        steps = [
+            {"build_id": self.ctx.build_id, "job_name": s.name, "index": p.index, "name": p.name}
+            for s in specs
+            for p in planned_steps(s, checkout=checkout)
+        ]
+        async with self.ctx.db.transaction() as session:
+            await results.replace_placeholder(session, self.ctx.build_id, job.name, jobs, steps)
+        self._replace(job, specs)
+
+    def _replace(self, placeholder: JobSpec, specs: list[JobSpec]) -> None:
+        names = tuple(s.name for s in specs)
+        jobs: dict[str, JobSpec] = {}
+        for name, job in self._jobs.items():
+            if name == placeholder.name:
+                jobs.update((s.name, s) for s in specs)
+            elif placeholder.name in job.needs:
+                needs = tuple(
+                    n
+                    for need in job.needs
+                    for n in (names if need == placeholder.name else (need,))
+                )
+                jobs[name] = dataclasses.replace(job, needs=needs)
+            else:
+                jobs[name] = job
+        self._jobs = jobs
+        self._statuses.pop(placeholder.name, None)
+        for s in specs:
+            self._statuses.setdefault(s.name, J.pending)
+        self._keys = {name: job.key for name, job in jobs.items()}
+        self._needs = {name: job.needs for name, job in jobs.items()}
+        self._ancestors = graph.ancestors(list(jobs), self._needs)
 
     async def _fail_fast(self, job: JobSpec) -> None:
         if job.matrix is None or not job.fail_fast:
@@ -288,7 +492,8 @@ class BuildExecutor:
             run.cancel.set()
         ctx.metrics.running_jobs.inc()
         try:
-            result = await ctx.runner.run_job(run, _Reporter(ctx, name), resume=reattach)
+            reporter = _Reporter(ctx, name, run.runtime)
+            result = await ctx.runner.run_job(run, reporter, resume=reattach)
         except Exception as exc:
             log.exception("runner failed on job %r of build %s", name, ctx.build_id)
             result = JobResult(
@@ -300,7 +505,13 @@ class BuildExecutor:
         if ctx.detach and result.status in ("cancelled", "error") and ctx.runner.can_reattach:
             return result
         await ctx.writer.flush(ctx.build_id)
+        outputs = run.runtime.job_outputs() if run.runtime is not None else {}
+        if run.runtime is not None and run.runtime.continue_on_error:
+            self._tolerated.add(name)
+        self._outputs[name] = outputs
         async with ctx.db.transaction() as session:
+            if outputs:
+                await results.store_job_outputs(session, ctx.build_id, name, outputs)
             await state.job(session, ctx.build_id, name, J(result.status), error=result.error)
             # Steps the runner never reached: a cancelled or broken job leaves them pending.
             await state.steps(session, ctx.build_id, J.skipped, job_name=name)
@@ -311,7 +522,7 @@ class BuildExecutor:
     async def _finish(self) -> None:
         ctx = self.ctx
         await ctx.writer.flush(ctx.build_id)
-        values = set(self._statuses.values())
+        values = {s for n, s in self._statuses.items() if n not in self._tolerated}
         if ctx.cancel.is_set():
             final, error = BuildStatus.cancelled, None
         elif J.error in values:

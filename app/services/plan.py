@@ -1,28 +1,71 @@
 """From a stored build and its parsed workflow to what the runner executes.
 
 Used twice: at creation (to store the jobs, edges and steps) and at run time (to build the
-runner's JobRun), so the stored steps and the executed steps can never disagree.
+runner's JobRun, with its contexts and `JobRuntime`), so the stored steps and the executed steps
+can never disagree.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
 
+from app.logs.masking import secret_names
 from app.models import Build
 from app.runners.base import JobRun, StepRun
 from app.workflow import Condition, JobSpec, WorkflowSpec
+from app.workflow import expressions as ex
+from app.workflow.hashfiles import hash_files
 from app.workflow.parser import CHECKOUT
+from app.workflow.runtime import JobRuntime, input_name
 from app.workflow.spec import Flag, Minutes
 
-# Values reach git only through the environment, never spliced into the script.
+# Values reach git only through the environment, never spliced into the script. Inputs of a
+# written `uses: actions/checkout` step arrive as INPUT_* variables (see docs/workflow-syntax.md).
 CHECKOUT_SCRIPT = """\
 set -e
+url="$CI_REPO_URL"
+ref="${INPUT_REF:-$CI_CHECKOUT_REF}"
+if [ -n "${INPUT_REPOSITORY:-}" ]; then
+  case "$INPUT_REPOSITORY" in
+    *://*|/*) url="$INPUT_REPOSITORY" ;;
+    *) url="$GITHUB_SERVER_URL/$INPUT_REPOSITORY" ;;
+  esac
+  ref="${INPUT_REF:-HEAD}"
+fi
+if [ -z "$url" ]; then
+  echo "::warning::checkout: no repo_url and no repository input; nothing to check out"
+  exit 0
+fi
+dir="${INPUT_PATH:-.}"
+mkdir -p "$dir" && cd "$dir"
 git init -q .
-git fetch -q --depth 1 "$CI_REPO_URL" "$CI_CHECKOUT_REF"
+if [ -n "${INPUT_TOKEN:-}" ]; then
+  auth=$(printf 'x-access-token:%s' "$INPUT_TOKEN" | base64 | tr -d '\\n')
+  git config http.extraheader "AUTHORIZATION: basic $auth"
+fi
+depth="${INPUT_FETCH_DEPTH:-1}"
+if [ "$depth" = "0" ]; then
+  git fetch -q "$url" "$ref"
+else
+  git fetch -q --depth "$depth" "$url" "$ref"
+fi
 git checkout -q FETCH_HEAD
+case "${INPUT_SUBMODULES:-false}" in
+  recursive) git submodule update -q --init --recursive ;;
+  true) git submodule update -q --init ;;
+esac
 echo "checked out $(git rev-parse HEAD)"
 """
 _DEFAULT_JOB_TIMEOUT_MINUTES = 360  # GitHub's default; a forgotten `sleep infinity` still ends.
+RUNNER_OS, RUNNER_ARCH = "Linux", "X64"
+
+
+class JobSetupError(Exception):
+    """A job-level expression (env, timeout-minutes, ...) failed: the job fails with this."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +82,7 @@ class PlannedStep:
 
 
 def _flag(value: Flag) -> bool:
-    # Expressions are evaluated by the runtime (app/workflow/runtime.py); here only literals.
+    # Expressions are evaluated by the runtime when the step starts; here only literals.
     return value if isinstance(value, bool) else value.strip().lower() == "true"
 
 
@@ -62,16 +105,18 @@ def planned_steps(job: JobSpec, *, checkout: bool) -> list[PlannedStep]:
             )
         )
     for spec in job.steps:
-        script, shell = spec.run, spec.shell or job.defaults.shell or "bash"
+        script, shell = spec.run, spec.shell or job.defaults.shell or "bash"  # defaults merged
+        env = dict(spec.env)
         if spec.uses is not None:
             script, shell = CHECKOUT_SCRIPT, "sh"
+            env.update({input_name(k): v for k, v in spec.with_.items()})
         steps.append(
             PlannedStep(
                 index=len(steps),
                 name=spec.name,
                 script=script,
                 shell=shell,
-                env=dict(spec.env),
+                env=env,
                 condition=spec.condition,
                 continue_on_error=_flag(spec.continue_on_error),
                 timeout_minutes=_minutes(spec.timeout_minutes),
@@ -81,7 +126,117 @@ def planned_steps(job: JobSpec, *, checkout: bool) -> list[PlannedStep]:
     return steps
 
 
-def predefined_env(build: Build, job: JobSpec) -> dict[str, str]:
+def build_secrets(build: Build) -> dict[str, str]:
+    """The secret-named variables of a build, for the `secrets` context (the encrypted `secrets`
+    map of POST /builds is added by the executor, which decrypts it: app/secrets.py)."""
+    return {name: build.variables[name] for name in secret_names(build.variables)}
+
+
+def _repository(build: Build) -> tuple[str, str]:
+    """(server_url, owner/name) from the repo URL, as GitHub's contexts name them."""
+    if build.repo_url:
+        parsed = urlparse(build.repo_url)
+        path = parsed.path.strip("/").removesuffix(".git")
+        server = f"{parsed.scheme}://{parsed.netloc}" if parsed.netloc else ""
+        if path.count("/") >= 1:
+            return server, "/".join(path.split("/")[-2:])
+        return server, path or build.pipeline_id
+    return "", build.pipeline_id
+
+
+def job_contexts(
+    build: Build,
+    spec: WorkflowSpec,
+    job: JobSpec,
+    needs: dict[str, dict[str, Any]],
+    secrets: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The contexts a job's expressions see (`env` and `steps` are added as the job runs).
+    `secrets` is the build's decrypted `secrets` map (app/secrets.py)."""
+    assert build.id is not None
+    server, repository = _repository(build)
+    event = dict(build.event or {})
+    branch = build.branch or ""
+    siblings = [j for j in spec.jobs if j.key == job.key]
+    github = {
+        "event_name": build.event_name or "push",
+        "event": event,
+        "sha": build.commit_sha or "",
+        "ref": f"refs/heads/{branch}" if branch else "",
+        "ref_name": branch,
+        "ref_type": "branch" if branch else "",
+        "head_ref": ((event.get("pull_request") or {}).get("head") or {}).get("ref", ""),
+        "base_ref": ((event.get("pull_request") or {}).get("base") or {}).get("ref", ""),
+        "repository": repository,
+        "repository_owner": repository.split("/")[0] if "/" in repository else "",
+        "server_url": server,
+        "run_id": str(build.id),
+        "run_number": str(build.number),
+        "run_attempt": "1",
+        "actor": build.triggered_by,
+        "triggering_actor": build.triggered_by,
+        "workflow": spec.name or "workflow",
+        "job": job.key,
+        "action": "",
+        "token": "",
+        "retention_days": "90",
+    }
+    return {
+        "github": github,
+        "vars": {},
+        "secrets": {"GITHUB_TOKEN": "", **build_secrets(build), **(secrets or {})},
+        "inputs": _inputs(spec, event),
+        "matrix": {k: _typed(v) for k, v in (job.matrix or {}).items()},
+        "strategy": {
+            "fail-fast": job.fail_fast,
+            "job-index": siblings.index(job) if job in siblings else 0,
+            "job-total": len(siblings),
+            "max-parallel": job.max_parallel or len(siblings),
+        },
+        "needs": dict(needs),  # keyed by job id (app/services/executor.py _needs_context)
+        "job": {"status": "success", "container": {}, "services": {}},
+        "runner": {
+            "os": RUNNER_OS,
+            "arch": RUNNER_ARCH,
+            "name": "ci-executor",
+            "environment": "self-hosted",
+        },
+    }
+
+
+def _typed(value: Any) -> Any:
+    """Matrix scalars are kept as text for names; expressions see booleans and numbers again
+    (`matrix.experimental && ...` must be false for `false`). A quoted "true" becomes a boolean
+    too: the one difference from GitHub, which keeps YAML's types."""
+    if value in ("true", "false"):
+        return value == "true"
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value else number
+    return value
+
+
+def _inputs(spec: WorkflowSpec, event: dict[str, Any]) -> dict[str, Any]:
+    """Declared inputs' defaults, then the event's inputs (booleans typed as GitHub types them)."""
+    given = event.get("inputs")
+    inputs: dict[str, Any] = {name: default for name, (default, _) in spec.inputs.items()}
+    if isinstance(given, dict):
+        for name, value in given.items():
+            kind = spec.inputs.get(name, (None, "string"))[1]
+            if kind == "boolean" and isinstance(value, str):
+                value = value.lower() == "true"
+            inputs[name] = value
+    return inputs
+
+
+def predefined_env(
+    build: Build, job: JobSpec, github: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Our CI_* variables and GitHub's default ones (the runner adds the path-valued ones:
+    GITHUB_WORKSPACE, RUNNER_TEMP, GITHUB_OUTPUT, ...)."""
     assert build.id is not None
     env = {
         "CI": "true",
@@ -95,13 +250,73 @@ def predefined_env(build: Build, job: JobSpec) -> dict[str, str]:
     if build.repo_url:
         env["CI_REPO_URL"] = build.repo_url
         env["CI_CHECKOUT_REF"] = build.commit_sha or build.branch or "HEAD"
+    if github is not None:
+        env.update(
+            {
+                "GITHUB_ACTIONS": "true",
+                "GITHUB_SHA": github["sha"],
+                "GITHUB_REF": github["ref"],
+                "GITHUB_REF_NAME": github["ref_name"],
+                "GITHUB_REF_TYPE": github["ref_type"],
+                "GITHUB_HEAD_REF": github["head_ref"],
+                "GITHUB_BASE_REF": github["base_ref"],
+                "GITHUB_REPOSITORY": github["repository"],
+                "GITHUB_REPOSITORY_OWNER": github["repository_owner"],
+                "GITHUB_SERVER_URL": github["server_url"],
+                "GITHUB_RUN_ID": github["run_id"],
+                "GITHUB_RUN_NUMBER": github["run_number"],
+                "GITHUB_RUN_ATTEMPT": github["run_attempt"],
+                "GITHUB_JOB": github["job"],
+                "GITHUB_ACTOR": github["actor"],
+                "GITHUB_TRIGGERING_ACTOR": github["triggering_actor"],
+                "GITHUB_WORKFLOW": github["workflow"],
+                "GITHUB_EVENT_NAME": github["event_name"],
+                "RUNNER_OS": RUNNER_OS,
+                "RUNNER_ARCH": RUNNER_ARCH,
+                "RUNNER_NAME": "ci-executor",
+                "RUNNER_ENVIRONMENT": "self-hosted",
+            }
+        )
     return env
 
 
-def job_run(build: Build, spec: WorkflowSpec, job: JobSpec, secret_names: frozenset[str]) -> JobRun:
-    """Environment precedence, lowest first: predefined, workflow, job, step, build variables."""
+def _job_env(spec: WorkflowSpec, job: JobSpec, contexts: dict[str, Any]) -> dict[str, str]:
+    """Workflow then job `env:`, evaluated in order (a job value may read `env.X` of the
+    workflow's)."""
+    env: dict[str, str] = {}
+    for layer in (spec.env, job.env):
+        for name, value in layer.items():
+            env[name] = ex.interpolate(value, {**contexts, "env": dict(env)})
+    return env
+
+
+def job_run(
+    build: Build,
+    spec: WorkflowSpec,
+    job: JobSpec,
+    secret_names: frozenset[str],
+    needs: dict[str, dict[str, Any]] | None = None,
+    secrets: Mapping[str, str] | None = None,
+) -> JobRun:
+    """Environment precedence, lowest first: predefined, workflow, job, step, build variables.
+
+    Raises JobSetupError when a job-level expression cannot be evaluated."""
     assert build.id is not None
-    base = {**predefined_env(build, job), **spec.env, **job.env}
+    contexts = job_contexts(build, spec, job, needs or {}, secrets)
+    try:
+        job_env = _job_env(spec, job, contexts)
+        contexts["env"] = job_env
+        minutes = _minutes(job.timeout_minutes)
+        if isinstance(job.timeout_minutes, str):
+            minutes = float(ex.evaluate_template(job.timeout_minutes, contexts))
+        runs_on = tuple(ex.interpolate(label, contexts) for label in job.runs_on)
+        tolerated = job.continue_on_error
+        if isinstance(tolerated, str):
+            tolerated = ex.truthy(ex.evaluate_template(tolerated, contexts))
+    except (ex.ExpressionError, ValueError, TypeError) as exc:
+        raise JobSetupError(f"Error evaluating the job's expressions: {exc}") from exc
+    base = {**predefined_env(build, job, contexts["github"]), **job_env}
+    planned = planned_steps(job, checkout=bool(build.repo_url))
     steps = tuple(
         StepRun(
             index=p.index,
@@ -113,18 +328,32 @@ def job_run(build: Build, spec: WorkflowSpec, job: JobSpec, secret_names: frozen
             continue_on_error=p.continue_on_error,
             timeout_seconds=p.timeout_minutes * 60 if p.timeout_minutes else None,
             working_directory=p.working_directory,
+            shell_template=p.shell,
         )
-        for p in planned_steps(job, checkout=bool(build.repo_url))
+        for p in planned
     )
-    minutes = _minutes(job.timeout_minutes) or _DEFAULT_JOB_TIMEOUT_MINUTES
+    offset = len(planned) - len(job.steps)  # 1 when an implicit checkout comes first
+    runtime = JobRuntime(
+        contexts=contexts,
+        env={**base},
+        overrides=dict(build.variables),
+        steps={s.index + offset: s for s in job.steps},
+        default_shell=job.defaults.shell or "bash",
+        outputs=job.outputs,
+        event=json.dumps(contexts["github"]["event"]),
+        env_templates=(spec.env, job.env),
+        hash_files=hash_files,
+    )
+    runtime.continue_on_error = bool(tolerated)
     return JobRun(
         build_id=build.id,
         job_name=job.name,
         image=job.image,
-        timeout_seconds=minutes * 60,
+        timeout_seconds=(minutes or _DEFAULT_JOB_TIMEOUT_MINUTES) * 60,
         steps=steps,
         secret_names=secret_names,
-        runs_on=job.runs_on,
+        runs_on=runs_on,
         services=job.services,
         kubernetes=job.kubernetes,
+        runtime=runtime,
     )

@@ -16,7 +16,8 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-from app.workflow.conditions import Condition, parse_condition
+from app.workflow import expressions as ex
+from app.workflow.conditions import Condition, condition_problems
 from app.workflow.loader import (
     Pos,
     Problems,
@@ -108,8 +109,42 @@ def is_expression(value: Any) -> bool:
 class Checker:
     """Collects problems; the value checks every level of the workflow shares."""
 
-    def __init__(self, problems: Problems) -> None:
+    def __init__(self, problems: Problems, source: str = "") -> None:
         self.problems = problems
+        self.lines = source.split("\n")
+
+    def offset_pos(self, pos: Pos, value: str, offset: int) -> Pos:
+        """The line and column of `value[offset]`, for a scalar whose token starts at `pos`.
+
+        Block scalars (`|`, `>`) start on the next line at their indentation; quoted scalars one
+        column after the quote. Escapes and folded line breaks inside quoted scalars are not
+        replayed: the position is then the best estimate on the scalar's first line."""
+        line, column = pos
+        if not 0 < line <= len(self.lines):
+            return pos
+        token = self.lines[line - 1][column - 1 : column]
+        before = value[:offset]
+        if token in ("|", ">"):
+            first = line + 1
+            while first <= len(self.lines) and not self.lines[first - 1].strip():
+                first += 1
+            if first > len(self.lines):
+                return pos
+            indent = len(self.lines[first - 1]) - len(self.lines[first - 1].lstrip(" "))
+            if token == ">":
+                return first, indent + 1
+            breaks = before.count("\n")
+            return first + breaks, indent + len(before) - (before.rfind("\n") + 1) + 1
+        if "\n" in before:
+            return pos
+        return line, column + len(before) + (1 if token in ("'", '"') else 0)
+
+    def expressions(self, text: Text, *, allow_status_functions: bool = False) -> None:
+        """Syntax, functions and argument counts of every `${{ }}` in `text`."""
+        if "${{" not in text.value:
+            return
+        for offset, message in ex.check(text.value, allow_status_functions=allow_status_functions):
+            self.add(self.offset_pos(text.pos, text.value, offset), f"{text.label}: {message}")
 
     def add(self, pos: Pos, message: str) -> None:
         self.problems.add(pos, message)
@@ -205,11 +240,11 @@ class Checker:
                 f"not {describe(value)}",
             )
             return Condition.default()
-        try:
-            return parse_condition(str(value))
-        except ValueError as exc:
-            self.add(value_pos(mapping, "if"), f"`if` of {where}: {exc}")
-            return Condition.default()
+        problems = condition_problems(str(value))
+        for offset, message in problems:
+            pos = self.offset_pos(value_pos(mapping, "if"), str(value), offset)
+            self.add(pos, f"`if` of {where}: {message}")
+        return Condition.default() if problems else Condition(str(value))
 
     def string_map(
         self, mapping: CommentedMap, key: str, where: str, what: str = "environment variable"

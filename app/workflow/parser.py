@@ -33,6 +33,7 @@ from app.workflow.loader import (
     key_pos,
     load,
     node_pos,
+    plain,
     value_pos,
 )
 from app.workflow.matrix import Combination, combination_name, references, substitute
@@ -72,7 +73,7 @@ def parse_workflow(text: str) -> WorkflowSpec:
     problems = Problems()
     root = load(text, problems)
     if root is not None:
-        spec = _Parser(problems).workflow(root)
+        spec = _Parser(problems, text).workflow(root)
         if not problems.items:
             return spec
     raise WorkflowError(sorted(problems.items, key=lambda p: (p.line, p.column)))
@@ -136,13 +137,15 @@ class _Job(Strategy):
 
 
 class _Parser(Checker):
+    defaults = RunDefaults()  # the workflow's `defaults.run`, under each job's own
+
     def workflow(self, root: CommentedMap) -> WorkflowSpec:
         where = "the workflow"
         self.unknown_keys(root, WORKFLOW_KEYS, where)
         name = self.optional_str(root, "name", where)
         run_name = self.optional_str(root, "run-name", where)
         env = {k: t.value for k, t in self.env(root, where).items()}
-        defaults = platform.defaults(self, root, where)
+        defaults = self.defaults = platform.defaults(self, root, where)
         concurrency = platform.concurrency(self, root, where)
         jobs = self.jobs(root)
         return WorkflowSpec(
@@ -152,6 +155,7 @@ class _Parser(Checker):
             run_name=run_name.value if run_name else None,
             defaults=defaults,
             concurrency=concurrency,
+            inputs=_declared_inputs(root.get("on")),
         )
 
     def jobs(self, root: CommentedMap) -> tuple[JobSpec, ...]:
@@ -219,19 +223,26 @@ class _Parser(Checker):
             return
         job.name = self.optional_str(body, "name", where)
         job.image = self.optional_str(body, "image", where)
+        job.env = self.env(body, where)
+        container_shell: str | None = None
         if "container" in body:
-            image = platform.container_image(self, body, where)
+            image, container_env = platform.container_image(self, body, where)
             if job.image is not None and image is not None:
                 self.add(key_pos(body, "container"), f"{where} has both `image` and `container`")
             job.image = job.image or image
-        job.env = self.env(body, where)
+            job.env = {**container_env, **job.env}
+            container_shell = "sh"  # GitHub's default shell inside a container
         job.timeout_minutes = self.timeout(body, where)
         job.condition = self.condition(body, where)
         job.needs = self.needs(body, where)
         job.runs_on = platform.runs_on(self, body, where)
         job.environment = platform.environment(self, body, where)
         job.concurrency = platform.concurrency(self, body, where)
-        job.defaults = platform.defaults(self, body, where)
+        own = platform.defaults(self, body, where)
+        job.defaults = RunDefaults(
+            shell=own.shell or self.defaults.shell or container_shell,
+            working_directory=own.working_directory or self.defaults.working_directory,
+        )
         job.outputs = self.string_map(body, "outputs", where, "output")
         job.continue_on_error = self.bool_or_expression(body, "continue-on-error", where, False)
         job.services = platform.services(self, body, where)
@@ -318,7 +329,11 @@ class _Parser(Checker):
         if "run" not in body:
             self.add(pos, f"{where} has neither `run` nor `uses`")
             return None
-        step.run = self.optional_str(body, "run", where)
+        value = body["run"]
+        if isinstance(value, str) and not value.strip():
+            step.run = Text("", value_pos(body, "run"), f"`run` of {where}")  # GitHub runs it
+        else:
+            step.run = self.optional_str(body, "run", where)
         return step if step.run is not None else None
 
     def step_id(self, body: CommentedMap, where: str) -> str | None:
@@ -376,7 +391,18 @@ class _Parser(Checker):
 
     def check_references(self, job: _Job) -> None:
         for text in job.texts():
+            self.expressions(text)
+        for step in job.steps:
+            for flag in (step.continue_on_error, step.timeout_minutes):
+                if isinstance(flag, Text):
+                    self.expressions(flag)
+        for flag in (job.continue_on_error, job.timeout_minutes):
+            if isinstance(flag, Text):
+                self.expressions(flag)
+        for text in job.texts():
             for ref in dict.fromkeys(references(text.value)):
+                if job.matrix_template is not None:
+                    continue  # keys known only once the matrix is computed
                 if job.combinations is None:
                     self.add(
                         text.pos,
@@ -388,6 +414,27 @@ class _Parser(Checker):
                         f"{text.label} refers to `matrix.{ref}`, which is not a key of the "
                         f"matrix of job {job.key!r} (keys: {', '.join(sorted(job.matrix_keys))})",
                     )
+
+
+def _declared_inputs(on: object) -> dict[str, tuple[object, str]]:
+    """Inputs declared under `on.workflow_dispatch` / `on.workflow_call`, with their defaults
+    (the `inputs` context holds them when the event does not), typed as GitHub types them."""
+    result: dict[str, tuple[object, str]] = {}
+    if not isinstance(on, CommentedMap):
+        return result
+    for event in ("workflow_call", "workflow_dispatch"):
+        block = on.get(event)
+        inputs = block.get("inputs") if isinstance(block, CommentedMap) else None
+        if not isinstance(inputs, CommentedMap):
+            continue
+        for name, spec in inputs.items():
+            if isinstance(name, str) and isinstance(spec, CommentedMap):
+                kind = str(spec.get("type") or "string")
+                default = plain(spec.get("default"))
+                if kind == "boolean":
+                    default = default is True or str(default).lower() == "true"
+                result.setdefault(name, (default, kind))
+    return result
 
 
 # --- expansion ---------------------------------------------------------------------------------
@@ -416,13 +463,14 @@ def _expand(jobs: list[_Job], order: list[str]) -> tuple[JobSpec, ...]:
 def _job_spec(
     job: _Job, name: str, combination: Combination | None, index: int, needs: tuple[str, ...]
 ) -> JobSpec:
-    values = combination or {}
+    # A matrix computed at run time: its `${{ matrix.x }}` stay for the runtime to evaluate.
+    values = None if job.matrix_template is not None else (combination or {})
 
     def sub(text: Text | None) -> str | None:
-        return None if text is None else substitute(text.value, values)
+        return None if text is None else _sub(text.value, values)
 
     def subs(texts: dict[str, Text]) -> dict[str, str]:
-        return {k: substitute(v.value, values) for k, v in texts.items()}
+        return {k: _sub(v.value, values) for k, v in texts.items()}
 
     steps = tuple(_step_spec(i, step, values) for i, step in enumerate(job.steps))
     return JobSpec(
@@ -439,7 +487,7 @@ def _job_spec(
         matrix=dict(combination) if combination is not None else None,
         fail_fast=job.fail_fast,
         max_parallel=job.max_parallel,
-        runs_on=tuple(substitute(label, values) for label in job.runs_on),
+        runs_on=tuple(_sub(label, values) for label in job.runs_on),
         environment=job.environment,
         outputs=subs(job.outputs),
         continue_on_error=_flag(job.continue_on_error, values),
@@ -447,37 +495,42 @@ def _job_spec(
         concurrency=job.concurrency,
         services=job.services,
         kubernetes=job.kubernetes,
+        matrix_template=job.matrix_template,
     )
 
 
-def _step_spec(index: int, step: _Step, values: Combination) -> StepSpec:
-    run = substitute(step.run.value, values) if step.run else ""
+def _step_spec(index: int, step: _Step, values: Combination | None) -> StepSpec:
+    run = _sub(step.run.value, values) if step.run else ""
     uses = step.uses.value.strip() if step.uses else None
-    name = substitute(step.name.value, values) if step.name else None
+    name = _sub(step.name.value, values) if step.name else None
     return StepSpec(
         index=index,
         name=name or (f"Run {uses}" if uses else _default_step_name(run)),
         run=run,
-        env={k: substitute(v.value, values) for k, v in step.env.items()},
+        env={k: _sub(v.value, values) for k, v in step.env.items()},
         condition=step.condition,
         continue_on_error=_flag(step.continue_on_error, values),
         timeout_minutes=_minutes(step.timeout_minutes, values),
         working_directory=(
-            substitute(step.working_directory.value, values) if step.working_directory else None
+            _sub(step.working_directory.value, values) if step.working_directory else None
         ),
         shell=step.shell,
         id=step.id,
         uses=uses,
-        with_={k: substitute(v.value, values) for k, v in step.with_.items()},
+        with_={k: _sub(v.value, values) for k, v in step.with_.items()},
     )
 
 
-def _flag(value: bool | Text, values: Combination) -> Flag:
-    return substitute(value.value, values) if isinstance(value, Text) else value
+def _sub(text: str, values: Combination | None) -> str:
+    return text if values is None else substitute(text, values)
 
 
-def _minutes(value: float | Text | None, values: Combination) -> Minutes:
-    return substitute(value.value, values) if isinstance(value, Text) else value
+def _flag(value: bool | Text, values: Combination | None) -> Flag:
+    return _sub(value.value, values) if isinstance(value, Text) else value
+
+
+def _minutes(value: float | Text | None, values: Combination | None) -> Minutes:
+    return _sub(value.value, values) if isinstance(value, Text) else value
 
 
 def _default_step_name(run: str) -> str:

@@ -39,7 +39,7 @@ def shell(checker: Checker, mapping: CommentedMap, where: str) -> str | None:
     if "shell" not in mapping:
         return None
     value = mapping["shell"]
-    if isinstance(value, str) and (value in KNOWN_SHELLS or "{0}" in value):
+    if isinstance(value, str) and (value in KNOWN_SHELLS or "{0}" in value or "${{" in value):
         return str(value)
     checker.add(
         value_pos(mapping, "shell"),
@@ -119,20 +119,23 @@ def runs_on(checker: Checker, mapping: CommentedMap, where: str) -> list[str]:
     return checker.string_list(mapping, "runs-on", where)
 
 
-def container_image(checker: Checker, mapping: CommentedMap, where: str) -> Text | None:
-    """`container:` (a string or a mapping with `image`): the job's image, as `image:` is."""
+def container_image(
+    checker: Checker, mapping: CommentedMap, where: str
+) -> tuple[Text | None, dict[str, Text]]:
+    """`container:` (a string or a mapping with `image`): the job's image, as `image:` is, and
+    the container's `env` (under the job's own)."""
     value = mapping["container"]
     if isinstance(value, str):
-        return checker.optional_str(mapping, "container", where)
+        return checker.optional_str(mapping, "container", where), {}
     block = checker.mapping(mapping, "container", where, "an image name or a mapping")
     if block is None:
-        return None
+        return None, {}
     block_where = f"`container` of {where}"
     checker.unknown_keys(block, CONTAINER_KEYS, block_where)
     image = checker.optional_str(block, "image", block_where)
     if image is None and "image" not in block:
         checker.add(value_pos(mapping, "container"), f"{block_where} has no `image`")
-    return image
+    return image, checker.env(block, block_where)
 
 
 def services(checker: Checker, mapping: CommentedMap, where: str) -> tuple[ServiceContainer, ...]:

@@ -96,6 +96,9 @@ class JobSpec:
     concurrency: Concurrency | None = None
     services: tuple[ServiceContainer, ...] = ()
     kubernetes: KubernetesOptions | None = None
+    # A matrix computed by an expression: this spec is a placeholder (named by the job id) that
+    # the executor replaces with one job per combination once the needs have finished.
+    matrix_template: Any = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class WorkflowSpec:
     env: dict[str, str]
     jobs: tuple[JobSpec, ...]  # in topological order (JobSpec.index == position)
     run_name: str | None = None
+    # `on.workflow_dispatch.inputs` / `on.workflow_call.inputs`: name -> (default, type)
+    inputs: dict[str, tuple[Any, str]] = field(default_factory=dict)
     defaults: RunDefaults = field(default_factory=RunDefaults)
     concurrency: Concurrency | None = None
 

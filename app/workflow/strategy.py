@@ -13,6 +13,7 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from app.workflow import expressions as ex
 from app.workflow.checks import STRATEGY_KEYS, Checker
 from app.workflow.loader import (
     describe,
@@ -46,6 +47,9 @@ class Strategy:
     matrix_keys: set[str] = field(default_factory=set)
     fail_fast: bool = True
     max_parallel: int | None = None
+    # A matrix with `${{ }}` in it (e.g. `fromJSON(needs.x.outputs.y)`): expanded by the executor
+    # when the job's needs have finished (`expand_template`); until then one placeholder job.
+    matrix_template: Any = None
 
 
 def matrix_value(value: Any) -> Any:
@@ -82,9 +86,105 @@ def parse_strategy(checker: Checker, job: Strategy, body: CommentedMap) -> None:
                 f"not {describe(value)}",
             )
     if "matrix" not in strategy:
-        checker.add(key_pos(body, "strategy"), f"`strategy` of job {job.key!r} has no `matrix`")
+        job.combinations = None  # GitHub accepts a strategy without a matrix: one plain job
+        return
+    template = plain(strategy["matrix"])
+    if _has_expression(template):
+        job.combinations = None
+        job.matrix_template = template
+        for text in _strings(template):
+            for _, message in ex.check(text):
+                checker.add(
+                    key_pos(strategy, "matrix"),
+                    f"matrix of job {job.key!r}: {message} (in {text!r})",
+                )
         return
     job.combinations = _matrix(checker, job, strategy)
+
+
+def _has_expression(value: Any) -> bool:
+    return any("${{" in text for text in _strings(value))
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+class MatrixError(ValueError):
+    """A matrix computed at run time is not valid; the job fails with this message."""
+
+
+def _evaluate(value: Any, contexts: dict[str, Any]) -> Any:
+    """Evaluate every `${{ }}` in a matrix template as GitHub's template engine does: a string
+    that is one expression keeps its raw value; `${{ insert }}` keys merge a mapping; a sequence
+    item that evaluates to a list is spliced in."""
+    if isinstance(value, str):
+        return ex.evaluate_template(value, contexts) if "${{" in value else value
+    if isinstance(value, list):
+        items: list[Any] = []
+        for item in value:
+            result = _evaluate(item, contexts)
+            if isinstance(item, str) and "${{" in item and isinstance(result, list):
+                items.extend(result)
+            else:
+                items.append(result)
+        return items
+    if isinstance(value, dict):
+        result_map: dict[str, Any] = {}
+        for key, item in value.items():
+            evaluated = _evaluate(item, contexts)
+            if key.replace(" ", "") == "${{insert}}":
+                if not isinstance(evaluated, dict):
+                    raise MatrixError("`${{ insert }}` needs a mapping value")
+                result_map.update(evaluated)
+            else:
+                result_map[ex.to_string(_evaluate(key, contexts))] = evaluated
+        return result_map
+    return value
+
+
+def expand_template(key: str, template: Any, contexts: dict[str, Any]) -> list[Combination]:
+    """The combinations of a matrix computed at run time (raises MatrixError)."""
+    try:
+        matrix = _evaluate(template, contexts)
+    except ex.ExpressionError as exc:
+        raise MatrixError(f"Error evaluating the matrix of job {key!r}: {exc}") from None
+    if not isinstance(matrix, dict):
+        raise MatrixError(f"the matrix of job {key!r} must be a mapping, not {matrix!r}")
+    axes: dict[str, list[Any]] = {}
+    for name, values in matrix.items():
+        if name in ("include", "exclude"):
+            continue
+        if not isinstance(values, list) or not values:
+            raise MatrixError(
+                f"matrix key {name!r} of job {key!r} must have a non-empty list of values"
+            )
+        axes[name] = [matrix_value(v) for v in values]
+    entries: dict[str, list[Combination]] = {}
+    for name in ("include", "exclude"):
+        raw = matrix.get(name) or []
+        if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+            raise MatrixError(f"`{name}` of the matrix of job {key!r} must be a list of mappings")
+        entries[name] = [{k: matrix_value(v) for k, v in e.items()} for e in raw]
+    if product_size(axes) > ENUMERATION_LIMIT:
+        raise MatrixError(f"the matrix of job {key!r} is too large")
+    combinations = expand_matrix(axes, entries["include"], entries["exclude"])
+    if not combinations:
+        raise MatrixError(f"the matrix of job {key!r} expands to no combinations")
+    if len(combinations) > MAX_COMBINATIONS:
+        raise MatrixError(
+            f"the matrix of job {key!r} expands to {len(combinations)} combinations; "
+            f"the limit is {MAX_COMBINATIONS}"
+        )
+    if len({combination_name(key, c) for c in combinations}) < len(combinations):
+        raise MatrixError(f"the matrix of job {key!r} produces a combination more than once")
+    return combinations
 
 
 def _matrix(checker: Checker, job: Strategy, strategy: CommentedMap) -> list[Combination]:

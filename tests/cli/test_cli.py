@@ -52,7 +52,7 @@ def test_run_failure_exit_code_and_invalid_file(tmp_path: Path) -> None:
     bad.write_text("jobs:\n  a:\n    steps:\n      - uses: x\n")
     result = _run("run", str(bad))
     assert result.returncode == 2
-    assert "line 4, column 9" in result.stdout
+    assert "line 4, column 15" in result.stdout
     missing = _run("run", str(tmp_path / "nope.yml"))
     assert missing.returncode == 2
     assert "cannot read" in missing.stdout
