@@ -109,3 +109,32 @@ async def test_without_a_key_on_postgres_secrets_are_refused_clearly(
     )
     assert response.status_code == 422
     assert "SECRETS_KEY" in response.json()["detail"]
+
+
+async def test_secrets_map_is_the_secrets_context_and_masked(client: httpx.AsyncClient) -> None:
+    """`secrets` of POST /builds is what `${{ secrets.NAME }}` reads (GitHub's pattern: map it
+    into `env:`), and its value never reaches the log in the clear."""
+    body = await create(
+        client,
+        workflow(
+            """
+            jobs:
+              a:
+                steps:
+                  - env:
+                      KEY_FROM_CONTEXT: ${{ secrets.DEPLOY_KEY }}
+                    run: |
+                      test "$KEY_FROM_CONTEXT" = "sup3r-s3cret-deploy-key" && echo "matched"
+                      echo "value=$KEY_FROM_CONTEXT"
+                      echo "missing=[${{ secrets.NOT_GIVEN }}]"
+            """
+        ),
+        secrets={"DEPLOY_KEY": SECRET},
+    )
+    done = await wait_for_build(client, body["id"])
+    text = await log_text(client, body["id"])
+    assert done["status"] == "success", text
+    assert "matched" in text
+    assert "value=***" in text
+    assert "missing=[]" in text
+    assert SECRET not in text
