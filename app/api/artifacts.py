@@ -26,6 +26,7 @@ from app.artifacts.service import ArtifactService
 from app.artifacts.storage import ObjectNotFound, StorageError
 from app.errors import NotFound, ServiceError
 from app.models import Build
+from app.models.types import PIPELINE_ID_PATTERN
 
 router = APIRouter(tags=["artifacts"])
 Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -193,7 +194,7 @@ async def delete_artifact(
 async def list_caches(
     _caller: ReaderDep,
     service: ServiceDep,
-    pipeline_id: Annotated[str, Query(min_length=1, max_length=255)],
+    pipeline_id: Annotated[str, Query(min_length=1, max_length=255, pattern=PIPELINE_ID_PATTERN)],
     branch: Annotated[str | None, Query(max_length=255)] = None,
 ) -> CacheList:
     """A pipeline's cache entries (optionally one branch's), most recently used first, with
@@ -206,7 +207,7 @@ async def list_caches(
 async def delete_caches(
     _caller: WriterDep,
     service: ServiceDep,
-    pipeline_id: Annotated[str, Query(min_length=1, max_length=255)],
+    pipeline_id: Annotated[str, Query(min_length=1, max_length=255, pattern=PIPELINE_ID_PATTERN)],
     key: Annotated[str | None, Query(max_length=512)] = None,
     branch: Annotated[str | None, Query(max_length=255)] = None,
 ) -> CacheDeleted:
@@ -221,7 +222,7 @@ async def delete_cache(
     cache_id: Id,
     _caller: WriterDep,
     service: ServiceDep,
-    pipeline_id: Annotated[str, Query(min_length=1, max_length=255)],
+    pipeline_id: Annotated[str, Query(min_length=1, max_length=255, pattern=PIPELINE_ID_PATTERN)],
 ) -> Response:
     """Delete one cache entry of the pipeline. 204; 404 if it does not exist."""
     if not await service.delete_caches(pipeline_id, cache_id=cache_id):

@@ -78,9 +78,9 @@ def _codes(path: str, method: str) -> set[int]:
     codes = {401, 422, 500}
     if writes:
         codes |= {400, 403, 413}
-    if "{build_id}" in path:
+    if "{" in path:  # a build, artifact or cache named in the path may not exist
         codes.add(404)
-    if writes and "{build_id}" in path:
+    if writes and "{" in path:
         codes.add(409)
     if writes and path.endswith("/builds"):
         codes |= {404, 502}  # the pipeline's YAML comes from pipeline_service
