@@ -416,6 +416,32 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * AnnotationPublic
+         * @description An `::error::`, `::warning::` or `::notice::` workflow command.
+         */
+        AnnotationPublic: {
+            /** Job Name */
+            job_name: string;
+            /** Step Index */
+            step_index: number;
+            /** Level */
+            level: string;
+            /** Message */
+            message: string;
+            /** Title */
+            title: string | null;
+            /** File */
+            file: string | null;
+            /** Line */
+            line: number | null;
+            /** End Line */
+            end_line: number | null;
+            /** Col */
+            col: number | null;
+            /** End Column */
+            end_column: number | null;
+        };
         /** ArtifactList */
         ArtifactList: {
             /** Items */
@@ -564,6 +590,8 @@ export interface components {
             event?: {
                 [key: string]: unknown;
             } | null;
+            /** Annotations */
+            annotations?: components["schemas"]["AnnotationPublic"][];
             /** Jobs */
             jobs: components["schemas"]["JobPublic"][];
             /** Edges */
@@ -717,6 +745,13 @@ export interface components {
             environment?: {
                 [key: string]: unknown;
             } | null;
+            /**
+             * Outputs
+             * @description The job's `outputs:`.
+             */
+            outputs?: {
+                [key: string]: string;
+            };
             /** Id */
             id: number;
             /** Name */
@@ -875,6 +910,18 @@ export interface components {
             finished_at: string | null;
             /** Exit Code */
             exit_code: number | null;
+            /**
+             * Outputs
+             * @description What the step wrote to $GITHUB_OUTPUT.
+             */
+            outputs?: {
+                [key: string]: string;
+            };
+            /**
+             * Summary
+             * @description The step's $GITHUB_STEP_SUMMARY, as Markdown.
+             */
+            summary?: string | null;
         };
         /** ValidationError */
         ValidationError: {
@@ -2532,6 +2579,28 @@ export interface operations {
             };
             /** @description The token is read-only */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Unknown build (or pipeline, in pipeline_service) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                    };
+                };
+            };
+            /** @description Conflicts with the build's state */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
