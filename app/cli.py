@@ -84,7 +84,7 @@ def _migrate(args: argparse.Namespace) -> int:
     if args.downgrade:
         downgrade(settings.database_url, args.revision or "base")
     else:
-        upgrade(settings.database_url, args.revision or "heads")
+        upgrade(settings.database_url, args.revision or "head")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Security: idempotency request hash, secrets encrypted at rest and their purge time
 
 Revision ID: security
-Revises: 0001
+Revises: gha
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from alembic import op
 import app.models.types
 
 revision: str = "security"
-down_revision: str | None = "0001"
+down_revision: str | None = "gha"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

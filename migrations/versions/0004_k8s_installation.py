@@ -1,7 +1,7 @@
 """installation id (k8s: Jobs are only ever followed by the database that created them)
 
 Revision ID: k8s_installation
-Revises: 0001
+Revises: security
 """
 
 import uuid
@@ -12,7 +12,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "k8s_installation"
-down_revision: str | None = "0001"
+down_revision: str | None = "security"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """artifacts and caches
 
 Revision ID: artifacts
-Revises: 0001
+Revises: ui
 Create Date: 2026-12-02 05:47:36.859918
 """
 
@@ -15,7 +15,7 @@ import app.models.types
 
 
 revision: str = 'artifacts'
-down_revision: str | None = '0001'
+down_revision: str | None = "ui"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """ui: who cancelled a build, and which jobs a partial re-run reused
 
 Revision ID: ui
-Revises: 0001
+Revises: k8s_installation
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "ui"
-down_revision: str | None = "0001"
+down_revision: str | None = "k8s_installation"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
