@@ -16,6 +16,7 @@ from typing import Literal
 
 from sqlalchemy import delete, func, update
 from sqlmodel import col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from app.artifacts import sweep
 from app.artifacts.common import (
@@ -45,6 +46,16 @@ from app.models import Build
 from app.models.types import utcnow
 
 log = logging.getLogger(__name__)
+
+
+def _cache_entry(caller: Caller, key: str, version: str) -> SelectOfScalar[CacheEntry]:
+    """The entry for (key, version) in the caller's pipeline and branch scope: at most one."""
+    return select(CacheEntry).where(
+        CacheEntry.pipeline_id == caller.pipeline_id,
+        CacheEntry.scope == caller.branch,
+        CacheEntry.key == key,
+        CacheEntry.version == version,
+    )
 
 
 class ArtifactService:
@@ -342,16 +353,7 @@ class ArtifactService:
             raise _invalid("cache version must be 1-128 characters")
         stale_ids: list[int] = []
         async with self.db.transaction() as session:
-            existing = (
-                await session.exec(
-                    select(CacheEntry).where(
-                        CacheEntry.pipeline_id == caller.pipeline_id,
-                        CacheEntry.scope == caller.branch,
-                        CacheEntry.key == key,
-                        CacheEntry.version == version,
-                    )
-                )
-            ).first()
+            existing = (await session.exec(_cache_entry(caller, key, version))).first()
             if existing is not None:
                 abandoned = (
                     existing.status == CacheStatus.reserved
@@ -381,16 +383,7 @@ class ArtifactService:
 
     async def cache_for_upload(self, caller: Caller, key: str, version: str) -> CacheEntry:
         async with self.db.read() as session:
-            entry = (
-                await session.exec(
-                    select(CacheEntry).where(
-                        CacheEntry.pipeline_id == caller.pipeline_id,
-                        CacheEntry.scope == caller.branch,
-                        CacheEntry.key == key,
-                        CacheEntry.version == version,
-                    )
-                )
-            ).first()
+            entry = (await session.exec(_cache_entry(caller, key, version))).first()
         if entry is None:
             raise _not_found(f"no cache entry {key!r} is being saved by this build")
         return entry
