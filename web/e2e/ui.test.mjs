@@ -496,36 +496,38 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
     await shot('build-detail-100k-search')
   })
 
-  test('GitHub Actions output: annotations and sanitised step summaries (fields injected, see docs/ui.md)', async () => {
-    // The gha area adds `annotations` and `StepPublic.summary` to the build detail; until they
-    // reach this branch the real answer is extended in flight with that documented shape.
-    await page.route(`**/api/v1/builds/${liveBuild}`, async (route) => {
-      const res = await route.fetch()
-      const body = await res.json()
-      body.annotations = [{ job_name: 'broken', step_index: 0, level: 'error', message: 'tests failed', title: 'pytest', file: 'tests/test_x.py', line: 12, end_line: null, col: null, end_column: null }]
-      body.jobs.find((j) => j.name === 'broken').steps[0].summary =
-        '## Test report\n\n| suite | result |\n|---|---|\n| unit | 3 failed |\n\n<img src="x" onerror="window.__pwned = 1"><script>window.__pwned = 2</script>\n'
-      await route.fulfill({ response: res, json: body })
-    })
-    try {
-      await page.goto(`${svc.baseUrl}/ci/builds/${liveBuild}?job=stream`)
-      const list = page.getByRole('region', { name: /Annotations/ })
-      await list.waitFor()
-      assert.match(await list.innerText(), /error[\s\S]*broken[\s\S]*tests\/test_x\.py:12[\s\S]*pytest[\s\S]*tests failed/i)
-      await list.getByRole('button', { name: 'broken' }).click()
-      await page.getByRole('heading', { name: 'broken', level: 2 }).waitFor()
-      const summary = page.locator('.summary[data-step="0"]')
-      await summary.getByRole('heading', { name: 'Test report' }).waitFor()
-      assert.equal(await summary.locator('td', { hasText: '3 failed' }).count(), 1)
-      const log = page.getByRole('region', { name: /Log of step fails output/ })
-      await until(async () => (await log.innerText()).includes('about to fail'), { what: 'the annotated step\'s log' })
-      assert.equal(await summary.locator('script').count(), 0)
-      assert.equal(await summary.locator('[onerror]').count(), 0)
-      assert.equal(await page.evaluate(() => window.__pwned), undefined)
-      await check('build-detail-gha-output')
-    } finally {
-      await page.unrouteAll()
-    }
+  test('GitHub Actions output: annotations and sanitised step summaries from a real build', async () => {
+    // A step that writes an ::error:: annotation and a hostile $GITHUB_STEP_SUMMARY, then fails.
+    const yaml = [
+      'jobs:',
+      '  broken:',
+      '    steps:',
+      '      - name: fails',
+      '        run: |',
+      '          echo "about to fail"',
+      '          echo "::error file=tests/test_x.py,line=12,title=pytest::tests failed"',
+      "          printf '## Test report\\n\\n| suite | result |\\n|---|---|\\n| unit | 3 failed |\\n\\n' >> \"$GITHUB_STEP_SUMMARY\"",
+      '          echo \'<img src="x" onerror="window.__pwned = 1"><script>window.__pwned = 2</script>\' >> "$GITHUB_STEP_SUMMARY"',
+      '          exit 1',
+      '',
+    ].join('\n')
+    const build = await svc.api('POST', '/builds', { pipeline_id: PIPELINE, workflow_yaml: yaml, triggered_by: 'robot' })
+    await until(async () => (await svc.api('GET', `/builds/${build.id}`)).status === 'failed', { timeoutMs: 30_000, what: 'the annotated build to fail' })
+    await page.goto(`${svc.baseUrl}/ci/builds/${build.id}?job=broken`)
+    const list = page.getByRole('region', { name: /Annotations/ })
+    await list.waitFor()
+    assert.match(await list.innerText(), /error[\s\S]*broken[\s\S]*tests\/test_x\.py:12[\s\S]*pytest[\s\S]*tests failed/i)
+    await list.getByRole('button', { name: 'broken' }).click()
+    await page.getByRole('heading', { name: 'broken', level: 2 }).waitFor()
+    const summary = page.locator('.summary[data-step="0"]')
+    await summary.getByRole('heading', { name: 'Test report' }).waitFor()
+    assert.equal(await summary.locator('td', { hasText: '3 failed' }).count(), 1)
+    const log = page.getByRole('region', { name: /Log of step fails output/ })
+    await until(async () => (await log.innerText()).includes('about to fail'), { what: 'the annotated step\'s log' })
+    assert.equal(await summary.locator('script').count(), 0)
+    assert.equal(await summary.locator('[onerror]').count(), 0)
+    assert.equal(await page.evaluate(() => window.__pwned), undefined)
+    await check('build-detail-gha-output')
   })
 
   test('no script errors on any page', () => {
