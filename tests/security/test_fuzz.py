@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from tests.serve import ServeProcess
+from tests.support import stub_http_server
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
@@ -36,12 +36,8 @@ class _NoPipelines(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def pipeline_stub() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoPipelines)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with stub_http_server(_NoPipelines) as url:
+        yield url
 
 
 @pytest.mark.timeout(1800)

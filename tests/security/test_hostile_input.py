@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests.security.conftest import WRITE_TOKEN
+from tests.support import stub_http_server
 
 
 async def _raw_chunked(url: str, headers: dict[str, str], chunks: int, size: int) -> bytes:
@@ -178,12 +178,8 @@ class _Pipelines(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def pipelines_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pipelines)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with stub_http_server(_Pipelines) as url:
+        yield url
 
 
 @pytest.fixture

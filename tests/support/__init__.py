@@ -24,7 +24,14 @@ from tests.support.api import (
     workflow,
 )
 from tests.support.processes import pids_with
-from tests.support.servers import ROOT, ServeProcess, free_port, start_serve, uvicorn_server
+from tests.support.servers import (
+    ROOT,
+    ServeProcess,
+    free_port,
+    start_serve,
+    stub_http_server,
+    uvicorn_server,
+)
 from tests.support.sse import SSEEvent, sse_events
 from tests.support.waiting import wait_until
 
@@ -42,6 +49,7 @@ __all__ = [
     "sse_events",
     "start_serve",
     "step_statuses",
+    "stub_http_server",
     "ts",
     "uvicorn_server",
     "wait_for_build",
