@@ -124,6 +124,20 @@ async def _read_text(path: str) -> str | None:
     return await asyncio.to_thread(read)
 
 
+def _stage(tree: Path, dest: Path) -> None:
+    """A copy of an action's tree (from the executor's actions cache) where the job's steps can
+    read it; copied, not linked, so a step cannot change the cache. Published by one rename."""
+    if tree == dest or dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}"
+    shutil.copytree(tree, staging, symlinks=True)
+    try:
+        os.rename(staging, dest)
+    except OSError:  # another job of the build staged it first
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 _Ran = tuple[StepRun, StepOutcome, int | None, str | None]
 
 
@@ -331,9 +345,12 @@ class LocalRunner:
             working_directory=request.working_directory,
             timeout_seconds=request.timeout_seconds,
         )
-        readable = tuple(Path(path) for path in request.readable)
+        runtime = job.runtime
+        assert runtime is not None
+        for tree in request.readable:
+            await asyncio.to_thread(_stage, Path(tree), Path(runtime.step_path(Path(tree))))
         status, code, message = await self._run_step(
-            job, run, workspace, reporter, deadline, argv=request.argv, readable=readable
+            job, run, workspace, reporter, deadline, argv=request.argv
         )
         texts = await asyncio.to_thread(_read_runtime_files, request.files)
         return Ran(status, code, texts, message)
@@ -348,7 +365,11 @@ class LocalRunner:
             await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
         if job.runtime is not None:
             files = job.runtime.start(
-                workspace=str(workspace), temp=str(temp), tool_cache=str(tool_cache)
+                workspace=str(workspace),
+                temp=str(temp),
+                tool_cache=str(tool_cache),
+                # Action trees are copied into the build's directory, which the sandbox shows.
+                actions_dir=str(self.workspace_root / str(job.build_id) / "_actions"),
             )
             for name, text in files.items():
                 await asyncio.to_thread((temp / name).write_text, text)
@@ -367,7 +388,6 @@ class LocalRunner:
         reporter: JobReporter,
         job_deadline: float | None,
         argv: Sequence[str] | None = None,
-        readable: tuple[Path, ...] = (),
     ) -> tuple[StepOutcome, int | None, str | None]:
         cwd = workspace
         if step.working_directory:
@@ -393,7 +413,7 @@ class LocalRunner:
                 workspace=workspace,
                 tmpdir=self.temp_dir(job.build_id, job.job_name),
                 track=track,
-                readable=[*_local_sources(env), *readable],
+                readable=_local_sources(env),
             )
         except OSError as exc:
             return "error", None, f"could not start {argv[0]}: {exc}"

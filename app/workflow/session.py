@@ -146,6 +146,7 @@ class _Scope:
     action_path: str = ""
     failed: bool = False
     depth: int = 0
+    readable: tuple[str, ...] = ()  # the action's tree, for its nested `run` steps
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,7 @@ class StepSession:
             inputs=inputs,
             action_path=loaded.directory,
             depth=scope.depth + 1,
+            readable=loaded.readable,
         )
         inner.layer["GITHUB_ACTION_PATH"] = loaded.directory
         first_failure: _Outcome | None = None
@@ -448,7 +450,7 @@ class StepSession:
         if "uses" in raw:
             child = _Scope(
                 scope.index, layer, scope.timeout, False, scope.inputs, scope.results,
-                scope.action_path, depth=scope.depth,
+                scope.action_path, depth=scope.depth, readable=scope.readable,
             )  # fmt: skip
             return (yield from self._action(str(raw["uses"]), with_values, child, step_id))
         if "run" not in raw:
@@ -470,6 +472,7 @@ class StepSession:
             working_directory=directory,
             timeout_seconds=scope.timeout,
             files=files,
+            readable=scope.readable,
             missing=f"the shell {shell!r} is not installed on this runner",
         )
         return (yield from self._absorb(ran, scope.index))
