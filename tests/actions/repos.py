@@ -36,11 +36,15 @@ class Repo:
         git("init", "--quiet", "-b", "main", cwd=self.work)
         git("remote", "add", "origin", str(self.bare), cwd=self.work)
 
-    def commit(self, files: dict[str, str], message: str = "c") -> str:
+    def commit(
+        self, files: dict[str, str], message: str = "c", links: dict[str, str] | None = None
+    ) -> str:
         for name, content in files.items():
             path = self.work / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)
+        for name, target in (links or {}).items():
+            (self.work / name).symlink_to(target)
         git("add", "-A", cwd=self.work)
         git("commit", "--quiet", "-m", message, cwd=self.work)
         git("push", "--quiet", "--force", "origin", "HEAD:main", cwd=self.work)
