@@ -44,17 +44,25 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from app.actions.errors import ActionError
 from app.actions.fetch import FetchedAction
 from app.actions.manifest import ActionManifest, parse_manifest
 from app.actions.runtime import DEFAULT_POST_IF, DEFAULT_PRE_IF, parse_env_file
 from app.workflow import expressions as ex
+from app.workflow.invocation import (
+    FetchAction,
+    Invocation,
+    Log,
+    Ran,
+    ReadFile,
+    Request,
+    StepEnd,
+    github_like,
+)
 from app.workflow.parser import CHECKOUT
 from app.workflow.runtime import (
     JobRuntime,
-    RuntimeFiles,
     _flag,
     _number,
     _StepResult,
@@ -67,58 +75,6 @@ if TYPE_CHECKING:
     from app.runners.base import StepRun
 
 MAX_DEPTH = 10  # composite actions nested deeper are refused (GitHub's limit is 10 too)
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """One process of a step (see the module docstring for what the runner does with it)."""
-
-    label: str  # a header line for the log ("" for a plain `run:` step)
-    argv: tuple[str, ...]
-    script: str
-    script_name: str  # "" when there is no script to write (JavaScript actions)
-    env: dict[str, str]
-    working_directory: str | None
-    timeout_seconds: float | None
-    files: dict[str, str]  # GITHUB_OUTPUT, _ENV, _PATH, _STEP_SUMMARY, _STATE -> path
-    readable: tuple[str, ...] = ()  # host directories the process reads (action trees)
-    missing: str = ""  # the step's error when argv[0] is not installed
-
-
-@dataclass(frozen=True)
-class Log:
-    text: str
-
-
-@dataclass(frozen=True)
-class ReadFile:
-    path: str  # absolute, as the step sees it
-
-
-@dataclass(frozen=True)
-class FetchAction:
-    uses: str
-
-
-Request = Invocation | Log | ReadFile | FetchAction
-
-
-@dataclass(frozen=True)
-class Ran:
-    """The runner's reply to an Invocation."""
-
-    status: str
-    exit_code: int | None
-    files: RuntimeFiles = field(default_factory=RuntimeFiles)
-    message: str | None = None  # an infrastructure reason (status "error")
-
-
-@dataclass(frozen=True)
-class StepEnd:
-    status: str
-    exit_code: int | None = None
-    continue_on_error: bool = False
-    message: str | None = None
 
 
 @dataclass
@@ -169,12 +125,6 @@ class _Post:
 
 
 Flow = Generator[Request, Any, _Outcome]
-
-
-def github_like(url: str) -> bool:
-    """What @actions/artifact and @actions/cache accept as GitHub (not GHES)."""
-    host = (urlsplit(url).hostname or "").lower()
-    return host == "github.com" or host.endswith((".ghe.com", ".localhost"))
 
 
 class StepSession:
