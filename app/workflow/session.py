@@ -221,14 +221,19 @@ class StepSession:
         step_id = spec.id or f"__{_slug(spec.uses)}"
         rt.contexts["github"] = {**rt.contexts.get("github", {}), "action": step_id}
         contexts = rt.context()
+        hf = self._hash_files()
         try:
-            if not ex.condition(spec.condition.source, contexts, status=status):
+            if not ex.condition(spec.condition.source, contexts, status=status, hash_files=hf):
                 self._skip()
                 return
-            layer = {k: ex.interpolate(v, contexts, status=status) for k, v in spec.env.items()}
+            layer = {
+                k: ex.interpolate(v, contexts, status=status, hash_files=hf)
+                for k, v in spec.env.items()
+            }
             step_contexts = rt.context({**rt.env, **layer})
             with_values = {
-                k: ex.interpolate(v, step_contexts, status=status) for k, v in spec.with_.items()
+                k: ex.interpolate(v, step_contexts, status=status, hash_files=hf)
+                for k, v in spec.with_.items()
             }
             continue_on_error = _flag(spec.continue_on_error, step_contexts, status)
             minutes = _number(spec.timeout_minutes, step_contexts, status)
@@ -311,6 +316,11 @@ class StepSession:
         cancelled = self.rt.cancelled
         return ex.Status(success=not failed and not cancelled, failure=failed, cancelled=cancelled)
 
+    def _hash_files(self) -> ex.HashFiles | None:
+        """`hashFiles()` over the workspace (`with: key: ${{ hashFiles('**/lock') }}`)."""
+        rt = self.rt
+        return rt.hash_files(rt.env.get("GITHUB_WORKSPACE", ".")) if rt.hash_files else None
+
     def _env(self, layer: dict[str, str], files: dict[str, str]) -> dict[str, str]:
         """A process's environment: the step's, the job's as it is now, the calling steps'."""
         rt = self.rt
@@ -372,27 +382,32 @@ class StepSession:
 
     def _nested(self, raw: dict[str, Any], position: int, scope: _Scope, label: str) -> Flow:
         name = str(raw.get("name") or raw.get("id") or raw.get("uses") or f"step {position + 1}")
+        hf = self._hash_files()
         try:
             contexts = self._contexts(scope, self._env(scope.layer, {}))
             status = self._status(scope)
-            if not ex.condition(str(raw.get("if") or ""), contexts, status=status):
+            if not ex.condition(str(raw.get("if") or ""), contexts, status=status, hash_files=hf):
                 return _Outcome("skipped")
             raw_env = raw.get("env") or {}
             layer = dict(scope.layer)
             for key, value in raw_env.items() if isinstance(raw_env, dict) else ():
-                layer[str(key)] = ex.interpolate(str(value), contexts, status=status)
+                layer[str(key)] = ex.interpolate(str(value), contexts, status=status, hash_files=hf)
             contexts = self._contexts(scope, self._env(layer, {}))
             if "uses" in raw:
                 raw_with = raw.get("with") or {}
                 with_values = {
-                    str(k): ex.interpolate(_text(v), contexts, status=status)
+                    str(k): ex.interpolate(_text(v), contexts, status=status, hash_files=hf)
                     for k, v in (raw_with.items() if isinstance(raw_with, dict) else ())
                 }
             else:
-                script = ex.interpolate(str(raw.get("run") or ""), contexts, status=status)
+                script = ex.interpolate(
+                    str(raw.get("run") or ""), contexts, status=status, hash_files=hf
+                )
                 directory = raw.get("working-directory")
                 if directory is not None:
-                    directory = ex.interpolate(str(directory), contexts, status=status)
+                    directory = ex.interpolate(
+                        str(directory), contexts, status=status, hash_files=hf
+                    )
         except ex.ExpressionError as exc:
             yield Log(f"{label} ({name}): error evaluating expressions: {exc}\n")
             return _Outcome("failed")
@@ -548,23 +563,12 @@ class StepSession:
             self._skip()
             return
         assert isinstance(post, _Post)
-        contexts = self.rt.context()
-        try:
-            run = ex.condition(
-                post.loaded.manifest.post_if or DEFAULT_POST_IF, contexts, status=self.rt.status()
-            )
-        except ex.ExpressionError as exc:
-            yield Log(f"{post.loaded.label}: post-if: {exc}\n")
-            self._close(_Outcome("failed"), False)
-            return
-        if not run:
+        # Its files and summary are this row's; its post-if sees the job's status now.
+        post = replace(post, scope=replace(post.scope, index=self.step.index))
+        outcome = yield from self._run_post(post, self.rt.status())
+        if outcome.status == "skipped":
             self._skip()
             return
-        entry = post.loaded.manifest.post
-        assert entry is not None
-        # Its files and summary are this row's.
-        post = replace(post, scope=replace(post.scope, index=self.step.index))
-        outcome = yield from self._phase(post, "post", entry)
         self._close(_Outcome(outcome.status, outcome.exit_code, {}, outcome.message), False)
 
 
