@@ -147,6 +147,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         await purger.start()
         stack.push_async_callback(purger.stop)
         scheduler = Scheduler(core, queue)
+        core.db.sinks.append(scheduler.on_events)
         await scheduler.start()
         stack.push_async_callback(scheduler.stop)
         listener = None

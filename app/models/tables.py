@@ -128,6 +128,8 @@ class BuildJob(SQLModel, table=True):
     concurrency_group: str | None = Field(default=None, sa_type=Text)
     concurrency_key: str | None = Field(default=None, max_length=255, index=True)
     waiting_reason: str | None = Field(default=None, sa_type=Text)
+    # + another build's `cancel-in-progress` asked this running job to stop
+    cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class BuildJobEdge(SQLModel, table=True):

@@ -46,7 +46,7 @@ from app.models import (
 from app.models.types import NAME_MAX, clip, utcnow
 from app.queue.base import BuildQueue
 from app.secrets import retry_secrets
-from app.services import results, state
+from app.services import concurrency, results, state
 from app.services.notify import CancelRequested
 from app.services.plan import planned_steps
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
@@ -137,6 +137,7 @@ async def create_build(
     session.add(build)
     await session.flush()
     assert build.id is not None
+    await concurrency.on_create(session, build, spec)
     session.add(
         BuildSnapshot(
             build_id=build.id,

@@ -18,14 +18,14 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db import Database
+from app.db import Database, record_event
 from app.logs.masking import LineAssembler, Masker, secret_names
 from app.logs.writer import LogWriter
 from app.metrics import Metrics
 from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
 from app.secrets import SecretBox, build_secrets
-from app.services import results, state
+from app.services import concurrency, results, state
 from app.services.plan import JobSetupError, job_contexts, job_run, planned_steps
 from app.workflow import JobSpec, WorkflowSpec, graph, parse_workflow
 from app.workflow.commands import Annotation, CommandParser
@@ -187,6 +187,8 @@ class BuildExecutor:
         self._tasks: dict[str, asyncio.Task[JobResult]] = {}
         self._outputs: dict[str, dict[str, str]] = {}  # job name -> its `outputs:` values
         self._tolerated: set[str] = set()  # failed jobs with `continue-on-error` true
+        self._waiting: set[str] = set()  # pending jobs waiting for their concurrency group
+        self._groups: dict[str, concurrency.Group] = {}  # jobs that hold a concurrency group
 
     def _condition_contexts(self, job: JobSpec) -> dict[str, Any]:
         assert self._build is not None
@@ -293,6 +295,7 @@ class BuildExecutor:
             await state.job(session, self.ctx.build_id, job.name, J.running)
             await state.job(session, self.ctx.build_id, job.name, J.failed, error=message)
             await state.steps(session, self.ctx.build_id, J.skipped, job_name=job.name)
+            self._freed(session, job.name)
         return JobResult("failed", message)
 
     async def _walk(self) -> None:
@@ -307,14 +310,18 @@ class BuildExecutor:
                     await self._cancel_pending()
             elif await self._start_ready():
                 continue
-            if not tasks:
+            self._waiting &= {n for n, s in statuses.items() if s == J.pending}
+            if not tasks and not self._waiting:
                 break
             ctx.wake.clear()
             waiter = asyncio.create_task(ctx.wake.wait())
+            # Concurrency groups change on other replicas too: look again every second then.
+            poll = concurrency.POLL_SECONDS if self._waiting or self._groups else None
             done, _ = await asyncio.wait(
-                {*tasks.values(), waiter}, return_when=asyncio.FIRST_COMPLETED
+                {*tasks.values(), waiter}, return_when=asyncio.FIRST_COMPLETED, timeout=poll
             )
             waiter.cancel()
+            await self._stop_flagged_jobs()
             for name, task in list(tasks.items()):
                 if task in done:
                     del tasks[name]
@@ -371,14 +378,53 @@ class BuildExecutor:
                 ]
                 if len(siblings) >= job.max_parallel:
                     continue
-            async with self.ctx.db.transaction() as session:
-                moved = await state.job(session, self.ctx.build_id, name, J.running)
-            if not moved:
+            if not await self._enter(job):
                 continue
             statuses[name] = J.running
             running += 1
             self._start(job)
         return False
+
+    async def _enter(self, job: JobSpec) -> bool:
+        """Move a ready job to running; one with a concurrency group only once it holds it."""
+        assert self._build is not None
+        name, group = job.name, None
+        try:
+            group = concurrency.evaluate(job.concurrency, self._condition_contexts(job))
+        except ExpressionError as exc:
+            await self._setup_failed(job, f"Error evaluating the job's `concurrency`: {exc}")
+            self._statuses[name] = J.failed
+            return False
+        async with self.ctx.db.transaction() as session:
+            if group is None:
+                return await state.job(session, self.ctx.build_id, name, J.running)
+            first = name not in self._waiting
+            decision = await concurrency.enter_job(session, self._build, name, group, first=first)
+        self._waiting.discard(name)
+        if decision.started:
+            self._groups[name] = group
+        elif decision.gone:  # replaced by a newer waiter, or a deadlock with the build's group
+            self._statuses[name] = J.cancelled
+        else:
+            self._waiting.add(name)
+        return decision.started
+
+    async def _stop_flagged_jobs(self) -> None:
+        """Stop running jobs another build's `cancel-in-progress` asked to stop."""
+        running = {n: self._job_cancels[n] for n in self._groups if n in self._job_cancels}
+        await concurrency.stop_flagged(self.ctx.db, self.ctx.build_id, running)
+
+    def _freed(self, session: AsyncSession, job_name: str | None = None) -> None:
+        """Record that a job's (or, with None, the build's) concurrency group is free."""
+        assert self._build is not None
+        key = self._build.concurrency_key
+        if job_name is not None:
+            group = self._groups.pop(job_name, None)
+            key = group.key if group is not None else None
+        if key is not None:
+            record_event(
+                session, concurrency.GroupChanged(self.ctx.build_id, self._build.pipeline_id, key)
+            )
 
     def _combinations(self, job: JobSpec) -> list[JobSpec]:
         """One spec per combination of a matrix computed now (raises MatrixError)."""
@@ -517,6 +563,7 @@ class BuildExecutor:
             await state.steps(session, ctx.build_id, J.skipped, job_name=name)
             leftover = J.cancelled if result.status == "cancelled" else J.error
             await state.steps(session, ctx.build_id, leftover, job_name=name)
+            self._freed(session, name)
         return result
 
     async def _finish(self) -> None:
@@ -531,6 +578,8 @@ class BuildExecutor:
             final, error = BuildStatus.timed_out, None
         elif J.failed in values:
             final, error = BuildStatus.failed, None
+        elif J.cancelled in values:  # e.g. a job replaced in or stopped by a concurrency group
+            final, error = BuildStatus.cancelled, None
         else:
             final, error = BuildStatus.success, None
         try:
@@ -542,6 +591,7 @@ class BuildExecutor:
         async with ctx.db.transaction() as session:
             moved = await state.build(session, ctx.build_id, final, error=error)
             build = await session.get(Build, ctx.build_id) if moved else None
+            self._freed(session)
         if build is not None:
             ctx.metrics.builds_finished.labels(final).inc()
             if build.started_at and build.finished_at:

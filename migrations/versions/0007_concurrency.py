@@ -10,6 +10,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
+import app.models.types
+
 revision: str = "concurrency"
 down_revision: str | None = "artifacts"
 branch_labels: str | Sequence[str] | None = None
@@ -48,12 +50,18 @@ def upgrade() -> None:
             )
         )
         batch_op.add_column(sa.Column("waiting_reason", sa.Text(), nullable=True))
+        batch_op.add_column(
+            sa.Column(
+                "cancel_requested_at", app.models.types.UTCDateTime(timezone=True), nullable=True
+            )
+        )
         batch_op.create_index("ix_build_jobs_concurrency_key", ["concurrency_key"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("build_jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_build_jobs_concurrency_key")
+        batch_op.drop_column("cancel_requested_at")
         batch_op.drop_column("waiting_reason")
         batch_op.drop_column("concurrency_key")
         batch_op.drop_column("concurrency_group")
