@@ -32,9 +32,9 @@ from app.queue.base import BuildQueue
 from app.runners import create_runner
 from app.runners.base import Runner
 from app.secrets import SecretBox, SecretsPurger, load_secret_box
-from app.services.executor import BuildContext
 from app.services.notify import PgListener, asyncpg_dsn, notify_payloads
 from app.services.pipelines import PipelineClient
+from app.services.reporting import BuildContext
 from app.services.scheduler import Scheduler
 
 
@@ -149,6 +149,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         await purger.start()
         stack.push_async_callback(purger.stop)
         scheduler = Scheduler(core, queue)
+        core.db.sinks.append(scheduler.on_events)
         await scheduler.start()
         stack.push_async_callback(scheduler.stop)
         listener = None
