@@ -324,8 +324,11 @@ class LocalRunner:
     ) -> tuple[StepOutcome, int | None, str | None]:
         cwd = workspace
         if step.working_directory:
-            cwd = (workspace / step.working_directory).resolve()
-            if not _inside(cwd, workspace.resolve()):
+            # An absolute path is taken as it is, as on GitHub (under the sandbox the step sees
+            # only what the sandbox shows); a relative one must stay inside the workspace.
+            given = Path(step.working_directory)
+            cwd = given if given.is_absolute() else (workspace / given).resolve()
+            if not given.is_absolute() and not _inside(cwd, workspace.resolve()):
                 message = f"working-directory '{step.working_directory}' is outside the workspace\n"
                 await reporter.step_output(step.index, message.encode())
                 return "failed", None, None
