@@ -133,3 +133,27 @@ async def test_absolute_working_directory(client: httpx.AsyncClient) -> None:
     assert done["status"] == "success", text
     assert "in sub" in text
     assert "here" in text.splitlines()
+
+
+async def test_env_file_names_a_shell_cannot_export(client: httpx.AsyncClient) -> None:
+    # GitHub sets any name from $GITHUB_ENV in the next steps' environment (@actions/core reads
+    # inputs the same way: INPUT_RETENTION-DAYS); a POSIX shell cannot `export` such a name.
+    done = await run(
+        client,
+        """
+        jobs:
+          build:
+            steps:
+              - run: |
+                  echo "DASHED-NAME=dash value" >> "$GITHUB_ENV"
+                  echo "PLAIN=plain" >> "$GITHUB_ENV"
+              - run: |
+                  env | grep -e '^DASHED-NAME=' -e '^PLAIN='
+                  echo "expr=${{ env['DASHED-NAME'] }}"
+        """,
+    )
+    text = await log_text(client, done["id"])
+    assert done["status"] == "success", text
+    assert "DASHED-NAME=dash value" in text.splitlines()
+    assert "PLAIN=plain" in text.splitlines()
+    assert "expr=dash value" in text

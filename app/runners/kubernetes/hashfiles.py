@@ -114,8 +114,7 @@ def search_roots(parsed: list[tuple[bool, str]]) -> list[str]:
     if "." in roots:
         return ["."]
     # A root inside another one is walked with it.
-    ordered = sorted(roots, key=len)
-    return [r for i, r in enumerate(ordered) if not any(r.startswith(o + "/") for o in ordered[:i])]
+    return sorted(r for r in roots if not any(r.startswith(o + "/") for o in roots))
 
 
 def select(parsed: list[tuple[bool, str]], files: list[str]) -> list[str]:

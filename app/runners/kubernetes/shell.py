@@ -167,17 +167,26 @@ def start_program(
     workflow runtime's command line) the script goes to `script_path` and `argv` runs as given.
     `empty_files` (runtime files such as $GITHUB_OUTPUT) are created empty first."""
     for name in env:
-        if not is_env_name(name):
+        if not name or "=" in name or "\0" in name:
             raise ValueError(f"invalid environment variable name {name!r}")
     exports = "".join(
         f"export {name}={value_expr(value)}\n"
         for name, value in sorted(env.items())
-        if name not in _POD_OWNED or (name == "PATH" and BASE_PATH in value)
+        if is_env_name(name) and (name not in _POD_OWNED or (name == "PATH" and BASE_PATH in value))
     )
+    # Names sh cannot export (GitHub allows `MY-VAR` in $GITHUB_ENV; @actions/core reads inputs as
+    # `INPUT_FETCH-DEPTH`) reach the step through `env NAME=value command`.
+    odd = [
+        sh_quote(f"{name}=") + value_expr(value)
+        for name, value in sorted(env.items())
+        if not is_env_name(name)
+    ]
     delimiter = f"CI_EXECUTOR_EOF_{secrets.token_hex(8)}"
     target = value_expr(script_path) if script_path else '"$d/$i.sh"'
     words = list(argv) if argv else [*SHELL_COMMANDS[shell], "\0script"]
     command = " ".join(target if w == "\0script" else value_expr(w) for w in words)
+    if odd:
+        command = " ".join(["env", *odd, command])
     created = "".join(
         f'mkdir -p "$(dirname {value_expr(f)})" && : > {value_expr(f)}\n' for f in empty_files
     )
