@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from app.actions.support import ActionSupport
 from app.config import Settings
 from app.db import Database
 from app.installation import read_installation_id
@@ -65,6 +66,7 @@ class Core:
             # The service's own credentials never reach a build log, whatever a step can read.
             masker=Masker(self.settings.service_secrets),
             secret_box=self.secret_box,
+            actions=ActionSupport.from_settings(self.settings),
         )
 
 

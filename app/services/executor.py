@@ -18,6 +18,7 @@ from typing import Any
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.actions.support import ActionSupport, load_actions
 from app.db import Database
 from app.logs.masking import LineAssembler, Masker, secret_names
 from app.logs.writer import LogWriter
@@ -26,7 +27,14 @@ from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
 from app.secrets import SecretBox, build_secrets
 from app.services import results, state
-from app.services.plan import JobSetupError, job_contexts, job_run, planned_steps
+from app.services.plan import (
+    BuildActions,
+    JobSetupError,
+    job_contexts,
+    job_run,
+    planned_steps,
+    post_uses,
+)
 from app.workflow import JobSpec, WorkflowSpec, graph, parse_workflow
 from app.workflow.commands import Annotation, CommandParser
 from app.workflow.expressions import ExpressionError, interpolate
@@ -162,6 +170,7 @@ class BuildContext:
     # Set when the executor shuts down: runners that can re-attach detach instead of finishing.
     detach: bool = False
     secret_box: SecretBox | None = None  # opens the build's sealed secrets (app/secrets.py)
+    actions: ActionSupport | None = None  # runs the build's actions (app/actions/support.py)
 
     def request_cancel(self) -> None:
         self.cancel.set()
@@ -187,6 +196,7 @@ class BuildExecutor:
         self._tasks: dict[str, asyncio.Task[JobResult]] = {}
         self._outputs: dict[str, dict[str, str]] = {}  # job name -> its `outputs:` values
         self._tolerated: set[str] = set()  # failed jobs with `continue-on-error` true
+        self._actions = BuildActions()
 
     def _condition_contexts(self, job: JobSpec) -> dict[str, Any]:
         assert self._build is not None
@@ -224,6 +234,9 @@ class BuildExecutor:
         self._build = build
         # Off the event loop: a big workflow must not stall every other build and request.
         self._spec = spec = await asyncio.to_thread(parse_workflow, snapshot.workflow_yaml)
+        pins = snapshot.actions or {}
+        fetched = await load_actions(ctx.actions.fetcher, pins) if ctx.actions and pins else {}
+        self._actions = BuildActions(pins, fetched, ctx.actions)
         self._secrets = secret_names(build.variables)
         for name in self._secrets:
             ctx.masker.add(build.variables[name])
@@ -267,6 +280,7 @@ class BuildExecutor:
                 self._secrets,
                 self._needs_context(job),
                 self._secret_map,
+                self._actions,
             )
         except JobSetupError as exc:
             work = self._setup_failed(job, str(exc))
@@ -429,7 +443,7 @@ class BuildExecutor:
         steps = [
             {"build_id": self.ctx.build_id, "job_name": s.name, "index": p.index, "name": p.name}
             for s in specs
-            for p in planned_steps(s, checkout=checkout)
+            for p in planned_steps(s, checkout=checkout, posts=post_uses(self._actions.pins))
         ]
         async with self.ctx.db.transaction() as session:
             await results.replace_placeholder(session, self.ctx.build_id, job.name, jobs, steps)
