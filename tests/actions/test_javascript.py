@@ -42,6 +42,7 @@ console.log(`main: path-ok=${fs.existsSync(e.GITHUB_ACTION_PATH + '/main.js')}`)
 const dirs = `temp=${!!e.RUNNER_TEMP} tools=${!!e.RUNNER_TOOL_CACHE}`;
 console.log(`main: ${dirs} server=${e.GITHUB_SERVER_URL}`);
 console.log(`main: token=${!!e.ACTIONS_RUNTIME_TOKEN} results=${e.ACTIONS_RESULTS_URL}`);
+console.log(`main: raw-token=${e.ACTIONS_RUNTIME_TOKEN}`);
 console.log(`main: cache=${e.ACTIONS_CACHE_URL} runtime=${e.ACTIONS_RUNTIME_URL}`);
 fs.appendFileSync(e.GITHUB_STATE, 'fromMain=m2\\n');
 fs.appendFileSync(e.GITHUB_OUTPUT, `greeting=hi ${e.INPUT_WHO}\\n`);
@@ -137,6 +138,7 @@ async def test_pre_main_post_with_state_post_if_and_the_toolkit_environment(
     assert "main: path-ok=true" in text
     assert "main: temp=true tools=true server=https://github.com" in text
     assert "main: token=true results=http://ci.example.test:8000/" in text
+    assert "main: raw-token=***\n" in text  # masked, as on GitHub
     assert (
         "main: cache=http://ci.example.test:8000/_actions/cache/ "
         "runtime=http://ci.example.test:8000/_actions/runtime/"
