@@ -137,7 +137,7 @@ class AnnotationPublic(BaseModel):
 
     job_name: str
     step_index: int
-    level: str
+    level: Literal["error", "warning", "notice"]
     message: str
     title: str | None
     file: str | None
@@ -275,7 +275,8 @@ class LogPage(BaseModel):
 
 
 class StatusEvent(BaseModel):
-    """A build, job or step status change, as sent on the SSE stream (`event: status`)."""
+    """A build, job or step status change, as sent on the SSE stream (`event: status`). Made
+    as one of the three subclasses below, whose exact shapes the OpenAPI document publishes."""
 
     kind: Literal["build", "job", "step"]
     build_id: int
@@ -286,3 +287,32 @@ class StatusEvent(BaseModel):
     )
     exit_code: int | None = None
     error: str | None = None
+
+
+class BuildStatusEvent(StatusEvent):
+    """The build's status changed."""
+
+    kind: Literal["build"] = "build"
+    status: BuildStatus
+
+
+class JobStatusEvent(StatusEvent):
+    """A job's status changed."""
+
+    kind: Literal["job"] = "job"
+    job_name: str
+    status: JobStatus
+
+
+class StepStatusEvent(StatusEvent):
+    """A step's status changed (`exit_code` once it finished)."""
+
+    kind: Literal["step"] = "step"
+    job_name: str
+    step_index: int
+    status: JobStatus
+
+
+AnyStatusEvent = Annotated[
+    BuildStatusEvent | JobStatusEvent | StepStatusEvent, Field(discriminator="kind")
+]

@@ -100,6 +100,9 @@ class BuildSnapshot(SQLModel, table=True):
     pipeline_id: str = Field(max_length=255)
     workflow_yaml: str = Field(sa_type=Text)
     yaml_sha256: str = Field(max_length=64)
+    # The remote actions the workflow uses, resolved when the build was created (a retry runs
+    # the same commits): {uses: {"commit": sha, "post": bool}} (app/actions/support.py).
+    actions: dict[str, Any] | None = Field(default=None, sa_type=JSONVariant)
 
 
 class BuildJob(SQLModel, table=True):

@@ -11,28 +11,31 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db import Database, record_event
-from app.logs.masking import LineAssembler, Masker, secret_names
-from app.logs.writer import LogWriter
-from app.metrics import Metrics
+from app.actions.support import load_actions
+from app.db import record_event
+from app.logs.masking import secret_names
 from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
-from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
-from app.secrets import SecretBox, build_secrets
+from app.runners.base import JobResult, JobRun
+from app.secrets import build_secrets
 from app.services import concurrency, results, state
-from app.services.plan import JobSetupError, job_contexts, job_run, planned_steps
+from app.services.plan import (
+    BuildActions,
+    JobSetupError,
+    job_contexts,
+    job_run,
+    planned_steps,
+    post_uses,
+)
+from app.services.reporting import BuildContext, BuildReporter
 from app.workflow import JobSpec, WorkflowSpec, graph, parse_workflow
-from app.workflow.commands import Annotation, CommandParser
 from app.workflow.expressions import ExpressionError, interpolate
 from app.workflow.matrix import combination_name
 from app.workflow.parser import MAX_JOBS
-from app.workflow.runtime import JobRuntime
 from app.workflow.strategy import MatrixError, expand_template
 
 log = logging.getLogger(__name__)
@@ -40,132 +43,6 @@ J = JobStatus
 # `needs.<job>.result` as GitHub names it, and which wins when combinations differ.
 _RESULTS = {J.success: "success", J.skipped: "skipped", J.cancelled: "cancelled"}
 _RANK = {"success": 0, "skipped": 1, "cancelled": 2, "failure": 3}
-
-
-class _Reporter(JobReporter):
-    """Stores what a runner reports; workflow commands are parsed here, in the output path every
-    runner shares, and their effects (annotations, masks, set-output) applied."""
-
-    def __init__(self, ctx: BuildContext, job_name: str, runtime: JobRuntime | None) -> None:
-        self.ctx = ctx
-        self.job_name = job_name
-        self.runtime = runtime
-        self._commands: dict[int, CommandParser] = {}
-        self._annotations: dict[int, list[Annotation]] = {}
-        self._lines: dict[int, LineAssembler] = {}
-        self._started: dict[int, float] = {}  # for the duration metric (not after re-attach)
-
-    def _assembler(self, index: int) -> LineAssembler:
-        if index not in self._lines:
-            self._lines[index] = LineAssembler(self.ctx.masker, self.ctx.writer.chunk_max_bytes)
-        return self._lines[index]
-
-    async def step_started(self, index: int) -> None:
-        """Durable before the step runs (a re-attaching replica needs it). One transaction also
-        stores the previous step's last output and its end, queued by step_finished."""
-        self._started[index] = time.monotonic()
-        build_id, job_name = self.ctx.build_id, self.job_name
-        self.ctx.writer.add_transition(
-            build_id, lambda session: state.step(session, build_id, job_name, index, J.running)
-        )
-        if not await self.ctx.writer.flush(build_id):
-            # Kept by the writer and retried; the step must not run unrecorded meanwhile.
-            raise RuntimeError(f"could not record the start of step {index}: database error")
-
-    async def step_output(self, index: int, data: bytes, source_offset: int | None = None) -> None:
-        assembler = self._assembler(index)
-        text = self._commands_in(index, assembler.feed(data))
-        if source_offset is not None:
-            # Only what left the assembler is stored; a re-attaching runner resumes from there.
-            source_offset -= assembler.held_bytes
-        await self.ctx.writer.write(self.ctx.build_id, self.job_name, index, text, source_offset)
-
-    def _commands_in(self, index: int, text: str) -> str:
-        if index not in self._commands:
-            unsecure = self.runtime is not None and self.runtime.unsecure_commands
-            self._commands[index] = CommandParser(allow_unsecure=unsecure)
-        parser = self._commands[index]
-        kept, effects = parser.process(text)
-        for value in effects.masks:
-            self.ctx.masker.add(value)
-        if effects.masks:
-            # Lines after the add-mask in the same chunk were masked before it was known.
-            kept = self.ctx.masker.mask_text(kept)
-        if effects.annotations:
-            self._annotations.setdefault(index, []).extend(effects.annotations)
-        if self.runtime is not None:
-            for name, value in effects.outputs.items():
-                self.runtime.command_output(index, name, value)
-            for name, value in effects.env.items():
-                self.runtime.command_env(name, value)
-            for path in effects.path:
-                self.runtime.command_path(path)
-        return kept
-
-    async def step_finished(
-        self, index: int, status: StepOutcome, exit_code: int | None, error: str | None = None
-    ) -> None:
-        tail = self._lines.pop(index).close() if index in self._lines else ""
-        tail = self._commands_in(index, tail)
-        self._commands.pop(index, None)
-        if error:
-            tail += f"{error}\n"
-        build_id, job_name, to = self.ctx.build_id, self.job_name, J(status)
-        await self.ctx.writer.write(build_id, job_name, index, tail)
-        outputs = self.runtime.step_outputs.get(index, {}) if self.runtime else {}
-        summary = self.runtime.summaries.get(index) if self.runtime else None
-        annotations = self._annotations.pop(index, [])
-
-        async def record(session: AsyncSession) -> None:
-            await state.step(session, build_id, job_name, index, to, exit_code=exit_code)
-            await results.store_step(
-                session,
-                build_id,
-                job_name,
-                index,
-                outputs=outputs,
-                summary=summary,
-                annotations=annotations,
-            )
-
-        # Stored after the step's output in the writer's next transaction: the next step's
-        # start, the job's end (the executor flushes the writer first) or the writer's next
-        # interval, whichever comes first. One write per step transition instead of two.
-        self.ctx.writer.add_transition(build_id, record)
-        started = self._started.pop(index, None)
-        if started is not None:
-            self.ctx.metrics.step_duration.labels(status).observe(time.monotonic() - started)
-
-    async def stored_offset(self) -> int:
-        async with self.ctx.db.read() as session:
-            job = (
-                await session.exec(
-                    select(BuildJob).where(
-                        BuildJob.build_id == self.ctx.build_id, BuildJob.name == self.job_name
-                    )
-                )
-            ).first()
-        return job.log_offset if job else 0
-
-
-@dataclass
-class BuildContext:
-    build_id: int
-    db: Database
-    writer: LogWriter
-    runner: Runner
-    metrics: Metrics
-    max_jobs: int
-    masker: Masker = field(default_factory=Masker)
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    # Set when the executor shuts down: runners that can re-attach detach instead of finishing.
-    detach: bool = False
-    secret_box: SecretBox | None = None  # opens the build's sealed secrets (app/secrets.py)
-
-    def request_cancel(self) -> None:
-        self.cancel.set()
-        self.wake.set()
 
 
 class BuildExecutor:
@@ -187,6 +64,7 @@ class BuildExecutor:
         self._tasks: dict[str, asyncio.Task[JobResult]] = {}
         self._outputs: dict[str, dict[str, str]] = {}  # job name -> its `outputs:` values
         self._tolerated: set[str] = set()  # failed jobs with `continue-on-error` true
+        self._actions = BuildActions()
         self._waiting: set[str] = set()  # pending jobs waiting for their concurrency group
         self._groups: dict[str, concurrency.Group] = {}  # jobs that hold a concurrency group
 
@@ -226,6 +104,9 @@ class BuildExecutor:
         self._build = build
         # Off the event loop: a big workflow must not stall every other build and request.
         self._spec = spec = await asyncio.to_thread(parse_workflow, snapshot.workflow_yaml)
+        pins = snapshot.actions or {}
+        fetched = await load_actions(ctx.actions.fetcher, pins) if ctx.actions and pins else {}
+        self._actions = BuildActions(pins, fetched, ctx.actions)
         self._secrets = secret_names(build.variables)
         for name in self._secrets:
             ctx.masker.add(build.variables[name])
@@ -269,6 +150,7 @@ class BuildExecutor:
                 self._secrets,
                 self._needs_context(job),
                 self._secret_map,
+                self._actions,
             )
         except JobSetupError as exc:
             work = self._setup_failed(job, str(exc))
@@ -475,7 +357,7 @@ class BuildExecutor:
         steps = [
             {"build_id": self.ctx.build_id, "job_name": s.name, "index": p.index, "name": p.name}
             for s in specs
-            for p in planned_steps(s, checkout=checkout)
+            for p in planned_steps(s, checkout=checkout, posts=post_uses(self._actions.pins))
         ]
         async with self.ctx.db.transaction() as session:
             await results.replace_placeholder(session, self.ctx.build_id, job.name, jobs, steps)
@@ -538,7 +420,7 @@ class BuildExecutor:
             run.cancel.set()
         ctx.metrics.running_jobs.inc()
         try:
-            reporter = _Reporter(ctx, name, run.runtime)
+            reporter = BuildReporter(ctx, name, run.runtime)
             result = await ctx.runner.run_job(run, reporter, resume=reattach)
         except Exception as exc:
             log.exception("runner failed on job %r of build %s", name, ctx.build_id)

@@ -30,8 +30,9 @@ from app.models import Build, BuildStatus
 from app.models.types import utcnow
 from app.queue.base import BuildQueue
 from app.services import concurrency, state
-from app.services.executor import BuildContext, BuildExecutor
+from app.services.executor import BuildExecutor
 from app.services.notify import CancelRequested
+from app.services.reporting import BuildContext
 
 if TYPE_CHECKING:  # app.wiring builds the Scheduler from its Core
     from app.wiring import Core
