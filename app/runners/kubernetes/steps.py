@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -41,14 +42,16 @@ ACTIONS = "/ci/actions"  # where the steps see the actions cache
 
 
 def _tar_gz(root: Path) -> bytes:
-    """The tree as a gzipped tar (its `.git` left out)."""
+    """The tree as a gzipped tar (its `.git` left out; symbolic links stored as links, never
+    followed)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
-        for path in sorted(root.rglob("*")):
-            relative = path.relative_to(root)
-            if relative.parts[0] == ".git":
-                continue
-            tar.add(path, arcname=str(relative), recursive=False)
+        for directory, subdirectories, names in os.walk(root):
+            subdirectories[:] = sorted(d for d in subdirectories if d != ".git")
+            base = Path(directory)
+            for name in sorted([*subdirectories, *names]):
+                path = base / name
+                tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
     return buffer.getvalue()
 
 
