@@ -49,7 +49,7 @@ from app.models import (
 from app.models.types import NAME_MAX, clip, utcnow
 from app.queue.base import BuildQueue
 from app.secrets import retry_secrets
-from app.services import results, state
+from app.services import concurrency, results, state
 from app.services.notify import CancelRequested
 from app.services.plan import planned_steps, post_uses
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
@@ -142,6 +142,7 @@ async def create_build(
     session.add(build)
     await session.flush()
     assert build.id is not None
+    await concurrency.on_create(session, build, spec)
     session.add(
         BuildSnapshot(
             build_id=build.id,
@@ -194,6 +195,7 @@ async def _insert_dag(
             "environment": (
                 {"name": j.environment.name, "url": j.environment.url} if j.environment else None
             ),
+            "pending_expansion": j.matrix_template is not None,
         }
         for j in spec.jobs
     ]
@@ -204,9 +206,11 @@ async def _insert_dag(
     steps = [
         {"build_id": build_id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
         for j in spec.jobs
+        if j.matrix_template is None  # a placeholder's steps are its combinations' to plan
         for s in planned_steps(j, checkout=checkout, posts=posts)
     ]
-    await session.exec(insert(BuildStep), params=steps)
+    if steps:  # none when every job is a placeholder (a matrix computed at run time)
+        await session.exec(insert(BuildStep), params=steps)
     await session.flush()
 
 
@@ -225,6 +229,9 @@ def public(build: Build) -> BuildPublic:
     out = BuildPublic.model_validate(build)
     out.variables = masked_variables(build.variables)
     return out
+
+
+_JOB_FIELDS = tuple(set(JobPublic.model_fields) & set(BuildJob.model_fields))
 
 
 async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
@@ -272,14 +279,8 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
     jobs = [
         JobPublic.model_validate(
             {
-                **{k: getattr(row, k) for k in ("id", "name", "display_name", "index", "status")},
-                "started_at": row.started_at,
-                "finished_at": row.finished_at,
-                "error": row.error,
-                "reused_from": row.reused_from,
-                "runs_on": row.runs_on,
+                **{k: getattr(row, k) for k in _JOB_FIELDS},
                 "outputs": step_outputs.get((row.name, results.JOB_OUTPUT), {}),
-                "environment": row.environment,
                 "needs": needs.get(row.name, []),
                 "steps": steps_by_job.get(row.name, []),
             }
