@@ -28,6 +28,10 @@ _POD_OWNED = frozenset({"CI_WORKSPACE", "CI_RUN_DIR", "HOME", "PATH", "HOSTNAME"
 INIT = r"""
 d="$CI_RUN_DIR"
 mkdir -p "$d" "$HOME" || exit 1
+# The workspace emptyDir belongs to root (group fsGroup): git refuses a repository at its top
+# ("dubious ownership") unless it is a safe.directory of the (writable) HOME's global config.
+[ -e "$HOME/.gitconfig" ] || printf '[safe]\n\tdirectory = %s\n' "$CI_WORKSPACE" \
+  > "$HOME/.gitconfig"
 stop() {
   for f in "$d"/*.pgid; do [ -f "$f" ] && kill -TERM -- "-$(cat "$f")" 2>/dev/null; done
   while :; do
