@@ -55,9 +55,8 @@ async def runner(strict: EmulatorProcess) -> AsyncIterator[KubernetesRunner]:
 
 @pytest.fixture
 def origin() -> Iterator[Path]:
-    """A git repository the pod's user can fetch from (pytest's tmp dirs are 0700). It belongs to
-    that user: git also refuses to fetch from a local repository another user owns, which a
-    real repo_url (a remote) never is."""
+    """A git repository the pod's user can read (pytest's tmp dirs are 0700), owned by root: git
+    refuses it as "dubious" too unless the pod's git config says otherwise."""
     top = Path(tempfile.mkdtemp(prefix="ci-origin-"))
     os.chmod(top, 0o755)
     repo = top / "repo"
@@ -78,7 +77,6 @@ def origin() -> Iterator[Path]:
     )
     for path in [top, *top.rglob("*")]:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        os.chown(path, RUN_AS, RUN_AS)
     yield repo
     shutil.rmtree(top, ignore_errors=True)
 
