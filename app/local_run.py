@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlparse
 
+from app.actions.support import fetcher_for, resolve_actions
 from app.config import Settings
-from app.errors import Invalid
+from app.errors import Invalid, Unavailable
 from app.logs.hub import HubEvent, LogEvent
 from app.migrate import upgrade
 from app.models import BuildDetail, BuildStatus
@@ -160,6 +161,8 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
     # (as act does); flags win.
     local = {} if args.repo else await asyncio.to_thread(git_context, Path(args.workflow))
     try:
+        spec = await asyncio.to_thread(builds.parse_or_422, yaml_text)
+        pins = await resolve_actions(spec, fetcher_for(core.settings))
         async with core.db.transaction() as session:
             build = await builds.create_build(
                 session,
@@ -177,7 +180,9 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
                     dispatch=False,
                     event_name=getattr(args, "event_name", None),
                     event=_event(args),
+                    actions=pins,
                 ),
+                spec,
             )
             assert build.id is not None
             await state.build(session, build.id, BuildStatus.running)
@@ -188,6 +193,9 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
             out.write(
                 f"  line {problem['line']}, column {problem['column']}: {problem['message']}\n"
             )
+        return None
+    except Unavailable as exc:
+        out.write(f"{args.workflow}: {exc.detail}\n")
         return None
 
 
