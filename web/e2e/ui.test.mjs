@@ -524,6 +524,12 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
     assert.equal(await summary.locator('td', { hasText: '3 failed' }).count(), 1)
     const log = page.getByRole('region', { name: /Log of step fails output/ })
     await until(async () => (await log.innerText()).includes('about to fail'), { what: 'the annotated step\'s log' })
+    // The workflow command reads as GitHub shows it in the log: "Error: …", in the error colour.
+    const cmdRow = log.locator('.log-row.log-cmd-error')
+    assert.equal(await cmdRow.locator('.txt').innerText(), 'Error: tests failed')
+    assert.doesNotMatch(await log.innerText(), /::error/)
+    const [fg, bg] = await cmdRow.locator('.txt').evaluate((el) => [getComputedStyle(el).color, getComputedStyle(el.parentElement).backgroundColor])
+    assert.notEqual(fg, await log.locator('.log-row:not(.log-cmd) .txt').first().evaluate((el) => getComputedStyle(el).color), `error line colour ${fg} on ${bg}`)
     assert.equal(await summary.locator('script').count(), 0)
     assert.equal(await summary.locator('[onerror]').count(), 0)
     assert.equal(await page.evaluate(() => window.__pwned), undefined)

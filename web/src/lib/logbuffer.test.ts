@@ -121,4 +121,17 @@ describe('LogBuffer seqs and times', () => {
     ])
     expect(b.lastSeq).toBe(2)
   })
+
+  it('shows ::error:: / ::warning:: / ::notice:: commands as GitHub does, other lines as written', () => {
+    const b = new LogBuffer()
+    b.append('::error file=a.py,line=3,title=T::tests failed\n::warning::50%25 slower%0Athan before\n::notice title=x::fyi\n::error:bad\nplain ::error::x\n')
+    expect(b.lines.map((l) => [l.plain, l.level])).toEqual([
+      ['Error: tests failed', 'error'],
+      ['Warning: 50% slower than before', 'warning'],
+      ['Notice: fyi', 'notice'],
+      ['::error:bad', undefined],
+      ['plain ::error::x', undefined],
+    ])
+    expect(searchLines(b, 'error: tests')).toEqual([0])
+  })
 })
