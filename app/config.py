@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     database_url: str = "sqlite+aiosqlite:///./ci-executor.db"
+    # Connections kept per replica, and as many again on overflow (0: 20 on Postgres,
+    # SQLAlchemy's 5 + 10 on SQLite); a request waits this long for one at most.
+    db_pool_size: int = Field(default=0, ge=0)
+    db_pool_timeout_seconds: float = Field(default=30.0, gt=0)
     queue_url: str = "memory://"
     queue_name: str = "ci.builds"
     runner: Literal["local", "kubernetes"] = "local"

@@ -20,11 +20,24 @@ NOTIFY_CHANNEL = "ci_executor_events"
 EventSink = Callable[[list[Any]], None]
 
 
-def create_engine(url: str) -> AsyncEngine:
+def pool_options(url: str, pool_size: int | None, pool_timeout: float) -> dict[str, Any]:
+    """The connection pool: `pool_size` kept and as many again on overflow (default 20 on
+    Postgres; SQLAlchemy's 5 + 10 on SQLite); a checkout waits `pool_timeout` s at most."""
+    if pool_size is None:
+        if url.startswith("sqlite"):
+            return {"pool_timeout": pool_timeout}
+        pool_size = 20
+    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_timeout": pool_timeout}
+
+
+def create_engine(url: str, pool_size: int | None = None, pool_timeout: float = 30) -> AsyncEngine:
     """hide_parameters: a failing statement's exception (and so the service log) never carries
     the bound values, which include variables and secrets."""
+    pool = pool_options(url, pool_size, pool_timeout)
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, hide_parameters=True, **pool
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -54,17 +67,15 @@ def create_engine(url: str) -> AsyncEngine:
         return engine
     # No pre-ping (a round trip per checkout): a connection broken by a database restart fails
     # one statement, SQLAlchemy then discards the pool's connections and the next one reconnects.
-    return create_async_engine(
-        url, pool_size=20, max_overflow=20, pool_recycle=1800, hide_parameters=True
-    )
+    return create_async_engine(url, pool_recycle=1800, hide_parameters=True, **pool)
 
 
 class Database:
     """Engine + sessions. `transaction()` is the unit of work: commit, then publish events."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int | None = None, pool_timeout: float = 30) -> None:
         self.url = url
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, pool_size, pool_timeout)
         self.sessions: SessionFactory = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False
         )
@@ -81,6 +92,12 @@ class Database:
         self.sinks: list[EventSink] = []
         # Set on Postgres to turn a transaction's events into NOTIFY payloads (cross-replica).
         self.notify: Callable[[list[Any]], list[str]] | None = None
+
+    @property
+    def pool_capacity(self) -> int:
+        """How many connections the pool opens at most (kept + overflow)."""
+        pool: Any = self.engine.pool
+        return int(pool.size()) + int(getattr(pool, "_max_overflow", 0))
 
     @property
     def is_sqlite(self) -> bool:

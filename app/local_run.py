@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from app.actions.support import fetcher_for, resolve_actions
 from app.config import Settings
-from app.errors import Invalid
+from app.errors import Invalid, Unavailable
 from app.logs.hub import HubEvent, LogEvent
 from app.migrate import upgrade
 from app.models import BuildDetail, BuildStatus
@@ -101,6 +102,8 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
     """Store the build and mark it running (no queue here); None after reporting an invalid
     workflow."""
     try:
+        spec = await asyncio.to_thread(builds.parse_or_422, yaml_text)
+        pins = await resolve_actions(spec, fetcher_for(core.settings))
         async with core.db.transaction() as session:
             build = await builds.create_build(
                 session,
@@ -115,7 +118,9 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
                     dispatch=False,
                     event_name=getattr(args, "event_name", None),
                     event=getattr(args, "event_payload", None),
+                    actions=pins,
                 ),
+                spec,
             )
             assert build.id is not None
             await state.build(session, build.id, BuildStatus.running)
@@ -126,6 +131,9 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
             out.write(
                 f"  line {problem['line']}, column {problem['column']}: {problem['message']}\n"
             )
+        return None
+    except Unavailable as exc:
+        out.write(f"{args.workflow}: {exc.detail}\n")
         return None
 
 

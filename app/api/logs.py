@@ -21,7 +21,7 @@ from app.api.deps import (
 )
 from app.errors import Invalid, TooLarge
 from app.logs.events import LogStreamEvents
-from app.logs.stream import stream_build
+from app.logs.stream import stream_build, stream_read
 from app.models import LogAppend, LogChunkPublic, LogPage
 from app.services import logs as service
 from app.services.builds import get_build
@@ -147,7 +147,7 @@ async def stream_logs(
         if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > MAX_SEQ:
             raise Invalid(f"Last-Event-ID must be a log seq (0 to {MAX_SEQ})")
         after = max(after, int(value))
-    async with db.read() as session:
+    async with stream_read(db, hub) as session:
         await get_build(session, build_id)
     shutdown = anyio.Event()
     return EventSourceResponse(

@@ -58,8 +58,13 @@ class Subscription:
 
 
 class LiveHub:
-    def __init__(self, queue_size: int = 1000, shared_read_seconds: float = 0.5) -> None:
+    def __init__(
+        self, queue_size: int = 1000, shared_read_seconds: float = 0.5, stream_reads: int = 10
+    ) -> None:
         self.queue_size = queue_size
+        # Database reads of SSE streams in flight at once: the rest wait here, without a
+        # timeout, instead of in the connection pool (which times out after DB_POOL_TIMEOUT).
+        self.stream_reads = asyncio.Semaphore(stream_reads)
         self._subs: dict[int, set[Subscription]] = defaultdict(set)
         self._shared_read_seconds = shared_read_seconds
         self._reads: dict[int, tuple[float, asyncio.Future[Any]]] = {}

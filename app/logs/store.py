@@ -166,10 +166,9 @@ async def chunks_page(
 
 
 async def chunks_after(
-    db: Database, build_id: int, after: int, *, limit: int = 500
+    session: AsyncSession, build_id: int, after: int, *, limit: int = 500
 ) -> list[LogChunkPublic]:
-    async with db.read() as session:
-        rows = (await session.exec(_chunk_query(build_id, after, None, None).limit(limit))).all()
+    rows = (await session.exec(_chunk_query(build_id, after, None, None).limit(limit))).all()
     return [LogChunkPublic.model_validate(r) for r in rows]
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from sse_starlette import ServerSentEvent
 
 from app.db import Database
@@ -34,10 +36,19 @@ from app.models import Build, BuildStatus
 _BATCH = 500
 
 
-async def _build_state(db: Database, build_id: int) -> tuple[BuildStatus | None, int]:
+@asynccontextmanager
+async def stream_read(db: Database, hub: LiveHub) -> AsyncIterator[AsyncSession]:
+    """A read session for an SSE stream: at most `hub.stream_reads` of them at once, the others
+    wait their turn here (no timeout), so a thousand streams connecting together queue instead
+    of exhausting the connection pool."""
+    async with hub.stream_reads, db.read() as session:
+        yield session
+
+
+async def _build_state(db: Database, hub: LiveHub, build_id: int) -> tuple[BuildStatus | None, int]:
     """The build's status and last stored seq: one small query, so a stream woken without news
     (a poll, another replica's NOTIFY) reads chunks only when there are new ones."""
-    async with db.read() as session:
+    async with stream_read(db, hub) as session:
         row = (
             await session.exec(select(Build.status, Build.last_log_seq).where(Build.id == build_id))
         ).first()
@@ -79,7 +90,8 @@ async def stream_build(
     async def catch_up() -> AsyncIterator[bytes]:
         nonlocal last
         while True:
-            batch = await chunks_after(db, build_id, last, limit=_BATCH)
+            async with stream_read(db, hub) as session:
+                batch = await chunks_after(session, build_id, last, limit=_BATCH)
             for chunk in batch:
                 last = chunk.seq
                 yield log_frame(chunk)
@@ -91,7 +103,7 @@ async def stream_build(
         try:
             async for event in catch_up():
                 yield event
-            status, _ = await _build_state(db, build_id)
+            status, _ = await _build_state(db, hub, build_id)
             if status is not None:
                 yield status_event(BuildStatusEvent(build_id=build_id, status=status))
             while status is not None and not status.finished:
@@ -123,9 +135,9 @@ async def stream_build(
                         reread = fresh = True
                 if reread:
                     status, stored = await (
-                        _build_state(db, build_id)
+                        _build_state(db, hub, build_id)
                         if fresh
-                        else hub.shared_read(build_id, lambda: _build_state(db, build_id))
+                        else hub.shared_read(build_id, lambda: _build_state(db, hub, build_id))
                     )
                     if stored > last:
                         async for event in catch_up():

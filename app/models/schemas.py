@@ -103,6 +103,13 @@ class BuildPublic(BaseModel):
         "page by page follows the live stream from there.",
     )
     event_name: str | None = None
+    concurrency_group: str | None = Field(
+        default=None, description="The workflow's `concurrency` group, as evaluated."
+    )
+    waiting_reason: str | None = Field(
+        default=None,
+        description="Why a queued build has not started, e.g. waiting for its concurrency group.",
+    )
 
 
 class StepPublic(BaseModel):
@@ -162,6 +169,18 @@ class JobPublic(BaseModel):
     reused_from: int | None = Field(
         default=None,
         description="On a partial re-run: the build whose result and log this job reused.",
+    )
+    pending_expansion: bool = Field(
+        default=False,
+        description="A placeholder for a matrix computed from `needs` outputs (e.g. "
+        "`fromJSON(needs.x.outputs.y)`): replaced by one job per combination once its needs "
+        "finish. Stays true on a placeholder that was skipped or failed before expanding.",
+    )
+    concurrency_group: str | None = Field(
+        default=None, description="The job's `concurrency` group, once evaluated."
+    )
+    waiting_reason: str | None = Field(
+        default=None, description="Why a pending job has not started (its concurrency group)."
     )
 
 

@@ -587,6 +587,16 @@ export interface components {
             last_log_seq?: number;
             /** Event Name */
             event_name?: string | null;
+            /**
+             * Concurrency Group
+             * @description The workflow's `concurrency` group, as evaluated.
+             */
+            concurrency_group?: string | null;
+            /**
+             * Waiting Reason
+             * @description Why a queued build has not started, e.g. waiting for its concurrency group.
+             */
+            waiting_reason?: string | null;
             /** Yaml Sha256 */
             yaml_sha256: string;
             /** Event */
@@ -675,6 +685,16 @@ export interface components {
             last_log_seq?: number;
             /** Event Name */
             event_name?: string | null;
+            /**
+             * Concurrency Group
+             * @description The workflow's `concurrency` group, as evaluated.
+             */
+            concurrency_group?: string | null;
+            /**
+             * Waiting Reason
+             * @description Why a queued build has not started, e.g. waiting for its concurrency group.
+             */
+            waiting_reason?: string | null;
         };
         /**
          * BuildStatus
@@ -801,6 +821,22 @@ export interface components {
              * @description On a partial re-run: the build whose result and log this job reused.
              */
             reused_from?: number | null;
+            /**
+             * Pending Expansion
+             * @description A placeholder for a matrix computed from `needs` outputs (e.g. `fromJSON(needs.x.outputs.y)`): replaced by one job per combination once its needs finish. Stays true on a placeholder that was skipped or failed before expanding.
+             * @default false
+             */
+            pending_expansion?: boolean;
+            /**
+             * Concurrency Group
+             * @description The job's `concurrency` group, once evaluated.
+             */
+            concurrency_group?: string | null;
+            /**
+             * Waiting Reason
+             * @description Why a pending job has not started (its concurrency group).
+             */
+            waiting_reason?: string | null;
         };
         /**
          * JobStatus
