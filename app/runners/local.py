@@ -79,7 +79,9 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _bad_directory(cwd: Path, workspace: Path, written: str) -> str | None:
-    if not _inside(cwd, workspace.resolve()):
+    # An absolute path is taken as it is, as on GitHub (under the sandbox the step sees only what
+    # the sandbox shows); a relative one must stay inside the workspace.
+    if not Path(written).is_absolute() and not _inside(cwd, workspace.resolve()):
         return f"working-directory '{written}' is outside the workspace\n"
     if not cwd.is_dir():
         return f"working-directory '{written}' does not exist\n"

@@ -7,6 +7,7 @@ can never disagree.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from app.actions.fetch import FetchedAction
 from app.actions.support import ActionSupport, fetch_pinned
 from app.logs.masking import secret_names
 from app.models import Build
-from app.runners.base import JobRun, StepRun
+from app.runners.base import JobRun, ServiceContainer, StepRun
 from app.workflow import Condition, JobSpec, WorkflowSpec
 from app.workflow import expressions as ex
 from app.workflow.hashfiles import hash_files
@@ -339,6 +340,17 @@ def _job_env(spec: WorkflowSpec, job: JobSpec, contexts: dict[str, Any]) -> dict
     return env
 
 
+def _services(job: JobSpec, contexts: dict[str, Any]) -> tuple[ServiceContainer, ...]:
+    """`services:` with their images evaluated; a service whose image is empty is not started
+    (GitHub's runner skips an empty image, so `image: ${{ cond && 'x' || '' }}` is optional)."""
+    result = []
+    for service in job.services:
+        image = ex.interpolate(service.image, contexts).strip()
+        if image:
+            result.append(dataclasses.replace(service, image=image))
+    return tuple(result)
+
+
 def job_run(
     build: Build,
     spec: WorkflowSpec,
@@ -363,6 +375,7 @@ def job_run(
         tolerated = job.continue_on_error
         if isinstance(tolerated, str):
             tolerated = ex.truthy(ex.evaluate_template(tolerated, contexts))
+        services = _services(job, contexts)
     except (ex.ExpressionError, ValueError, TypeError) as exc:
         raise JobSetupError(f"Error evaluating the job's expressions: {exc}") from exc
     base = {**predefined_env(build, job, contexts["github"]), **job_env}
@@ -410,7 +423,7 @@ def job_run(
         steps=steps,
         secret_names=secret_names,
         runs_on=runs_on,
-        services=job.services,
+        services=services,
         kubernetes=job.kubernetes,
         runtime=runtime,
     )

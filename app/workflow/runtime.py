@@ -199,7 +199,9 @@ class JobRuntime:
             sid: {"outputs": r.outputs, "outcome": r.outcome, "conclusion": r.conclusion}
             for sid, r in self.results.items()
         }
-        return {**self.contexts, "env": dict(env if env is not None else self.env), "steps": steps}
+        # Build variables are above everything in a step's environment, so in `env` too.
+        env = {**(env if env is not None else self.env), **self.overrides}
+        return {**self.contexts, "env": env, "steps": steps}
 
     def status(self) -> ex.Status:
         return ex.Status(
