@@ -468,6 +468,17 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
         await p.locator('h1').first().waitFor()
         await p.waitForLoadState('networkidle').catch(() => undefined)
         assert.equal(await horizontalOverflow(p), 0, `${name} overflows at 390 px`)
+        if (name === 'list') {
+          // Every build's facts are on screen, none behind a sideways scroll of the table.
+          const cells = p.locator('table.builds tr[data-build-id] td')
+          assert.ok((await cells.count()) >= 8)
+          for (const box of await cells.evaluateAll((els) => els.map((el) => el.getBoundingClientRect().toJSON()))) {
+            assert.ok(box.x >= 0 && box.x + box.width <= 390, `a list cell is off screen at 390 px: ${JSON.stringify(box)}`)
+          }
+          // Each fact is labelled (the table head is hidden): "Started 10s ago".
+          const label = await p.locator('table.builds tr[data-build-id] td[data-label="Started"]').first().evaluate((el) => getComputedStyle(el, '::before').content)
+          assert.match(label, /Started/)
+        }
         await check(`mobile-${name}`, p)
       }
     } finally {
