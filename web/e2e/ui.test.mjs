@@ -139,6 +139,8 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
 
     const log = page.getByRole('region', { name: /Log of step count output/ })
     await until(async () => (await log.innerText()).includes('line 3'), { what: 'line 3 in the log' })
+    // The tab names the build and its status.
+    await until(async () => (await page.title()) === `Running · ${PIPELINE} #1 · ci-executor`, { what: `the tab title (${await page.title()})` })
     const stepStatus = page.locator('li.step[data-step="1"] .step-head .badge')
     assert.equal(await stepStatus.getAttribute('data-status'), 'running')
     assert.ok(!(await log.innerText()).includes('line 60'), 'the whole log arrived at once')
@@ -197,6 +199,8 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
     await page.keyboard.press('Enter')
     await page.getByRole('heading', { name: 'broken', level: 2 }).waitFor()
     assert.match(page.url(), /job=broken/)
+    // ... and keeps naming it, with the new status, when the selected job changes the URL.
+    await until(async () => (await page.title()) === `Failed · ${PIPELINE} #1 · ci-executor`, { what: 'the finished build in the tab title' })
     const step = page.locator('li.step[data-step="0"]')
     await step.locator('.badge[data-status="failed"]').first().waitFor()
     assert.equal(await step.locator('.step-head').getAttribute('aria-expanded'), 'true')
