@@ -1,7 +1,7 @@
 """concurrency groups (builds and jobs) and matrix placeholders awaiting expansion
 
 Revision ID: concurrency
-Revises: artifacts
+Revises: action_pins
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from alembic import op
 import app.models.types
 
 revision: str = "concurrency"
-down_revision: str | None = "artifacts"
+down_revision: str | None = "action_pins"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
