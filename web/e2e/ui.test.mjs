@@ -534,6 +534,9 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
     assert.match(await list.innerText(), /error[\s\S]*broken[\s\S]*tests\/test_x\.py:12[\s\S]*pytest[\s\S]*tests failed/i)
     await list.getByRole('button', { name: 'broken' }).click()
     await page.getByRole('heading', { name: 'broken', level: 2 }).waitFor()
+    // As on GitHub, the annotation leads to the log line that made it.
+    await until(() => /[?&]line=2(&|$)/.test(page.url()), { what: `the annotation's line in the URL (${page.url()})` })
+    await page.locator('.log-row.log-selected[data-line="2"]').waitFor()
     const summary = page.locator('.summary[data-step="0"]')
     await summary.getByRole('heading', { name: 'Test report' }).waitFor()
     assert.equal(await summary.locator('td', { hasText: '3 failed' }).count(), 1)

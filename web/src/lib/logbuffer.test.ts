@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { LogBuffer, enclosingGroups, searchLines, visibleLines } from './logbuffer'
+import { LogBuffer, enclosingGroups, findAnnotationLine, searchLines, visibleLines } from './logbuffer'
 
 function texts(buf: LogBuffer, idx: number[]): string[] {
   return idx.map((i) => buf.lines[i]!.plain)
@@ -133,5 +133,9 @@ describe('LogBuffer seqs and times', () => {
       ['plain ::error::x', undefined],
     ])
     expect(searchLines(b, 'error: tests')).toEqual([0])
+    // An annotation finds the line it came from (its message as stored, newlines and all).
+    expect(findAnnotationLine(b, 'warning', '50% slower\nthan before')?.n).toBe(2)
+    expect(findAnnotationLine(b, 'error', 'tests failed')?.n).toBe(1)
+    expect(findAnnotationLine(b, 'warning', 'tests failed')).toBeUndefined()
   })
 })

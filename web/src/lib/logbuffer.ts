@@ -159,3 +159,11 @@ export function enclosingGroups(buf: LogBuffer, index: number): number[] {
   }
   return out
 }
+
+/** The line an `::error::` / `::warning::` / `::notice::` command with this message became,
+ * if the buffer has it (the first such line: an annotation keeps no line number). */
+export function findAnnotationLine(buf: LogBuffer, level: string, message: string): LogLine | undefined {
+  const flat = (t: string): string => t.replace(/\s+/g, ' ').trim()
+  const want = flat(message)
+  return buf.lines.find((l) => l.level === level && flat(l.plain.slice(l.plain.indexOf(':') + 1)) === want)
+}
