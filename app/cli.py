@@ -163,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--event", metavar="FILE", help="a JSON file with the trigger's payload (github.event)"
     )
+    run.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a workflow input (github.event.inputs, `inputs`), as `gh workflow run -f` gives it",
+    )
+    run.add_argument(
+        "--secret", action="append", default=[], metavar="K=V", help="a secret (`secrets` context)"
+    )
+    run.add_argument("--actor", help="github.actor (default: ci-executor run)")
+    run.add_argument(
+        "--repository",
+        metavar="OWNER/NAME",
+        help="github.repository when no --repo is given (default: local)",
+    )
     run.set_defaults(func=_run)
     validate = sub.add_parser(
         "validate",

@@ -33,3 +33,9 @@ class UpstreamError(ServiceError):
     """pipeline_service failed: not the caller's fault."""
 
     status_code = 502
+
+
+class Unavailable(ServiceError):
+    """A dependency of the request (the actions' git server) failed: retry later."""
+
+    status_code = 503

@@ -14,14 +14,16 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from app.actions.support import fetcher_for, resolve_actions
 from app.config import Settings
-from app.errors import Invalid
+from app.errors import Invalid, Unavailable
 from app.logs.hub import HubEvent, LogEvent
 from app.migrate import upgrade
 from app.models import BuildDetail, BuildStatus
 from app.models.schemas import StatusEvent
+from app.secrets import seal_request
 from app.services import builds, state
 from app.services.builds import NewBuild
 from app.services.executor import BuildExecutor
@@ -30,14 +32,26 @@ from app.wiring import Core, running_core
 _MARK = {"failed": "FAILED", "skipped": "skipped", "cancelled": "cancelled"}
 
 
-def _parse_vars(pairs: list[str]) -> dict[str, str]:
+def _parse_vars(pairs: list[str], flag: str = "--var") -> dict[str, str]:
     variables: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise SystemExit(f"ci-executor run: --var expects K=V, got {pair!r}")
+            raise SystemExit(f"ci-executor run: {flag} expects K=V, got {pair!r}")
         variables[name] = value
     return variables
+
+
+def _event(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The event payload (--event), with --input values under `inputs` (as a
+    workflow_dispatch payload carries them)."""
+    event: dict[str, Any] | None = getattr(args, "event_payload", None)
+    inputs = _parse_vars(getattr(args, "input", None) or [], "--input")
+    if inputs:
+        event = dict(event or {})
+        given = event.get("inputs")
+        event["inputs"] = {**(given if isinstance(given, dict) else {}), **inputs}
+    return event
 
 
 def _duration(start: datetime | None, end: datetime | None) -> str:
@@ -101,21 +115,36 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
     """Store the build and mark it running (no queue here); None after reporting an invalid
     workflow."""
     try:
+        variables, sealed = seal_request(
+            core.secret_box,
+            _parse_vars(args.var),
+            _parse_vars(getattr(args, "secret", None) or [], "--secret") or None,
+        )
+    except Invalid as exc:
+        out.write(f"ci-executor run: {exc.detail}\n")
+        return None
+    try:
+        spec = await asyncio.to_thread(builds.parse_or_422, yaml_text)
+        pins = await resolve_actions(spec, fetcher_for(core.settings))
         async with core.db.transaction() as session:
             build = await builds.create_build(
                 session,
                 NewBuild(
-                    pipeline_id="local",
-                    triggered_by="ci-executor run",
+                    # The pipeline id is github.repository when there is no repo URL.
+                    pipeline_id=getattr(args, "repository", None) or "local",
+                    triggered_by=getattr(args, "actor", None) or "ci-executor run",
                     workflow_yaml=yaml_text,
                     commit_sha=args.sha,
                     branch=args.branch,
                     repo_url=args.repo,
-                    variables=_parse_vars(args.var),
+                    variables=variables,
+                    secrets_sealed=sealed,
                     dispatch=False,
                     event_name=getattr(args, "event_name", None),
-                    event=getattr(args, "event_payload", None),
+                    event=_event(args),
+                    actions=pins,
                 ),
+                spec,
             )
             assert build.id is not None
             await state.build(session, build.id, BuildStatus.running)
@@ -126,6 +155,9 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
             out.write(
                 f"  line {problem['line']}, column {problem['column']}: {problem['message']}\n"
             )
+        return None
+    except Unavailable as exc:
+        out.write(f"{args.workflow}: {exc.detail}\n")
         return None
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from app.actions.support import ActionSupport
 from app.config import Settings
 from app.db import Database
 from app.installation import read_installation_id
@@ -31,9 +32,9 @@ from app.queue.base import BuildQueue
 from app.runners import create_runner
 from app.runners.base import Runner
 from app.secrets import SecretBox, SecretsPurger, load_secret_box
-from app.services.executor import BuildContext
 from app.services.notify import PgListener, asyncpg_dsn, notify_payloads
 from app.services.pipelines import PipelineClient
+from app.services.reporting import BuildContext
 from app.services.scheduler import Scheduler
 
 
@@ -65,6 +66,7 @@ class Core:
             # The service's own credentials never reach a build log, whatever a step can read.
             masker=Masker(self.settings.service_secrets),
             secret_box=self.secret_box,
+            actions=ActionSupport.from_settings(self.settings),
         )
 
 
@@ -153,6 +155,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         await purger.start()
         stack.push_async_callback(purger.stop)
         scheduler = Scheduler(core, queue)
+        core.db.sinks.append(scheduler.on_events)
         await scheduler.start()
         stack.push_async_callback(scheduler.stop)
         listener = None

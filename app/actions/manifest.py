@@ -84,8 +84,19 @@ def load_manifest(directory: Path, label: str) -> ActionManifest:
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{label}: {path.name} is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
-    except (YAMLError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{label}: {path.name} is not valid UTF-8: {exc}") from None
+    return parse_manifest(text, path, label)
+
+
+def parse_manifest(text: str, path: Path, label: str) -> ActionManifest:
+    """Classify an action.yml already read (`path` is where it lives, as the step sees it)."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{label}: {path.name} is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        data = YAML(typ="safe", pure=True).load(text)
+    except YAMLError as exc:
         raise ManifestError(f"{label}: {path.name} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{label}: {path.name} must be a mapping")

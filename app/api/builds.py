@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from app.actions.support import fetcher_for
 from app.api.deps import (
     DbDep,
     PipelinesDep,
@@ -84,7 +85,7 @@ async def create_build(
         event_name=body.event_name,
         event=body.event,
     )
-    build, created = await service.submit(db, queue, new)
+    build, created = await service.submit(db, queue, new, actions=fetcher_for(settings))
     if not created:
         response.status_code = 200
     return build

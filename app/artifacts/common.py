@@ -61,7 +61,10 @@ def resolve_secret(settings: Settings) -> str:
         return settings.actions_token_secret
     if settings.k8s_marker_secret:
         return hashlib.sha256(b"actions-runtime:" + settings.k8s_marker_secret.encode()).hexdigest()
-    return secrets.token_hex(32)
+    return _PROCESS_SECRET  # the same for the service and the executor of this process
+
+
+_PROCESS_SECRET = secrets.token_hex(32)
 
 
 def validate_name(name: str) -> str:

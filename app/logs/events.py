@@ -12,10 +12,11 @@ from pydantic import BaseModel, Field
 from sse_starlette import ServerSentEvent
 
 from app.logs.hub import HubEvent, LogEvent, Wakeup, sse_frame
-from app.models.schemas import LogChunkPublic, StatusEvent
+from app.models.schemas import AnyStatusEvent, BuildStatusEvent, LogChunkPublic, StatusEvent
 from app.models.status import BuildStatus
 
 __all__ = [
+    "BuildStatusEvent",
     "EndEvent",
     "HubEvent",
     "LogEvent",
@@ -39,7 +40,7 @@ class LogStreamEvents(BaseModel):
     object: every SSE message carries exactly one of these as its JSON `data`."""
 
     log: LogChunkPublic = Field(description="`event: log`, `id` = the chunk's seq.")
-    status: StatusEvent = Field(description="`event: status`.")
+    status: AnyStatusEvent = Field(description="`event: status`.")
     end: EndEvent = Field(description="`event: end`, the last message of the stream.")
 
 

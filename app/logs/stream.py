@@ -20,6 +20,7 @@ from sse_starlette import ServerSentEvent
 
 from app.db import Database
 from app.logs.events import (
+    BuildStatusEvent,
     HubEvent,
     LogEvent,
     StatusEvent,
@@ -104,7 +105,7 @@ async def stream_build(
                 yield event
             status, _ = await _build_state(db, hub, build_id)
             if status is not None:
-                yield status_event(StatusEvent(kind="build", build_id=build_id, status=status))
+                yield status_event(BuildStatusEvent(build_id=build_id, status=status))
             while status is not None and not status.finished:
                 with contextlib.suppress(TimeoutError):
                     # The timeout is the polling fallback for writers we get no signal from.

@@ -103,6 +103,13 @@ class BuildPublic(BaseModel):
         "page by page follows the live stream from there.",
     )
     event_name: str | None = None
+    concurrency_group: str | None = Field(
+        default=None, description="The workflow's `concurrency` group, as evaluated."
+    )
+    waiting_reason: str | None = Field(
+        default=None,
+        description="Why a queued build has not started, e.g. waiting for its concurrency group.",
+    )
 
 
 class StepPublic(BaseModel):
@@ -130,7 +137,7 @@ class AnnotationPublic(BaseModel):
 
     job_name: str
     step_index: int
-    level: str
+    level: Literal["error", "warning", "notice"]
     message: str
     title: str | None
     file: str | None
@@ -162,6 +169,18 @@ class JobPublic(BaseModel):
     reused_from: int | None = Field(
         default=None,
         description="On a partial re-run: the build whose result and log this job reused.",
+    )
+    pending_expansion: bool = Field(
+        default=False,
+        description="A placeholder for a matrix computed from `needs` outputs (e.g. "
+        "`fromJSON(needs.x.outputs.y)`): replaced by one job per combination once its needs "
+        "finish. Stays true on a placeholder that was skipped or failed before expanding.",
+    )
+    concurrency_group: str | None = Field(
+        default=None, description="The job's `concurrency` group, once evaluated."
+    )
+    waiting_reason: str | None = Field(
+        default=None, description="Why a pending job has not started (its concurrency group)."
     )
 
 
@@ -256,7 +275,8 @@ class LogPage(BaseModel):
 
 
 class StatusEvent(BaseModel):
-    """A build, job or step status change, as sent on the SSE stream (`event: status`)."""
+    """A build, job or step status change, as sent on the SSE stream (`event: status`). Made
+    as one of the three subclasses below, whose exact shapes the OpenAPI document publishes."""
 
     kind: Literal["build", "job", "step"]
     build_id: int
@@ -267,3 +287,32 @@ class StatusEvent(BaseModel):
     )
     exit_code: int | None = None
     error: str | None = None
+
+
+class BuildStatusEvent(StatusEvent):
+    """The build's status changed."""
+
+    kind: Literal["build"] = "build"
+    status: BuildStatus
+
+
+class JobStatusEvent(StatusEvent):
+    """A job's status changed."""
+
+    kind: Literal["job"] = "job"
+    job_name: str
+    status: JobStatus
+
+
+class StepStatusEvent(StatusEvent):
+    """A step's status changed (`exit_code` once it finished)."""
+
+    kind: Literal["step"] = "step"
+    job_name: str
+    step_index: int
+    status: JobStatus
+
+
+AnyStatusEvent = Annotated[
+    BuildStatusEvent | JobStatusEvent | StepStatusEvent, Field(discriminator="kind")
+]

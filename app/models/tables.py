@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from app.models.types import BigIntPK, JSONVariant, UTCDateTime, utcnow
@@ -35,6 +35,17 @@ class Build(SQLModel, table=True):
         UniqueConstraint("pipeline_id", "idempotency_key"),
         Index("ix_builds_pipeline_id_id", "pipeline_id", "id"),
         Index("ix_builds_status_id", "status", "id"),
+        Index("ix_builds_pipeline_id_concurrency_key", "pipeline_id", "concurrency_key"),
+        # The database's own guarantee behind app/services/concurrency.py: one running build
+        # per concurrency group of a pipeline, whatever the replicas do.
+        Index(
+            "uq_builds_running_concurrency_key",
+            "pipeline_id",
+            "concurrency_key",
+            unique=True,
+            postgresql_where=text("status = 'running' AND concurrency_key IS NOT NULL"),
+            sqlite_where=text("status = 'running' AND concurrency_key IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigIntPK, primary_key=True))
@@ -70,6 +81,11 @@ class Build(SQLModel, table=True):
     request_sha256: str | None = Field(default=None, max_length=64)
     secrets_sealed: str | None = Field(default=None, sa_type=Text)
     secrets_purged_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # + workflow-level `concurrency`: the group as evaluated at create time, its case-folded
+    # key (GitHub compares group names case-insensitively), and why a queued build waits.
+    concurrency_group: str | None = Field(default=None, sa_type=Text)
+    concurrency_key: str | None = Field(default=None, max_length=255)
+    waiting_reason: str | None = Field(default=None, sa_type=Text)
 
 
 class BuildSnapshot(SQLModel, table=True):
@@ -84,6 +100,9 @@ class BuildSnapshot(SQLModel, table=True):
     pipeline_id: str = Field(max_length=255)
     workflow_yaml: str = Field(sa_type=Text)
     yaml_sha256: str = Field(max_length=64)
+    # The remote actions the workflow uses, resolved when the build was created (a retry runs
+    # the same commits): {uses: {"commit": sha, "post": bool}} (app/actions/support.py).
+    actions: dict[str, Any] | None = Field(default=None, sa_type=JSONVariant)
 
 
 class BuildJob(SQLModel, table=True):
@@ -106,6 +125,14 @@ class BuildJob(SQLModel, table=True):
     # + `runs-on` labels and `environment` ({name, url}), recorded to be shown
     runs_on: list[str] = Field(default_factory=list, sa_type=JSONVariant)
     environment: dict[str, Any] | None = Field(default=None, sa_type=JSONVariant)
+    # + a placeholder for a matrix computed from `needs` outputs, replaced once they are known
+    pending_expansion: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
+    # + job-level `concurrency`, evaluated when the job's needs have finished (see Build)
+    concurrency_group: str | None = Field(default=None, sa_type=Text)
+    concurrency_key: str | None = Field(default=None, max_length=255, index=True)
+    waiting_reason: str | None = Field(default=None, sa_type=Text)
+    # + another build's `cancel-in-progress` asked this running job to stop
+    cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class BuildJobEdge(SQLModel, table=True):

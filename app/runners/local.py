@@ -21,6 +21,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from app.runners.base import (
@@ -34,7 +35,8 @@ from app.runners.base import (
     step_failure,
 )
 from app.runners.sandbox import Isolation, IsolationSetting, Sandbox, kill_tracked, probe_isolation
-from app.workflow.runtime import MAX_FILE_BYTES, OUTPUT_FILES, JobRuntime, RuntimeFiles
+from app.workflow.runtime import MAX_FILE_BYTES, RuntimeFiles
+from app.workflow.session import Invocation, Log, Ran
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,14 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _runtime_paths(temp: Path, index: int) -> dict[str, Path]:
-    return {name: temp / f"{name.lower()}-{index}" for name in OUTPUT_FILES}
+def _bad_directory(cwd: Path, workspace: Path, written: str) -> str | None:
+    # An absolute path is taken as it is, as on GitHub (under the sandbox the step sees only what
+    # the sandbox shows); a relative one must stay inside the workspace.
+    if not Path(written).is_absolute() and not _inside(cwd, workspace.resolve()):
+        return f"working-directory '{written}' is outside the workspace\n"
+    if not cwd.is_dir():
+        return f"working-directory '{written}' does not exist\n"
+    return None
 
 
 def _create_empty(paths: Iterable[Path]) -> None:
@@ -85,23 +93,54 @@ def _create_empty(paths: Iterable[Path]) -> None:
         path.write_bytes(b"")
 
 
-def _read_runtime_files(temp: Path, index: int) -> RuntimeFiles:
-    """The step's runtime files, each read up to MAX_FILE_BYTES (a step cannot make the service
-    hold an arbitrarily large file in memory)."""
+def _read_runtime_files(paths: dict[str, str]) -> RuntimeFiles:
+    """An invocation's runtime files, each read up to MAX_FILE_BYTES (a step cannot make the
+    service hold an arbitrarily large file in memory)."""
     texts: dict[str, str] = {}
-    for name, path in _runtime_paths(temp, index).items():
+    for name, path in paths.items():
         try:
-            with path.open("rb") as handle:
+            with open(path, "rb") as handle:
                 data = handle.read(MAX_FILE_BYTES)
         except OSError:
             data = b""
         texts[name] = data.decode("utf-8", "replace")
     return RuntimeFiles(
-        output=texts["GITHUB_OUTPUT"],
-        env=texts["GITHUB_ENV"],
-        path=texts["GITHUB_PATH"],
-        summary=texts["GITHUB_STEP_SUMMARY"],
+        output=texts.get("GITHUB_OUTPUT", ""),
+        env=texts.get("GITHUB_ENV", ""),
+        path=texts.get("GITHUB_PATH", ""),
+        summary=texts.get("GITHUB_STEP_SUMMARY", ""),
+        state=texts.get("GITHUB_STATE", ""),
     )
+
+
+async def _read_text(path: str) -> str | None:
+    """A file a step can see (a local action's action.yml), or None."""
+
+    def read() -> str | None:
+        try:
+            with open(path, "rb") as handle:
+                return handle.read(MAX_FILE_BYTES + 1).decode("utf-8", "replace")
+        except OSError:
+            return None
+
+    return await asyncio.to_thread(read)
+
+
+def _stage(tree: Path, dest: Path) -> None:
+    """A copy of an action's tree (from the executor's actions cache) where the job's steps can
+    read it; copied, not linked, so a step cannot change the cache. Published by one rename."""
+    if tree == dest or dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}"
+    shutil.copytree(tree, staging, symlinks=True)
+    try:
+        os.rename(staging, dest)
+    except OSError:  # another job of the build staged it first
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+_Ran = tuple[StepRun, StepOutcome, int | None, str | None]
 
 
 class LocalRunner:
@@ -198,51 +237,26 @@ class LocalRunner:
                 f"`services:` ({names}) need the kubernetes runner; the local runner cannot run "
                 "service containers",
             )
-        workspace, temp = await self._directories(job)
+        workspace, _ = await self._directories(job)
         deadline = time.monotonic() + job.timeout_seconds if job.timeout_seconds else None
         finished: dict[int, StepOutcome] = {}
         ran: list[StepRun] = []  # as they ran (continue-on-error evaluated)
         failed = False
         outcome: JobResult | None = None
         for step in job.steps:
+            if outcome is None and job.cancel.is_set():
+                outcome = JobResult("cancelled")
             if outcome is not None:  # the job already ended (cancel, timeout, error)
                 await self._skip(job, step, reporter)
                 continue
-            cancelled = job.cancel.is_set()
-            if cancelled:
-                await self._skip(job, step, reporter)
-                outcome = JobResult("cancelled")
-                continue
             if job.runtime is None:
-                run: StepRun | None = step
-                if not should_run_step(step, failed=failed, cancelled=False):
-                    run = None
-                argv: tuple[str, ...] | None = None
-                error: str | None = None
+                result = await self._plain_step(job, step, workspace, reporter, deadline, failed)
             else:
-                run, argv, error = await self._prepare(job.runtime, step, temp)
-            if run is None:
-                await self._skip(job, step, reporter)
+                result = await self._session(job, step, workspace, reporter, deadline)
+            if result is None:
+                await reporter.step_finished(step.index, "skipped", None)
                 continue
-            await reporter.step_started(step.index)
-            if error is not None:
-                await reporter.step_output(step.index, f"{error}\n".encode())
-                status: StepOutcome = "failed"
-                code, message = None, None
-            else:
-                status, code, message = await self._run_step(
-                    job, run, workspace, reporter, deadline, argv=argv
-                )
-            if job.runtime is not None:
-                problem = job.runtime.finish(
-                    step.index,
-                    status,
-                    await asyncio.to_thread(_read_runtime_files, temp, step.index),
-                    continue_on_error=run.continue_on_error,
-                )
-                if problem is not None:
-                    await reporter.step_output(step.index, f"{problem}\n".encode())
-                    status = "failed" if status == "success" else status
+            run, status, code, message = result
             await reporter.step_finished(step.index, status, code, message)
             finished[step.index] = status
             ran.append(run)
@@ -260,6 +274,89 @@ class LocalRunner:
             return outcome
         return job_outcome(ran, finished)
 
+    async def _plain_step(
+        self,
+        job: JobRun,
+        step: StepRun,
+        workspace: Path,
+        reporter: JobReporter,
+        deadline: float | None,
+        failed: bool,
+    ) -> _Ran | None:
+        """A step without GitHub semantics (no runtime): its `if:`, then its script inline."""
+        if not should_run_step(step, failed=failed, cancelled=False):
+            return None
+        await reporter.step_started(step.index)
+        status, code, message = await self._run_step(job, step, workspace, reporter, deadline)
+        return step, status, code, message
+
+    async def _session(
+        self,
+        job: JobRun,
+        step: StepRun,
+        workspace: Path,
+        reporter: JobReporter,
+        deadline: float | None,
+    ) -> _Ran | None:
+        """A step as the runtime's sequence of requests (app/workflow/session.py); None when
+        it was skipped."""
+        assert job.runtime is not None
+        session = job.runtime.session(step, base_path=os.environ.get("PATH", "/usr/bin:/bin"))
+        request = session.send(None)
+        if request is None:
+            return None
+        await reporter.step_started(step.index)
+        while request is not None:
+            reply: Any = None
+            if isinstance(request, Invocation):
+                reply = await self._invoke(job, step, request, workspace, reporter, deadline)
+            elif isinstance(request, Log):
+                await reporter.step_output(step.index, request.text.encode())
+            else:
+                reply = await session.load(request, _read_text)
+            request = session.send(reply)
+        end = session.end
+        run = dataclasses.replace(step, continue_on_error=end.continue_on_error)
+        return run, end.status, end.exit_code, end.message  # type: ignore[return-value]
+
+    async def _invoke(
+        self,
+        job: JobRun,
+        step: StepRun,
+        request: Invocation,
+        workspace: Path,
+        reporter: JobReporter,
+        deadline: float | None,
+    ) -> Ran:
+        """One process of a step, its runtime files created before and read back after."""
+        files = [Path(path) for path in request.files.values()]
+        await asyncio.to_thread(_create_empty, files)
+        program = request.argv[0] if request.argv else ""
+        if not shutil.which(program, path=request.env.get("PATH") or os.defpath):
+            # The user's choice of shell (or action), not an infrastructure failure.
+            return Ran("failed", None, message=request.missing)
+        if request.script_name:
+            script = self.temp_dir(job.build_id, job.job_name) / request.script_name
+            await asyncio.to_thread(script.write_text, request.script)
+        if request.label:
+            await reporter.step_output(step.index, f"{request.label}\n".encode())
+        run = dataclasses.replace(
+            step,
+            script=request.script,
+            env=request.env,
+            working_directory=request.working_directory,
+            timeout_seconds=request.timeout_seconds,
+        )
+        runtime = job.runtime
+        assert runtime is not None
+        for tree in request.readable:
+            await asyncio.to_thread(_stage, Path(tree), Path(runtime.step_path(Path(tree))))
+        status, code, message = await self._run_step(
+            job, run, workspace, reporter, deadline, argv=request.argv
+        )
+        texts = await asyncio.to_thread(_read_runtime_files, request.files)
+        return Ran(status, code, texts, message)
+
     async def _directories(self, job: JobRun) -> tuple[Path, Path]:
         """The job's workspace and RUNNER_TEMP. RUNNER_TEMP and the tool cache live inside the
         build's directory, which the sandbox shows at the same path (its /tmp is private)."""
@@ -270,7 +367,11 @@ class LocalRunner:
             await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
         if job.runtime is not None:
             files = job.runtime.start(
-                workspace=str(workspace), temp=str(temp), tool_cache=str(tool_cache)
+                workspace=str(workspace),
+                temp=str(temp),
+                tool_cache=str(tool_cache),
+                # Action trees are copied into the build's directory, which the sandbox shows.
+                actions_dir=str(self.workspace_root / str(job.build_id) / "_actions"),
             )
             for name, text in files.items():
                 await asyncio.to_thread((temp / name).write_text, text)
@@ -280,38 +381,6 @@ class LocalRunner:
         if job.runtime is not None:
             job.runtime.finish(step.index, "skipped", RuntimeFiles(), continue_on_error=False)
         await reporter.step_finished(step.index, "skipped", None)
-
-    async def _prepare(
-        self, runtime: JobRuntime, step: StepRun, temp: Path
-    ) -> tuple[StepRun | None, tuple[str, ...] | None, str | None]:
-        """The step as it runs now (expressions evaluated, script written to RUNNER_TEMP), or
-        None when its `if:` says skip; an error message when an expression failed."""
-        paths = _runtime_paths(temp, step.index)
-        await asyncio.to_thread(_create_empty, paths.values())
-        prepared = runtime.prepare(
-            step,
-            files={name: str(path) for name, path in paths.items()},
-            temp=str(temp),
-            base_path=os.environ.get("PATH", "/usr/bin:/bin"),
-        )
-        if not prepared.run:
-            return None, None, None
-        if prepared.error is not None:
-            return step, None, prepared.error
-        program = prepared.argv[0] if prepared.argv else ""
-        if not shutil.which(program, path=prepared.env.get("PATH") or os.defpath):
-            # The user's choice of shell, not an infrastructure failure: the step fails.
-            return step, None, f"the shell {program!r} is not installed on this runner"
-        await asyncio.to_thread((temp / prepared.script_name).write_text, prepared.script)
-        run = dataclasses.replace(
-            step,
-            script=prepared.script,
-            env=prepared.env,
-            working_directory=prepared.working_directory,
-            timeout_seconds=prepared.timeout_seconds,
-            continue_on_error=prepared.continue_on_error,
-        )
-        return run, prepared.argv, None
 
     async def _run_step(
         self,
@@ -325,13 +394,9 @@ class LocalRunner:
         cwd = workspace
         if step.working_directory:
             cwd = (workspace / step.working_directory).resolve()
-            if not _inside(cwd, workspace.resolve()):
-                message = f"working-directory '{step.working_directory}' is outside the workspace\n"
-                await reporter.step_output(step.index, message.encode())
-                return "failed", None, None
-            if not cwd.is_dir():
-                message = f"working-directory '{step.working_directory}' does not exist\n"
-                await reporter.step_output(step.index, message.encode())
+            problem = _bad_directory(cwd, workspace, step.working_directory)
+            if problem is not None:
+                await reporter.step_output(step.index, problem.encode())
                 return "failed", None, None
         if argv is None:  # without a runtime: the script inline
             argv = ["bash", "-eo", "pipefail", "-c", step.script]

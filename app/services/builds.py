@@ -8,6 +8,7 @@ transaction and only then publish (queue message, in-process cancel signal).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.actions.fetch import ActionFetcher
+from app.actions.support import resolve_actions
 from app.db import Database, record_event
 from app.errors import Conflict, Invalid, NotFound
 from app.logs.masking import masked_variables
@@ -46,9 +49,10 @@ from app.models import (
 from app.models.types import NAME_MAX, utcnow
 from app.queue.base import BuildQueue
 from app.secrets import retry_secrets
-from app.services import results, state
-from app.services.dag import insert_dag, written_detail
+from app.services import concurrency, results, state
+from app.services.dag import JOB_FIELDS, insert_dag, written_detail
 from app.services.notify import CancelRequested
+from app.services.plan import post_uses
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,8 @@ class NewBuild:
     event: dict[str, Any] | None = None
     request_sha256: str | None = None  # of the create request, for Idempotency-Key reuse
     secrets_sealed: str | None = None  # app/secrets.py; variables then hold *** in their place
+    # The remote actions, pinned (app/actions/support.py `resolve_actions`); a retry copies them.
+    actions: dict[str, Any] | None = None
 
 
 def parse_or_422(text: str) -> WorkflowSpec:
@@ -144,6 +150,7 @@ async def create_written(
     session.add(build)
     await session.flush()
     assert build.id is not None
+    await concurrency.on_create(session, build, spec)
     sha = hashlib.sha256(new.workflow_yaml.encode()).hexdigest()
     session.add(
         BuildSnapshot(
@@ -151,9 +158,12 @@ async def create_written(
             pipeline_id=new.pipeline_id,
             workflow_yaml=new.workflow_yaml,
             yaml_sha256=sha,
+            actions=new.actions,
         )
     )
-    dag = await insert_dag(session, build.id, spec, checkout=bool(new.repo_url))
+    dag = await insert_dag(
+        session, build.id, spec, checkout=bool(new.repo_url), posts=post_uses(new.actions)
+    )
     return build, written_detail(public(build), sha, build.event, dag)
 
 
@@ -237,14 +247,8 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
     jobs = [
         JobPublic.model_validate(
             {
-                **{k: getattr(row, k) for k in ("id", "name", "display_name", "index", "status")},
-                "started_at": row.started_at,
-                "finished_at": row.finished_at,
-                "error": row.error,
-                "reused_from": row.reused_from,
-                "runs_on": row.runs_on,
+                **{k: getattr(row, k) for k in JOB_FIELDS},
                 "outputs": step_outputs.get((row.name, results.JOB_OUTPUT), {}),
-                "environment": row.environment,
                 "needs": needs.get(row.name, []),
                 "steps": steps_by_job.get(row.name, []),
             }
@@ -473,8 +477,12 @@ async def _idempotent_detail(
         return await detail(session, existing.id)
 
 
-async def submit(db: Database, queue: BuildQueue, new: NewBuild) -> tuple[BuildDetail, bool]:
+async def submit(
+    db: Database, queue: BuildQueue, new: NewBuild, *, actions: ActionFetcher | None = None
+) -> tuple[BuildDetail, bool]:
     """Create a build, commit it, then publish its id (unless `new.dispatch` is false).
+    `actions`: fetches and pins the workflow's remote actions first (422 for one that cannot be
+    used, 503 when the git server fails).
 
     With an idempotency key already used for the pipeline, the first build is returned instead,
     also when a concurrent request with the same key wins the insert race (the unique index
@@ -486,6 +494,8 @@ async def submit(db: Database, queue: BuildQueue, new: NewBuild) -> tuple[BuildD
             return existing, False
     # Parsed off the event loop and before the transaction: no lock is held while it runs.
     spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
+    if actions is not None and new.actions is None:
+        new = dataclasses.replace(new, actions=await resolve_actions(spec, actions))
     try:
         async with db.transaction() as session:
             build, written = await create_written(session, new, spec)
@@ -518,6 +528,7 @@ async def retry(
     results and logs are copied (reuse_jobs)."""
     async with db.transaction() as session:
         source, yaml_text = await retry_source(session, build_id)
+        pins = (await snapshot(session, build_id)).actions
         rerun: set[str] | None = None
         if failed_only or jobs is not None:
             rerun = await rerun_selection(session, build_id, failed_only=failed_only, jobs=jobs)
@@ -535,6 +546,7 @@ async def retry(
                 event_name=source.event_name,
                 event=source.event,
                 secrets_sealed=retry_secrets(source),
+                actions=pins,  # the same commits as the first run
             ),
         )
         new_id = new.id

@@ -17,12 +17,14 @@ from app.models import (
     BuildStep,
     EdgePublic,
     JobPublic,
-    JobStatus,
     StepPublic,
 )
 from app.models.types import clip
 from app.services.plan import planned_steps
 from app.workflow import WorkflowSpec
+
+# The job columns the API shows as they are (builds.detail uses the same).
+JOB_FIELDS = tuple(set(JobPublic.model_fields) & set(BuildJob.model_fields))
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,12 @@ async def _insert_returning_ids(
 
 
 async def insert_dag(
-    session: AsyncSession, build_id: int, spec: WorkflowSpec, *, checkout: bool
+    session: AsyncSession,
+    build_id: int,
+    spec: WorkflowSpec,
+    *,
+    checkout: bool,
+    posts: frozenset[str] = frozenset(),
 ) -> WrittenDag:
     """The build's jobs, `needs` edges and planned steps, all pending, in three bulk inserts."""
     jobs = [
@@ -60,6 +67,7 @@ async def insert_dag(
             "environment": (
                 {"name": j.environment.name, "url": j.environment.url} if j.environment else None
             ),
+            "pending_expansion": j.matrix_template is not None,
         }
         for j in spec.jobs
     ]
@@ -69,8 +77,10 @@ async def insert_dag(
     steps = [
         {"build_id": build_id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
         for j in spec.jobs
-        for s in planned_steps(j, checkout=checkout)
+        if j.matrix_template is None  # a placeholder's steps are its combinations' to plan
+        for s in planned_steps(j, checkout=checkout, posts=posts)
     ]
+    # none when every job is a placeholder (a matrix computed at run time)
     await _insert_returning_ids(session, BuildStep, steps)
     await session.flush()
     return WrittenDag(jobs=jobs, edges=edges, steps=steps)
@@ -80,41 +90,28 @@ def written_detail(
     build: BuildPublic, yaml_sha256: str, event: Any, dag: WrittenDag
 ) -> BuildDetail:
     """What `builds.detail` reads back for a build just created, from the rows written: the
-    same jobs (by index), steps (by index within a job), edges and needs (in insert order)."""
-    pending = JobStatus.pending
+    same jobs (by index), steps (by index within a job), edges and needs (in insert order);
+    every other column at its model default, as the insert left it."""
     steps_by_job: dict[str, list[StepPublic]] = {}
     for step in sorted(dag.steps, key=lambda s: (s["job_name"], s["index"])):
-        steps_by_job.setdefault(step["job_name"], []).append(
-            StepPublic(
-                id=step["id"],
-                index=step["index"],
-                name=step["name"],
-                status=pending,
-                started_at=None,
-                finished_at=None,
-                exit_code=None,
-            )
-        )
+        public_step = StepPublic.model_validate(BuildStep(**step))
+        steps_by_job.setdefault(step["job_name"], []).append(public_step)
     needs: dict[str, list[str]] = {}
     for edge in dag.edges:
         needs.setdefault(edge["to_job"], []).append(edge["from_job"])
-    jobs = [
-        JobPublic(
-            id=job["id"],
-            name=job["name"],
-            display_name=job["display_name"],
-            index=job["index"],
-            status=pending,
-            started_at=None,
-            finished_at=None,
-            error=None,
-            runs_on=job["runs_on"],
-            environment=job["environment"],
-            needs=needs.get(job["name"], []),
-            steps=steps_by_job.get(job["name"], []),
+    jobs = []
+    for row in sorted(dag.jobs, key=lambda j: j["index"]):
+        job = BuildJob(**row)
+        jobs.append(
+            JobPublic.model_validate(
+                {
+                    **{k: getattr(job, k) for k in JOB_FIELDS},
+                    "outputs": {},
+                    "needs": needs.get(job.name, []),
+                    "steps": steps_by_job.get(job.name, []),
+                }
+            )
         )
-        for job in sorted(dag.jobs, key=lambda j: j["index"])
-    ]
     return BuildDetail(
         **build.model_dump(),
         yaml_sha256=yaml_sha256,

@@ -11,28 +11,31 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db import Database
-from app.logs.masking import LineAssembler, Masker, secret_names
-from app.logs.writer import LogWriter
-from app.metrics import Metrics
+from app.actions.support import load_actions
+from app.db import record_event
+from app.logs.masking import secret_names
 from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
-from app.runners.base import JobReporter, JobResult, JobRun, Runner, StepOutcome
-from app.secrets import SecretBox, build_secrets
-from app.services import results, state
-from app.services.plan import JobSetupError, job_contexts, job_run, planned_steps
+from app.runners.base import JobResult, JobRun
+from app.secrets import build_secrets
+from app.services import concurrency, results, state
+from app.services.plan import (
+    BuildActions,
+    JobSetupError,
+    job_contexts,
+    job_run,
+    planned_steps,
+    post_uses,
+)
+from app.services.reporting import BuildContext, BuildReporter
 from app.workflow import JobSpec, WorkflowSpec, graph, parse_workflow
-from app.workflow.commands import Annotation, CommandParser
 from app.workflow.expressions import ExpressionError, interpolate
 from app.workflow.matrix import combination_name
 from app.workflow.parser import MAX_JOBS
-from app.workflow.runtime import JobRuntime
 from app.workflow.strategy import MatrixError, expand_template
 
 log = logging.getLogger(__name__)
@@ -40,132 +43,6 @@ J = JobStatus
 # `needs.<job>.result` as GitHub names it, and which wins when combinations differ.
 _RESULTS = {J.success: "success", J.skipped: "skipped", J.cancelled: "cancelled"}
 _RANK = {"success": 0, "skipped": 1, "cancelled": 2, "failure": 3}
-
-
-class _Reporter(JobReporter):
-    """Stores what a runner reports; workflow commands are parsed here, in the output path every
-    runner shares, and their effects (annotations, masks, set-output) applied."""
-
-    def __init__(self, ctx: BuildContext, job_name: str, runtime: JobRuntime | None) -> None:
-        self.ctx = ctx
-        self.job_name = job_name
-        self.runtime = runtime
-        self._commands: dict[int, CommandParser] = {}
-        self._annotations: dict[int, list[Annotation]] = {}
-        self._lines: dict[int, LineAssembler] = {}
-        self._started: dict[int, float] = {}  # for the duration metric (not after re-attach)
-
-    def _assembler(self, index: int) -> LineAssembler:
-        if index not in self._lines:
-            self._lines[index] = LineAssembler(self.ctx.masker, self.ctx.writer.chunk_max_bytes)
-        return self._lines[index]
-
-    async def step_started(self, index: int) -> None:
-        """Durable before the step runs (a re-attaching replica needs it). One transaction also
-        stores the previous step's last output and its end, queued by step_finished."""
-        self._started[index] = time.monotonic()
-        build_id, job_name = self.ctx.build_id, self.job_name
-        self.ctx.writer.add_transition(
-            build_id, lambda session: state.step(session, build_id, job_name, index, J.running)
-        )
-        if not await self.ctx.writer.flush(build_id):
-            # Kept by the writer and retried; the step must not run unrecorded meanwhile.
-            raise RuntimeError(f"could not record the start of step {index}: database error")
-
-    async def step_output(self, index: int, data: bytes, source_offset: int | None = None) -> None:
-        assembler = self._assembler(index)
-        text = self._commands_in(index, assembler.feed(data))
-        if source_offset is not None:
-            # Only what left the assembler is stored; a re-attaching runner resumes from there.
-            source_offset -= assembler.held_bytes
-        await self.ctx.writer.write(self.ctx.build_id, self.job_name, index, text, source_offset)
-
-    def _commands_in(self, index: int, text: str) -> str:
-        if index not in self._commands:
-            unsecure = self.runtime is not None and self.runtime.unsecure_commands
-            self._commands[index] = CommandParser(allow_unsecure=unsecure)
-        parser = self._commands[index]
-        kept, effects = parser.process(text)
-        for value in effects.masks:
-            self.ctx.masker.add(value)
-        if effects.masks:
-            # Lines after the add-mask in the same chunk were masked before it was known.
-            kept = self.ctx.masker.mask_text(kept)
-        if effects.annotations:
-            self._annotations.setdefault(index, []).extend(effects.annotations)
-        if self.runtime is not None:
-            for name, value in effects.outputs.items():
-                self.runtime.command_output(index, name, value)
-            for name, value in effects.env.items():
-                self.runtime.command_env(name, value)
-            for path in effects.path:
-                self.runtime.command_path(path)
-        return kept
-
-    async def step_finished(
-        self, index: int, status: StepOutcome, exit_code: int | None, error: str | None = None
-    ) -> None:
-        tail = self._lines.pop(index).close() if index in self._lines else ""
-        tail = self._commands_in(index, tail)
-        self._commands.pop(index, None)
-        if error:
-            tail += f"{error}\n"
-        build_id, job_name, to = self.ctx.build_id, self.job_name, J(status)
-        await self.ctx.writer.write(build_id, job_name, index, tail)
-        outputs = self.runtime.step_outputs.get(index, {}) if self.runtime else {}
-        summary = self.runtime.summaries.get(index) if self.runtime else None
-        annotations = self._annotations.pop(index, [])
-
-        async def record(session: AsyncSession) -> None:
-            await state.step(session, build_id, job_name, index, to, exit_code=exit_code)
-            await results.store_step(
-                session,
-                build_id,
-                job_name,
-                index,
-                outputs=outputs,
-                summary=summary,
-                annotations=annotations,
-            )
-
-        # Stored after the step's output in the writer's next transaction: the next step's
-        # start, the job's end (the executor flushes the writer first) or the writer's next
-        # interval, whichever comes first. One write per step transition instead of two.
-        self.ctx.writer.add_transition(build_id, record)
-        started = self._started.pop(index, None)
-        if started is not None:
-            self.ctx.metrics.step_duration.labels(status).observe(time.monotonic() - started)
-
-    async def stored_offset(self) -> int:
-        async with self.ctx.db.read() as session:
-            job = (
-                await session.exec(
-                    select(BuildJob).where(
-                        BuildJob.build_id == self.ctx.build_id, BuildJob.name == self.job_name
-                    )
-                )
-            ).first()
-        return job.log_offset if job else 0
-
-
-@dataclass
-class BuildContext:
-    build_id: int
-    db: Database
-    writer: LogWriter
-    runner: Runner
-    metrics: Metrics
-    max_jobs: int
-    masker: Masker = field(default_factory=Masker)
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    # Set when the executor shuts down: runners that can re-attach detach instead of finishing.
-    detach: bool = False
-    secret_box: SecretBox | None = None  # opens the build's sealed secrets (app/secrets.py)
-
-    def request_cancel(self) -> None:
-        self.cancel.set()
-        self.wake.set()
 
 
 class BuildExecutor:
@@ -187,6 +64,9 @@ class BuildExecutor:
         self._tasks: dict[str, asyncio.Task[JobResult]] = {}
         self._outputs: dict[str, dict[str, str]] = {}  # job name -> its `outputs:` values
         self._tolerated: set[str] = set()  # failed jobs with `continue-on-error` true
+        self._actions = BuildActions()
+        self._waiting: set[str] = set()  # pending jobs waiting for their concurrency group
+        self._groups: dict[str, concurrency.Group] = {}  # jobs that hold a concurrency group
 
     def _condition_contexts(self, job: JobSpec) -> dict[str, Any]:
         assert self._build is not None
@@ -226,6 +106,9 @@ class BuildExecutor:
         self._build = build
         # Off the event loop: a big workflow must not stall every other build and request.
         self._spec = spec = await asyncio.to_thread(parse_workflow, snapshot.workflow_yaml)
+        pins = snapshot.actions or {}
+        fetched = await load_actions(ctx.actions.fetcher, pins) if ctx.actions and pins else {}
+        self._actions = BuildActions(pins, fetched, ctx.actions)
         self._secrets = secret_names(build.variables)
         for name in self._secrets:
             ctx.masker.add(build.variables[name])
@@ -267,6 +150,7 @@ class BuildExecutor:
                 self._secrets,
                 self._needs_context(job),
                 self._secret_map,
+                self._actions,
             )
         except JobSetupError as exc:
             work = self._setup_failed(job, str(exc))
@@ -293,6 +177,7 @@ class BuildExecutor:
             await state.job(session, self.ctx.build_id, job.name, J.running)
             await state.job(session, self.ctx.build_id, job.name, J.failed, error=message)
             await state.steps(session, self.ctx.build_id, J.skipped, job_name=job.name)
+            self._freed(session, job.name)
         return JobResult("failed", message)
 
     async def _walk(self) -> None:
@@ -307,14 +192,18 @@ class BuildExecutor:
                     await self._cancel_pending()
             elif await self._start_ready():
                 continue
-            if not tasks:
+            self._waiting &= {n for n, s in statuses.items() if s == J.pending}
+            if not tasks and not self._waiting:
                 break
             ctx.wake.clear()
             waiter = asyncio.create_task(ctx.wake.wait())
+            # Concurrency groups change on other replicas too: look again every second then.
+            poll = concurrency.POLL_SECONDS if self._waiting or self._groups else None
             done, _ = await asyncio.wait(
-                {*tasks.values(), waiter}, return_when=asyncio.FIRST_COMPLETED
+                {*tasks.values(), waiter}, return_when=asyncio.FIRST_COMPLETED, timeout=poll
             )
             waiter.cancel()
+            await self._stop_flagged_jobs()
             for name, task in list(tasks.items()):
                 if task in done:
                     del tasks[name]
@@ -371,14 +260,53 @@ class BuildExecutor:
                 ]
                 if len(siblings) >= job.max_parallel:
                     continue
-            async with self.ctx.db.transaction() as session:
-                moved = await state.job(session, self.ctx.build_id, name, J.running)
-            if not moved:
+            if not await self._enter(job):
                 continue
             statuses[name] = J.running
             running += 1
             self._start(job)
         return False
+
+    async def _enter(self, job: JobSpec) -> bool:
+        """Move a ready job to running; one with a concurrency group only once it holds it."""
+        assert self._build is not None
+        name, group = job.name, None
+        try:
+            group = concurrency.evaluate(job.concurrency, self._condition_contexts(job))
+        except ExpressionError as exc:
+            await self._setup_failed(job, f"Error evaluating the job's `concurrency`: {exc}")
+            self._statuses[name] = J.failed
+            return False
+        async with self.ctx.db.transaction() as session:
+            if group is None:
+                return await state.job(session, self.ctx.build_id, name, J.running)
+            first = name not in self._waiting
+            decision = await concurrency.enter_job(session, self._build, name, group, first=first)
+        self._waiting.discard(name)
+        if decision.started:
+            self._groups[name] = group
+        elif decision.gone:  # replaced by a newer waiter, or a deadlock with the build's group
+            self._statuses[name] = J.cancelled
+        else:
+            self._waiting.add(name)
+        return decision.started
+
+    async def _stop_flagged_jobs(self) -> None:
+        """Stop running jobs another build's `cancel-in-progress` asked to stop."""
+        running = {n: self._job_cancels[n] for n in self._groups if n in self._job_cancels}
+        await concurrency.stop_flagged(self.ctx.db, self.ctx.build_id, running)
+
+    def _freed(self, session: AsyncSession, job_name: str | None = None) -> None:
+        """Record that a job's (or, with None, the build's) concurrency group is free."""
+        assert self._build is not None
+        key = self._build.concurrency_key
+        if job_name is not None:
+            group = self._groups.pop(job_name, None)
+            key = group.key if group is not None else None
+        if key is not None:
+            record_event(
+                session, concurrency.GroupChanged(self.ctx.build_id, self._build.pipeline_id, key)
+            )
 
     def _combinations(self, job: JobSpec) -> list[JobSpec]:
         """One spec per combination of a matrix computed now (raises MatrixError)."""
@@ -429,7 +357,7 @@ class BuildExecutor:
         steps = [
             {"build_id": self.ctx.build_id, "job_name": s.name, "index": p.index, "name": p.name}
             for s in specs
-            for p in planned_steps(s, checkout=checkout)
+            for p in planned_steps(s, checkout=checkout, posts=post_uses(self._actions.pins))
         ]
         async with self.ctx.db.transaction() as session:
             await results.replace_placeholder(session, self.ctx.build_id, job.name, jobs, steps)
@@ -492,7 +420,7 @@ class BuildExecutor:
             run.cancel.set()
         ctx.metrics.running_jobs.inc()
         try:
-            reporter = _Reporter(ctx, name, run.runtime)
+            reporter = BuildReporter(ctx, name, run.runtime)
             result = await ctx.runner.run_job(run, reporter, resume=reattach)
         except Exception as exc:
             log.exception("runner failed on job %r of build %s", name, ctx.build_id)
@@ -517,6 +445,7 @@ class BuildExecutor:
             await state.steps(session, ctx.build_id, J.skipped, job_name=name)
             leftover = J.cancelled if result.status == "cancelled" else J.error
             await state.steps(session, ctx.build_id, leftover, job_name=name)
+            self._freed(session, name)
         return result
 
     async def _finish(self) -> None:
@@ -531,6 +460,8 @@ class BuildExecutor:
             final, error = BuildStatus.timed_out, None
         elif J.failed in values:
             final, error = BuildStatus.failed, None
+        elif J.cancelled in values:  # e.g. a job replaced in or stopped by a concurrency group
+            final, error = BuildStatus.cancelled, None
         else:
             final, error = BuildStatus.success, None
         try:
@@ -542,6 +473,7 @@ class BuildExecutor:
         async with ctx.db.transaction() as session:
             moved = await state.build(session, ctx.build_id, final, error=error)
             build = await session.get(Build, ctx.build_id) if moved else None
+            self._freed(session)
         if build is not None:
             ctx.metrics.builds_finished.labels(final).inc()
             if build.started_at and build.finished_at:

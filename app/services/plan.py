@@ -7,19 +7,23 @@ can never disagree.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from app.actions.errors import ActionError
+from app.actions.fetch import FetchedAction
+from app.actions.support import ActionSupport, fetch_pinned
 from app.logs.masking import secret_names
 from app.models import Build
-from app.runners.base import JobRun, StepRun
+from app.runners.base import JobRun, ServiceContainer, StepRun
 from app.workflow import Condition, JobSpec, WorkflowSpec
 from app.workflow import expressions as ex
 from app.workflow.hashfiles import hash_files
-from app.workflow.parser import CHECKOUT
+from app.workflow.parser import CHECKOUT, STEP_NAME_LIMIT
 from app.workflow.runtime import JobRuntime, input_name
 from app.workflow.spec import Flag, Minutes
 
@@ -64,6 +68,23 @@ _DEFAULT_JOB_TIMEOUT_MINUTES = 360  # GitHub's default; a forgotten `sleep infin
 RUNNER_OS, RUNNER_ARCH = "Linux", "X64"
 
 
+@dataclass(frozen=True)
+class BuildActions:
+    """A build's actions for its jobs: the pins stored with its snapshot, the pinned trees the
+    executor loaded, and what fetches and runs them (None where actions are not available)."""
+
+    pins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    fetched: Mapping[str, FetchedAction] = field(default_factory=dict)
+    support: ActionSupport | None = None
+
+    async def fetch(self, uses: str) -> FetchedAction:
+        """An action a step meets at run time (pinned ones at their commit)."""
+        if self.support is None:
+            raise ActionError(f"{uses}: actions from git are not available here")
+        commit = self.pins.get(uses, {}).get("commit")
+        return await fetch_pinned(self.support.fetcher, uses, str(commit) if commit else None)
+
+
 class JobSetupError(Exception):
     """A job-level expression (env, timeout-minutes, ...) failed: the job fails with this."""
 
@@ -79,6 +100,7 @@ class PlannedStep:
     continue_on_error: bool
     timeout_minutes: float | None
     working_directory: str | None
+    post_of: int | None = None  # a "Post <step>" row: the index of that step
 
 
 def _flag(value: Flag) -> bool:
@@ -94,9 +116,18 @@ def has_checkout(job: JobSpec) -> bool:
     return any(step.uses is not None and CHECKOUT.fullmatch(step.uses) for step in job.steps)
 
 
-def planned_steps(job: JobSpec, *, checkout: bool) -> list[PlannedStep]:
+def post_uses(pins: Mapping[str, Mapping[str, Any]] | None) -> frozenset[str]:
+    """The pinned actions that have a `post` phase (app/actions/support.py)."""
+    return frozenset(uses for uses, pin in (pins or {}).items() if pin.get("post"))
+
+
+def planned_steps(
+    job: JobSpec, *, checkout: bool, posts: frozenset[str] = frozenset()
+) -> list[PlannedStep]:
     """The job's steps as run: an implicit checkout first when the build has a repository and
-    the job does not check out itself (GitHub never adds one; we do for `repo_url` builds)."""
+    the job does not check out itself (GitHub never adds one; we do for `repo_url` builds).
+    `posts`: remote actions with a `post` phase; each step using one gets a "Post <name>" row
+    at the job's end, the last step's first, as GitHub shows them."""
     steps: list[PlannedStep] = []
     if checkout and not has_checkout(job):
         steps.append(
@@ -107,9 +138,11 @@ def planned_steps(job: JobSpec, *, checkout: bool) -> list[PlannedStep]:
     for spec in job.steps:
         script, shell = spec.run, spec.shell or job.defaults.shell or "bash"  # defaults merged
         env = dict(spec.env)
-        if spec.uses is not None:
+        if spec.uses is not None and CHECKOUT.fullmatch(spec.uses):
             script, shell = CHECKOUT_SCRIPT, "sh"
             env.update({input_name(k): v for k, v in spec.with_.items()})
+        elif spec.uses is not None:
+            script = ""  # an action: the runtime turns it into processes (app/workflow/session.py)
         steps.append(
             PlannedStep(
                 index=len(steps),
@@ -123,6 +156,23 @@ def planned_steps(job: JobSpec, *, checkout: bool) -> list[PlannedStep]:
                 working_directory=spec.working_directory or job.defaults.working_directory,
             )
         )
+    count = len(job.steps)
+    for main, spec in reversed(list(zip(steps[len(steps) - count :], job.steps, strict=True))):
+        if spec.uses is not None and spec.uses in posts:
+            steps.append(
+                PlannedStep(
+                    index=len(steps),
+                    name=f"Post {main.name}"[:STEP_NAME_LIMIT],
+                    script="",
+                    shell="bash",
+                    env={},
+                    condition=Condition("always()"),  # the action's post-if decides
+                    continue_on_error=False,
+                    timeout_minutes=main.timeout_minutes,
+                    working_directory=None,
+                    post_of=main.index,
+                )
+            )
     return steps
 
 
@@ -290,6 +340,17 @@ def _job_env(spec: WorkflowSpec, job: JobSpec, contexts: dict[str, Any]) -> dict
     return env
 
 
+def _services(job: JobSpec, contexts: dict[str, Any]) -> tuple[ServiceContainer, ...]:
+    """`services:` with their images evaluated; a service whose image is empty is not started
+    (GitHub's runner skips an empty image, so `image: ${{ cond && 'x' || '' }}` is optional)."""
+    result = []
+    for service in job.services:
+        image = ex.interpolate(service.image, contexts).strip()
+        if image:
+            result.append(dataclasses.replace(service, image=image))
+    return tuple(result)
+
+
 def job_run(
     build: Build,
     spec: WorkflowSpec,
@@ -297,6 +358,7 @@ def job_run(
     secret_names: frozenset[str],
     needs: dict[str, dict[str, Any]] | None = None,
     secrets: Mapping[str, str] | None = None,
+    actions: BuildActions | None = None,
 ) -> JobRun:
     """Environment precedence, lowest first: predefined, workflow, job, step, build variables.
 
@@ -313,10 +375,12 @@ def job_run(
         tolerated = job.continue_on_error
         if isinstance(tolerated, str):
             tolerated = ex.truthy(ex.evaluate_template(tolerated, contexts))
+        services = _services(job, contexts)
     except (ex.ExpressionError, ValueError, TypeError) as exc:
         raise JobSetupError(f"Error evaluating the job's expressions: {exc}") from exc
     base = {**predefined_env(build, job, contexts["github"]), **job_env}
-    planned = planned_steps(job, checkout=bool(build.repo_url))
+    actions = actions or BuildActions()
+    planned = planned_steps(job, checkout=bool(build.repo_url), posts=post_uses(actions.pins))
     steps = tuple(
         StepRun(
             index=p.index,
@@ -332,7 +396,8 @@ def job_run(
         )
         for p in planned
     )
-    offset = len(planned) - len(job.steps)  # 1 when an implicit checkout comes first
+    offset = int(bool(build.repo_url) and not has_checkout(job))  # an implicit checkout first
+    support = actions.support
     runtime = JobRuntime(
         contexts=contexts,
         env={**base},
@@ -343,6 +408,11 @@ def job_run(
         event=json.dumps(contexts["github"]["event"]),
         env_templates=(spec.env, job.env),
         hash_files=hash_files,
+        actions=actions.fetched,
+        posts={p.index: p.post_of for p in planned if p.post_of is not None},
+        fetch=actions.fetch,
+        action_env=support.runtime_env(build.id, job.name) if support else None,
+        actions_cache=support.fetcher.cache_dir if support else None,
     )
     runtime.continue_on_error = bool(tolerated)
     return JobRun(
@@ -353,7 +423,7 @@ def job_run(
         steps=steps,
         secret_names=secret_names,
         runs_on=runs_on,
-        services=job.services,
+        services=services,
         kubernetes=job.kubernetes,
         runtime=runtime,
     )

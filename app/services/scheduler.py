@@ -9,6 +9,8 @@
   flag when they renew their leases.
 - Requeue: builds still `queued` long after they were dispatched are published again, so a lost
   publish never loses a build.
+- Concurrency groups (app/services/concurrency.py): a build whose group is held is not claimed;
+  it stays queued (its message acknowledged) and is published again when the group frees.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from sqlmodel import col, or_, select
 from app.models import Build, BuildStatus
 from app.models.types import utcnow
 from app.queue.base import BuildQueue
-from app.services import state
-from app.services.executor import BuildContext, BuildExecutor
+from app.services import concurrency, state
+from app.services.executor import BuildExecutor
+from app.services.notify import CancelRequested
+from app.services.reporting import BuildContext
 
 if TYPE_CHECKING:  # app.wiring builds the Scheduler from its Core
     from app.wiring import Core
@@ -57,6 +61,7 @@ class Scheduler:
         self._running: dict[int, tuple[BuildContext, asyncio.Task[None]]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._wakers: set[asyncio.Task[None]] = set()
 
     @property
     def lease(self) -> timedelta:
@@ -87,9 +92,9 @@ class Scheduler:
         remaining = [task for _, task in self._running.values()]
         if remaining:
             await asyncio.wait(remaining, timeout=self.settings.cancel_grace_seconds + 10)
-        for loop in self._loops:
+        for loop in [*self._loops, *self._wakers]:
             loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*self._loops, *self._wakers, return_exceptions=True)
         # Hand whatever is left to the next replica right away instead of after lease expiry.
         async with self.db.transaction() as session:
             await session.exec(
@@ -105,6 +110,30 @@ class Scheduler:
             return False
         entry[0].request_cancel()
         return True
+
+    def on_events(self, events: list[object]) -> None:
+        """A database sink: what committed transactions recorded that this replica acts on
+        (a cancel requested from any code path; a concurrency group that changed)."""
+        for event in events:
+            if isinstance(event, CancelRequested):
+                self.cancel(event.build_id)
+            elif isinstance(event, concurrency.GroupChanged) and not self._stopping:
+                task = asyncio.create_task(self._group_changed(event), name="concurrency wake")
+                self._wakers.add(task)
+                task.add_done_callback(self._wakers.discard)
+
+    async def _group_changed(self, event: concurrency.GroupChanged) -> None:
+        """Wake this replica's executors that have jobs waiting for a group, and publish the
+        build waiting for it (whichever replica claims it)."""
+        for ctx, _ in self._running.values():
+            ctx.wake.set()
+        try:
+            async with self.db.read() as session:
+                waiting = await concurrency.queued_waiter(session, event.pipeline_id, event.key)
+            if waiting is not None:
+                await self.queue.publish(waiting)
+        except Exception:
+            log.warning("waking concurrency group %r failed", event.key, exc_info=True)
 
     async def on_delivery(self, build_id: int) -> None:
         if self._stopping:
@@ -123,12 +152,19 @@ class Scheduler:
     async def _claim(self, build_id: int) -> bool:
         now = utcnow()
         async with self.db.transaction() as session:
+            if not await concurrency.may_start(session, build_id):
+                log.info("build %s waits for its concurrency group; acknowledged", build_id)
+                return False
             claimed = await state.build(
                 session,
                 build_id,
                 BuildStatus.running,
                 only_from=[BuildStatus.queued],
-                extra={"lease_owner": self.owner, "lease_expires_at": now + self.lease},
+                extra={
+                    "lease_owner": self.owner,
+                    "lease_expires_at": now + self.lease,
+                    "waiting_reason": None,
+                },
             )
             build = await session.get(Build, build_id) if claimed else None
         if build is None:

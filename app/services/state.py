@@ -20,7 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db import record_event
 from app.models import Build, BuildJob, BuildStatus, BuildStep, JobStatus
-from app.models.schemas import StatusEvent
+from app.models.schemas import BuildStatusEvent, JobStatusEvent, StepStatusEvent
 from app.models.types import UTCDateTime, utcnow
 
 B, J = BuildStatus, JobStatus
@@ -79,7 +79,7 @@ async def build(
     )
     if result.first() is None:
         return False
-    record_event(session, StatusEvent(kind="build", build_id=build_id, status=to, error=error))
+    record_event(session, BuildStatusEvent(build_id=build_id, status=to, error=error))
     return True
 
 
@@ -106,7 +106,7 @@ async def jobs(
     for name in moved:
         record_event(
             session,
-            StatusEvent(kind="job", build_id=build_id, job_name=name, status=to, error=error),
+            JobStatusEvent(build_id=build_id, job_name=name, status=to, error=error),
         )
     return moved
 
@@ -135,8 +135,7 @@ async def steps(
     for moved_job, moved_index in moved:
         record_event(
             session,
-            StatusEvent(
-                kind="step",
+            StepStatusEvent(
                 build_id=build_id,
                 job_name=moved_job,
                 step_index=moved_index,

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from app.actions.errors import ActionError
+from app.actions.fetch import parse_uses
 from app.workflow import graph, platform
 from app.workflow.checks import JOB_KEYS, STEP_KEYS, WORKFLOW_KEYS, Checker, Text
 from app.workflow.conditions import Condition
@@ -60,7 +62,10 @@ STEP_NAME_LIMIT = 100
 MAX_JOBS = 256
 MAX_STEPS = 1000
 CHECKOUT = re.compile(r"actions/checkout@\S+", re.IGNORECASE)
-SUPPORTED_ACTIONS = "supported: actions/checkout@<ref> (built in)"
+SUPPORTED_ACTIONS = (
+    "supported: actions/checkout@<ref> (built in), local actions `./path`, and composite or "
+    "JavaScript actions `owner/repo[/path]@ref` from ACTIONS_URL"
+)
 
 
 @lru_cache(maxsize=64)
@@ -350,22 +355,23 @@ class _Parser(Checker):
         return text.value
 
     def uses(self, body: CommentedMap, where: str) -> Text | None:
+        """`actions/checkout@ref` (built in), `./path` (a local action, read when the step runs)
+        and `owner/repo[/path]@ref` (fetched from ACTIONS_URL when the build is created)."""
         text = self.optional_str(body, "uses", where)
         if text is None:
             return None
-        if CHECKOUT.fullmatch(text.value.strip()):
+        value = text.value.strip()
+        if CHECKOUT.fullmatch(value) or value.startswith("./"):
             return text
-        if text.value.startswith("docker://"):
-            kind = "Docker actions"
-        elif text.value.startswith("./"):
-            kind = "local actions"
+        if value.startswith("docker://"):
+            problem = "Docker actions (`docker://`) are not supported yet"
         else:
-            kind = "actions other than the built-in checkout"
-        self.add(
-            text.pos,
-            f"{where} uses {text.value!r}: {kind} are not supported yet ({SUPPORTED_ACTIONS}); "
-            "write a `run:` step instead",
-        )
+            try:
+                parse_uses(value)
+                return text
+            except ActionError as exc:
+                problem = str(exc)
+        self.add(text.pos, f"{where} uses {value!r}: {problem} ({SUPPORTED_ACTIONS})")
         return None
 
     def graph(self, jobs: list[_Job]) -> list[str]:

@@ -19,17 +19,23 @@ from __future__ import annotations
 import contextlib
 import math
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.actions.errors import ActionError
+from app.actions.fetch import FetchedAction
 from app.workflow import expressions as ex
 from app.workflow.spec import StepSpec
 
 if TYPE_CHECKING:  # app.runners.base imports app.workflow
     from app.runners.base import StepRun
+    from app.workflow.session import StepSession
 
 OUTPUT_FILES = ("GITHUB_OUTPUT", "GITHUB_ENV", "GITHUB_PATH", "GITHUB_STEP_SUMMARY")
+# What every invocation of the step protocol gets (app/workflow/session.py).
+INVOCATION_FILES = (*OUTPUT_FILES, "GITHUB_STATE")
 MAX_FILE_BYTES = 1024 * 1024  # GitHub's limit for a step summary; outputs get the same bound
 
 # GitHub's shells (docs: "jobs.<job_id>.steps[*].shell"). Without `shell:` we use the strict bash
@@ -51,6 +57,7 @@ class RuntimeFiles:
     env: str = ""
     path: str = ""
     summary: str = ""
+    state: str = ""  # $GITHUB_STATE (JavaScript actions' pre/main phases)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,11 @@ class JobRuntime:
         event: str = "{}",
         hash_files: Callable[[str], ex.HashFiles] | None = None,
         env_templates: tuple[Mapping[str, str], ...] = (),
+        actions: Mapping[str, FetchedAction] | None = None,
+        posts: Mapping[int, int] | None = None,
+        fetch: Callable[[str], Awaitable[FetchedAction]] | None = None,
+        action_env: Mapping[str, str] | None = None,
+        actions_cache: Path | None = None,
     ) -> None:
         self.event = event
         self.env_templates = env_templates
@@ -165,6 +177,20 @@ class JobRuntime:
         # The job's `continue-on-error`, evaluated when it started: its failure does not fail
         # the build.
         self.continue_on_error = False
+        # Actions (app/workflow/session.py): the build's pinned remote actions by `uses:` text,
+        # post rows (their index -> the index of the step whose action they finish), how to fetch
+        # an action met at run time, the toolkit's ACTIONS_* variables, and where the actions
+        # cache is on this host (`actions_dir`, set by `start`, is where the step sees it).
+        self.actions = dict(actions or {})
+        self.posts = dict(posts or {})
+        self._fetch = fetch
+        self.action_env = dict(action_env or {})
+        self.actions_cache = actions_cache
+        self.actions_dir: str | None = None
+        self.temp = "/tmp"
+        self.workspace = "."
+        self.pending_posts: dict[int, Any] = {}  # main index -> what its post row needs
+        self._sequence = 0
 
     # --- contexts ------------------------------------------------------------------------------
 
@@ -173,7 +199,9 @@ class JobRuntime:
             sid: {"outputs": r.outputs, "outcome": r.outcome, "conclusion": r.conclusion}
             for sid, r in self.results.items()
         }
-        return {**self.contexts, "env": dict(env if env is not None else self.env), "steps": steps}
+        # Build variables are above everything in a step's environment, so in `env` too.
+        env = {**(env if env is not None else self.env), **self.overrides}
+        return {**self.contexts, "env": env, "steps": steps}
 
     def status(self) -> ex.Status:
         return ex.Status(
@@ -184,9 +212,13 @@ class JobRuntime:
 
     # --- before a step -------------------------------------------------------------------------
 
-    def start(self, *, workspace: str, temp: str, tool_cache: str) -> dict[str, str]:
+    def start(
+        self, *, workspace: str, temp: str, tool_cache: str, actions_dir: str | None = None
+    ) -> dict[str, str]:
         """The job's directories are known: set the path-valued variables and contexts.
+        `actions_dir`: where the steps see the executor's actions cache (None: at its own path).
         Returns the files the runner writes into `temp` before the first step (name -> text)."""
+        self.temp, self.workspace, self.actions_dir = temp, workspace, actions_dir
         self.contexts["github"] = {**self.contexts.get("github", {}), "workspace": workspace}
         self.contexts["runner"] = {
             **self.contexts.get("runner", {}),
@@ -290,18 +322,35 @@ class JobRuntime:
     ) -> str | None:
         """Record a finished step; an error message when its runtime files are malformed
         (which fails the step, as on GitHub)."""
+        outputs, error = self.apply_files(index, files)
+        if error is not None:
+            status = "failed"
+        self.record(index, status, outputs, continue_on_error=continue_on_error)
+        return error
+
+    def apply_files(self, index: int, files: RuntimeFiles) -> tuple[dict[str, str], str | None]:
+        """Apply one process's $GITHUB_ENV, $GITHUB_PATH and $GITHUB_STEP_SUMMARY to the job (a
+        summary is appended to step `index`'s); its $GITHUB_OUTPUT values, and an error message
+        when a file is malformed."""
         error: str | None = None
-        outputs: dict[str, str] = dict(self.step_outputs.get(index, {}))
+        outputs: dict[str, str] = {}
         try:
             outputs.update(parse_key_values(files.output, "GITHUB_OUTPUT"))
             self.env.update(parse_key_values(files.env, "GITHUB_ENV"))
         except FileFormatError as exc:
-            error, status = str(exc), "failed"
+            error = str(exc)
         for line in reversed(files.path.splitlines()):
             if line.strip():
                 self.path.insert(0, line.strip())
         if files.summary.strip():
-            self.summaries[index] = files.summary
+            self.summaries[index] = self.summaries.get(index, "") + files.summary
+        return outputs, error
+
+    def record(
+        self, index: int, status: str, outputs: Mapping[str, str], *, continue_on_error: bool
+    ) -> None:
+        """The step's result as the `steps` context and the job's status see it."""
+        outputs = {**self.step_outputs.get(index, {}), **outputs}
         self.step_outputs[index] = outputs
         outcome = {"success": "success", "skipped": "skipped", "cancelled": "cancelled"}.get(
             status, "failure"
@@ -314,7 +363,38 @@ class JobRuntime:
         spec = self.specs.get(index)
         if spec is not None and spec.id is not None:
             self.results[spec.id] = _StepResult(outputs, outcome, conclusion)
-        return error
+
+    # --- steps as sequences of invocations (actions) -------------------------------------------
+
+    def session(self, step: StepRun, *, base_path: str) -> StepSession:
+        """The step as a sequence of requests to the runner (app/workflow/session.py)."""
+        from app.workflow.session import StepSession
+
+        return StepSession(self, step, base_path=base_path)
+
+    async def fetch_action(self, uses: str) -> FetchedAction | ActionError:
+        """An action met at run time (inside a composite action): fetched, or why not."""
+        if self._fetch is None:
+            return ActionError(f"{uses}: actions from git are not available here")
+        try:
+            return await self._fetch(uses)
+        except ActionError as exc:
+            return exc
+
+    def next_files(self, index: int) -> dict[str, str]:
+        """Fresh runtime file paths (in RUNNER_TEMP) for one invocation of step `index`."""
+        self._sequence += 1
+        return {
+            name: f"{self.temp}/{name.lower()}-{index}-{self._sequence}"
+            for name in INVOCATION_FILES
+        }
+
+    def step_path(self, path: Path) -> str:
+        """Where a step sees a path of the executor's actions cache."""
+        if self.actions_dir is not None and self.actions_cache is not None:
+            with contextlib.suppress(ValueError):
+                return f"{self.actions_dir}/{path.relative_to(self.actions_cache)}"
+        return str(path)
 
     @property
     def unsecure_commands(self) -> bool:

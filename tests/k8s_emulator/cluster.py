@@ -76,7 +76,7 @@ class Cluster:
         self.store = Store()
         self.toggles = Toggles()
         self.kubelet = Kubelet(self, state_dir / "pods")
-        self.images = Images(state_dir)
+        self.images = Images(self.kubelet.root)
         # Namespace labels set by tests (e.g. pod-security.kubernetes.io/enforce=restricted).
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self.jobs = JobController(self)
@@ -105,6 +105,9 @@ class Cluster:
         self.calls.clear()
         self.namespace_labels.clear()
         self.kubelet.log_rotate_bytes = DEFAULT_LOG_ROTATE_BYTES
+        self.kubelet.pod_network = "auto"
+        self.images.users.clear()
+        self.images.commands.clear()
         for kind in KINDS.values():
             for obj in self.store.query(kind, None):
                 md = obj["metadata"]

@@ -43,3 +43,7 @@ class ApiError(Exception):
             if group
             else {"name": name, "kind": resource},
         )
+
+
+class ConfigError(Exception):
+    """What makes the kubelet report CreateContainerConfigError (and retry)."""

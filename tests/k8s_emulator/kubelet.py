@@ -1,182 +1,72 @@
-"""The emulated kubelet: runs each pod's first container as a local process group.
+"""The emulated kubelet: runs each pod's containers as local process groups.
 
 A pod goes through the states a real node reports: unschedulable or scheduled, image pull
-(failing for images the test marked missing), container config (env from Secrets), running, and
-terminated. The container's stdout+stderr go through a pipe into a log file that stays readable
-until the pod is deleted, like the kubelet's container log.
+(failing for images the test marked missing), container config (env from Secrets, the user),
+running, and terminated. The first container's stdout+stderr go through a pipe into a log file
+that stays readable until the pod is deleted, like the kubelet's container log; the other
+containers (service sidecars) are run by `sidecars.py`. Who the processes run as and the
+namespaces they get: `users.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
-import re
 import shutil
 import signal
+import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
-from tests.k8s_emulator.expansion import expand, mapping_for
-from tests.k8s_emulator.store import PODS, SECRETS, now
+from tests.k8s_emulator import logs, sidecars
+from tests.k8s_emulator.config import Spawn, container_spawn
+from tests.k8s_emulator.errors import ConfigError
+from tests.k8s_emulator.logs import DEFAULT_LOG_ROTATE_BYTES
+from tests.k8s_emulator.runtime import (
+    HOST_IP,
+    NODE_NAME,
+    LogStreamBroken,
+    PodRuntime,
+    catches_signal,
+    container_pids,
+    live_group_members,
+    signal_group,
+)
+from tests.k8s_emulator.store import PODS, now
 from tests.k8s_emulator.strict import record_event
-from tests.k8s_emulator.validation import decode_secret
+from tests.k8s_emulator.users import (
+    STRICT_USERS,
+    hosts_file,
+    preexec_for,
+    sandbox_preexec,
+)
 
 if TYPE_CHECKING:
     from tests.k8s_emulator.cluster import Cluster
 
 Obj = dict[str, Any]
 
-NODE_NAME = "emulator-node"
-HOST_IP = "127.0.0.1"
-_LINE = re.compile(rb"[^\n]*\n|[^\n]+")
-# Every process of a container carries this in its environment: the emulator's stand-in for the
-# container's PID namespace, so processes that left the process group (setsid) die with it too.
-CONTAINER_MARK = "KUBE_EMULATOR_CONTAINER"
-# The kubelet's container-log-max-size default.
-DEFAULT_LOG_ROTATE_BYTES = 10 * 1024 * 1024
-# FallbackToLogsOnError: the last lines/bytes of the log become the termination message.
-_TERMINATION_LOG_BYTES = 2048
-_TERMINATION_LOG_LINES = 80
-
-
-class ConfigError(Exception):
-    """What makes the kubelet report CreateContainerConfigError (and retry)."""
-
-
-class LogStreamBroken(Exception):
-    """Raised inside a follow stream to drop the connection without a proper end."""
-
-
-@dataclass(eq=False)
-class Follower:
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    broken: bool = False
-
-
-@dataclass(eq=False)
-class PodRuntime:
-    namespace: str
-    name: str
-    uid: str
-    directory: Path
-    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
-    stop_reason: str | None = None  # deleted, DeadlineExceeded, Evicted, Killed
-    stop_message: str | None = None
-    grace: float = float("inf")
-    pgid: int | None = None
-    env: dict[str, str] = field(default_factory=dict)  # the container's environment (for exec)
-    cwd: str = ""
-    image: str = ""
-    exec_sessions: set[Any] = field(default_factory=set)
-    log_generation: int = 0  # bumped at each rotation
-    command: list[str] = field(default_factory=list)
-    started: bool = False  # the container log exists
-    log_complete: bool = False
-    followers: set[Follower] = field(default_factory=set)
-    task: asyncio.Task[None] | None = None
-    # Status as the kubelet last reported it.
-    phase: str = "Pending"
-    scheduled: bool | None = None
-    state: Obj = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
-    ready: bool = False
-    container_id: str | None = None
-    reason: str | None = None
-    message: str | None = None
-    start_time: str | None = None
-    pod_ip: str | None = None
-    transitions: dict[str, tuple[str, str]] = field(default_factory=dict)
-    at_line_start: bool = True
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "container.log"
-
-    @property
-    def timestamped_log_path(self) -> Path:
-        return self.directory / "container.timestamps.log"
-
-    def request_stop(self, reason: str, grace: float, message: str | None = None) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            self.stop_message = message
-        self.grace = min(self.grace, max(0.0, grace))
-        self.stop_requested.set()
-
-    def notify(self) -> None:
-        for follower in self.followers:
-            follower.wake.set()
-
-    def waiting_reason(self) -> str | None:
-        waiting = self.state.get("waiting")
-        return str(waiting.get("reason")) if waiting else None
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """Pids in the process group that are still alive (zombies excluded)."""
-    members: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry))
-    return members
-
-
-def container_pids(uid: str) -> list[int]:
-    """Live processes started in the container `uid` (however they detached)."""
-    mark = f"{CONTAINER_MARK}={uid}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if mark in environ.split(b"\0") and stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
-
-
-def catches_signal(pid: int, sig: int) -> bool:
-    """A namespace's PID 1 only receives signals it installed a handler for."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("SigCgt:"):
-                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
-    except OSError:
-        pass
-    return False
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _log_timestamp() -> bytes:
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-    return f"{stamp}000Z ".encode()
+__all__ = ["DEFAULT_LOG_ROTATE_BYTES", "NODE_NAME", "ConfigError", "Kubelet", "LogStreamBroken"]
 
 
 class Kubelet:
     def __init__(self, cluster: Cluster, root: Path) -> None:
         self.cluster = cluster
-        self.root = root
+        # Pods run as other users: their directories must be reachable by any uid, which the
+        # test's own tmp dir (0700) is not; the node gets a directory of its own then.
+        self._own_root = STRICT_USERS
+        self.root = Path(tempfile.mkdtemp(prefix="k8s-emulator-node-")) if STRICT_USERS else root
+        if STRICT_USERS:
+            os.chmod(self.root, 0o711)
         self.runtimes: dict[str, PodRuntime] = {}  # by pod uid
         self.groups: dict[int, Obj] = {}  # every process group ever started, by pgid
         self._next_ip = 10
+        self._pauses: dict[str, asyncio.subprocess.Process] = {}  # by pod uid
         self.log_rotate_bytes = DEFAULT_LOG_ROTATE_BYTES
+        # "auto": a pod of several containers gets its own network namespace; "host"/"isolated".
+        self.pod_network = "auto"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -198,10 +88,22 @@ class Kubelet:
 
     def shutdown(self) -> None:
         for pgid in self.groups:
-            _signal_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
         for runtime in self.runtimes.values():
             if runtime.task is not None:
                 runtime.task.cancel()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def track(self, pgid: int, runtime: PodRuntime, container: str, argv: list[str]) -> None:
+        """Remember a process group started in the pod (for `processes` and the final kill)."""
+        self.groups[pgid] = {
+            "namespace": runtime.namespace,
+            "pod": runtime.name,
+            "uid": runtime.uid,
+            "container": container,
+            "command": argv,
+        }
 
     def processes(self) -> list[Obj]:
         result = []
@@ -251,21 +153,20 @@ class Kubelet:
             cwd=runtime.cwd,
             env=runtime.env,
             start_new_session=True,
+            # As the container's user, in its namespaces: `kubectl exec` runs like PID 1.
+            preexec_fn=preexec_for(runtime.sandbox) if runtime.sandbox else None,
         )
-        self.groups[proc.pid] = {
-            "namespace": runtime.namespace,
-            "pod": runtime.name,
-            "uid": runtime.uid,
-            "command": argv,
-        }
+        self.track(proc.pid, runtime, runtime.container, argv)
         return proc
 
-    def _kill_container(self, runtime: PodRuntime) -> None:
-        """The container's init died: the kernel kills everything left in its PID namespace."""
+    def _kill_container(self, runtime: PodRuntime, container: str | None = None) -> None:
+        """The container's init died: the kernel kills everything left in its PID namespace
+        (`container` None: every container of the pod, and its sandbox)."""
         for pgid, info in self.groups.items():
-            if info["uid"] == runtime.uid:
-                _signal_group(pgid, signal.SIGKILL)
-        for pid in container_pids(runtime.uid):
+            if info["uid"] == runtime.uid and container in (None, info.get("container")):
+                signal_group(pgid, signal.SIGKILL)
+        key = runtime.uid if container is None else f"{runtime.uid}/{container}"
+        for pid in container_pids(key):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -325,13 +226,16 @@ class Kubelet:
             ]
         elif runtime.scheduled:
             terminal = runtime.phase in ("Succeeded", "Failed")
-            ready = "True" if runtime.ready else "False"
+            extra = [self._sidecar_status(runtime, c) for c in pod["spec"]["containers"][1:]]
+            unready = [container["name"]] if not runtime.ready else []
+            unready += [str(c["name"]) for c in extra if not c["ready"]]
+            ready = "False" if unready else "True"
             not_ready_reason = (
-                None if runtime.ready else ("PodCompleted" if terminal else "ContainersNotReady")
+                None if not unready else ("PodCompleted" if terminal else "ContainersNotReady")
             )
             not_ready_message = None
-            if not runtime.ready and not terminal:
-                not_ready_message = f"containers with unready status: [{container['name']}]"
+            if unready and not terminal:
+                not_ready_message = f"containers with unready status: [{' '.join(unready)}]"
             status["conditions"] = [
                 self._condition(
                     runtime, "PodReadyToStartContainers", "False" if terminal else "True"
@@ -364,9 +268,7 @@ class Kubelet:
             if runtime.container_id:
                 container_status["containerID"] = runtime.container_id
                 container_status["imageID"] = f"emulator://{container.get('image', '')}"
-            status["containerStatuses"] = [container_status] + [
-                self._sidecar_status(runtime, c) for c in pod["spec"]["containers"][1:]
-            ]
+            status["containerStatuses"] = [container_status, *extra]
         if runtime.reason:
             status["reason"] = runtime.reason
         if runtime.message:
@@ -380,26 +282,23 @@ class Kubelet:
         self.cluster.store.modify(PODS, runtime.namespace, runtime.name, change)
 
     def _sidecar_status(self, runtime: PodRuntime, container: Obj) -> Obj:
-        """Containers after the first (service sidecars) run no process here: they are reported
-        running and ready alongside the first, or failing to pull when their image is missing."""
+        """A container after the first: its own status once the kubelet got to it."""
+        for sidecar in runtime.sidecars:
+            if sidecar.name == container["name"]:
+                return sidecar.status()
         image = str(container.get("image", ""))
+        state: Obj = {"waiting": {"reason": "ContainerCreating"}}
         if image in self.cluster.toggles.missing_images:
-            state: Obj = {
+            state = {
                 "waiting": {"reason": "ErrImagePull", "message": f'pull access denied: "{image}"'}
             }
-        elif runtime.phase == "Running":
-            state = {"running": {"startedAt": runtime.start_time}}
-        elif runtime.phase in ("Succeeded", "Failed"):
-            state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
-        else:
-            state = {"waiting": {"reason": "ContainerCreating"}}
         return {
             "name": container["name"],
             "image": image,
             "imageID": "",
-            "ready": "running" in state,
+            "ready": False,
             "restartCount": 0,
-            "started": "running" in state,
+            "started": False,
             "state": state,
             "lastState": {},
         }
@@ -418,21 +317,98 @@ class Kubelet:
                 return
             spawn = await self._prepare(runtime, pod)
             if spawn is not None:
-                await self._run_container(runtime, *spawn)
+                await self._start_sidecars(runtime, pod)
+                await self._run_container(runtime, spawn)
+                await self._end_pod(runtime)
             else:
                 self._end_unstarted(runtime)
         finally:
             runtime.log_complete = True
             runtime.notify()
+            await sidecars.stop_all(runtime, 0)
+            await self._end_sandbox(runtime)
             if runtime.stop_reason == "deleted":
                 await self.cluster.pod_finished_terminating(
                     runtime.namespace, runtime.name, runtime.uid
                 )
             self.cluster.pod_changed(runtime.namespace, runtime.name)
 
-    async def _prepare(self, runtime: PodRuntime, pod: Obj) -> tuple[str, dict[str, str]] | None:
-        """Schedule, pull, resolve config: the container's cwd and env, or None if the pod was
-        stopped before its container could start."""
+    async def _make_sandbox(self, runtime: PodRuntime, spec: Obj) -> None:
+        """The pod sandbox: its IP, its /etc/hosts and (several containers) its network."""
+        self._next_ip += 1
+        runtime.pod_ip = f"10.244.0.{self._next_ip % 250 + 2}"
+        runtime.directory.mkdir(parents=True, exist_ok=True)
+        runtime.hosts = hosts_file(
+            runtime.directory / "etc-hosts",
+            runtime.name,
+            runtime.pod_ip,
+            list(spec.get("hostAliases") or []),
+        )
+        several = len(spec.get("containers") or []) > 1
+        isolated = self.pod_network == "isolated" or (self.pod_network == "auto" and several)
+        if isolated and STRICT_USERS:
+            pause = await asyncio.create_subprocess_exec(
+                "sleep",
+                "infinity",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=sandbox_preexec(),
+            )
+            runtime.pause_pid = pause.pid
+            self._pauses[runtime.uid] = pause
+            self.track(pause.pid, runtime, "(sandbox)", ["sleep", "infinity"])
+
+    async def _end_sandbox(self, runtime: PodRuntime) -> None:
+        pause = self._pauses.pop(runtime.uid, None)
+        if pause is not None:
+            signal_group(pause.pid, signal.SIGKILL)
+            await pause.wait()
+
+    async def _start_sidecars(self, runtime: PodRuntime, pod: Obj) -> None:
+        spec = pod["spec"]
+        for container in spec["containers"][1:]:
+            name, image = str(container["name"]), str(container.get("image", ""))
+            sidecar = sidecars.Sidecar(name, image, container, runtime.directory / f"{name}.log")
+            runtime.sidecars.append(sidecar)
+            if image in self.cluster.toggles.missing_images:
+                message = f'pull access denied: "{image}"'
+                sidecar.state = {"waiting": {"reason": "ErrImagePull", "message": message}}
+                self.event(runtime, "Failed", f'Failed to pull image "{image}": {message}', True)
+                continue
+            try:
+                sidecar.spawn = container_spawn(
+                    self.cluster, runtime, spec, container, hostname=runtime.name
+                )
+            except ConfigError as exc:
+                waiting = {"reason": "CreateContainerConfigError", "message": str(exc)}
+                sidecar.state = {"waiting": waiting}
+                self.event(runtime, "Failed", f"Error: {exc}", warning=True)
+                continue
+            await sidecars.start(self, runtime, sidecar)
+
+    async def _end_pod(self, runtime: PodRuntime) -> None:
+        """The first container ended: the pod runs on while another container runs (until it
+        ends or the pod is stopped), then its phase says how they all ended."""
+        live = [s.task for s in sidecars.running(runtime) if s.task is not None]
+        if live and runtime.stop_reason is None:
+            self.publish(runtime)
+            all_ended = asyncio.ensure_future(asyncio.gather(*live, return_exceptions=True))
+            stopped = asyncio.create_task(runtime.stop_requested.wait())
+            await asyncio.wait({all_ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+        await sidecars.stop_all(runtime, runtime.grace if runtime.stop_reason else 0)
+        codes = [int(runtime.state.get("terminated", {}).get("exitCode", 1))]
+        codes += [int(s.state.get("terminated", {}).get("exitCode", 0)) for s in runtime.sidecars]
+        forced = runtime.stop_reason in ("DeadlineExceeded", "Evicted")
+        runtime.phase = "Succeeded" if not any(codes) and not forced else "Failed"
+        self._set_stop_reason(runtime)
+        self.publish(runtime)
+
+    async def _prepare(self, runtime: PodRuntime, pod: Obj) -> Spawn | None:
+        """Schedule, pull, resolve config: how to start the first container, or None if the pod
+        was stopped before its container could start."""
         if self.cluster.toggles.unschedulable:
             runtime.scheduled = False
             self.publish(runtime)
@@ -480,11 +456,14 @@ class Kubelet:
                     self.publish(runtime)
                 if await self._stopped_within(runtime, 0.2):
                     return None
+        await self._make_sandbox(runtime, pod["spec"])
         while True:
             try:
                 if image in self.cluster.toggles.config_error_images:
                     raise ConfigError(f'configmap "{image}-config" not found')
-                spawn = self._container_spawn(runtime, pod)
+                spawn = container_spawn(
+                    self.cluster, runtime, pod["spec"], container, hostname=runtime.name
+                )
                 break
             except ConfigError as exc:
                 waiting = {"reason": "CreateContainerConfigError", "message": str(exc)}
@@ -494,8 +473,10 @@ class Kubelet:
                     self.event(runtime, "Failed", f"Error: {exc}", warning=True)
             if await self._stopped_within(runtime, 0.3):
                 return None
-        runtime.command, cwd, env = spawn
-        return None if runtime.stop_reason is not None else (cwd, env)
+        runtime.command, runtime.env, runtime.cwd = spawn.argv, spawn.env, spawn.cwd
+        runtime.sandbox, runtime.container = spawn.sandbox, str(container["name"])
+        runtime.image = image
+        return None if runtime.stop_reason is not None else spawn
 
     def _end_unstarted(self, runtime: PodRuntime) -> None:
         if runtime.stop_reason == "deleted":
@@ -527,142 +508,7 @@ class Kubelet:
                 "The node was low on resource: memory. Threshold quantity: 100Mi, available: 10Mi."
             )
 
-    def _container_spawn(
-        self, runtime: PodRuntime, pod: Obj
-    ) -> tuple[list[str], str, dict[str, str]]:
-        """Work out argv, cwd and env; raises ConfigError like the kubelet's config step."""
-        spec = pod["spec"]
-        container = spec["containers"][0]
-        volumes_dir = runtime.directory / "volumes"
-        volumes = {v["name"]: v for v in spec.get("volumes") or []}
-        mounts: list[tuple[str, str]] = []
-        for mount in container.get("volumeMounts") or []:
-            volume = volumes.get(mount["name"], {})
-            local = volumes_dir / mount["name"]
-            local.mkdir(parents=True, exist_ok=True)
-            if "secret" in volume:
-                secret_name = volume["secret"].get("secretName", "")
-                secret = self.cluster.store.get(SECRETS, runtime.namespace, secret_name)
-                if secret is None:
-                    raise ConfigError(f'secret "{secret_name}" not found')
-                for key, value in decode_secret(secret).items():
-                    (local / key).write_text(value)
-            sub = mount.get("subPath")
-            target = local / sub if sub else local
-            target.mkdir(parents=True, exist_ok=True)
-            mounts.append((str(mount["mountPath"]).rstrip("/") or "/", str(target)))
-        mounts.sort(key=lambda m: len(m[0]), reverse=True)
-
-        def translate(value: str) -> str | None:
-            for mount_path, local_path in mounts:
-                if value == mount_path or value.startswith(mount_path + "/"):
-                    return local_path + value[len(mount_path) :]
-            return None
-
-        pod_sc = spec.get("securityContext") or {}
-        sc = container.get("securityContext") or {}
-        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
-        user = sc.get("runAsUser", pod_sc.get("runAsUser"))
-        if non_root and user is None:
-            # Every image the emulator knows runs as root unless told otherwise, like busybox.
-            raise ConfigError(
-                f"container has runAsNonRoot and image will run as root (pod: "
-                f'"{runtime.name}_{runtime.namespace}({runtime.uid})", '
-                f"container: {container['name']})"
-            )
-        env = self._resolve_env(runtime, container)
-        env = {key: translate(value) or value for key, value in env.items()}
-        home = runtime.directory / "home"
-        home.mkdir(parents=True, exist_ok=True)
-        runtime.image = str(container.get("image", ""))
-        base = {
-            "PATH": self.cluster.images.path_for(runtime.image),
-            "HOSTNAME": runtime.name,
-            "HOME": str(home),
-            "KUBERNETES_SERVICE_HOST": HOST_IP,
-            "KUBERNETES_SERVICE_PORT": str(self.cluster.port),
-        }
-        full_env = {**base, **env, CONTAINER_MARK: runtime.uid}
-        lookup = mapping_for(full_env)
-        argv = [expand(str(a), lookup) for a in (container.get("command") or [])]
-        argv += [expand(str(a), lookup) for a in (container.get("args") or [])]
-        working_dir = container.get("workingDir")
-        if working_dir:
-            cwd = translate(working_dir)
-            if cwd is None:
-                # Not a volume: the runtime would create it inside the container's filesystem.
-                cwd = (
-                    working_dir
-                    if os.path.isdir(working_dir)
-                    else str(runtime.directory / "rootfs" / working_dir.lstrip("/"))
-                )
-        else:
-            cwd = str(runtime.directory / "rootfs")
-        Path(cwd).mkdir(parents=True, exist_ok=True)
-        runtime.env, runtime.cwd = full_env, cwd
-        return argv, cwd, full_env
-
-    def _resolve_env(self, runtime: PodRuntime, container: Obj) -> dict[str, str]:
-        env: dict[str, str] = {}
-        store = self.cluster.store
-        for source in container.get("envFrom") or []:
-            ref = source.get("secretRef")
-            if ref is None:
-                if "configMapRef" in source:
-                    if source["configMapRef"].get("optional"):
-                        continue
-                    raise ConfigError(f'configmap "{source["configMapRef"].get("name")}" not found')
-                continue
-            secret = store.get(SECRETS, runtime.namespace, ref.get("name", ""))
-            if secret is None:
-                if ref.get("optional"):
-                    continue
-                raise ConfigError(f'secret "{ref.get("name")}" not found')
-            prefix = source.get("prefix", "")
-            for key, value in decode_secret(secret).items():
-                env[prefix + key] = value
-        for item in container.get("env") or []:
-            name = item["name"]
-            if "valueFrom" not in item:
-                env[name] = expand(str(item.get("value", "")), mapping_for(env))
-                continue
-            value_from = item["valueFrom"]
-            if "secretKeyRef" in value_from:
-                ref = value_from["secretKeyRef"]
-                secret = store.get(SECRETS, runtime.namespace, ref.get("name", ""))
-                if secret is None:
-                    if ref.get("optional"):
-                        continue
-                    raise ConfigError(f'secret "{ref.get("name")}" not found')
-                values = decode_secret(secret)
-                if ref.get("key") not in values:
-                    if ref.get("optional"):
-                        continue
-                    raise ConfigError(
-                        f"couldn't find key {ref.get('key')} in Secret "
-                        f"{runtime.namespace}/{ref.get('name')}"
-                    )
-                env[name] = values[ref["key"]]
-            elif "fieldRef" in value_from:
-                path = value_from["fieldRef"].get("fieldPath", "")
-                env[name] = {
-                    "metadata.name": runtime.name,
-                    "metadata.namespace": runtime.namespace,
-                    "metadata.uid": runtime.uid,
-                    "spec.nodeName": NODE_NAME,
-                    "status.hostIP": HOST_IP,
-                    "status.podIP": runtime.pod_ip or "",
-                }.get(path, "")
-            elif "configMapKeyRef" in value_from:
-                ref = value_from["configMapKeyRef"]
-                if not ref.get("optional"):
-                    raise ConfigError(f'configmap "{ref.get("name")}" not found')
-            else:
-                env[name] = ""
-        return env
-
-    async def _run_container(self, runtime: PodRuntime, cwd: str, env: dict[str, str]) -> None:
-        runtime.directory.mkdir(parents=True, exist_ok=True)
+    async def _run_container(self, runtime: PodRuntime, spawn: Spawn) -> None:
         runtime.log_path.touch()
         runtime.timestamped_log_path.touch()
         # From here on the log can be read (empty if the command cannot even start).
@@ -678,9 +524,10 @@ class Kubelet:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,
-                cwd=cwd,
-                env=env,
+                cwd=spawn.cwd,
+                env=spawn.env,
                 start_new_session=True,
+                preexec_fn=preexec_for(spawn.sandbox),
             )
         except OSError as exc:
             os.close(read_fd)
@@ -694,27 +541,24 @@ class Kubelet:
             return
         os.close(write_fd)
         runtime.pgid = proc.pid
-        self.groups[proc.pid] = {
-            "namespace": runtime.namespace,
-            "pod": runtime.name,
-            "uid": runtime.uid,
-            "command": runtime.command,
-        }
-        pump = asyncio.create_task(self._pump(runtime, read_fd))
-        self._next_ip += 1
-        runtime.pod_ip = f"10.244.0.{self._next_ip % 250 + 2}"
+        self.track(proc.pid, runtime, runtime.container, runtime.command)
+        pump = asyncio.create_task(logs.pump(runtime, read_fd, lambda: self.log_rotate_bytes))
         runtime.phase = "Running"
         runtime.ready = True
         runtime.container_id = f"emulator://{proc.pid}"
         runtime.state = {"running": {"startedAt": started_at}}
         self.publish(runtime)
-        self.event(runtime, "Started", f"Started container {self._container_name(runtime)}")
+        self.event(runtime, "Started", f"Started container {runtime.container}")
 
         exited = asyncio.create_task(proc.wait())
         stopped = asyncio.create_task(runtime.stop_requested.wait())
         await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        # A stopped pod stops all its containers at once, each with the grace period.
+        others = asyncio.create_task(
+            sidecars.stop_all(runtime, runtime.grace) if stopped.done() else asyncio.sleep(0)
+        )
         if not exited.done() and runtime.grace > 0 and runtime.stop_reason != "OOMKilled":
-            self.event(runtime, "Killing", f"Stopping container {self._container_name(runtime)}")
+            self.event(runtime, "Killing", f"Stopping container {runtime.container}")
             # Like the container runtime: SIGTERM to the container's PID 1 only, which (being a
             # namespace init) ignores it unless it installed a handler; nothing else is signalled.
             if catches_signal(proc.pid, signal.SIGTERM):
@@ -724,8 +568,9 @@ class Kubelet:
                 await asyncio.wait_for(asyncio.shield(exited), runtime.grace)
         stopped.cancel()
         # The container ends with its PID 1 (or the grace period): everything in it dies.
-        await asyncio.to_thread(self._kill_container, runtime)
+        await asyncio.to_thread(self._kill_container, runtime, runtime.container)
         await exited
+        await others
         try:
             await asyncio.wait_for(pump, 2.0)
         except TimeoutError:
@@ -737,24 +582,13 @@ class Kubelet:
             reason, exit_code = "OOMKilled", 137
         self._finish(runtime, exit_code, reason, started_at, self._termination_message(runtime))
 
-    def _container_name(self, runtime: PodRuntime) -> str:
-        pod = self.cluster.store.get(PODS, runtime.namespace, runtime.name)
-        return str(pod["spec"]["containers"][0]["name"]) if pod else "main"
-
     def _termination_message(self, runtime: PodRuntime) -> str | None:
         """FallbackToLogsOnError: the tail of the log of a failed container."""
         pod = self.cluster.store.get(PODS, runtime.namespace, runtime.name)
         if pod is None or runtime.stop_reason == "deleted":
             return None
         policy = pod["spec"]["containers"][0].get("terminationMessagePolicy")
-        if policy != "FallbackToLogsOnError":
-            return None
-        try:
-            data = runtime.log_path.read_bytes()[-_TERMINATION_LOG_BYTES:]
-        except OSError:
-            return None
-        lines = data.splitlines(keepends=True)[-_TERMINATION_LOG_LINES:]
-        return b"".join(lines).decode("utf-8", "replace") or None
+        return logs.log_tail(runtime) if policy == "FallbackToLogsOnError" else None
 
     def _finish(
         self,
@@ -780,85 +614,11 @@ class Kubelet:
         runtime.notify()
         runtime.state = {"terminated": terminated}
         runtime.ready = False
-        forced = runtime.stop_reason in ("DeadlineExceeded", "Evicted")
-        runtime.phase = "Succeeded" if exit_code == 0 and not forced else "Failed"
-        self._set_stop_reason(runtime)
         self.publish(runtime)
-
-    async def _pump(self, runtime: PodRuntime, read_fd: int) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        pipe = os.fdopen(read_fd, "rb", buffering=0)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-        raw = open(runtime.log_path, "ab", buffering=0)  # noqa: SIM115 - reopened at rotation
-        stamped = open(runtime.timestamped_log_path, "ab", buffering=0)  # noqa: SIM115
-        try:
-            while chunk := await reader.read(65536):
-                while chunk:
-                    room = self.log_rotate_bytes - raw.tell()
-                    if room <= 0:
-                        # Like the kubelet's log rotation: the current file is moved aside and a
-                        # new one started; the API only ever serves the current file.
-                        raw.close()
-                        stamped.close()
-                        for path in (runtime.log_path, runtime.timestamped_log_path):
-                            path.replace(path.with_suffix(path.suffix + ".1"))
-                        raw = open(runtime.log_path, "ab", buffering=0)  # noqa: SIM115
-                        stamped = open(runtime.timestamped_log_path, "ab", buffering=0)  # noqa: SIM115
-                        runtime.log_generation += 1
-                        continue
-                    self._append(runtime, chunk[:room], raw, stamped)
-                    chunk = chunk[room:]
-        finally:
-            raw.close()
-            stamped.close()
-            transport.close()
-
-    def _append(self, runtime: PodRuntime, chunk: bytes, raw: BinaryIO, stamped: BinaryIO) -> None:
-        raw.write(chunk)
-        out = bytearray()
-        stamp = _log_timestamp()
-        for piece in _LINE.findall(chunk):
-            if runtime.at_line_start:
-                out += stamp
-            out += piece
-            runtime.at_line_start = piece.endswith(b"\n")
-        stamped.write(bytes(out))
-        runtime.notify()
 
     # -- log reading -----------------------------------------------------------------------
 
-    async def read_log(
+    def read_log(
         self, runtime: PodRuntime, *, follow: bool, timestamps: bool
     ) -> AsyncIterator[bytes]:
-        path = runtime.timestamped_log_path if timestamps else runtime.log_path
-        follower = Follower()
-        runtime.followers.add(follower)
-        generation = runtime.log_generation
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 - reopened when the log rotates
-            while True:
-                follower.wake.clear()
-                complete = runtime.log_complete
-                data = handle.read(65536)
-                if data:
-                    yield data
-                    continue
-                if follow and generation != runtime.log_generation:
-                    # A follower goes on into the new file, as kubectl logs -f does.
-                    handle.close()
-                    generation = runtime.log_generation
-                    handle = open(path, "rb")  # noqa: SIM115
-                    continue
-                if not follow or complete:
-                    return
-                if follower.broken:
-                    raise LogStreamBroken(f"log stream of {runtime.name} broken by the emulator")
-                await follower.wake.wait()
-                if follower.broken:
-                    raise LogStreamBroken(f"log stream of {runtime.name} broken by the emulator")
-        finally:
-            handle.close()
-            runtime.followers.discard(follower)
+        return logs.read_log(runtime, follow=follow, timestamps=timestamps)

@@ -18,9 +18,10 @@ from starlette.routing import Route, WebSocketRoute
 from tests.k8s_emulator.cluster import Cluster
 from tests.k8s_emulator.errors import ApiError
 from tests.k8s_emulator.exec import exec_endpoint
-from tests.k8s_emulator.kubelet import LogStreamBroken
+from tests.k8s_emulator.runtime import LogStreamBroken
 from tests.k8s_emulator.selectors import parse_field_selector, parse_label_selector
 from tests.k8s_emulator.store import KINDS, PODS, Kind, WatchEnd, now
+from tests.k8s_emulator.users import STRICT_USERS, STRICT_USERS_UNAVAILABLE
 
 Obj = dict[str, Any]
 
@@ -569,6 +570,14 @@ def build_app(cluster: Cluster) -> Starlette:
             return json_response(cluster.calls)
         if action == "processes":
             return json_response(await asyncio.to_thread(cluster.kubelet.processes))
+        if action == "info":
+            return json_response(
+                {
+                    "strictUsers": STRICT_USERS,
+                    "strictUsersUnavailable": STRICT_USERS_UNAVAILABLE,
+                    "nodeRoot": str(cluster.kubelet.root),
+                }
+            )
         if request.method != "POST":
             return json_response({"error": f"POST /_emulator/{action}"}, 405)
         if action == "missing-images":
@@ -596,6 +605,14 @@ def build_app(cluster: Cluster) -> Starlette:
             cluster.kubelet.break_exec_streams()
             cluster.kubelet.break_log_streams()
             store.end_watches(True)
+        elif action == "image-users":
+            cluster.images.users.update(body.get("images") or {})
+        elif action == "image-commands":
+            cluster.images.commands.update(body.get("images") or {})
+        elif action == "pod-network":
+            if body.get("mode") not in ("auto", "host", "isolated"):
+                return json_response({"error": "mode: auto, host or isolated"}, 422)
+            cluster.kubelet.pod_network = str(body["mode"])
         elif action == "log-rotation":
             cluster.kubelet.log_rotate_bytes = int(body["bytes"])
         elif action == "namespace":

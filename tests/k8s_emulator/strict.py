@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +131,57 @@ def admit_pod_security(namespace_labels: dict[str, str], pod: Obj) -> None:
         )
 
 
+STANDIN = str(Path(__file__).with_name("standin.py"))
+# Images whose entrypoint is a real local server when the machine has it (else the stand-in).
+_LOCAL_SERVERS = {
+    "redis": ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", ""],
+}
+
+
+def _short_name(image: str) -> str:
+    """`docker.io/library/redis:7@sha256:..` -> `redis`."""
+    name = image.rsplit("@", 1)[0].rsplit("/", 1)[-1]
+    return name.split(":", 1)[0]
+
+
 class Images:
-    """What each image's filesystem offers, as far as a CI step notices: its PATH."""
+    """What each image offers, as far as a CI step notices: its PATH, its user, its entrypoint."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._no_bash: str | None = None
+        # Set by the `image-users` / `image-commands` controls; every other image runs as root.
+        self.users: dict[str, int | str] = {}
+        self.commands: dict[str, list[str]] = {}
+
+    def user_for(self, image: str) -> int | str:
+        """The image's USER: a uid, or a name the kubelet cannot check (runAsNonRoot)."""
+        return self.users.get(image, self.users.get(_short_name(image), 0))
+
+    def entrypoint_for(self, image: str, container: dict[str, Any]) -> list[str]:
+        """What the container runs without `command`/`args`: a service image runs a local
+        stand-in listening on its declared ports (a real redis-server for redis images when
+        installed); `{standin}` and `{port}`/`{ports}` in registered commands are filled in."""
+        ports = [str(p.get("containerPort")) for p in container.get("ports") or []]
+        template = self.commands.get(image) or self.commands.get(_short_name(image))
+        if template is None:
+            local = _LOCAL_SERVERS.get(_short_name(image))
+            if local is not None and ports and shutil.which(local[0]):
+                template = local
+            elif ports:
+                template = ["{standin}", "{ports}"]
+            else:
+                return []
+        python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+        argv: list[str] = []
+        for word in template:
+            if word == "{standin}":
+                argv += [python, STANDIN]
+            elif word == "{ports}":
+                argv += ports
+            else:
+                argv.append(word.replace("{port}", ports[0] if ports else ""))
+        return argv
 
     def path_for(self, image: str) -> str:
         host = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")

@@ -573,7 +573,7 @@ async def test_empty_dir_working_dir_env_translation_and_expansion(
     pwd, ws, greeting = (
         await core.read_namespaced_pod_log(event["object"].metadata.name, ns)
     ).splitlines()
-    assert Path(pwd).is_relative_to(emulator.state_dir)
+    assert Path(pwd).is_relative_to(emulator.control("info")["nodeRoot"])
     assert ws == f"{pwd}/sub"
     assert greeting == "hello sh"
     assert (Path(pwd) / "made-here").exists()

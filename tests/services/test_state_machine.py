@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from app.db import Database
 from app.models import BuildStatus, JobStatus
-from app.models.schemas import StatusEvent
+from app.models.schemas import BuildStatusEvent
 from app.services import builds, state
 from app.services.builds import NewBuild
 
@@ -123,9 +123,7 @@ async def test_every_build_transition(db: Database, build_id: int) -> None:
             problems = _check(await _row(db, "builds"), to, moved, source)
             if moved != expected:
                 problems.append(f"moved={moved}")
-            if events != (
-                [StatusEvent(kind="build", build_id=build_id, status=to)] if moved else []
-            ):
+            if events != ([BuildStatusEvent(build_id=build_id, status=to)] if moved else []):
                 problems.append(f"events {events}")
             if problems:
                 mismatches.append(f"{source} -> {to}: {', '.join(problems)}")

@@ -299,9 +299,15 @@ ALLOWED_STEP = "allowed keys: " + ", ".join(STEP_KEYS)
 BAD_ID = "it must start with a letter or '_' and contain only letters, digits, '_' and '-'"
 BAD_ENV_NAME = "(it must be a non-empty string without '=')"
 USES = (
-    "step 1 of job 'a' uses 'actions/setup-python@v5': actions other than the built-in checkout "
-    "are not supported yet (supported: actions/checkout@<ref> (built in)); write a `run:` step "
-    "instead"
+    "step 1 of job 'a' uses 'docker://alpine:3.20': Docker actions (`docker://`) are not "
+    "supported yet (supported: actions/checkout@<ref> (built in), local actions `./path`, and "
+    "composite or JavaScript actions `owner/repo[/path]@ref` from ACTIONS_URL)"
+)
+USES_WORKFLOW = (
+    "step 1 of job 'a' uses 'o/r/.github/workflows/ci.yml@v1': 'o/r/.github/workflows/ci.yml@v1': "
+    "reusable workflows are not supported yet (supported: actions/checkout@<ref> (built in), "
+    "local actions `./path`, and composite or JavaScript actions `owner/repo[/path]@ref` from "
+    "ACTIONS_URL)"
 )
 GOOD_JOB = "  ok:\n    steps: [{run: x}]\n"
 
@@ -653,8 +659,27 @@ PROBLEM_CASES: list[tuple[str, str, Found]] = [
     ),
     (
         "step-uses",
-        "jobs:\n  a:\n    steps:\n      - uses: actions/setup-python@v5\n        with: {d: 1}\n",
+        "jobs:\n  a:\n    steps:\n      - uses: docker://alpine:3.20\n        with: {d: 1}\n",
         [(4, 15, USES)],
+    ),
+    (
+        "step-uses-reusable-workflow",
+        "jobs:\n  a:\n    steps:\n      - uses: o/r/.github/workflows/ci.yml@v1\n",
+        [(4, 15, USES_WORKFLOW)],
+    ),
+    (
+        "step-uses-no-ref",
+        "jobs:\n  a:\n    steps:\n      - uses: actions/setup-python\n",
+        [
+            (
+                4,
+                15,
+                "step 1 of job 'a' uses 'actions/setup-python': 'actions/setup-python': expected "
+                "owner/repo@ref or owner/repo/path@ref (supported: actions/checkout@<ref> (built "
+                "in), local actions `./path`, and composite or JavaScript actions "
+                "`owner/repo[/path]@ref` from ACTIONS_URL)",
+            )
+        ],
     ),
     (
         "step-uses-and-run",
@@ -862,7 +887,7 @@ def test_every_problem_is_reported_in_document_order() -> None:
             runs-on: ubuntu-latest
             timeout-minutes: 0
             steps:
-              - uses: actions/cache@v4
+              - uses: docker://alpine
               - run: make
                 shell: zsh
                 if: github.ref ==
@@ -890,7 +915,7 @@ def test_every_problem_is_reported_in_document_order() -> None:
     ]
     messages = [message for _, _, message in found]
     assert messages[0].startswith("unknown key 'triggers' in the workflow")
-    assert messages[2].startswith("step 1 of job 'build' uses 'actions/cache@v4'")
+    assert messages[2].startswith("step 1 of job 'build' uses 'docker://alpine'")
     assert messages[5] == "job 'test' needs 'lint', which does not exist"
     assert messages[7] == "job 'deploy' has no `steps`"
     assert messages[8] == "job 'deploy' needs itself"

@@ -46,7 +46,11 @@ export async function until(check, { timeoutMs = 20_000, intervalMs = 100, what 
   throw new Error(`timed out waiting for ${what}${lastError ? `: ${lastError}` : ''}`)
 }
 
-export async function startService() {
+/**
+ * Start a real service in a temp folder. `extraEnv` adds settings. The handle can also kill the
+ * process (SIGKILL, as a crash) and start it again on the same port and database.
+ */
+export async function startService(extraEnv = {}) {
   if (!existsSync(CLI)) throw new Error(`${CLI} not found: create the venv (pip install -e .) first`)
   if (!existsSync(join(DIST, 'index.html'))) throw new Error(`${DIST}/index.html not found: run "npm run build" first`)
   const tmp = mkdtempSync(join(tmpdir(), 'ci-executor-e2e-'))
@@ -63,28 +67,42 @@ export async function startService() {
     API_TOKENS: `e2e:${TOKEN}:write,viewer:${READ_TOKEN}:read`,
     LOG_FLUSH_INTERVAL_MS: '100',
     CANCEL_GRACE_SECONDS: '1',
+    ...extraEnv,
   }
   // The service reads .env from its working directory; run it from the temp folder so a
   // developer's .env cannot change what the test sees.
   const migrate = spawnSync(CLI, ['migrate'], { cwd: tmp, env, encoding: 'utf8' })
   if (migrate.status !== 0) throw new Error(`migrate failed:\n${migrate.stdout}\n${migrate.stderr}`)
-  const proc = spawn(CLI, ['serve'], { cwd: tmp, env, stdio: ['ignore', 'pipe', 'pipe'] })
-  let output = ''
-  proc.stdout.on('data', (d) => (output += d))
-  proc.stderr.on('data', (d) => (output += d))
   const apiUrl = `http://127.0.0.1:${port}`
-  try {
-    await until(
-      async () => {
-        if (proc.exitCode !== null) throw new Error(`service exited with ${proc.exitCode}:\n${output}`)
-        return (await fetch(`${apiUrl}/healthz`)).ok
-      },
-      { timeoutMs: 30_000, what: 'the service /healthz' },
-    )
-  } catch (e) {
-    proc.kill('SIGKILL')
-    throw e
+  let proc
+  let output = ''
+
+  /** Spawn `serve` and wait for /healthz; resolves with the time (Date.now()) it answered. */
+  async function spawnServe() {
+    proc = spawn(CLI, ['serve'], { cwd: tmp, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const p = proc
+    p.stdout.on('data', (d) => (output += d))
+    p.stderr.on('data', (d) => (output += d))
+    try {
+      await until(
+        async () => {
+          if (p.exitCode !== null) throw new Error(`service exited with ${p.exitCode}:\n${output}`)
+          return (await fetch(`${apiUrl}/readyz`)).ok
+        },
+        { timeoutMs: 30_000, intervalMs: 50, what: 'the service /readyz' },
+      )
+    } catch (e) {
+      p.kill('SIGKILL')
+      throw e
+    }
+    return Date.now()
   }
+
+  async function exited(p, timeoutMs) {
+    return until(() => p.exitCode !== null || p.signalCode !== null, { timeoutMs, intervalMs: 20, what: 'service exit' }).catch(() => false)
+  }
+
+  await spawnServe()
 
   // Prefer the service's own UI; without it, serve dist here and proxy /api to the service.
   let baseUrl = apiUrl
@@ -98,6 +116,8 @@ export async function startService() {
   return {
     apiUrl,
     baseUrl,
+    port,
+    tmp,
     servesUi: uiServer === null,
     logs: () => output,
     async api(method, path, body) {
@@ -110,12 +130,21 @@ export async function startService() {
       if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`)
       return text ? JSON.parse(text) : null
     },
+    /** SIGKILL the service, as a crash would, and wait until the process is gone. */
+    async kill() {
+      proc.kill('SIGKILL')
+      if (!(await exited(proc, 15_000))) throw new Error('the killed service did not exit')
+    },
+    /** Start the service again (same port, database and workspace); resolves with the time
+     * /healthz first answered. */
+    async restart() {
+      return spawnServe()
+    },
     async stop() {
       uiServer?.close()
-      if (proc.exitCode === null) {
+      if (proc.exitCode === null && proc.signalCode === null) {
         proc.kill('SIGTERM')
-        const exited = await until(() => proc.exitCode !== null || proc.signalCode !== null, { timeoutMs: 15_000, what: 'service exit' }).catch(() => false)
-        if (!exited) proc.kill('SIGKILL')
+        if (!(await exited(proc, 15_000))) proc.kill('SIGKILL')
       }
       rmSync(tmp, { recursive: true, force: true })
     },

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,8 +28,10 @@ from app.runners.base import (
 )
 from app.runners.kubernetes import shell, workflow
 from app.runners.kubernetes.api import ExecResult, Json, Kube, KubeError
+from app.runners.kubernetes.hashfiles import PREPARE_POOL, PodHashFiles
 from app.runners.kubernetes.manifests import KubernetesSettings, image_for
 from app.runners.kubernetes.names import CONTAINER, LABEL_JOB_ID, service_label
+from app.workflow.runtime import JobRuntime
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +185,9 @@ class JobFollower:
         failed = False
         known: dict[int, tuple[str, int]] = await self._pod_state() if resume else {}
         stored = await self.reporter.stored_offset() if resume else 0
-        runtime = workflow.runtime_of(self.job)
+        runtime = self.job.runtime
         if runtime is not None:
-            files = runtime.start(
-                workspace=workflow.WORKSPACE, temp=workflow.TEMP, tool_cache=workflow.TOOL_CACHE
-            )
-            written = {f"{workflow.TEMP}/{name}": text for name, text in files.items()}
-            await self._exec(shell.write_files_program(written))
+            await self._start_runtime(runtime)
         for step in self.job.steps:
             if self.job.cancel.is_set():
                 return await self.cancelled()
@@ -223,11 +222,27 @@ class JobFollower:
                 known[int(parts[0])] = (parts[1], int(parts[2]))
         return known
 
-    async def _run_with_runtime(self, runtime: workflow.StepRuntime, step: StepRun) -> StepOutcome:
+    async def _start_runtime(self, runtime: JobRuntime) -> None:
+        """The job's directories are known: write the runtime's files (event.json) into the pod;
+        `hashFiles()` hashes the pod's workspace."""
+        files = runtime.start(
+            workspace=workflow.WORKSPACE, temp=workflow.TEMP, tool_cache=workflow.TOOL_CACHE
+        )
+        written = {f"{workflow.TEMP}/{name}": text for name, text in files.items()}
+        await self._exec(shell.write_files_program(written))
+        runtime.hash_files = PodHashFiles(self._run_collect, asyncio.get_running_loop())
+
+    async def _run_with_runtime(self, runtime: JobRuntime, step: StepRun) -> StepOutcome:
         """A step prepared by the workflow runtime just before it runs; its runtime files are
-        read back and handed to the runtime before the step's end is reported."""
+        read back and handed to the runtime before the step's end is reported. `prepare` runs on
+        a worker thread: `hashFiles()` in it execs in the pod, through this event loop."""
         paths = workflow.file_paths(step.index)
-        prepared = runtime.prepare(step, files=paths, temp=workflow.TEMP, base_path=shell.BASE_PATH)
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            PREPARE_POOL,
+            functools.partial(
+                runtime.prepare, step, files=paths, temp=workflow.TEMP, base_path=shell.BASE_PATH
+            ),
+        )
         effective = replace(
             step,
             continue_on_error=prepared.continue_on_error,
@@ -263,16 +278,11 @@ class JobFollower:
             raise InfraError(f"step {step.index + 1} ({step.name}): {exc}") from exc
         return await self._drive(effective, program, 0, self._runtime_after(runtime, effective))
 
-    def _runtime_after(self, runtime: workflow.StepRuntime, step: StepRun) -> _After:
+    def _runtime_after(self, runtime: JobRuntime, step: StepRun) -> _After:
         async def after(status: StepOutcome) -> tuple[StepOutcome, str | None]:
-            data = bytearray()
-
-            async def collect(chunk: bytes) -> None:
-                data.extend(chunk)
-
             paths = list(workflow.file_paths(step.index).values())
-            await self._exec(shell.files_program(paths, workflow.max_file_bytes()), collect)
-            files = workflow.runtime_files(workflow.parse_files(bytes(data), len(paths)))
+            _, data = await self._run_collect(shell.files_program(paths, workflow.max_file_bytes()))
+            files = workflow.runtime_files(workflow.parse_files(data, len(paths)))
             problem = runtime.finish(
                 step.index, status, files, continue_on_error=step.continue_on_error
             )
@@ -290,7 +300,7 @@ class JobFollower:
             offset = stored & ((1 << _STEP_SHIFT) - 1)
         elif stored >> _STEP_SHIFT > step.index:
             offset = known[1]
-        runtime = workflow.runtime_of(self.job)
+        runtime = self.job.runtime
         after = self._runtime_after(runtime, step) if runtime is not None else None
         return await self._drive(step, shell.follow_program(step.index, offset), offset, after)
 
@@ -466,6 +476,16 @@ class JobFollower:
         if "running" not in state:
             await self._check_pod_not_started(pod, state)
             raise InfraError("the job container is not running")
+
+    async def _run_collect(self, program: bytes) -> tuple[int | None, bytes]:
+        """Run a short program in the pod: its exit code and its whole output."""
+        data = bytearray()
+
+        async def collect(chunk: bytes) -> None:
+            data.extend(chunk)
+
+        result = await self._exec(program, collect)
+        return result.exit_code, bytes(data)
 
     async def _exec(self, program: bytes, on_output: Any = None) -> ExecResult:
         async def discard(_data: bytes) -> None:

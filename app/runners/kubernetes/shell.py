@@ -69,13 +69,14 @@ mkdir -p "$d" || exit 125
 : > "$d/$i.log"
 (
   S=setsid; command -v setsid >/dev/null 2>&1 || S=
-  cd "$CI_WORKSPACE" && cd "./$wd" 2>>"$d/$i.log" || {
-    echo "ci-executor: working-directory $wd does not exist" >> "$d/$i.log"; rc=1
+  cd "$CI_WORKSPACE" && cd "$wd" 2>>"$d/$i.log" || {
+    echo "ci-executor: working-directory $wd_name does not exist" >> "$d/$i.log"; rc=1
   }
   __ci_env
   if [ -z "${rc:-}" ] && ! command -v "$shell_name" >/dev/null 2>&1; then
-    printf '%s\n' "ci-executor: $shell_name is not installed in the image; use" \
-      "\`shell: sh\` or an image that has $shell_name" | tr '\n' ' ' >> "$d/$i.log"
+    printf '%s\n' "ci-executor: the shell '$shell_name' is not installed on this runner" \
+      "($shell_name is not installed in the job's image); use \`shell: sh\` or an image" \
+      "that has $shell_name" | tr '\n' ' ' >> "$d/$i.log"
     echo >> "$d/$i.log"
     rc=127
   fi
@@ -140,6 +141,15 @@ def value_expr(value: str) -> str:
     return sh_quote(value)
 
 
+def _directory_expr(directory: str) -> str:
+    """A working directory as a sh word: relative to the workspace (`./` first, so that a name
+    such as `-x` is no option of cd), or absolute (`${{ github.workspace }}/sub`, `$RUNNER_TEMP`),
+    with the pod's mounts resolved like any other value."""
+    if directory.startswith("/"):
+        return value_expr(directory)
+    return sh_quote("./" + directory)
+
+
 def start_program(
     index: int,
     script: str,
@@ -157,17 +167,26 @@ def start_program(
     workflow runtime's command line) the script goes to `script_path` and `argv` runs as given.
     `empty_files` (runtime files such as $GITHUB_OUTPUT) are created empty first."""
     for name in env:
-        if not is_env_name(name):
+        if not name or "=" in name or "\0" in name:
             raise ValueError(f"invalid environment variable name {name!r}")
     exports = "".join(
         f"export {name}={value_expr(value)}\n"
         for name, value in sorted(env.items())
-        if name not in _POD_OWNED or (name == "PATH" and BASE_PATH in value)
+        if is_env_name(name) and (name not in _POD_OWNED or (name == "PATH" and BASE_PATH in value))
     )
+    # Names sh cannot export (GitHub allows `MY-VAR` in $GITHUB_ENV; @actions/core reads inputs as
+    # `INPUT_FETCH-DEPTH`) reach the step through `env NAME=value command`.
+    odd = [
+        sh_quote(f"{name}=") + value_expr(value)
+        for name, value in sorted(env.items())
+        if not is_env_name(name)
+    ]
     delimiter = f"CI_EXECUTOR_EOF_{secrets.token_hex(8)}"
     target = value_expr(script_path) if script_path else '"$d/$i.sh"'
     words = list(argv) if argv else [*SHELL_COMMANDS[shell], "\0script"]
     command = " ".join(target if w == "\0script" else value_expr(w) for w in words)
+    if odd:
+        command = " ".join(["env", *odd, command])
     created = "".join(
         f'mkdir -p "$(dirname {value_expr(f)})" && : > {value_expr(f)}\n' for f in empty_files
     )
@@ -176,7 +195,8 @@ def start_program(
     parts = [
         "__ci_main() {\n",
         _header(index, 0),
-        f"wd={sh_quote(working_directory or '.')}; shell_name={sh_quote(words[0])}\n",
+        f"wd={_directory_expr(working_directory or '.')}; "
+        f"wd_name={sh_quote(working_directory or '.')}; shell_name={sh_quote(words[0])}\n",
         f'mkdir -p "$d" "$(dirname {target})" || exit 125\n',
         f"cat > {target} <<'{delimiter}'\n{script}\n{delimiter}\n",
         created,

@@ -1,6 +1,6 @@
 // @vitest-environment jsdom
 import { describe, expect, it } from 'vitest'
-import { annotationsOf, renderMarkdown, summaryOf } from './gha'
+import { renderMarkdown } from './gha'
 
 describe('step summaries', () => {
   it('renders GitHub-flavoured Markdown', () => {
@@ -15,13 +15,5 @@ describe('step summaries', () => {
     const html = renderMarkdown('<script>alert(1)</script><img src=x onerror="alert(2)">\n\nsee [x](javascript:alert(3))\n')
     expect(html).not.toMatch(/<script|onerror|href="javascript:/i)
     expect(html).toContain('<img src="x" alt="">')
-  })
-
-  it('reads the optional fields by their documented shape', () => {
-    expect(summaryOf({ summary: '# hi' })).toBe('# hi')
-    expect(summaryOf({})).toBe('')
-    const a = { job_name: 'b', step_index: 0, level: 'error', message: 'boom', file: 'x.py', line: 3 }
-    expect(annotationsOf({ annotations: [a, { nope: 1 }] })).toEqual([a])
-    expect(annotationsOf({})).toEqual([])
   })
 })

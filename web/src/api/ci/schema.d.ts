@@ -425,8 +425,11 @@ export interface components {
             job_name: string;
             /** Step Index */
             step_index: number;
-            /** Level */
-            level: string;
+            /**
+             * Level
+             * @enum {string}
+             */
+            level: "error" | "warning" | "notice";
             /** Message */
             message: string;
             /** Title */
@@ -584,6 +587,16 @@ export interface components {
             last_log_seq?: number;
             /** Event Name */
             event_name?: string | null;
+            /**
+             * Concurrency Group
+             * @description The workflow's `concurrency` group, as evaluated.
+             */
+            concurrency_group?: string | null;
+            /**
+             * Waiting Reason
+             * @description Why a queued build has not started, e.g. waiting for its concurrency group.
+             */
+            waiting_reason?: string | null;
             /** Yaml Sha256 */
             yaml_sha256: string;
             /** Event */
@@ -672,12 +685,44 @@ export interface components {
             last_log_seq?: number;
             /** Event Name */
             event_name?: string | null;
+            /**
+             * Concurrency Group
+             * @description The workflow's `concurrency` group, as evaluated.
+             */
+            concurrency_group?: string | null;
+            /**
+             * Waiting Reason
+             * @description Why a queued build has not started, e.g. waiting for its concurrency group.
+             */
+            waiting_reason?: string | null;
         };
         /**
          * BuildStatus
          * @enum {string}
          */
         BuildStatus: "queued" | "running" | "success" | "failed" | "cancelled" | "timed_out" | "error";
+        /**
+         * BuildStatusEvent
+         * @description The build's status changed.
+         */
+        BuildStatusEvent: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "build";
+            /** Build Id */
+            build_id: number;
+            /** Job Name */
+            job_name?: string | null;
+            /** Step Index */
+            step_index?: number | null;
+            status: components["schemas"]["BuildStatus"];
+            /** Exit Code */
+            exit_code?: number | null;
+            /** Error */
+            error?: string | null;
+        };
         /** CacheDeleted */
         CacheDeleted: {
             /** Deleted */
@@ -776,6 +821,22 @@ export interface components {
              * @description On a partial re-run: the build whose result and log this job reused.
              */
             reused_from?: number | null;
+            /**
+             * Pending Expansion
+             * @description A placeholder for a matrix computed from `needs` outputs (e.g. `fromJSON(needs.x.outputs.y)`): replaced by one job per combination once its needs finish. Stays true on a placeholder that was skipped or failed before expanding.
+             * @default false
+             */
+            pending_expansion?: boolean;
+            /**
+             * Concurrency Group
+             * @description The job's `concurrency` group, once evaluated.
+             */
+            concurrency_group?: string | null;
+            /**
+             * Waiting Reason
+             * @description Why a pending job has not started (its concurrency group).
+             */
+            waiting_reason?: string | null;
         };
         /**
          * JobStatus
@@ -783,6 +844,28 @@ export interface components {
          * @enum {string}
          */
         JobStatus: "pending" | "running" | "success" | "failed" | "cancelled" | "skipped" | "timed_out" | "error";
+        /**
+         * JobStatusEvent
+         * @description A job's status changed.
+         */
+        JobStatusEvent: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "job";
+            /** Build Id */
+            build_id: number;
+            /** Job Name */
+            job_name: string;
+            /** Step Index */
+            step_index?: number | null;
+            status: components["schemas"]["JobStatus"];
+            /** Exit Code */
+            exit_code?: number | null;
+            /** Error */
+            error?: string | null;
+        };
         /**
          * LogAppend
          * @description AppendBuildLogs' body.
@@ -836,8 +919,11 @@ export interface components {
         LogStreamEvents: {
             /** @description `event: log`, `id` = the chunk's seq. */
             log: components["schemas"]["LogChunkPublic"];
-            /** @description `event: status`. */
-            status: components["schemas"]["StatusEvent"];
+            /**
+             * Status
+             * @description `event: status`.
+             */
+            status: components["schemas"]["BuildStatusEvent"] | components["schemas"]["JobStatusEvent"] | components["schemas"]["StepStatusEvent"];
             /** @description `event: end`, the last message of the stream. */
             end: components["schemas"]["EndEvent"];
         };
@@ -869,32 +955,6 @@ export interface components {
             /** Yaml Sha256 */
             yaml_sha256: string;
         };
-        /**
-         * StatusEvent
-         * @description A build, job or step status change, as sent on the SSE stream (`event: status`).
-         */
-        StatusEvent: {
-            /**
-             * Kind
-             * @enum {string}
-             */
-            kind: "build" | "job" | "step";
-            /** Build Id */
-            build_id: number;
-            /** Job Name */
-            job_name?: string | null;
-            /** Step Index */
-            step_index?: number | null;
-            /**
-             * Status
-             * @description A BuildStatus when `kind` is build, else a JobStatus.
-             */
-            status: components["schemas"]["BuildStatus"] | components["schemas"]["JobStatus"];
-            /** Exit Code */
-            exit_code?: number | null;
-            /** Error */
-            error?: string | null;
-        };
         /** StepPublic */
         StepPublic: {
             /** Id */
@@ -922,6 +982,28 @@ export interface components {
              * @description The step's $GITHUB_STEP_SUMMARY, as Markdown.
              */
             summary?: string | null;
+        };
+        /**
+         * StepStatusEvent
+         * @description A step's status changed (`exit_code` once it finished).
+         */
+        StepStatusEvent: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "step";
+            /** Build Id */
+            build_id: number;
+            /** Job Name */
+            job_name: string;
+            /** Step Index */
+            step_index: number;
+            status: components["schemas"]["JobStatus"];
+            /** Exit Code */
+            exit_code?: number | null;
+            /** Error */
+            error?: string | null;
         };
         /** ValidationError */
         ValidationError: {

@@ -13,6 +13,7 @@ export type BuildDetail = Schemas['BuildDetail']
 export type Job = Schemas['JobPublic']
 export type Step = Schemas['StepPublic']
 export type Edge = Schemas['EdgePublic']
+export type Annotation = Schemas['AnnotationPublic']
 export type BuildPage = Schemas['BuildPage']
 export type LogChunk = Schemas['LogChunkPublic']
 export type LogPage = Schemas['LogPage']
@@ -21,7 +22,8 @@ export type ValidationProblem = Schemas['ValidationError']
 
 // The SSE payloads, from the service's LogStreamEvents schema (app/logs/events.py).
 export type LogStreamEvents = Schemas['LogStreamEvents']
-export type StatusEvent = Schemas['StatusEvent']
+/** A build, job or step status change: narrowing on `kind` types `status` and the names. */
+export type StatusEvent = LogStreamEvents['status']
 export type EndEvent = Schemas['EndEvent']
 export type WhoAmI = Schemas['WhoAmI']
 export type BuildFacets = Schemas['BuildFacets']
