@@ -88,6 +88,13 @@ def _bad_directory(cwd: Path, workspace: Path, written: str) -> str | None:
     return None
 
 
+def _make_job_dirs(dirs: Iterable[Path], temp: Path, files: dict[str, str]) -> None:
+    for path in dirs:
+        path.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (temp / name).write_text(text)
+
+
 def _create_empty(paths: Iterable[Path]) -> None:
     for path in paths:
         path.write_bytes(b"")
@@ -363,8 +370,7 @@ class LocalRunner:
         workspace = self.workspace(job.build_id, job.job_name)
         temp = self.temp_dir(job.build_id, job.job_name)
         tool_cache = self.workspace_root / str(job.build_id) / "_tool"
-        for path in (workspace, temp, tool_cache):
-            await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        files: dict[str, str] = {}
         if job.runtime is not None:
             files = job.runtime.start(
                 workspace=str(workspace),
@@ -373,8 +379,8 @@ class LocalRunner:
                 # Action trees are copied into the build's directory, which the sandbox shows.
                 actions_dir=str(self.workspace_root / str(job.build_id) / "_actions"),
             )
-            for name, text in files.items():
-                await asyncio.to_thread((temp / name).write_text, text)
+        # One trip to a worker thread for all of it (each trip costs a thread handoff).
+        await asyncio.to_thread(_make_job_dirs, (workspace, temp, tool_cache), temp, files)
         return workspace, temp
 
     async def _skip(self, job: JobRun, step: StepRun, reporter: JobReporter) -> None:
