@@ -89,6 +89,8 @@ class BuildExecutor:
             rows = (
                 await session.exec(select(BuildJob).where(BuildJob.build_id == ctx.build_id))
             ).all()
+            # In the same read: one session (one pooled connection) for all the build's state.
+            self._outputs = await results.job_outputs(session, ctx.build_id)
         if build is None or snapshot is None:
             log.error("build %s vanished before it ran", ctx.build_id)
             return
@@ -117,8 +119,6 @@ class BuildExecutor:
                 self._groups[row.name] = concurrency.Group(row.concurrency_group)
             elif row.waiting_reason is not None and row.status == J.pending:
                 self._waiting.add(row.name)
-        async with ctx.db.read() as session:
-            self._outputs = await results.job_outputs(session, ctx.build_id)
         self._jobs = {job.name: job for job in spec.jobs}
         self._keys = {job.name: job.key for job in spec.jobs}
         self._needs = {job.name: job.needs for job in spec.jobs}
@@ -161,6 +161,9 @@ class BuildExecutor:
         except JobSetupError as exc:
             work = self._setup_failed(job, str(exc))
         else:
+            token = run.runtime.action_env.get("ACTIONS_RUNTIME_TOKEN") if run.runtime else None
+            if token:
+                self.ctx.masker.add(token)  # as GitHub masks it, in case an action prints it
             work = self._run_job(run, reattach=reattach)
         self._tasks[job.name] = asyncio.create_task(work, name=f"job {job.name}")
 
