@@ -447,6 +447,30 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
     }
   })
 
+  test('a failed refresh keeps the list on screen and says so; the next good one clears that', async () => {
+    await page.goto(`${svc.baseUrl}/ci`)
+    const rows = page.locator('table.builds tbody tr[data-build-id]')
+    await until(async () => (await rows.count()) > 0, { what: 'builds listed' })
+    const n = await rows.count()
+    const table = page.locator('table.builds')
+    const tableBox = await table.boundingBox()
+    await page.route('**/api/v1/builds?*', (route) => route.fulfill({ status: 500, contentType: 'application/json', body: '{"detail":"internal error; see the service log"}' }))
+    const note = page.getByTestId('list-stale')
+    try {
+      // The page's next poll (every 10 s while nothing runs) fails.
+      await note.waitFor({ timeout: 30_000 })
+      assert.match(await note.innerText(), /not refreshed \(internal error/)
+      assert.equal(await rows.count(), n)
+      assert.equal(await page.getByRole('alert').count(), 0)
+      assert.deepEqual(await table.boundingBox(), tableBox)
+      await check('build-list-stale')
+    } finally {
+      await page.unrouteAll()
+    }
+    await note.waitFor({ state: 'detached', timeout: 30_000 })
+    assert.equal(await rows.count(), n)
+  })
+
   test('error pages: a bad or unknown build id is a friendly "not found" with a way back', async () => {
     await page.goto(`${svc.baseUrl}/ci/builds/abc`)
     await page.getByRole('heading', { name: 'Build not found' }).waitFor()
