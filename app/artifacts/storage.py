@@ -5,9 +5,9 @@ Two backends:
 - `DirectoryStorage` (the embedded default): files under a root directory. A write goes to a temp
   file in the same filesystem and is renamed into place only once it is complete and its checksums
   match, so readers (other replicas sharing the volume included) never see a partial object.
-- `S3Storage` (production): any S3-compatible object store through aiobotocore. A write is a
-  multipart upload completed only once the checksums match (aborted otherwise), so again no partial
-  object is ever visible.
+- `S3Storage` (production, `app.artifacts.s3storage`): any S3-compatible object store through
+  aiobotocore. A write is a multipart upload completed only once the checksums match (aborted
+  otherwise), so again no partial object is ever visible.
 
 Both stream: a write consumes an async iterator of byte chunks and holds at most one part (S3) or
 one write buffer (directory) in memory; a read yields chunks of `READ_CHUNK` bytes.
@@ -24,21 +24,16 @@ import re
 import shutil
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from types_aiobotocore_s3 import S3Client
-
     from app.config import Settings
 
 READ_CHUNK = 1024 * 1024
 # Directory writes are batched to this size so each thread hop carries real work.
 WRITE_BUFFER = 1024 * 1024
-# S3 multipart parts: 8 MiB (S3's minimum is 5 MiB for every part but the last).
-S3_PART_SIZE = 8 * 1024 * 1024
 _SEGMENTS = ".segments"
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
@@ -75,8 +70,7 @@ class Expect:
     md5: str | None = None  # hex
     size: int | None = None
     max_bytes: int | None = None
-    # A staged part of a bigger object: no sha256 and no fsync (a crash loses the upload
-    # anyway; the composed object is hashed and made durable).
+    # A staged part of a bigger object: no sha256 of its own (the composed object is hashed).
     staging: bool = False
 
 
@@ -174,6 +168,35 @@ async def _rebatch(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[byt
         yield b"".join(pending)
 
 
+_MAX_CHAINS = 4096
+
+
+class _Chain:
+    """The sha256 of one upload's staged blocks, computed while the upload is still going on,
+    in the order the blocks' writes started (the order clients send them in). Used at compose
+    time only when the block list names exactly these blocks in exactly this order; anything
+    else (a block rewritten or failed, another order, blocks that went to another replica)
+    falls back to hashing the parts at compose time."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []  # block keys, in the order their writes started
+        self.done: set[str] = set()  # written, fsync'd and renamed into place
+        self.hashed = 0  # how many of `order` are in `sha256`
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.broken = False
+        self.lock = asyncio.Lock()
+
+    def feed(self, path: Path) -> None:
+        try:
+            with path.open("rb") as handle:
+                while chunk := handle.read(WRITE_BUFFER * 4):
+                    self.sha256.update(chunk)
+                    self.size += len(chunk)
+        except OSError:
+            self.broken = True
+
+
 class DirectoryStorage:
     """Objects as files under `root`; temp files in `root/.tmp` (same filesystem: rename is
     atomic).
@@ -188,6 +211,7 @@ class DirectoryStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.tmp = self.root / ".tmp"
+        self._chains: dict[str, _Chain] = {}
 
     async def start(self) -> None:
         # Nothing to create yet: the directory appears with the first write, so an instance
@@ -205,6 +229,7 @@ class DirectoryStorage:
     ) -> StoredObject:
         target = self._path(key)
         digest = _Digest(expect)
+        chain = self._chain_for(key) if digest.expect.staging else None
         await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
         temp = self.tmp / f"{uuid.uuid4().hex}.part"
         handle = await asyncio.to_thread(open, temp, "wb")
@@ -214,17 +239,47 @@ class DirectoryStorage:
                     digest.update(block)
                     await asyncio.to_thread(handle.write, block)
                 await asyncio.to_thread(handle.flush)
-                if not digest.expect.staging:
-                    # Durable before it becomes visible: a crash never leaves a short file.
-                    await asyncio.to_thread(os.fsync, handle.fileno())
+                # Durable before it becomes visible: a crash never leaves a short file. Staged
+                # blocks too, so that the flush overlaps the upload of the other blocks.
+                await asyncio.to_thread(os.fsync, handle.fileno())
             finally:
                 await asyncio.to_thread(handle.close)
             result = digest.finish(key)
             await asyncio.to_thread(self._install, temp, target)
         except BaseException:
+            if chain is not None:
+                chain.broken = True
             await asyncio.to_thread(temp.unlink, missing_ok=True)
             raise
+        if chain is not None:
+            chain.done.add(key)
+            await self._advance(chain)
         return result
+
+    def _chain_for(self, key: str) -> _Chain:
+        """The in-order hash of the upload `key` is a block of (its parent prefix)."""
+        parent = key.rpartition("/")[0]
+        chain = self._chains.get(parent)
+        if chain is None:
+            if len(self._chains) >= _MAX_CHAINS:  # abandoned uploads: forget the oldest
+                del self._chains[next(iter(self._chains))]
+            chain = self._chains[parent] = _Chain()
+        if key in chain.done or key in chain.order:
+            chain.broken = True  # a block written twice: the order is no longer known
+        chain.order.append(key)
+        return chain
+
+    async def _advance(self, chain: _Chain) -> None:
+        """Hash the blocks that are next in start order and complete (from the page cache)."""
+        async with chain.lock:
+            while (
+                not chain.broken
+                and chain.hashed < len(chain.order)
+                and chain.order[chain.hashed] in chain.done
+            ):
+                path = self._path(chain.order[chain.hashed])
+                await asyncio.to_thread(chain.feed, path)
+                chain.hashed += 1
 
     def _install(self, temp: Path, target: Path) -> None:
         """Rename a finished file or segment directory into place, replacing what is there."""
@@ -262,6 +317,16 @@ class DirectoryStorage:
 
             return await self.put(key, chained(), expect)
         digest = _Digest(expect)
+        chain = self._chains.pop(parts[0].rpartition("/")[0], None) if parts else None
+        hashed = False
+        if chain is not None and chain.order == parts and digest.md5 is None:
+            async with chain.lock:  # a block's hashing may still be finishing
+                hashed = not chain.broken and chain.hashed == len(parts)
+        if hashed and chain is not None:
+            # Every block was hashed in this order as it arrived, and fsync'd: no second pass.
+            digest.sha256, digest.size = chain.sha256, chain.size
+            if digest.expect.max_bytes is not None and digest.size > digest.expect.max_bytes:
+                raise ObjectTooLarge(f"object larger than {digest.expect.max_bytes} bytes")
 
         def work() -> StoredObject:
             for source, name in zip(sources, parts, strict=True):
@@ -277,10 +342,11 @@ class DirectoryStorage:
                     segment = staging / f"{index:06d}"
                     os.replace(source, segment)
                     moved.append((segment, source))
-                    with segment.open("rb") as handle:
-                        while chunk := handle.read(WRITE_BUFFER * 4):
-                            digest.update(chunk)
-                        os.fsync(handle.fileno())
+                    if not hashed:
+                        with segment.open("rb") as handle:
+                            while chunk := handle.read(WRITE_BUFFER * 4):
+                                digest.update(chunk)
+                            os.fsync(handle.fileno())
                     sizes.append(segment.stat().st_size)
                 result = digest.finish(key)
                 manifest = staging / _SEGMENTS
@@ -367,9 +433,11 @@ class DirectoryStorage:
         return await asyncio.to_thread(stat)
 
     async def delete(self, key: str) -> None:
+        self._chains.pop(key, None)
         await asyncio.to_thread(self._remove, self._path(key))
 
     async def delete_prefix(self, prefix: str) -> None:
+        self._chains.pop(prefix, None)
         await asyncio.to_thread(self._remove, self._path(prefix))
 
     async def list_children(self, prefix: str) -> list[str]:
@@ -380,209 +448,10 @@ class DirectoryStorage:
             return []
 
 
-class S3Storage:
-    """Objects in an S3 bucket (AWS, MinIO, Ceph RGW, ...) under an optional key prefix."""
-
-    name = "s3"
-
-    def __init__(
-        self,
-        bucket: str,
-        *,
-        prefix: str = "",
-        endpoint_url: str | None = None,
-        region: str | None = None,
-        access_key: str | None = None,
-        secret_key: str | None = None,
-        create_bucket: bool = False,
-    ) -> None:
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.endpoint_url = endpoint_url or None
-        self.region = region or None
-        self.access_key = access_key or None
-        self.secret_key = secret_key or None
-        self.create_bucket = create_bucket
-        self._stack = AsyncExitStack()
-        self._client: S3Client | None = None
-
-    async def start(self) -> None:
-        from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
-
-        session = get_session()
-        client: S3Client = await self._stack.enter_async_context(
-            session.create_client(
-                "s3",
-                endpoint_url=self.endpoint_url,
-                region_name=self.region,
-                aws_access_key_id=self.access_key,
-                aws_secret_access_key=self.secret_key,
-                config=AioConfig(
-                    s3={"addressing_style": "path"},
-                    retries={"max_attempts": 5, "mode": "standard"},
-                    max_pool_connections=32,
-                ),
-            )
-        )
-        self._client = client
-        if self.create_bucket:
-            from botocore.exceptions import ClientError
-
-            try:
-                await client.head_bucket(Bucket=self.bucket)
-            except ClientError:
-                await client.create_bucket(Bucket=self.bucket)
-
-    async def close(self) -> None:
-        await self._stack.aclose()
-        self._client = None
-
-    @property
-    def client(self) -> S3Client:
-        if self._client is None:
-            raise StorageError("S3 storage used before start()")
-        return self._client
-
-    def _key(self, key: str) -> str:
-        check_key(key)
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    async def put(
-        self, key: str, chunks: AsyncIterable[bytes], expect: Expect | None = None
-    ) -> StoredObject:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        s3_key = self._key(key)
-        digest = _Digest(expect)
-        upload_id: str | None = None
-        parts: list[dict[str, Any]] = []
-        try:
-            async for block in _rebatch(chunks, S3_PART_SIZE):
-                digest.update(block)
-                if upload_id is None:
-                    created = await self.client.create_multipart_upload(
-                        Bucket=self.bucket, Key=s3_key
-                    )
-                    upload_id = created["UploadId"]
-                number = len(parts) + 1
-                answer = await self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=s3_key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=block,
-                )
-                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-            result = digest.finish(key)
-            if upload_id is None:  # empty object: multipart needs at least one part
-                await self.client.put_object(Bucket=self.bucket, Key=s3_key, Body=b"")
-            else:
-                await self.client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=s3_key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
-                )
-                upload_id = None
-            return result
-        except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"S3 write of {key} failed: {exc}") from exc
-        finally:
-            if upload_id is not None:
-                # Failed or refused (checksum): abort so no part lingers or becomes visible.
-                await asyncio.shield(self._abort(s3_key, upload_id))
-
-    async def compose(
-        self, key: str, parts: list[str], expect: Expect | None = None
-    ) -> StoredObject:
-        # Streamed through this process so the digest covers the bytes stored (UploadPartCopy
-        # would skip that, and needs every part but the last to be at least 5 MiB).
-        async def chained() -> AsyncIterator[bytes]:
-            for part in parts:
-                async for chunk in self.read(part):
-                    yield chunk
-
-        return await self.put(key, chained(), expect)
-
-    async def _abort(self, s3_key: str, upload_id: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        # If even the abort fails, a lifecycle rule on the bucket reaps abandoned uploads.
-        with contextlib.suppress(BotoCoreError, ClientError):
-            await self.client.abort_multipart_upload(
-                Bucket=self.bucket, Key=s3_key, UploadId=upload_id
-            )
-
-    async def read(
-        self, key: str, start: int = 0, end: int | None = None
-    ) -> AsyncGenerator[bytes, None]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        s3_key = self._key(key)
-        if end is not None and end <= start:
-            return
-        kwargs: dict[str, Any] = {}
-        if start or end is not None:
-            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        try:
-            answer = await self.client.get_object(Bucket=self.bucket, Key=s3_key, **kwargs)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ObjectNotFound(key) from None
-            raise StorageError(f"S3 read of {key} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"S3 read of {key} failed: {exc}") from exc
-        body = answer["Body"]
-        try:
-            while True:
-                chunk = await body.read(READ_CHUNK)
-                if not chunk:
-                    break
-                yield chunk
-        finally:
-            body.close()
-
-    async def size(self, key: str) -> int | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            head = await self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise StorageError(f"S3 head of {key} failed: {exc}") from exc
-        return int(head["ContentLength"])
-
-    async def delete(self, key: str) -> None:
-        await self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-    async def delete_prefix(self, prefix: str) -> None:
-        full = self._key(prefix) + "/"
-        paginator = self.client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", []) if "Key" in item]
-            if keys:
-                await self.client.delete_objects(
-                    Bucket=self.bucket,
-                    Delete={"Objects": keys, "Quiet": True},  # type: ignore[typeddict-item]
-                )
-        await self.client.delete_object(Bucket=self.bucket, Key=self._key(prefix))
-
-    async def list_children(self, prefix: str) -> list[str]:
-        full = self._key(prefix) + "/"
-        names: set[str] = set()
-        paginator = self.client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
-            for common in page.get("CommonPrefixes", []):
-                names.add(common.get("Prefix", "")[len(full) :].rstrip("/"))
-            for item in page.get("Contents", []):
-                names.add(item.get("Key", "")[len(full) :])
-        return sorted(n for n in names if n)
-
-
 def create_storage(settings: Settings) -> Storage:
     if settings.artifacts_storage == "s3":
+        from app.artifacts.s3storage import S3Storage
+
         return S3Storage(
             settings.artifacts_s3_bucket,
             prefix=settings.artifacts_s3_prefix,

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from app.artifacts.storage import DirectoryStorage, S3Storage, Storage
+from app.artifacts.s3storage import S3Storage
+from app.artifacts.storage import DirectoryStorage, Storage
 from tests.artifacts.s3server import S3Server, run_s3_server
 
 STORAGES = ["directory", "s3"]

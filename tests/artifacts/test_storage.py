@@ -3,6 +3,7 @@ before anything becomes visible, atomic replacement, prefix deletion and listing
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -71,6 +72,55 @@ async def test_compose_concatenates_and_hashes(storage: Storage) -> None:
     with pytest.raises(ObjectNotFound):
         await storage.compose("final/other", ["uploads/x/0", "uploads/x/9"])
     assert await storage.size("final/other") is None
+
+
+async def test_compose_hash_follows_the_block_list_not_the_upload_order(
+    storage: Storage,
+) -> None:
+    """Blocks are hashed while they arrive, in the order their uploads started; the composed
+    object's digest must still be that of the block list's order, whatever happened meanwhile:
+    concurrent uploads, a list in another order, a block uploaded twice, a checksum refusal."""
+    blocks = [os.urandom(3 * 1024 * 1024 + i) for i in range(6)]
+
+    async def stage(prefix: str, order: list[int]) -> None:
+        await asyncio.gather(
+            *(storage.put(f"{prefix}/{i}", chunks(blocks[i]), Expect(staging=True)) for i in order)
+        )
+
+    def keys(prefix: str, order: list[int]) -> list[str]:
+        return [f"{prefix}/{i}" for i in order]
+
+    def digest(order: list[int]) -> str:
+        return hashlib.sha256(b"".join(blocks[i] for i in order)).hexdigest()
+
+    # In order, concurrently: a wrong checksum is still refused, and nothing is visible.
+    await stage("uploads/a", [0, 1, 2, 3, 4, 5])
+    with pytest.raises(ChecksumMismatch):
+        await storage.compose("final/a", keys("uploads/a", range(6)), Expect(sha256="0" * 64))
+    assert await storage.size("final/a") is None
+    stored = await storage.compose(
+        "final/a", keys("uploads/a", range(6)), Expect(sha256=digest([0, 1, 2, 3, 4, 5]))
+    )
+    assert stored.size == sum(map(len, blocks))
+
+    # Listed in another order than uploaded.
+    await stage("uploads/b", [0, 1, 2, 3, 4, 5])
+    order = [5, 0, 4, 1, 3, 2]
+    stored = await storage.compose("final/b", keys("uploads/b", order))
+    assert stored.sha256 == digest(order)
+    assert await read_all(storage, "final/b") == b"".join(blocks[i] for i in order)
+
+    # A block uploaded again with other bytes (a client retry): the last write counts.
+    await stage("uploads/c", [0, 1, 2])
+    blocks[1] = os.urandom(1000)
+    await stage("uploads/c", [1])
+    stored = await storage.compose("final/c", keys("uploads/c", [0, 1, 2]))
+    assert stored.sha256 == digest([0, 1, 2])
+
+    # Only some of the uploaded blocks listed.
+    await stage("uploads/d", [0, 1, 2, 3])
+    stored = await storage.compose("final/d", keys("uploads/d", [0, 1, 2]))
+    assert stored.sha256 == digest([0, 1, 2])
 
 
 async def test_md5_is_checked_when_given(storage: Storage) -> None:
