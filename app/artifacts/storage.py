@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -171,6 +171,11 @@ async def _rebatch(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[byt
 _MAX_CHAINS = 4096
 
 
+def _flush_and_sync(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
 class _Chain:
     """The sha256 of one upload's staged blocks, computed while the upload is still going on,
     in the order the blocks' writes started (the order clients send them in). Used at compose
@@ -233,16 +238,29 @@ class DirectoryStorage:
         await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
         temp = self.tmp / f"{uuid.uuid4().hex}.part"
         handle = await asyncio.to_thread(open, temp, "wb")
+
+        def write(block: bytes) -> None:
+            digest.update(block)
+            handle.write(block)
+
         try:
+            # Write-behind: one batch is hashed and written in a thread while the next one is
+            # received (waiting for each write would stall the socket: uvicorn stops reading a
+            # request body once 64 KiB are waiting). At most two batches in memory.
+            writing: asyncio.Future[None] | None = None
             try:
                 async for block in _rebatch(chunks, WRITE_BUFFER):
-                    digest.update(block)
-                    await asyncio.to_thread(handle.write, block)
-                await asyncio.to_thread(handle.flush)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(write, block))
+                if writing is not None:
+                    await writing
                 # Durable before it becomes visible: a crash never leaves a short file. Staged
                 # blocks too, so that the flush overlaps the upload of the other blocks.
-                await asyncio.to_thread(os.fsync, handle.fileno())
+                await asyncio.to_thread(_flush_and_sync, handle)
             finally:
+                if writing is not None and not writing.done():
+                    await asyncio.wait([writing])  # never close under a running write
                 await asyncio.to_thread(handle.close)
             result = digest.finish(key)
             await asyncio.to_thread(self._install, temp, target)
