@@ -89,6 +89,15 @@ def _block_name(block_id: str) -> str:
     return hashlib.sha256(block_id.encode()).hexdigest()
 
 
+def _block_rank(block_id: str) -> bytes:
+    """Where a block probably goes in its list: its decoded id (the Azure SDK's ids are base64
+    of a common prefix and a zero-padded block number), or the id itself."""
+    try:
+        return base64.b64decode(block_id, validate=True)
+    except ValueError:
+        return block_id.encode()
+
+
 def parse_block_list(body: bytes) -> list[str]:
     """The block ids of an Azure `Put Block List` body, in order."""
     try:

@@ -155,6 +155,9 @@ class S3Storage:
 
         return await self.put(key, chained(), expect)
 
+    def announce(self, key: str, rank: bytes) -> None:
+        """Nothing to prepare: S3 hashes the composed object while streaming it."""
+
     async def _abort(self, s3_key: str, upload_id: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 

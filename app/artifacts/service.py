@@ -26,6 +26,7 @@ from app.artifacts.common import (
     BlobKind,
     Caller,
     _block_name,
+    _block_rank,
     _invalid,
     _not_found,
     validate_cache_key,
@@ -163,10 +164,12 @@ class ArtifactService:
         body: AsyncIterable[bytes],
         md5: str | None,
     ) -> StoredObject:
-        await self._uploadable(kind, object_id)
         if not block_id or len(block_id) > 1024:
             raise _invalid("blockid must be 1-1024 characters")
         key = f"{self._staging(kind, object_id)}/{_block_name(block_id)}"
+        # Clients number their blocks (Azure SDK: base64 of a prefix and a zero-padded index).
+        self.storage.announce(key, _block_rank(block_id))
+        await self._uploadable(kind, object_id)
         return await self.storage.put(
             key, body, Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes, staging=True)
         )

@@ -134,6 +134,12 @@ class Storage(Protocol):
         """Store the concatenation of the objects `parts` under `key` (atomically, hashed)."""
         ...
 
+    def announce(self, key: str, rank: bytes) -> None:
+        """A hint, given as a block upload arrives: the staged part `key` probably comes at
+        `rank` in the final block list (blocks ranked lower come before it). Lets a backend
+        hash the blocks while they arrive."""
+        ...
+
     def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """The object's bytes [start, end) in chunks; raises ObjectNotFound."""
         ...
@@ -184,9 +190,10 @@ class _Chain:
     falls back to hashing the parts at compose time."""
 
     def __init__(self) -> None:
-        self.order: list[str] = []  # block keys, in the order their writes started
+        self.ranks: dict[str, bytes] = {}  # block key -> its expected place in the list
+        self.hashed: list[str] = []  # the blocks in `sha256`, in rank order
+        self.started: set[str] = set()  # writes begun
         self.done: set[str] = set()  # written, fsync'd and renamed into place
-        self.hashed = 0  # how many of `order` are in `sha256`
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.broken = False
@@ -274,7 +281,13 @@ class DirectoryStorage:
             await self._advance(chain)
         return result
 
-    def _chain_for(self, key: str) -> _Chain:
+    def announce(self, key: str, rank: bytes) -> None:
+        chain = self._chain(key)
+        if key in chain.ranks or (chain.hashed and rank < chain.ranks[chain.hashed[-1]]):
+            chain.broken = True  # sent twice, or after a block it precedes was hashed
+        chain.ranks[key] = rank
+
+    def _chain(self, key: str) -> _Chain:
         """The in-order hash of the upload `key` is a block of (its parent prefix)."""
         parent = key.rpartition("/")[0]
         chain = self._chains.get(parent)
@@ -282,22 +295,27 @@ class DirectoryStorage:
             if len(self._chains) >= _MAX_CHAINS:  # abandoned uploads: forget the oldest
                 del self._chains[next(iter(self._chains))]
             chain = self._chains[parent] = _Chain()
-        if key in chain.done or key in chain.order:
+        return chain
+
+    def _chain_for(self, key: str) -> _Chain:
+        chain = self._chain(key)
+        if key in chain.started:
             chain.broken = True  # a block written twice: the order is no longer known
-        chain.order.append(key)
+        chain.started.add(key)
+        if key not in chain.ranks:  # not announced: in the order the writes start
+            chain.ranks[key] = len(chain.ranks).to_bytes(8, "big")
         return chain
 
     async def _advance(self, chain: _Chain) -> None:
         """Hash the blocks that are next in start order and complete (from the page cache)."""
         async with chain.lock:
-            while (
-                not chain.broken
-                and chain.hashed < len(chain.order)
-                and chain.order[chain.hashed] in chain.done
-            ):
-                path = self._path(chain.order[chain.hashed])
-                await asyncio.to_thread(chain.feed, path)
-                chain.hashed += 1
+            while not chain.broken and len(chain.hashed) < len(chain.ranks):
+                hashed = set(chain.hashed)
+                key = min((k for k in chain.ranks if k not in hashed), key=chain.ranks.__getitem__)
+                if key not in chain.done:
+                    break
+                await asyncio.to_thread(chain.feed, self._path(key))
+                chain.hashed.append(key)
 
     def _install(self, temp: Path, target: Path) -> None:
         """Rename a finished file or segment directory into place, replacing what is there."""
@@ -337,9 +355,9 @@ class DirectoryStorage:
         digest = _Digest(expect)
         chain = self._chains.pop(parts[0].rpartition("/")[0], None) if parts else None
         hashed = False
-        if chain is not None and chain.order == parts and digest.md5 is None:
+        if chain is not None and len(chain.ranks) == len(parts) and digest.md5 is None:
             async with chain.lock:  # a block's hashing may still be finishing
-                hashed = not chain.broken and chain.hashed == len(parts)
+                hashed = not chain.broken and chain.hashed == parts
         if hashed and chain is not None:
             # Every block was hashed in this order as it arrived, and fsync'd: no second pass.
             digest.sha256, digest.size = chain.sha256, chain.size
@@ -421,20 +439,36 @@ class DirectoryStorage:
             handle = open(path, "rb")  # noqa: SIM115
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+        # Read-ahead: the next chunk is read in a thread while this one is being sent, so the
+        # socket never waits for the disk (at most two chunks in memory).
+        ahead: asyncio.Future[bytes] | None = None
         try:
             if start:
                 handle.seek(start)
             remaining = None if end is None else max(0, end - start)
-            while remaining is None or remaining > 0:
+
+            def read_next() -> asyncio.Future[bytes] | None:
+                if remaining is not None and remaining <= 0:
+                    return None
                 want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-                chunk = await asyncio.to_thread(handle.read, want)
+                return asyncio.ensure_future(asyncio.to_thread(handle.read, want))
+
+            ahead = read_next()
+            while ahead is not None:
+                chunk = await ahead
+                ahead = None
                 if not chunk:
                     break
                 if remaining is not None:
                     remaining -= len(chunk)
+                ahead = read_next()
                 yield chunk
         finally:
-            handle.close()
+            try:
+                if ahead is not None and not ahead.done():
+                    await asyncio.wait([ahead])  # never close under a running read
+            finally:
+                handle.close()
 
     async def size(self, key: str) -> int | None:
         path = self._path(key)

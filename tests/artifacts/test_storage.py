@@ -122,6 +122,20 @@ async def test_compose_hash_follows_the_block_list_not_the_upload_order(
     stored = await storage.compose("final/d", keys("uploads/d", [0, 1, 2]))
     assert stored.sha256 == digest([0, 1, 2])
 
+    # Ranked on arrival (as the blob route does from the block ids), written in another order.
+    for i in range(6):
+        storage.announce(f"uploads/e/{i}", bytes([5 - i]))
+    await stage("uploads/e", [0, 1, 2, 3, 4, 5])
+    stored = await storage.compose("final/e", keys("uploads/e", [5, 4, 3, 2, 1, 0]))
+    assert stored.sha256 == digest([5, 4, 3, 2, 1, 0])
+
+    # Ranks that the block list then contradicts: the list's order still wins.
+    for i in range(4):
+        storage.announce(f"uploads/f/{i}", bytes([i]))
+    await stage("uploads/f", [0, 1, 2, 3])
+    stored = await storage.compose("final/f", keys("uploads/f", [1, 0, 2, 3]))
+    assert stored.sha256 == digest([1, 0, 2, 3])
+
 
 async def test_md5_is_checked_when_given(storage: Storage) -> None:
     data = b"content with an md5"
