@@ -140,6 +140,27 @@ async def test_a_slow_service_is_waited_for_before_the_first_step(
     assert reporter.text(0) == "+PONG\n"
 
 
+async def test_a_health_cmd_service_is_ready_by_its_own_check(runner: KubernetesRunner) -> None:
+    # docker's --health-cmd becomes an exec readiness probe, run in the service's container;
+    # redis images run a real redis-server there when the machine has one.
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server/redis-cli are not installed")
+    service = ServiceContainer(
+        name="cache",
+        image="redis:7",
+        ports=(6391,),
+        options='--health-cmd "redis-cli -p 6391 ping"',
+    )
+    script = (
+        "redis-cli -h cache -p 6391 set greeting hi >/dev/null; "
+        "redis-cli -h cache -p 6391 get greeting"
+    )
+    job = job_run(step(0, script), services=(service,))
+    reporter = FakeReporter()
+    assert await runner.run_job(job, reporter) == JobResult("success"), reporter.text(0)
+    assert reporter.text(0) == "hi\n"
+
+
 async def test_a_job_with_services_leaves_no_pod_running(
     strict: EmulatorProcess, runner: KubernetesRunner
 ) -> None:
