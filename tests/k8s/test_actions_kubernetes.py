@@ -6,7 +6,10 @@ phases run with the image's `node`; a local action's action.yml is read from the
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,20 @@ CASES: list[Case] = [
 
 
 @pytest.fixture
-def settings_overrides(tmp_path: Path, emulator: EmulatorProcess) -> dict[str, Any]:
-    repos = tmp_path / "mirror"
+def shared_tmp() -> Iterator[Path]:
+    """A directory the pods can read (a workflow checks out a repository of the mirror): the
+    emulator runs pod processes as the pod's non-root user; pytest's tmp dirs are private."""
+    path = Path(tempfile.mkdtemp(prefix="ci-shared-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def settings_overrides(
+    tmp_path: Path, shared_tmp: Path, emulator: EmulatorProcess
+) -> dict[str, Any]:
+    repos = shared_tmp / "mirror"
     repos.mkdir()
     return {
         "actions_url": str(repos),
