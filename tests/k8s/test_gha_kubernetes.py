@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.k8s.gha_fixtures import kubernetes_settings, readable_tmp  # noqa: F401
 from tests.support import create, job, log_text, wait_for_build, workflow
 from tests.workflow import test_conformance as local
 
@@ -39,13 +40,7 @@ def runner_kind(request: pytest.FixtureRequest) -> str:
 def settings_overrides(runner_kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     if runner_kind == "local":
         return {}
-    emulator = request.getfixturevalue("emulator")
-    return {
-        "runner": "kubernetes",
-        "kubeconfig": str(emulator.kubeconfig_path),
-        "k8s_namespace": "ci",
-        "k8s_marker_secret": "test-marker-secret",
-    }
+    return kubernetes_settings(request.getfixturevalue("emulator"))
 
 
 async def run(client: httpx.AsyncClient, text: str, **body: object) -> dict[str, Any]:
@@ -56,11 +51,14 @@ async def run(client: httpx.AsyncClient, text: str, **body: object) -> dict[str,
 @pytest.mark.parametrize("runner_kind", ["kubernetes"])
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.removeprefix("test_") for c in CASES])
 async def test_local_conformance_case_on_kubernetes(
-    case: Case, client: httpx.AsyncClient, tmp_path: Path
+    case: Case,
+    client: httpx.AsyncClient,
+    readable_tmp: Path,  # noqa: F811 (the fixture)
 ) -> None:
     arguments: dict[str, Any] = {"client": client}
     if "tmp_path" in inspect.signature(case).parameters:
-        arguments["tmp_path"] = tmp_path
+        # e.g. the repository a `file://` checkout clones: the pod's user must be able to read it
+        arguments["tmp_path"] = readable_tmp
     await case(**arguments)
 
 

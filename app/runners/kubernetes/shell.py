@@ -29,6 +29,10 @@ _POD_OWNED = frozenset({"CI_WORKSPACE", "CI_RUN_DIR", "HOME", "HOSTNAME"})
 INIT = r"""
 d="$CI_RUN_DIR"
 mkdir -p "$d" "$HOME" || exit 1
+# The workspace belongs to root (the kubelet's fsGroup ownership), not to the build's user, and
+# git refuses such a repository ("dubious ownership"). The pod is this job's alone: trust every
+# directory, as actions/checkout does in containers.
+[ -e "$HOME/.gitconfig" ] || printf '[safe]\n\tdirectory = *\n' > "$HOME/.gitconfig"
 stop() {
   for f in "$d"/*.pgid; do [ -f "$f" ] && kill -TERM -- "-$(cat "$f")" 2>/dev/null; done
   while :; do
