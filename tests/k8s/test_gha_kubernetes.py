@@ -155,3 +155,27 @@ async def test_env_file_names_a_shell_cannot_export(client: httpx.AsyncClient) -
     assert "DASHED-NAME=dash value" in text.splitlines()
     assert "PLAIN=plain" in text.splitlines()
     assert "expr=dash value" in text
+
+
+async def test_hash_files_in_the_with_of_an_action(client: httpx.AsyncClient) -> None:
+    # docs: the `actions/cache` example, `key: ${{ runner.os }}-${{ hashFiles('**/x.lock') }}`
+    done = await run(
+        client,
+        """
+        jobs:
+          build:
+            steps:
+              - run: |
+                  mkdir -p .github/actions/keyed sub
+                  printf lock > sub/deps.lock
+                  printf '%s\\n' 'name: Keyed' 'inputs: {key: {required: true}}' \\
+                    'runs: {using: composite, steps: [{run: echo "key=$INPUT_KEY", shell: sh}]}' \\
+                    > .github/actions/keyed/action.yml
+              - uses: ./.github/actions/keyed
+                with:
+                  key: ${{ runner.os }}-${{ hashFiles('**/*.lock') }}
+        """,
+    )
+    text = await log_text(client, done["id"])
+    assert done["status"] == "success", text
+    assert f"key=Linux-{files_hash(b'lock')}" in text
