@@ -380,7 +380,9 @@ async def test_services_are_sidecars_reachable_by_name(runner: KubernetesRunner)
     job = job_run(step(0, "echo with-service"), services=(service,))
     reporter = FakeReporter()
     assert await runner.run_job(job, reporter) == JobResult("success")
-    pod = (await runner.kube.read_job(runner.job_name(job)) or {})["spec"]["template"]["spec"]
+    # The Job is deleted once the job ended (its services would keep the pod running).
+    assert await runner.kube.read_job(runner.job_name(job)) is None
+    pod = runner.job_manifest(job)["spec"]["template"]["spec"]
     assert pod["hostAliases"] == [{"ip": "127.0.0.1", "hostnames": ["redis"]}]
     sidecar = pod["containers"][1]
     assert sidecar["image"] == "redis:7"

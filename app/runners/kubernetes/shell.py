@@ -29,9 +29,10 @@ _POD_OWNED = frozenset({"CI_WORKSPACE", "CI_RUN_DIR", "HOME", "HOSTNAME"})
 INIT = r"""
 d="$CI_RUN_DIR"
 mkdir -p "$d" "$HOME" || exit 1
-# The workspace belongs to root (the kubelet's fsGroup ownership), not to the build's user, and
-# git refuses such a repository ("dubious ownership"). The pod is this job's alone: trust every
-# directory, as actions/checkout does in containers.
+# The workspace emptyDir belongs to root (group fsGroup): git refuses a repository at its top
+# ("dubious ownership") unless it is a safe.directory, set in the (writable) HOME's global
+# config. `*`: the pod has one user, so a repository owned by another (root's volume, a local
+# repository to fetch from) is no other tenant's.
 [ -e "$HOME/.gitconfig" ] || printf '[safe]\n\tdirectory = *\n' > "$HOME/.gitconfig"
 stop() {
   for f in "$d"/*.pgid; do [ -f "$f" ] && kill -TERM -- "-$(cat "$f")" 2>/dev/null; done

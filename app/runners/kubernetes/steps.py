@@ -32,8 +32,9 @@ from app.runners.base import StepOutcome, StepRun
 from app.runners.kubernetes import shell, workflow
 from app.runners.kubernetes.hashfiles import PREPARE_POOL, PodHashFiles
 from app.runners.kubernetes.process import InfraError, Proc
+from app.workflow.invocation import Invocation, Log, Ran
 from app.workflow.runtime import MAX_FILE_BYTES, JobRuntime
-from app.workflow.session import Invocation, Log, Ran, StepSession
+from app.workflow.session import StepSession
 
 if TYPE_CHECKING:
     from app.runners.kubernetes.follower import JobFollower
