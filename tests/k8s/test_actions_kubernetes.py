@@ -6,10 +6,7 @@ phases run with the image's `node`; a local action's action.yml is read from the
 from __future__ import annotations
 
 import inspect
-import os
-import shutil
-import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ import pytest
 from tests.actions import test_composite as composite
 from tests.actions import test_javascript as javascript
 from tests.actions.test_javascript import mirror  # noqa: F401 (a fixture: the actions' git repos)
+from tests.k8s.gha_fixtures import kubernetes_settings, readable_tmp  # noqa: F401
 from tests.k8s_emulator.fixture import EmulatorProcess
 
 Case = Callable[..., Awaitable[None]]
@@ -33,29 +31,18 @@ CASES: list[Case] = [
 
 
 @pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A directory the pods can read (a workflow checks out a repository of the mirror): the
-    emulator runs pod processes as the pod's non-root user; pytest's tmp dirs are private."""
-    path = Path(tempfile.mkdtemp(prefix="ci-shared-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 def settings_overrides(
-    tmp_path: Path, shared_tmp: Path, emulator: EmulatorProcess
+    tmp_path: Path,
+    emulator: EmulatorProcess,
+    readable_tmp: Path,  # noqa: F811 (the fixture)
 ) -> dict[str, Any]:
-    repos = shared_tmp / "mirror"
+    repos = readable_tmp / "mirror"  # a local action's repository is checked out in the pod
     repos.mkdir()
     return {
         "actions_url": str(repos),
         "actions_cache_dir": tmp_path / "actions-cache",
         "actions_public_url": "http://ci.example.test:8000",
-        "runner": "kubernetes",
-        "kubeconfig": str(emulator.kubeconfig_path),
-        "k8s_namespace": "ci",
-        "k8s_marker_secret": "test-marker-secret",
+        **kubernetes_settings(emulator),
     }
 
 
