@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from app.runners.base import (
@@ -35,8 +35,8 @@ from app.runners.base import (
     step_failure,
 )
 from app.runners.sandbox import Isolation, IsolationSetting, Sandbox, kill_tracked, probe_isolation
+from app.workflow.invocation import Invocation, Log, Ran
 from app.workflow.runtime import MAX_FILE_BYTES, RuntimeFiles
-from app.workflow.session import Invocation, Log, Ran
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,13 @@ def _bad_directory(cwd: Path, workspace: Path, written: str) -> str | None:
     if not cwd.is_dir():
         return f"working-directory '{written}' does not exist\n"
     return None
+
+
+def _make_job_dirs(dirs: Iterable[Path], temp: Path, files: dict[str, str]) -> None:
+    for path in dirs:
+        path.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (temp / name).write_text(text)
 
 
 def _create_empty(paths: Iterable[Path]) -> None:
@@ -317,7 +324,7 @@ class LocalRunner:
             request = session.send(reply)
         end = session.end
         run = dataclasses.replace(step, continue_on_error=end.continue_on_error)
-        return run, end.status, end.exit_code, end.message  # type: ignore[return-value]
+        return run, cast(StepOutcome, end.status), end.exit_code, end.message
 
     async def _invoke(
         self,
@@ -363,8 +370,7 @@ class LocalRunner:
         workspace = self.workspace(job.build_id, job.job_name)
         temp = self.temp_dir(job.build_id, job.job_name)
         tool_cache = self.workspace_root / str(job.build_id) / "_tool"
-        for path in (workspace, temp, tool_cache):
-            await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        files: dict[str, str] = {}
         if job.runtime is not None:
             files = job.runtime.start(
                 workspace=str(workspace),
@@ -373,8 +379,8 @@ class LocalRunner:
                 # Action trees are copied into the build's directory, which the sandbox shows.
                 actions_dir=str(self.workspace_root / str(job.build_id) / "_actions"),
             )
-            for name, text in files.items():
-                await asyncio.to_thread((temp / name).write_text, text)
+        # One trip to a worker thread for all of it (each trip costs a thread handoff).
+        await asyncio.to_thread(_make_job_dirs, (workspace, temp, tool_cache), temp, files)
         return workspace, temp
 
     async def _skip(self, job: JobRun, step: StepRun, reporter: JobReporter) -> None:

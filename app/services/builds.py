@@ -46,12 +46,13 @@ from app.models import (
     PipelineCounter,
     StepPublic,
 )
-from app.models.types import NAME_MAX, clip, utcnow
+from app.models.types import NAME_MAX, utcnow
 from app.queue.base import BuildQueue
 from app.secrets import retry_secrets
 from app.services import concurrency, results, state
+from app.services.dag import JOB_FIELDS, insert_dag, written_detail
 from app.services.notify import CancelRequested
-from app.services.plan import planned_steps, post_uses
+from app.services.plan import post_uses
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,13 @@ async def create_build(
 
     Raises Invalid (422, every problem with line and column) before anything is written.
     `spec`: the workflow already parsed (callers parse before opening the transaction)."""
+    return (await create_written(session, new, spec))[0]
+
+
+async def create_written(
+    session: AsyncSession, new: NewBuild, spec: WorkflowSpec | None = None
+) -> tuple[Build, BuildDetail]:
+    """create_build, and the new build's detail made from what was written (no read back)."""
     if spec is None:
         # Parsing a large workflow takes a while: never on the event loop.
         spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
@@ -143,19 +151,20 @@ async def create_build(
     await session.flush()
     assert build.id is not None
     await concurrency.on_create(session, build, spec)
+    sha = hashlib.sha256(new.workflow_yaml.encode()).hexdigest()
     session.add(
         BuildSnapshot(
             build_id=build.id,
             pipeline_id=new.pipeline_id,
             workflow_yaml=new.workflow_yaml,
-            yaml_sha256=hashlib.sha256(new.workflow_yaml.encode()).hexdigest(),
+            yaml_sha256=sha,
             actions=new.actions,
         )
     )
-    await _insert_dag(
+    dag = await insert_dag(
         session, build.id, spec, checkout=bool(new.repo_url), posts=post_uses(new.actions)
     )
-    return build
+    return build, written_detail(public(build), sha, build.event, dag)
 
 
 def _check_job_names(spec: WorkflowSpec) -> None:
@@ -176,44 +185,6 @@ def _check_job_names(spec: WorkflowSpec) -> None:
         )
 
 
-async def _insert_dag(
-    session: AsyncSession,
-    build_id: int,
-    spec: WorkflowSpec,
-    *,
-    checkout: bool,
-    posts: frozenset[str] = frozenset(),
-) -> None:
-    """The build's jobs, `needs` edges and planned steps, all pending, in three bulk inserts."""
-    jobs = [
-        {
-            "build_id": build_id,
-            "name": j.name,
-            "display_name": clip(j.display_name),
-            "index": j.index,
-            "runs_on": list(j.runs_on),
-            "environment": (
-                {"name": j.environment.name, "url": j.environment.url} if j.environment else None
-            ),
-            "pending_expansion": j.matrix_template is not None,
-        }
-        for j in spec.jobs
-    ]
-    await session.exec(insert(BuildJob), params=jobs)
-    edges = [{"build_id": build_id, "from_job": a, "to_job": b} for a, b in spec.edges]
-    if edges:
-        await session.exec(insert(BuildJobEdge), params=edges)
-    steps = [
-        {"build_id": build_id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
-        for j in spec.jobs
-        if j.matrix_template is None  # a placeholder's steps are its combinations' to plan
-        for s in planned_steps(j, checkout=checkout, posts=posts)
-    ]
-    if steps:  # none when every job is a placeholder (a matrix computed at run time)
-        await session.exec(insert(BuildStep), params=steps)
-    await session.flush()
-
-
 def is_idempotency_race(exc: IntegrityError) -> bool:
     return "idempotency_key" in str(exc.orig)
 
@@ -229,9 +200,6 @@ def public(build: Build) -> BuildPublic:
     out = BuildPublic.model_validate(build)
     out.variables = masked_variables(build.variables)
     return out
-
-
-_JOB_FIELDS = tuple(set(JobPublic.model_fields) & set(BuildJob.model_fields))
 
 
 async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
@@ -279,7 +247,7 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
     jobs = [
         JobPublic.model_validate(
             {
-                **{k: getattr(row, k) for k in _JOB_FIELDS},
+                **{k: getattr(row, k) for k in JOB_FIELDS},
                 "outputs": step_outputs.get((row.name, results.JOB_OUTPUT), {}),
                 "needs": needs.get(row.name, []),
                 "steps": steps_by_job.get(row.name, []),
@@ -530,17 +498,19 @@ async def submit(
         new = dataclasses.replace(new, actions=await resolve_actions(spec, actions))
     try:
         async with db.transaction() as session:
-            build_id = (await create_build(session, new, spec)).id
+            build, written = await create_written(session, new, spec)
     except IntegrityError as exc:
         if not (key and is_idempotency_race(exc)):
             raise
         existing = await _idempotent_detail(db, new.pipeline_id, key, new.request_sha256)
         assert existing is not None  # the winner committed before our insert failed
         return existing, False
-    assert build_id is not None
+    assert build.id is not None
     if new.dispatch:
-        await dispatch(queue, build_id)
-    return await _read_detail(db, build_id), True
+        await dispatch(queue, build.id)
+    # Answered from what was written: a build that started meanwhile shows `queued` here, as
+    # it was when created; GET /builds/{id} has its progress.
+    return written, True
 
 
 async def retry(

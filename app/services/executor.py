@@ -89,6 +89,8 @@ class BuildExecutor:
             rows = (
                 await session.exec(select(BuildJob).where(BuildJob.build_id == ctx.build_id))
             ).all()
+            # In the same read: one session (one pooled connection) for all the build's state.
+            self._outputs = await results.job_outputs(session, ctx.build_id)
         if build is None or snapshot is None:
             log.error("build %s vanished before it ran", ctx.build_id)
             return
@@ -111,8 +113,6 @@ class BuildExecutor:
         for name in self._secrets:
             ctx.masker.add(build.variables[name])
         self._statuses = {row.name: J(row.status) for row in rows}
-        async with ctx.db.read() as session:
-            self._outputs = await results.job_outputs(session, ctx.build_id)
         self._jobs = {job.name: job for job in spec.jobs}
         self._keys = {job.name: job.key for job in spec.jobs}
         self._needs = {job.name: job.needs for job in spec.jobs}
@@ -155,6 +155,9 @@ class BuildExecutor:
         except JobSetupError as exc:
             work = self._setup_failed(job, str(exc))
         else:
+            token = run.runtime.action_env.get("ACTIONS_RUNTIME_TOKEN") if run.runtime else None
+            if token:
+                self.ctx.masker.add(token)  # as GitHub masks it, in case an action prints it
             work = self._run_job(run, reattach=reattach)
         self._tasks[job.name] = asyncio.create_task(work, name=f"job {job.name}")
 

@@ -105,7 +105,7 @@ async def test_dispatch_runs_the_build(client: httpx.AsyncClient) -> None:
         ("jobs:\n  a:\n    needs: nope\n    steps:\n      - run: x\n", 3, 12, "nope"),
         ("jobs:\n  a:\n    steps: []\n", 3, 12, "step"),
         ("jobs:\n  a:\n    steps:\n      - name: x\n", 4, 9, "run"),
-        ("jobs:\n  a:\n    steps:\n      - uses: actions/cache@v4\n", 4, 15, "not supported"),
+        ("jobs:\n  a:\n    steps:\n      - uses: docker://alpine\n", 4, 15, "not supported"),
     ],
 )
 async def test_invalid_workflow_is_422_with_position_and_stores_nothing(
@@ -219,3 +219,48 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     ready = await client.get("http://test/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok", "queue": "ok"}
+
+
+RICH = workflow(
+    """
+    name: rich
+    on: push
+    jobs:
+      z-build:
+        runs-on: [self-hosted, linux]
+        environment:
+          name: staging
+          url: https://example.invalid/staging
+        steps:
+          - run: echo build
+      test:
+        needs: [z-build, a-lint]
+        strategy:
+          matrix:
+            py: ["3.11", "3.12"]
+        steps:
+          - name: first
+            run: echo test
+          - run: echo more
+      a-lint:
+        steps:
+          - run: echo lint
+    """
+)
+
+
+async def test_create_answer_is_what_a_read_returns(client: httpx.AsyncClient) -> None:
+    """The create's detail is made from the rows it wrote (no read back): it must be exactly
+    what GET returns, ids, order, needs, matrix jobs, checkout steps and masking included."""
+    body = await create(
+        client,
+        RICH,
+        dispatch=False,
+        repo_url="file:///nonexistent/repo",
+        variables={"A": "1", "API_TOKEN": "hunter2"},
+    )
+    assert body["variables"] == {"A": "1", "API_TOKEN": "***"}
+    assert len(body["jobs"]) == 4 and len(body["edges"]) == 4
+    assert all(len(j["steps"]) >= 2 for j in body["jobs"])  # checkout first, then the runs
+    fetched = (await client.get(f"/builds/{body['id']}")).json()
+    assert fetched == body

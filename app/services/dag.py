@@ -1,0 +1,122 @@
+"""A new build's jobs, edges and planned steps: written in bulk, and its detail answered from
+what was written (the create's response needs no read after the commit)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.models import (
+    BuildDetail,
+    BuildJob,
+    BuildJobEdge,
+    BuildPublic,
+    BuildStep,
+    EdgePublic,
+    JobPublic,
+    StepPublic,
+)
+from app.models.types import clip
+from app.services.plan import planned_steps
+from app.workflow import WorkflowSpec
+
+# The job columns the API shows as they are (builds.detail uses the same).
+JOB_FIELDS = tuple(set(JobPublic.model_fields) & set(BuildJob.model_fields))
+
+
+@dataclass(frozen=True)
+class WrittenDag:
+    """The rows as inserted, each with its id (every job and step `pending`)."""
+
+    jobs: list[dict[str, Any]]
+    edges: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+
+
+async def _insert_returning_ids(
+    session: AsyncSession, model: type[Any], rows: list[dict[str, Any]]
+) -> None:
+    """One bulk INSERT … RETURNING id (in the order of `rows`); sets each row's "id"."""
+    if not rows:
+        return
+    stmt = insert(model).returning(model.id, sort_by_parameter_order=True)
+    ids = (await session.exec(stmt, params=rows)).scalars().all()
+    for row, row_id in zip(rows, ids, strict=True):
+        row["id"] = int(row_id)
+
+
+async def insert_dag(
+    session: AsyncSession,
+    build_id: int,
+    spec: WorkflowSpec,
+    *,
+    checkout: bool,
+    posts: frozenset[str] = frozenset(),
+) -> WrittenDag:
+    """The build's jobs, `needs` edges and planned steps, all pending, in three bulk inserts."""
+    jobs = [
+        {
+            "build_id": build_id,
+            "name": j.name,
+            "display_name": clip(j.display_name),
+            "index": j.index,
+            "runs_on": list(j.runs_on),
+            "environment": (
+                {"name": j.environment.name, "url": j.environment.url} if j.environment else None
+            ),
+            "pending_expansion": j.matrix_template is not None,
+        }
+        for j in spec.jobs
+    ]
+    await _insert_returning_ids(session, BuildJob, jobs)
+    edges = [{"build_id": build_id, "from_job": a, "to_job": b} for a, b in spec.edges]
+    await _insert_returning_ids(session, BuildJobEdge, edges)
+    steps = [
+        {"build_id": build_id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
+        for j in spec.jobs
+        if j.matrix_template is None  # a placeholder's steps are its combinations' to plan
+        for s in planned_steps(j, checkout=checkout, posts=posts)
+    ]
+    # none when every job is a placeholder (a matrix computed at run time)
+    await _insert_returning_ids(session, BuildStep, steps)
+    await session.flush()
+    return WrittenDag(jobs=jobs, edges=edges, steps=steps)
+
+
+def written_detail(
+    build: BuildPublic, yaml_sha256: str, event: Any, dag: WrittenDag
+) -> BuildDetail:
+    """What `builds.detail` reads back for a build just created, from the rows written: the
+    same jobs (by index), steps (by index within a job), edges and needs (in insert order);
+    every other column at its model default, as the insert left it."""
+    steps_by_job: dict[str, list[StepPublic]] = {}
+    for step in sorted(dag.steps, key=lambda s: (s["job_name"], s["index"])):
+        public_step = StepPublic.model_validate(BuildStep(**step))
+        steps_by_job.setdefault(step["job_name"], []).append(public_step)
+    needs: dict[str, list[str]] = {}
+    for edge in dag.edges:
+        needs.setdefault(edge["to_job"], []).append(edge["from_job"])
+    jobs = []
+    for row in sorted(dag.jobs, key=lambda j: j["index"]):
+        job = BuildJob(**row)
+        jobs.append(
+            JobPublic.model_validate(
+                {
+                    **{k: getattr(job, k) for k in JOB_FIELDS},
+                    "outputs": {},
+                    "needs": needs.get(job.name, []),
+                    "steps": steps_by_job.get(job.name, []),
+                }
+            )
+        )
+    return BuildDetail(
+        **build.model_dump(),
+        yaml_sha256=yaml_sha256,
+        event=event,
+        annotations=[],
+        jobs=jobs,
+        edges=[EdgePublic(from_job=e["from_job"], to_job=e["to_job"]) for e in dag.edges],
+    )
