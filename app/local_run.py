@@ -10,11 +10,13 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import subprocess
 import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlparse
 
 from app.actions.support import fetcher_for, resolve_actions
 from app.config import Settings
@@ -52,6 +54,38 @@ def _event(args: argparse.Namespace) -> dict[str, Any] | None:
         given = event.get("inputs")
         event["inputs"] = {**(given if isinstance(given, dict) else {}), **inputs}
     return event
+
+
+def _git(directory: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(directory), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def git_context(workflow: Path) -> dict[str, str]:
+    """What the checkout holding the workflow file says about the run, as GitHub would have it:
+    `repository` (owner/name of the `origin` remote), `sha` (HEAD) and `branch`. Empty values
+    are left out (no git, not a checkout, no remote, detached HEAD)."""
+    directory = workflow.resolve().parent
+    remote = _git(directory, "remote", "get-url", "origin")
+    if remote.startswith(("/", ".", "file:")):
+        remote = ""  # a local path names no GitHub repository
+    path = remote.split(":", 1)[-1] if "://" not in remote else urlparse(remote).path
+    parts = [p for p in path.strip("/").removesuffix(".git").split("/") if p]
+    found = {
+        "repository": "/".join(parts[-2:]) if len(parts) >= 2 else "",
+        "sha": _git(directory, "rev-parse", "--verify", "-q", "HEAD"),
+        "branch": _git(directory, "symbolic-ref", "-q", "--short", "HEAD"),
+    }
+    return {k: v for k, v in found.items() if v}
 
 
 def _duration(start: datetime | None, end: datetime | None) -> str:
@@ -123,6 +157,9 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
     except Invalid as exc:
         out.write(f"ci-executor run: {exc.detail}\n")
         return None
+    # Without --repo, the checkout the workflow lives in gives github.repository, sha and ref
+    # (as act does); flags win.
+    local = {} if args.repo else await asyncio.to_thread(git_context, Path(args.workflow))
     try:
         spec = await asyncio.to_thread(builds.parse_or_422, yaml_text)
         pins = await resolve_actions(spec, fetcher_for(core.settings))
@@ -131,11 +168,12 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
                 session,
                 NewBuild(
                     # The pipeline id is github.repository when there is no repo URL.
-                    pipeline_id=getattr(args, "repository", None) or "local",
+                    pipeline_id=getattr(args, "repository", None)
+                    or local.get("repository", "local"),
                     triggered_by=getattr(args, "actor", None) or "ci-executor run",
                     workflow_yaml=yaml_text,
-                    commit_sha=args.sha,
-                    branch=args.branch,
+                    commit_sha=args.sha or local.get("sha"),
+                    branch=args.branch or (None if args.sha else local.get("branch")),
                     repo_url=args.repo,
                     variables=variables,
                     secrets_sealed=sealed,

@@ -8,6 +8,10 @@ says how to run it (`composite`: its `steps`; `node`: `main`/`pre`/`post` with `
 JavaScript actions: `find_node` (a clear error without node), `node_phases` (pre/main/post with
 their conditions), `action_env` (GITHUB_ACTION*, RUNNER_TEMP, RUNNER_TOOL_CACHE, INPUT_*,
 STATE_*) and `parse_env_file` (`$GITHUB_STATE`).
+
+In builds: `app.actions.support` resolves and pins a workflow's remote actions when the build is
+created and loads them when it runs; `app.workflow.session` runs actions as steps (the step
+invocation protocol runners implement).
 """
 
 from app.actions.errors import ActionError, ActionInfraError, ManifestError

@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from app.runners.base import (
@@ -35,8 +35,8 @@ from app.runners.base import (
     step_failure,
 )
 from app.runners.sandbox import Isolation, IsolationSetting, Sandbox, kill_tracked, probe_isolation
+from app.workflow.invocation import Invocation, Log, Ran
 from app.workflow.runtime import MAX_FILE_BYTES, RuntimeFiles
-from app.workflow.session import Invocation, Log, Ran
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ class LocalRunner:
             request = session.send(reply)
         end = session.end
         run = dataclasses.replace(step, continue_on_error=end.continue_on_error)
-        return run, end.status, end.exit_code, end.message  # type: ignore[return-value]
+        return run, cast(StepOutcome, end.status), end.exit_code, end.message
 
     async def _invoke(
         self,

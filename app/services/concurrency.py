@@ -161,20 +161,21 @@ async def may_start(session: AsyncSession, build_id: int) -> bool:
     return False
 
 
-async def queued_waiter(session: AsyncSession, pipeline_id: str, key: str) -> int | None:
-    """The build waiting for the group, if any (the scheduler publishes it when it frees)."""
-    return (
-        await session.exec(
-            select(Build.id)
-            .where(
-                Build.pipeline_id == pipeline_id,
-                Build.concurrency_key == key,
-                Build.status == BuildStatus.queued,
-            )
-            .order_by(col(Build.id))
-            .limit(1)
+async def queued(session: AsyncSession, pipeline_id: str, key: str) -> list[int]:
+    """The group's queued builds, which the scheduler publishes when the group frees. All of
+    them, not only the one marked waiting: a build refused while the holder was finishing may
+    not be marked yet when this is read, but it was queued since its creation."""
+    rows = await session.exec(
+        select(Build.id)
+        .where(
+            Build.pipeline_id == pipeline_id,
+            Build.concurrency_key == key,
+            Build.status == BuildStatus.queued,
         )
-    ).first()
+        .order_by(col(Build.id))
+        .limit(100)
+    )
+    return [i for i in rows.all() if i is not None]
 
 
 # ---------------------------------------------------------------------------------- jobs

@@ -156,6 +156,9 @@ class BuildExecutor:
         except JobSetupError as exc:
             work = self._setup_failed(job, str(exc))
         else:
+            token = run.runtime.action_env.get("ACTIONS_RUNTIME_TOKEN") if run.runtime else None
+            if token:
+                self.ctx.masker.add(token)  # as GitHub masks it, in case an action prints it
             work = self._run_job(run, reattach=reattach)
         self._tasks[job.name] = asyncio.create_task(work, name=f"job {job.name}")
 

@@ -123,15 +123,15 @@ class Scheduler:
                 task.add_done_callback(self._wakers.discard)
 
     async def _group_changed(self, event: concurrency.GroupChanged) -> None:
-        """Wake this replica's executors that have jobs waiting for a group, and publish the
-        build waiting for it (whichever replica claims it)."""
+        """Wake this replica's executors (they may have jobs waiting for a group), and publish
+        the builds queued for it (whichever replica claims one)."""
         for ctx, _ in self._running.values():
             ctx.wake.set()
         try:
             async with self.db.read() as session:
-                waiting = await concurrency.queued_waiter(session, event.pipeline_id, event.key)
-            if waiting is not None:
-                await self.queue.publish(waiting)
+                waiting = await concurrency.queued(session, event.pipeline_id, event.key)
+            for build_id in waiting:
+                await self.queue.publish(build_id)
         except Exception:
             log.warning("waking concurrency group %r failed", event.key, exc_info=True)
 

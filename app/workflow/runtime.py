@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from app.actions.errors import ActionError
 from app.actions.fetch import FetchedAction
 from app.workflow import expressions as ex
+from app.workflow.parser import CHECKOUT
 from app.workflow.spec import StepSpec
 
 if TYPE_CHECKING:  # app.runners.base imports app.workflow
@@ -251,6 +252,14 @@ class JobRuntime:
         """Evaluate what the step needs now. `files` maps GITHUB_OUTPUT, GITHUB_ENV, GITHUB_PATH
         and GITHUB_STEP_SUMMARY to the paths the runner chose for this step."""
         spec = self.specs.get(step.index)
+        if step.index in self.posts or (
+            spec is not None and spec.uses is not None and not CHECKOUT.fullmatch(spec.uses)
+        ):
+            # Only `session` runs actions: a runner still on prepare/finish must not report a
+            # step it never ran as a success.
+            return Prepared(
+                run=True, error="this runner does not run actions yet (the step protocol: session)"
+            )
         status = self.status()
         hash_files = (
             self.hash_files(self.env.get("GITHUB_WORKSPACE", ".")) if (self.hash_files) else None

@@ -44,17 +44,25 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from app.actions.errors import ActionError
 from app.actions.fetch import FetchedAction
 from app.actions.manifest import ActionManifest, parse_manifest
 from app.actions.runtime import DEFAULT_POST_IF, DEFAULT_PRE_IF, parse_env_file
 from app.workflow import expressions as ex
+from app.workflow.invocation import (
+    FetchAction,
+    Invocation,
+    Log,
+    Ran,
+    ReadFile,
+    Request,
+    StepEnd,
+    github_like,
+)
 from app.workflow.parser import CHECKOUT
 from app.workflow.runtime import (
     JobRuntime,
-    RuntimeFiles,
     _flag,
     _number,
     _StepResult,
@@ -67,58 +75,6 @@ if TYPE_CHECKING:
     from app.runners.base import StepRun
 
 MAX_DEPTH = 10  # composite actions nested deeper are refused (GitHub's limit is 10 too)
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """One process of a step (see the module docstring for what the runner does with it)."""
-
-    label: str  # a header line for the log ("" for a plain `run:` step)
-    argv: tuple[str, ...]
-    script: str
-    script_name: str  # "" when there is no script to write (JavaScript actions)
-    env: dict[str, str]
-    working_directory: str | None
-    timeout_seconds: float | None
-    files: dict[str, str]  # GITHUB_OUTPUT, _ENV, _PATH, _STEP_SUMMARY, _STATE -> path
-    readable: tuple[str, ...] = ()  # host directories the process reads (action trees)
-    missing: str = ""  # the step's error when argv[0] is not installed
-
-
-@dataclass(frozen=True)
-class Log:
-    text: str
-
-
-@dataclass(frozen=True)
-class ReadFile:
-    path: str  # absolute, as the step sees it
-
-
-@dataclass(frozen=True)
-class FetchAction:
-    uses: str
-
-
-Request = Invocation | Log | ReadFile | FetchAction
-
-
-@dataclass(frozen=True)
-class Ran:
-    """The runner's reply to an Invocation."""
-
-    status: str
-    exit_code: int | None
-    files: RuntimeFiles = field(default_factory=RuntimeFiles)
-    message: str | None = None  # an infrastructure reason (status "error")
-
-
-@dataclass(frozen=True)
-class StepEnd:
-    status: str
-    exit_code: int | None = None
-    continue_on_error: bool = False
-    message: str | None = None
 
 
 @dataclass
@@ -169,12 +125,6 @@ class _Post:
 
 
 Flow = Generator[Request, Any, _Outcome]
-
-
-def github_like(url: str) -> bool:
-    """What @actions/artifact and @actions/cache accept as GitHub (not GHES)."""
-    host = (urlsplit(url).hostname or "").lower()
-    return host == "github.com" or host.endswith((".ghe.com", ".localhost"))
 
 
 class StepSession:
@@ -271,14 +221,19 @@ class StepSession:
         step_id = spec.id or f"__{_slug(spec.uses)}"
         rt.contexts["github"] = {**rt.contexts.get("github", {}), "action": step_id}
         contexts = rt.context()
+        hf = self._hash_files()
         try:
-            if not ex.condition(spec.condition.source, contexts, status=status):
+            if not ex.condition(spec.condition.source, contexts, status=status, hash_files=hf):
                 self._skip()
                 return
-            layer = {k: ex.interpolate(v, contexts, status=status) for k, v in spec.env.items()}
+            layer = {
+                k: ex.interpolate(v, contexts, status=status, hash_files=hf)
+                for k, v in spec.env.items()
+            }
             step_contexts = rt.context({**rt.env, **layer})
             with_values = {
-                k: ex.interpolate(v, step_contexts, status=status) for k, v in spec.with_.items()
+                k: ex.interpolate(v, step_contexts, status=status, hash_files=hf)
+                for k, v in spec.with_.items()
             }
             continue_on_error = _flag(spec.continue_on_error, step_contexts, status)
             minutes = _number(spec.timeout_minutes, step_contexts, status)
@@ -361,6 +316,11 @@ class StepSession:
         cancelled = self.rt.cancelled
         return ex.Status(success=not failed and not cancelled, failure=failed, cancelled=cancelled)
 
+    def _hash_files(self) -> ex.HashFiles | None:
+        """`hashFiles()` over the workspace (`with: key: ${{ hashFiles('**/lock') }}`)."""
+        rt = self.rt
+        return rt.hash_files(rt.env.get("GITHUB_WORKSPACE", ".")) if rt.hash_files else None
+
     def _env(self, layer: dict[str, str], files: dict[str, str]) -> dict[str, str]:
         """A process's environment: the step's, the job's as it is now, the calling steps'."""
         rt = self.rt
@@ -422,27 +382,32 @@ class StepSession:
 
     def _nested(self, raw: dict[str, Any], position: int, scope: _Scope, label: str) -> Flow:
         name = str(raw.get("name") or raw.get("id") or raw.get("uses") or f"step {position + 1}")
+        hf = self._hash_files()
         try:
             contexts = self._contexts(scope, self._env(scope.layer, {}))
             status = self._status(scope)
-            if not ex.condition(str(raw.get("if") or ""), contexts, status=status):
+            if not ex.condition(str(raw.get("if") or ""), contexts, status=status, hash_files=hf):
                 return _Outcome("skipped")
             raw_env = raw.get("env") or {}
             layer = dict(scope.layer)
             for key, value in raw_env.items() if isinstance(raw_env, dict) else ():
-                layer[str(key)] = ex.interpolate(str(value), contexts, status=status)
+                layer[str(key)] = ex.interpolate(str(value), contexts, status=status, hash_files=hf)
             contexts = self._contexts(scope, self._env(layer, {}))
             if "uses" in raw:
                 raw_with = raw.get("with") or {}
                 with_values = {
-                    str(k): ex.interpolate(_text(v), contexts, status=status)
+                    str(k): ex.interpolate(_text(v), contexts, status=status, hash_files=hf)
                     for k, v in (raw_with.items() if isinstance(raw_with, dict) else ())
                 }
             else:
-                script = ex.interpolate(str(raw.get("run") or ""), contexts, status=status)
+                script = ex.interpolate(
+                    str(raw.get("run") or ""), contexts, status=status, hash_files=hf
+                )
                 directory = raw.get("working-directory")
                 if directory is not None:
-                    directory = ex.interpolate(str(directory), contexts, status=status)
+                    directory = ex.interpolate(
+                        str(directory), contexts, status=status, hash_files=hf
+                    )
         except ex.ExpressionError as exc:
             yield Log(f"{label} ({name}): error evaluating expressions: {exc}\n")
             return _Outcome("failed")
@@ -598,23 +563,12 @@ class StepSession:
             self._skip()
             return
         assert isinstance(post, _Post)
-        contexts = self.rt.context()
-        try:
-            run = ex.condition(
-                post.loaded.manifest.post_if or DEFAULT_POST_IF, contexts, status=self.rt.status()
-            )
-        except ex.ExpressionError as exc:
-            yield Log(f"{post.loaded.label}: post-if: {exc}\n")
-            self._close(_Outcome("failed"), False)
-            return
-        if not run:
+        # Its files and summary are this row's; its post-if sees the job's status now.
+        post = replace(post, scope=replace(post.scope, index=self.step.index))
+        outcome = yield from self._run_post(post, self.rt.status())
+        if outcome.status == "skipped":
             self._skip()
             return
-        entry = post.loaded.manifest.post
-        assert entry is not None
-        # Its files and summary are this row's.
-        post = replace(post, scope=replace(post.scope, index=self.step.index))
-        outcome = yield from self._phase(post, "post", entry)
         self._close(_Outcome(outcome.status, outcome.exit_code, {}, outcome.message), False)
 
 

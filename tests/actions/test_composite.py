@@ -5,6 +5,7 @@ created; and the errors at creation: unknown action (422), Docker (422), git ser
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +93,18 @@ async def test_local_composite_inputs_outputs_nested_if_env_and_action_path(
                 with:
                   who: ${{ steps.greet.outputs.greeting }}
               - run: echo "env=$COMPOSITE_SET again=${{ steps.again.outputs.greeting }}"
+              - id: hashed
+                uses: ./.github/actions/greet
+                with:
+                  who: ${{ hashFiles('.github/actions/greet/tool.sh') }}
         """,
         repo_url=f"file://{project.bare}",
         branch="main",
     )
     assert done["status"] == "success", await log_text(client, done["id"])
     steps = job(done, "a")["steps"]
-    assert [s["status"] for s in steps] == ["success"] * 4
+    assert [s["status"] for s in steps] == ["success"] * 5
+    assert re.fullmatch(r"hello [0-9a-f]{64} \([0-9a-f]{64}\)", steps[4]["outputs"]["greeting"])
     assert steps[1]["outputs"] == {"greeting": "hello world (world)", "never-outcome": "skipped"}
     assert steps[2]["outputs"]["greeting"] == "hello hello world (world) (hello world (world))"
     text = await log_text(client, done["id"])

@@ -42,6 +42,7 @@ console.log(`main: path-ok=${fs.existsSync(e.GITHUB_ACTION_PATH + '/main.js')}`)
 const dirs = `temp=${!!e.RUNNER_TEMP} tools=${!!e.RUNNER_TOOL_CACHE}`;
 console.log(`main: ${dirs} server=${e.GITHUB_SERVER_URL}`);
 console.log(`main: token=${!!e.ACTIONS_RUNTIME_TOKEN} results=${e.ACTIONS_RESULTS_URL}`);
+console.log(`main: raw-token=${e.ACTIONS_RUNTIME_TOKEN}`);
 console.log(`main: cache=${e.ACTIONS_CACHE_URL} runtime=${e.ACTIONS_RUNTIME_URL}`);
 fs.appendFileSync(e.GITHUB_STATE, 'fromMain=m2\\n');
 fs.appendFileSync(e.GITHUB_OUTPUT, `greeting=hi ${e.INPUT_WHO}\\n`);
@@ -86,6 +87,22 @@ def mirror(settings_overrides: dict[str, Any]) -> Path:
         }
     )
     repo.tag("v1")
+    wrap = Repo(Path(settings_overrides["actions_url"]), "acme", "wrap")
+    wrap.commit(
+        {
+            "action.yml": """
+name: Wrap
+runs:
+  using: composite
+  steps:
+    - uses: acme/node/state@v1
+      with: {who: nested}
+    - run: echo wrapped-step-done
+      shell: bash
+"""
+        }
+    )
+    wrap.tag("v1")
     return Path(settings_overrides["actions_url"])
 
 
@@ -137,6 +154,7 @@ async def test_pre_main_post_with_state_post_if_and_the_toolkit_environment(
     assert "main: path-ok=true" in text
     assert "main: temp=true tools=true server=https://github.com" in text
     assert "main: token=true results=http://ci.example.test:8000/" in text
+    assert "main: raw-token=***\n" in text  # masked, as on GitHub
     assert (
         "main: cache=http://ci.example.test:8000/_actions/cache/ "
         "runtime=http://ci.example.test:8000/_actions/runtime/"
@@ -209,3 +227,39 @@ async def test_a_missing_node_is_a_clear_step_error(
         "acme/node/strict@v1 is a JavaScript action (runs.using: node24) and needs `node`, "
         "which is not installed in this job's image or on this host"
     ) in text
+
+
+@pytest.mark.usefixtures("mirror")
+async def test_a_javascript_action_inside_a_composite_runs_its_post_at_the_steps_end(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await create(
+        client,
+        workflow(
+            """
+            jobs:
+              a:
+                steps:
+                  - uses: acme/wrap@v1
+                  - run: echo after-wrap
+            """
+        ),
+    )
+    assert [s["name"] for s in job(created, "a")["steps"]] == [
+        "Run acme/wrap@v1",
+        "echo after-wrap",
+    ]
+    done = await wait_for_build(client, created["id"])
+    text = await log_text(client, done["id"])
+    assert done["status"] == "success", text
+    order = [
+        text.index(marker)
+        for marker in (
+            "pre ran for nested",
+            "main: state=p1 who=nested",
+            "wrapped-step-done",
+            "post: state=p1,m2 who=nested",
+            "after-wrap",
+        )
+    ]
+    assert order == sorted(order)

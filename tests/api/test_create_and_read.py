@@ -105,7 +105,7 @@ async def test_dispatch_runs_the_build(client: httpx.AsyncClient) -> None:
         ("jobs:\n  a:\n    needs: nope\n    steps:\n      - run: x\n", 3, 12, "nope"),
         ("jobs:\n  a:\n    steps: []\n", 3, 12, "step"),
         ("jobs:\n  a:\n    steps:\n      - name: x\n", 4, 9, "run"),
-        ("jobs:\n  a:\n    steps:\n      - uses: actions/cache@v4\n", 4, 15, "not supported"),
+        ("jobs:\n  a:\n    steps:\n      - uses: docker://alpine\n", 4, 15, "not supported"),
     ],
 )
 async def test_invalid_workflow_is_422_with_position_and_stores_nothing(

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Awaitable, Callable
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,16 @@ def settings_overrides(runner_kind: str, request: pytest.FixtureRequest) -> dict
     }
 
 
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A directory the pods can read (e.g. a repo_url on disk): the emulator runs pod processes
+    as the pod's non-root user, and pytest's own tmp dirs are private (0700)."""
+    path = Path(tempfile.mkdtemp(prefix="ci-shared-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 async def run(client: httpx.AsyncClient, text: str, **body: object) -> dict[str, Any]:
     created = await create(client, workflow(text), **body)
     return await wait_for_build(client, created["id"])
@@ -56,11 +69,11 @@ async def run(client: httpx.AsyncClient, text: str, **body: object) -> dict[str,
 @pytest.mark.parametrize("runner_kind", ["kubernetes"])
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.removeprefix("test_") for c in CASES])
 async def test_local_conformance_case_on_kubernetes(
-    case: Case, client: httpx.AsyncClient, tmp_path: Path
+    case: Case, client: httpx.AsyncClient, shared_tmp: Path
 ) -> None:
     arguments: dict[str, Any] = {"client": client}
     if "tmp_path" in inspect.signature(case).parameters:
-        arguments["tmp_path"] = tmp_path
+        arguments["tmp_path"] = shared_tmp
     await case(**arguments)
 
 

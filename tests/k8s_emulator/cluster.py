@@ -260,7 +260,10 @@ class Cluster:
         if grace is None:
             grace = int(pod["spec"].get("terminationGracePeriodSeconds", 30))
         runtime = self.kubelet.runtime_for(pod)
-        done = runtime is None or runtime.log_complete or pod["status"].get("phase") in TERMINAL
+        # The pod's worker is done once every container ended (the first one ending is not enough:
+        # its service containers keep the pod running).
+        worker_done = runtime is None or (runtime.task is not None and runtime.task.done())
+        done = worker_done or pod["status"].get("phase") in TERMINAL
         if md.get("deletionTimestamp") and grace != 0 and not done:
             return pod
 
@@ -273,7 +276,7 @@ class Cluster:
         if done or grace == 0:
             # Nothing to wait for (or a forced delete): gone from the API now; the kubelet still
             # kills whatever runs.
-            if runtime is not None and not runtime.log_complete:
+            if runtime is not None and not worker_done:
                 runtime.request_stop("deleted", 0)
             self._remove(PODS, ns, name)
         elif runtime is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,27 @@ def _short_name(image: str) -> str:
     return name.split(":", 1)[0]
 
 
+def _public_path(path: str) -> str:
+    """The PATH entries any user can reach (pod processes run as other users: a tool found in
+    root's private dirs, e.g. ~/.pyenv, would fail for them where a node's image would not)."""
+
+    def public(directory: str) -> bool:
+        current = Path(directory)
+        if not current.is_dir():
+            return False
+        for part in [current, *current.parents]:
+            try:
+                if not part.stat().st_mode & stat.S_IXOTH:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    if os.geteuid() != 0:
+        return path
+    return os.pathsep.join(d for d in path.split(os.pathsep) if d and public(d))
+
+
 class Images:
     """What each image offers, as far as a CI step notices: its PATH, its user, its entrypoint."""
 
@@ -176,7 +198,9 @@ class Images:
         argv: list[str] = []
         for word in template:
             if word == "{standin}":
-                argv += [python, STANDIN]
+                # -I: the script's directory (tests/k8s_emulator, with its selectors.py) must not
+                # shadow the standard library.
+                argv += [python, "-I", STANDIN]
             elif word == "{ports}":
                 argv += ports
             else:
@@ -184,7 +208,7 @@ class Images:
         return argv
 
     def path_for(self, image: str) -> str:
-        host = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        host = _public_path(os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
         name = image.rsplit("@", 1)[0]
         if not name.startswith(_NO_BASH_IMAGE_PREFIXES):
             return host

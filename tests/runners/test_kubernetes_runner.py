@@ -380,7 +380,9 @@ async def test_services_are_sidecars_reachable_by_name(runner: KubernetesRunner)
     job = job_run(step(0, "echo with-service"), services=(service,))
     reporter = FakeReporter()
     assert await runner.run_job(job, reporter) == JobResult("success")
-    pod = (await runner.kube.read_job(runner.job_name(job)) or {})["spec"]["template"]["spec"]
+    # The Job is deleted once the job ended (its services would keep the pod running).
+    assert await runner.kube.read_job(runner.job_name(job)) is None
+    pod = runner.job_manifest(job)["spec"]["template"]["spec"]
     assert pod["hostAliases"] == [{"ip": "127.0.0.1", "hostnames": ["redis"]}]
     sidecar = pod["containers"][1]
     assert sidecar["image"] == "redis:7"
@@ -466,54 +468,3 @@ async def test_an_apiserver_restart_mid_step_loses_and_repeats_nothing(
     assert await task == JobResult("success")
     assert reporter.text(0) == "".join(f"tick {i}\n" for i in range(60))
     assert reporter.text(1) == "after\n"
-
-
-class StepTimeRuntime:
-    """A workflow runtime as the executor attaches it (`JobRun.runtime`): each step's script is
-    made when it runs from what earlier steps wrote to $GITHUB_OUTPUT."""
-
-    def __init__(self) -> None:
-        self.outputs: dict[int, str] = {}
-        self.finished: list[tuple[int, str]] = []
-
-    def start(self, **_dirs: str) -> dict[str, str]:
-        return {"event.json": '{"ref": "main"}'}
-
-    def prepare(self, step: StepRun, *, files: dict[str, str], temp: str, base_path: str) -> Any:
-        from types import SimpleNamespace
-
-        script = step.script.replace("<first-output>", self.outputs.get(0, "").strip())
-        env = {**step.env, **files, "EVENT": f"{temp}/event.json", "PATH": f"/opt/x:{base_path}"}
-        return SimpleNamespace(
-            run=step.index != 2,
-            error=None,
-            argv=("sh", "-e", f"{temp}/step-{step.index}.sh"),
-            script=script,
-            script_name=f"step-{step.index}.sh",
-            env=env,
-            working_directory=None,
-            timeout_seconds=None,
-            continue_on_error=False,
-        )
-
-    def finish(self, index: int, status: str, files: Any, **_flags: bool) -> None:
-        self.outputs[index] = files.output
-        self.finished.append((index, status))
-
-
-async def test_steps_are_prepared_when_they_run_and_runtime_files_read_back(
-    runner: KubernetesRunner,
-) -> None:
-    runtime = StepTimeRuntime()
-    job = job_run(
-        step(0, 'echo "answer=42" >> "$GITHUB_OUTPUT"; cat "$EVENT"'),
-        step(1, "echo got <first-output>; echo $PATH | cut -d: -f1"),
-        step(2, "echo skipped by its condition"),
-    )
-    object.__setattr__(job, "runtime", runtime)
-    reporter = FakeReporter()
-    assert await runner.run_job(job, reporter) == JobResult("success")
-    assert reporter.text(0) == '{"ref": "main"}\n'
-    assert reporter.text(1) == "got answer=42\n/opt/x\n"
-    assert runtime.finished == [(0, "success"), (1, "success"), (2, "skipped")]
-    assert reporter.statuses() == {0: "success", 1: "success", 2: "skipped"}

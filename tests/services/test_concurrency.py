@@ -227,3 +227,33 @@ async def test_a_job_in_its_own_builds_group_is_cancelled_as_a_deadlock(
     done = await wait_for_build(client, created["id"])
     assert done["status"] == "cancelled"
     assert "a deadlock for concurrency group 'Release'" in job(done, "ship")["error"]
+
+
+async def test_a_newer_waiting_job_replaces_the_older(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    running = await create(client, job_workflow(gate=True))
+    await gate_ready(settings, running["id"], "deploy")
+
+    async def deploy_waiting(build_id: int) -> dict[str, Any]:
+        async def seen() -> dict[str, Any] | None:
+            detail = await get(client, build_id)
+            return detail if job(detail, "deploy")["waiting_reason"] else None
+
+        detail: dict[str, Any] = await wait_until(seen, f"deploy of build {build_id} waiting")
+        return detail
+
+    older = await create(client, job_workflow(gate=False))
+    await deploy_waiting(older["id"])
+    newer = await create(client, job_workflow(gate=False))
+    await deploy_waiting(newer["id"])
+    replaced = await wait_for_build(client, older["id"])
+    assert replaced["status"] == "cancelled"
+    assert job(replaced, "deploy")["status"] == "cancelled"
+    assert job(replaced, "deploy")["error"] == REPLACED.format("deploy-prod")
+    assert job(replaced, "deploy")["started_at"] is None
+    assert job(replaced, "lint")["status"] == "success"
+
+    await release(settings, running["id"], "deploy")
+    assert (await wait_for_build(client, running["id"]))["status"] == "success"
+    assert (await wait_for_build(client, newer["id"]))["status"] == "success"

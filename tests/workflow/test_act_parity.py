@@ -157,3 +157,45 @@ def test_run_flags_reproduce_a_triggers_context(tmp_path: Path) -> None:
     )
     assert bad.returncode != 0
     assert "--input expects K=V" in bad.stdout + bad.stderr
+
+
+def test_run_takes_repository_sha_and_branch_from_the_checkout(tmp_path: Path) -> None:
+    # Like act: a workflow inside a git checkout runs with that checkout's repository (from its
+    # `origin` remote), HEAD and branch; flags still win.
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True
+        )
+        return done.stdout.strip()
+
+    git("init", "-q", "-b", "feature/x")
+    git("remote", "add", "origin", "git@github.com:octo-org/octo-repo.git")
+    wf = tmp_path / ".github" / "workflows" / "ci.yml"
+    wf.parent.mkdir(parents=True)
+    wf.write_text(
+        "jobs:\n  show:\n    steps:\n      - run: |\n"
+        '          echo "repo=${{ github.repository }} owner=$GITHUB_REPOSITORY_OWNER"\n'
+        '          echo "ref=${{ github.ref }} sha=$GITHUB_SHA"\n'
+    )
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "init")
+    head = git("rev-parse", "HEAD")
+
+    def run(*flags: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", "run", str(wf), *flags],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    text = run()
+    assert "repo=octo-org/octo-repo owner=octo-org" in text
+    assert f"ref=refs/heads/feature/x sha={head}" in text
+    text = run("--repository", "other/name", "--branch", "main")
+    assert "repo=other/name owner=other" in text
+    assert f"ref=refs/heads/main sha={head}" in text

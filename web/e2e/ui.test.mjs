@@ -139,6 +139,8 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
 
     const log = page.getByRole('region', { name: /Log of step count output/ })
     await until(async () => (await log.innerText()).includes('line 3'), { what: 'line 3 in the log' })
+    // The tab names the build and its status.
+    await until(async () => (await page.title()) === `Running · ${PIPELINE} #1 · ci-executor`, { what: `the tab title (${await page.title()})` })
     const stepStatus = page.locator('li.step[data-step="1"] .step-head .badge')
     assert.equal(await stepStatus.getAttribute('data-status'), 'running')
     assert.ok(!(await log.innerText()).includes('line 60'), 'the whole log arrived at once')
@@ -197,6 +199,8 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
     await page.keyboard.press('Enter')
     await page.getByRole('heading', { name: 'broken', level: 2 }).waitFor()
     assert.match(page.url(), /job=broken/)
+    // ... and keeps naming it, with the new status, when the selected job changes the URL.
+    await until(async () => (await page.title()) === `Failed · ${PIPELINE} #1 · ci-executor`, { what: 'the finished build in the tab title' })
     const step = page.locator('li.step[data-step="0"]')
     await step.locator('.badge[data-status="failed"]').first().waitFor()
     assert.equal(await step.locator('.step-head').getAttribute('aria-expanded'), 'true')
@@ -468,6 +472,17 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
         await p.locator('h1').first().waitFor()
         await p.waitForLoadState('networkidle').catch(() => undefined)
         assert.equal(await horizontalOverflow(p), 0, `${name} overflows at 390 px`)
+        if (name === 'list') {
+          // Every build's facts are on screen, none behind a sideways scroll of the table.
+          const cells = p.locator('table.builds tr[data-build-id] td')
+          assert.ok((await cells.count()) >= 8)
+          for (const box of await cells.evaluateAll((els) => els.map((el) => el.getBoundingClientRect().toJSON()))) {
+            assert.ok(box.x >= 0 && box.x + box.width <= 390, `a list cell is off screen at 390 px: ${JSON.stringify(box)}`)
+          }
+          // Each fact is labelled (the table head is hidden): "Started 10s ago".
+          const label = await p.locator('table.builds tr[data-build-id] td[data-label="Started"]').first().evaluate((el) => getComputedStyle(el, '::before').content)
+          assert.match(label, /Started/)
+        }
         await check(`mobile-${name}`, p)
       }
     } finally {
@@ -519,11 +534,20 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
     assert.match(await list.innerText(), /error[\s\S]*broken[\s\S]*tests\/test_x\.py:12[\s\S]*pytest[\s\S]*tests failed/i)
     await list.getByRole('button', { name: 'broken' }).click()
     await page.getByRole('heading', { name: 'broken', level: 2 }).waitFor()
+    // As on GitHub, the annotation leads to the log line that made it.
+    await until(() => /[?&]line=2(&|$)/.test(page.url()), { what: `the annotation's line in the URL (${page.url()})` })
+    await page.locator('.log-row.log-selected[data-line="2"]').waitFor()
     const summary = page.locator('.summary[data-step="0"]')
     await summary.getByRole('heading', { name: 'Test report' }).waitFor()
     assert.equal(await summary.locator('td', { hasText: '3 failed' }).count(), 1)
     const log = page.getByRole('region', { name: /Log of step fails output/ })
     await until(async () => (await log.innerText()).includes('about to fail'), { what: 'the annotated step\'s log' })
+    // The workflow command reads as GitHub shows it in the log: "Error: …", in the error colour.
+    const cmdRow = log.locator('.log-row.log-cmd-error')
+    assert.equal(await cmdRow.locator('.txt').innerText(), 'Error: tests failed')
+    assert.doesNotMatch(await log.innerText(), /::error/)
+    const [fg, bg] = await cmdRow.locator('.txt').evaluate((el) => [getComputedStyle(el).color, getComputedStyle(el.parentElement).backgroundColor])
+    assert.notEqual(fg, await log.locator('.log-row:not(.log-cmd) .txt').first().evaluate((el) => getComputedStyle(el).color), `error line colour ${fg} on ${bg}`)
     assert.equal(await summary.locator('script').count(), 0)
     assert.equal(await summary.locator('[onerror]').count(), 0)
     assert.equal(await page.evaluate(() => window.__pwned), undefined)

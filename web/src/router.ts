@@ -19,6 +19,9 @@ export const router = createRouter({
   ],
 })
 
-router.afterEach((to) => {
+router.afterEach((to, from) => {
+  // A build page names itself (number and status) once it has loaded; moving within it (job,
+  // step and line in the query) keeps that.
+  if (to.name === 'build' && from.name === 'build') return
   document.title = `${String(to.meta.title ?? 'ci-executor')} · ci-executor`
 })

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -26,18 +24,22 @@ from app.runners.base import (
     job_outcome,
     should_run_step,
 )
-from app.runners.kubernetes import shell, workflow
+from app.runners.kubernetes import shell
 from app.runners.kubernetes.api import ExecResult, Json, Kube, KubeError
-from app.runners.kubernetes.hashfiles import PREPARE_POOL, PodHashFiles
 from app.runners.kubernetes.manifests import KubernetesSettings, image_for
 from app.runners.kubernetes.names import CONTAINER, LABEL_JOB_ID, service_label
-from app.workflow.runtime import JobRuntime
+from app.runners.kubernetes.process import (
+    PROC_SHIFT,
+    ForeignJob,
+    InfraError,
+    Proc,
+    TimedOut,
+)
+from app.runners.kubernetes.steps import RuntimeSteps
 
 log = logging.getLogger(__name__)
+__all__ = ["ForeignJob", "InfraError", "JobFollower", "TimedOut"]
 
-# A step's source offsets are `index << 40 | byte offset in its log`: increasing across the job,
-# so the reporter's single stored offset says which step and byte to resume from.
-_STEP_SHIFT = 40
 # Waiting reasons after which the container will never start by itself.
 _FATAL_WAITING = {
     "InvalidImageName",
@@ -48,22 +50,6 @@ _FATAL_WAITING = {
 }
 _PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
 _TRANSIENT = (KubeError, aiohttp.ClientError, OSError, TimeoutError)
-
-
-# Called when a step ends, before its end is reported: may turn the status (and add an error).
-_After = Callable[["StepOutcome"], Awaitable[tuple["StepOutcome", str | None]]]
-
-
-class InfraError(Exception):
-    """The job cannot go on for a reason of the infrastructure (reported once, as `error`)."""
-
-
-class ForeignJob(InfraError):
-    """A Job of this name exists but another installation made it: never touch it."""
-
-
-class TimedOut(Exception):
-    pass
 
 
 @dataclass
@@ -78,6 +64,9 @@ class JobFollower:
     current: int | None = None
     # Steps as they really ran (the workflow runtime may evaluate continue-on-error/timeouts).
     effective: dict[int, StepRun] = field(default_factory=dict)
+    # After a restart: what the pod ran (by process key) and the stored output offset.
+    known: dict[str, tuple[str, int]] = field(default_factory=dict)
+    stored: int = 0
 
     # ------------------------------------------------------------ start-up
 
@@ -183,18 +172,19 @@ class JobFollower:
 
     async def run_steps(self, resume: bool) -> JobResult:
         failed = False
-        known: dict[int, tuple[str, int]] = await self._pod_state() if resume else {}
-        stored = await self.reporter.stored_offset() if resume else 0
+        self.known = await self._pod_state() if resume else {}
+        self.stored = await self.reporter.stored_offset() if resume else 0
         runtime = self.job.runtime
-        if runtime is not None:
-            await self._start_runtime(runtime)
+        session = RuntimeSteps(self, runtime) if runtime is not None else None
+        if session is not None:
+            await session.start()
         for step in self.job.steps:
             if self.job.cancel.is_set():
                 return await self.cancelled()
-            if step.index in known:
-                outcome = await self._reattach(step, known[step.index], stored)
-            elif runtime is not None:
-                outcome = await self._run_with_runtime(runtime, step)
+            if session is not None:
+                outcome = await session.run(step)
+            elif str(step.index) in self.known:
+                outcome = await self._reattach(step)
             elif not should_run_step(step, failed=failed, cancelled=False):
                 self.finished[step.index] = "skipped"
                 await self.reporter.step_finished(step.index, "skipped", None)
@@ -208,101 +198,32 @@ class JobFollower:
         await self._exec(shell.finish_program())
         return self.outcome()
 
-    async def _pod_state(self) -> dict[int, tuple[str, int]]:
-        lines = bytearray()
-
-        async def collect(data: bytes) -> None:
-            lines.extend(data)
-
-        await self._exec(shell.state_program(), collect)
-        known: dict[int, tuple[str, int]] = {}
-        for line in bytes(lines).decode(errors="replace").splitlines():
+    async def _pod_state(self) -> dict[str, tuple[str, int]]:
+        """The processes the pod knows, by key (`<index>` or `<index>-<n>`): rc and log size."""
+        _, data = await self.run_collect(shell.state_program())
+        known: dict[str, tuple[str, int]] = {}
+        for line in data.decode(errors="replace").splitlines():
             parts = line.split()
-            if len(parts) == 3 and parts[0].isdigit() and parts[2].isdigit():
-                known[int(parts[0])] = (parts[1], int(parts[2]))
+            if len(parts) == 3 and parts[0].replace("-", "").isdigit() and parts[2].isdigit():
+                known[parts[0]] = (parts[1], int(parts[2]))
         return known
 
-    async def _start_runtime(self, runtime: JobRuntime) -> None:
-        """The job's directories are known: write the runtime's files (event.json) into the pod;
-        `hashFiles()` hashes the pod's workspace."""
-        files = runtime.start(
-            workspace=workflow.WORKSPACE, temp=workflow.TEMP, tool_cache=workflow.TOOL_CACHE
-        )
-        written = {f"{workflow.TEMP}/{name}": text for name, text in files.items()}
-        await self._exec(shell.write_files_program(written))
-        runtime.hash_files = PodHashFiles(self._run_collect, asyncio.get_running_loop())
+    def resume_offset(self, proc: Proc) -> int:
+        """Where to follow a process the pod already knows from: what is stored of it."""
+        size = self.known[proc.key][1]
+        if self.stored >> PROC_SHIFT == proc.base >> PROC_SHIFT:
+            return self.stored & ((1 << PROC_SHIFT) - 1)
+        return size if self.stored > proc.base else 0
 
-    async def _run_with_runtime(self, runtime: JobRuntime, step: StepRun) -> StepOutcome:
-        """A step prepared by the workflow runtime just before it runs; its runtime files are
-        read back and handed to the runtime before the step's end is reported. `prepare` runs on
-        a worker thread: `hashFiles()` in it execs in the pod, through this event loop."""
-        paths = workflow.file_paths(step.index)
-        prepared = await asyncio.get_running_loop().run_in_executor(
-            PREPARE_POOL,
-            functools.partial(
-                runtime.prepare, step, files=paths, temp=workflow.TEMP, base_path=shell.BASE_PATH
-            ),
-        )
-        effective = replace(
-            step,
-            continue_on_error=prepared.continue_on_error,
-            timeout_seconds=prepared.timeout_seconds,
-        )
-        self.effective[step.index] = effective
-        if not prepared.run:
-            runtime.finish(step.index, "skipped", workflow.runtime_files(), continue_on_error=False)
-            self.finished[step.index] = "skipped"
-            await self.reporter.step_finished(step.index, "skipped", None)
-            return "skipped"
+    async def _reattach(self, step: StepRun) -> StepOutcome:
         await self.reporter.step_started(step.index)
         self.current = step.index
-        if prepared.error is not None:
-            runtime.finish(
-                step.index,
-                "failed",
-                workflow.runtime_files(),
-                continue_on_error=prepared.continue_on_error,
-            )
-            return await self._end_step(effective, "failed", None, prepared.error)
-        try:
-            program = shell.start_program(
-                step.index,
-                prepared.script,
-                prepared.env,
-                prepared.working_directory,
-                argv=prepared.argv,
-                script_path=f"{workflow.TEMP}/{prepared.script_name}",
-                empty_files=list(paths.values()),
-            )
-        except ValueError as exc:
-            raise InfraError(f"step {step.index + 1} ({step.name}): {exc}") from exc
-        return await self._drive(effective, program, 0, self._runtime_after(runtime, effective))
-
-    def _runtime_after(self, runtime: JobRuntime, step: StepRun) -> _After:
-        async def after(status: StepOutcome) -> tuple[StepOutcome, str | None]:
-            paths = list(workflow.file_paths(step.index).values())
-            _, data = await self._run_collect(shell.files_program(paths, workflow.max_file_bytes()))
-            files = workflow.runtime_files(workflow.parse_files(data, len(paths)))
-            problem = runtime.finish(
-                step.index, status, files, continue_on_error=step.continue_on_error
-            )
-            if problem is not None and status == "success":
-                return "failed", problem
-            return status, problem
-
-        return after
-
-    async def _reattach(self, step: StepRun, known: tuple[str, int], stored: int) -> StepOutcome:
-        await self.reporter.step_started(step.index)
-        self.current = step.index
-        offset = 0
-        if stored >> _STEP_SHIFT == step.index:
-            offset = stored & ((1 << _STEP_SHIFT) - 1)
-        elif stored >> _STEP_SHIFT > step.index:
-            offset = known[1]
-        runtime = self.job.runtime
-        after = self._runtime_after(runtime, step) if runtime is not None else None
-        return await self._drive(step, shell.follow_program(step.index, offset), offset, after)
+        proc = Proc.of(step.index, 0, self._start_program(step))
+        offset = self.resume_offset(proc)
+        status, code, error = await self.drive(
+            step, proc, shell.follow_program(proc.key, offset), offset
+        )
+        return await self.end_step(step, status, code, error)
 
     @staticmethod
     def _start_program(step: StepRun) -> bytes:
@@ -317,19 +238,21 @@ class JobFollower:
         program = self._start_program(step)
         await self.reporter.step_started(step.index)
         self.current = step.index
-        return await self._drive(step, program, 0)
+        proc = Proc.of(step.index, 0, program)
+        status, code, error = await self.drive(step, proc, program, 0)
+        return await self.end_step(step, status, code, error)
 
-    async def _drive(
-        self, step: StepRun, program: bytes, offset: int, after: _After | None = None
-    ) -> StepOutcome:
-        """Run/follow one step until it ends; a broken stream is followed on from its offset."""
+    async def drive(
+        self, step: StepRun, proc: Proc, program: bytes, offset: int
+    ) -> tuple[StepOutcome, int | None, str | None]:
+        """Run/follow one process until it ends; a broken stream is followed on from its offset.
+        Its status, exit code and error; nothing is reported but its output."""
         position = offset
-        base = step.index << _STEP_SHIFT
 
         async def output(data: bytes) -> None:
             nonlocal position
             position += len(data)
-            await self.reporter.step_output(step.index, data, base + position)
+            await self.reporter.step_output(step.index, data, proc.base + position)
 
         deadline = (
             time.monotonic() + step.timeout_seconds if step.timeout_seconds is not None else None
@@ -337,43 +260,46 @@ class JobFollower:
         while True:
             task = asyncio.create_task(self._exec(program, output))
             try:
-                outcome = await self._wait_step(step, task, deadline)
+                outcome = await self._wait_step(proc.key, task, deadline)
             finally:
                 # Never leave an exec reporting output behind us (e.g. when the executor is
                 # shutting down and cancels this job's task).
                 if not task.done():
                     task.cancel()
             if outcome is not None:
-                return await self._end_step(step, outcome, None, after=after)
+                error = None
+                if outcome == "timed_out":
+                    error = f"step timed out after {step.timeout_seconds:g}s"
+                return outcome, None, error
             try:
                 result = task.result()
             except _TRANSIENT as exc:
-                log.info("exec stream of step %s broke: %s", step.index, exc)
+                log.info("exec stream of step %s broke: %s", proc.key, exc)
                 result = ExecResult(None)
             following = not program.startswith(b"__ci_main")
             if (
                 following
                 and result.exit_code == shell.NOT_STARTED
-                and step.index not in await self._pod_state()
+                and proc.key not in await self._pod_state()
             ):
                 # The start program never arrived: send it again.
-                program = self._start_program(step)
+                program = proc.start
                 continue
             if result.exit_code is not None:
                 if result.exit_code != 0:
                     await self._check_stopped_from_outside(result.exit_code)
                     if self.job.cancel.is_set():
-                        return await self._end_step(step, "cancelled", None)
+                        return "cancelled", None, None
                 status: StepOutcome = "success" if result.exit_code == 0 else "failed"
-                return await self._end_step(step, status, result.exit_code, after=after)
+                return status, result.exit_code, None
             if result.error is not None:
                 raise InfraError(f"exec in pod {self.pod}: {result.error}")
             await self._pod_still_running()
             await asyncio.sleep(self.settings.retry_interval_seconds)
-            program = shell.follow_program(step.index, position)
+            program = shell.follow_program(proc.key, position)
 
     async def _wait_step(
-        self, step: StepRun, task: asyncio.Task[ExecResult], deadline: float | None
+        self, key: str, task: asyncio.Task[ExecResult], deadline: float | None
     ) -> StepOutcome | None:
         """None when the exec ended by itself; else cancelled / timed_out (step stopped)."""
         cancel = asyncio.create_task(self.job.cancel.wait())
@@ -389,31 +315,20 @@ class JobFollower:
             return "cancelled"
         # The step's own timeout: TERM to its process group, KILL after the grace period.
         with contextlib.suppress(*_TRANSIENT):
-            await self._exec(shell.signal_program(step.index, "TERM"))
+            await self._exec(shell.signal_program(key, "TERM"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), self.settings.termination_grace_seconds)
         if not task.done():
             with contextlib.suppress(*_TRANSIENT):
-                await self._exec(shell.signal_program(step.index, "KILL"))
+                await self._exec(shell.signal_program(key, "KILL"))
             with contextlib.suppress(TimeoutError, *_TRANSIENT):
                 await asyncio.wait_for(task, 5)
         task.cancel()
         return "timed_out"
 
-    async def _end_step(
-        self,
-        step: StepRun,
-        status: StepOutcome,
-        code: int | None,
-        error: str | None = None,
-        *,
-        after: _After | None = None,
+    async def end_step(
+        self, step: StepRun, status: StepOutcome, code: int | None, error: str | None = None
     ) -> StepOutcome:
-        if status == "timed_out":
-            error = f"step timed out after {step.timeout_seconds:g}s"
-        if after is not None and status != "cancelled":
-            status, problem = await after(status)
-            error = error or problem
         self.finished[step.index] = status
         self.current = None
         await self.reporter.step_finished(step.index, status, code, error)
@@ -477,23 +392,26 @@ class JobFollower:
             await self._check_pod_not_started(pod, state)
             raise InfraError("the job container is not running")
 
-    async def _run_collect(self, program: bytes) -> tuple[int | None, bytes]:
-        """Run a short program in the pod: its exit code and its whole output."""
+    async def run_collect(self, program: bytes, payload: bytes = b"") -> tuple[int | None, bytes]:
+        """Run a short program in the pod (`payload` follows it on stdin): its exit code and
+        its whole output."""
         data = bytearray()
 
         async def collect(chunk: bytes) -> None:
             data.extend(chunk)
 
-        result = await self._exec(program, collect)
+        result = await self._exec(program, collect, payload)
         return result.exit_code, bytes(data)
 
-    async def _exec(self, program: bytes, on_output: Any = None) -> ExecResult:
+    async def _exec(
+        self, program: bytes, on_output: Any = None, payload: bytes = b""
+    ) -> ExecResult:
         async def discard(_data: bytes) -> None:
             return None
 
         assert self.pod is not None
         return await self.kube.exec(
-            self.pod, CONTAINER, shell.exec_argv(program), program, on_output or discard
+            self.pod, CONTAINER, shell.exec_argv(program), program + payload, on_output or discard
         )
 
     # ------------------------------------------------------------ endings

@@ -190,7 +190,13 @@ class KubernetesRunner:
             await follower.wait_for_pod()
             if job.cancel.is_set():
                 return await follower.cancelled()
-            return await follower.run_steps(resume)
+            result = await follower.run_steps(resume)
+            if job.services:
+                # A pod runs while any of its containers does: the services would keep it (and
+                # the Job) running until the Job's deadline. Deleting the Job stops them now.
+                with contextlib.suppress(KubeError, aiohttp.ClientError, OSError):
+                    await self.kube.delete_job(follower.name)
+            return result
         except TimedOut as exc:
             await follower.end_unfinished("timed_out", str(exc))
             return JobResult("timed_out", str(exc))

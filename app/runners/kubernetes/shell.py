@@ -19,8 +19,9 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Names the pod sets itself; a step's environment must not point them elsewhere.
-_POD_OWNED = frozenset({"CI_WORKSPACE", "CI_RUN_DIR", "HOME", "PATH", "HOSTNAME"})
+# Names the pod sets itself; a step's environment must not point them elsewhere. A step's own
+# PATH is honoured (GitHub lets `env: PATH:` replace it); the image's is "$PATH" (BASE_PATH).
+_POD_OWNED = frozenset({"CI_WORKSPACE", "CI_RUN_DIR", "HOME", "HOSTNAME"})
 
 # PID 1. Without a TERM handler, a container's PID 1 ignores the kubelet's SIGTERM and the step
 # runs on until SIGKILL after the grace period. This one forwards TERM to every step's process
@@ -28,6 +29,11 @@ _POD_OWNED = frozenset({"CI_WORKSPACE", "CI_RUN_DIR", "HOME", "PATH", "HOSTNAME"
 INIT = r"""
 d="$CI_RUN_DIR"
 mkdir -p "$d" "$HOME" || exit 1
+# The workspace emptyDir belongs to root (group fsGroup): git refuses a repository at its top
+# ("dubious ownership") unless it is a safe.directory, set in the (writable) HOME's global
+# config. `*`: the pod has one user, so a repository owned by another (root's volume, a local
+# repository to fetch from) is no other tenant's.
+[ -e "$HOME/.gitconfig" ] || printf '[safe]\n\tdirectory = *\n' > "$HOME/.gitconfig"
 stop() {
   for f in "$d"/*.pgid; do [ -f "$f" ] && kill -TERM -- "-$(cat "$f")" 2>/dev/null; done
   while :; do
@@ -68,21 +74,28 @@ _START = r"""
 mkdir -p "$d" || exit 125
 : > "$d/$i.log"
 (
-  S=setsid; command -v setsid >/dev/null 2>&1 || S=
+  S=$(command -v setsid 2>/dev/null)
   cd "$CI_WORKSPACE" && cd "$wd" 2>>"$d/$i.log" || {
     echo "ci-executor: working-directory $wd_name does not exist" >> "$d/$i.log"; rc=1
   }
+  P0=$PATH
   __ci_env
   if [ -z "${rc:-}" ] && ! command -v "$shell_name" >/dev/null 2>&1; then
-    printf '%s\n' "ci-executor: the shell '$shell_name' is not installed on this runner" \
-      "($shell_name is not installed in the job's image); use \`shell: sh\` or an image" \
-      "that has $shell_name" | tr '\n' ' ' >> "$d/$i.log"
-    echo >> "$d/$i.log"
+    PATH=$P0
+    if [ -n "$missing" ]; then
+      printf '%s\n' "$missing" >> "$d/$i.log"
+    else
+      printf '%s\n' "ci-executor: the shell '$shell_name' is not installed on this runner" \
+        "($shell_name is not installed in the job's image); use \`shell: sh\` or an image" \
+        "that has $shell_name" | tr '\n' ' ' >> "$d/$i.log"
+      echo >> "$d/$i.log"
+    fi
     rc=127
   fi
   if [ -z "${rc:-}" ]; then
     $S "$@" < /dev/null >> "$d/$i.log" 2>&1 &
     p=$!
+    PATH=$P0
     echo "$p" > "$d/$i.pgid"
     wait "$p"; rc=$?
     kill -KILL -- "-$p" 2>/dev/null
@@ -125,8 +138,10 @@ def exec_argv(program: bytes) -> list[str]:
     return ["sh", "-c", 'eval "$(head -c "$1")"', "ci-executor", str(len(program))]
 
 
-def _header(index: int, offset: int) -> str:
-    return f'd="$CI_RUN_DIR"; i={index}; off={offset}\n'
+def _header(key: int | str, offset: int) -> str:
+    """`key` names a process's files in $CI_RUN_DIR: the step index, or `<index>-<n>` for the
+    n-th process of a step that runs several (an action's phases, a composite's steps)."""
+    return f'd="$CI_RUN_DIR"; i={key}; off={offset}\n'
 
 
 def value_expr(value: str) -> str:
@@ -151,7 +166,7 @@ def _directory_expr(directory: str) -> str:
 
 
 def start_program(
-    index: int,
+    index: int | str,
     script: str,
     env: Mapping[str, str],
     working_directory: str | None,
@@ -160,19 +175,21 @@ def start_program(
     argv: Sequence[str] | None = None,
     script_path: str | None = None,
     empty_files: Sequence[str] = (),
+    missing: str | None = None,
 ) -> bytes:
     """Write the step's script, start it, stream its output from byte 0, exit with its code.
 
     Without `argv` the script goes to `$CI_RUN_DIR/<i>.sh` and runs with `shell`; with it (the
     workflow runtime's command line) the script goes to `script_path` and `argv` runs as given.
-    `empty_files` (runtime files such as $GITHUB_OUTPUT) are created empty first."""
+    `empty_files` (runtime files such as $GITHUB_OUTPUT) are created empty first. `missing` is
+    the step's error when the command is not installed in the image."""
     for name in env:
         if not name or "=" in name or "\0" in name:
             raise ValueError(f"invalid environment variable name {name!r}")
     exports = "".join(
         f"export {name}={value_expr(value)}\n"
         for name, value in sorted(env.items())
-        if is_env_name(name) and (name not in _POD_OWNED or (name == "PATH" and BASE_PATH in value))
+        if is_env_name(name) and name not in _POD_OWNED
     )
     # Names sh cannot export (GitHub allows `MY-VAR` in $GITHUB_ENV; @actions/core reads inputs as
     # `INPUT_FETCH-DEPTH`) reach the step through `env NAME=value command`.
@@ -197,6 +214,7 @@ def start_program(
         _header(index, 0),
         f"wd={_directory_expr(working_directory or '.')}; "
         f"wd_name={sh_quote(working_directory or '.')}; shell_name={sh_quote(words[0])}\n",
+        f"missing={sh_quote(missing or '')}\n",
         f'mkdir -p "$d" "$(dirname {target})" || exit 125\n',
         f"cat > {target} <<'{delimiter}'\n{script}\n{delimiter}\n",
         created,
@@ -234,7 +252,7 @@ def write_files_program(files: Mapping[str, str]) -> bytes:
     return f"__ci_write() {{\n{body}:\n}}\n__ci_write\n".encode()
 
 
-def follow_program(index: int, offset: int) -> bytes:
+def follow_program(index: int | str, offset: int) -> bytes:
     """Re-attach to a step started earlier: stream its output from `offset` until it ends, exit
     with the code it recorded (or 255 if it never started)."""
     return (
@@ -256,11 +274,30 @@ def state_program() -> bytes:
     ).encode()
 
 
-def signal_program(index: int, signal: Literal["TERM", "KILL"]) -> bytes:
+def signal_program(index: int | str, signal: Literal["TERM", "KILL"]) -> bytes:
     return (
         _header(index, 0)
         + f'p=$(cat "$d/$i.pgid" 2>/dev/null) && kill -{signal} -- "-$p" 2>/dev/null; exit 0\n'
     ).encode()
+
+
+def copy_tree_program(destination: str, size: int) -> bytes:
+    """Unpack the gzipped tar of `size` bytes that follows this program on stdin into
+    `destination` (replacing it whole: unpacked aside, then moved)."""
+    target = value_expr(destination)
+    return (
+        "__ci_copy() {\n"
+        "command -v tar >/dev/null || { echo 'tar is not installed in the image'; exit 127; }\n"
+        f't={target}.part; rm -rf "$t" && mkdir -p "$t" || exit 1\n'
+        f'head -c {size} | tar -xzf - -C "$t" || exit 1\n'
+        f'rm -rf {target} && mv "$t" {target}\n'
+        "}\n__ci_copy\n"
+    ).encode()
+
+
+def read_file_program(path: str, limit: int) -> bytes:
+    """Print a regular file's first `limit` bytes; exit 3 when it is not one."""
+    return f'f={value_expr(path)}; [ -f "$f" ] || exit 3; head -c {limit} "$f"\n'.encode()
 
 
 def finish_program() -> bytes:

@@ -2,38 +2,31 @@
 
 When the executor attaches a `JobRuntime` to the job (`JobRun.runtime`, app/workflow/runtime.py:
 GitHub's step-time expressions, contexts and runtime files), each step is prepared just before it
-runs (its `if:`, `run:`, `env:` see the earlier steps' results) and its $GITHUB_OUTPUT, $GITHUB_ENV,
-$GITHUB_PATH and $GITHUB_STEP_SUMMARY files are read back from the pod after it ends.
+runs (its `if:`, `run:`, `env:` see the earlier steps' results) and its runtime files
+($GITHUB_OUTPUT, $GITHUB_ENV, $GITHUB_PATH, $GITHUB_STEP_SUMMARY, a JavaScript action's
+$GITHUB_STATE) are read back from the pod after it ends (steps.py drives the steps).
 """
 
 from __future__ import annotations
 
-from app.workflow.runtime import MAX_FILE_BYTES, RuntimeFiles
+from app.workflow.runtime import RuntimeFiles
 
 WORKSPACE = "/workspace"
 TEMP = "/ci/temp"  # RUNNER_TEMP: scripts, event.json
 TOOL_CACHE = "/ci/tool-cache"
-# Order matters: files_program prints them in this order.
+# The runtime files' names and RuntimeFiles' fields.
 RUNTIME_FILES = {
     "GITHUB_OUTPUT": "output",
     "GITHUB_ENV": "env",
     "GITHUB_PATH": "path",
     "GITHUB_STEP_SUMMARY": "summary",
+    "GITHUB_STATE": "state",
 }
 
 
-def file_paths(index: int) -> dict[str, str]:
-    return {name: f"/ci/run/{index}.{suffix}" for name, suffix in RUNTIME_FILES.items()}
-
-
-def max_file_bytes() -> int:
-    return MAX_FILE_BYTES
-
-
-def runtime_files(contents: list[str] | None = None) -> RuntimeFiles:
-    """RuntimeFiles with the files' contents (all empty by default)."""
-    values = contents or ["", "", "", ""]
-    return RuntimeFiles(**dict(zip(RUNTIME_FILES.values(), values, strict=True)))
+def runtime_files_named(contents: dict[str, str]) -> RuntimeFiles:
+    """RuntimeFiles from the files' contents by name (GITHUB_OUTPUT -> text ...)."""
+    return RuntimeFiles(**{field: contents.get(name, "") for name, field in RUNTIME_FILES.items()})
 
 
 def parse_files(data: bytes, count: int) -> list[str]:

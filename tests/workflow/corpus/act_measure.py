@@ -22,7 +22,9 @@ Each file runs as a user reproducing act's context would run it: `--event-name` 
 `--event event.json` when the directory has one, and act's environment through flags of
 `ci-executor run` (nothing act-specific is built into the product): `--actor nektos/act`,
 `--repository nektos/act`, `--var ACT=true`, plus what the single tests pass (`.env` as `--var`,
-`.secrets` as `--secret`, the CLI input as `--input`). `--plain` runs without those.
+`.secrets` as `--secret`, the CLI input as `--input`). `--plain` runs without those: then only
+the event name and file are given (and, in a checkout, `ci-executor run` takes github.repository,
+sha and ref from the checkout's git, as act does).
 """
 
 from __future__ import annotations
@@ -220,8 +222,12 @@ def run_case(source: Source, case: Case, *, plain: bool) -> tuple[bool, str]:
         scratch = Path(tmp)
         args = arguments(source, case, scratch, plain=plain)
         for path in case.files:
-            workflow = scratch / Path(path).name
-            workflow.write_text(source.read(path) or "", encoding="utf-8")
+            # In place in a checkout (so `ci-executor run` sees its git context, as a user's
+            # run would); a bare git directory has no files to point at: a copy.
+            workflow = source.root / path
+            if source.bare:
+                workflow = scratch / Path(path).name
+                workflow.write_text(source.read(path) or "", encoding="utf-8")
             command = [*_executable(), "run", str(workflow), *args]
             try:
                 done = subprocess.run(

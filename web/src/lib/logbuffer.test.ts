@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { LogBuffer, enclosingGroups, searchLines, visibleLines } from './logbuffer'
+import { LogBuffer, enclosingGroups, findAnnotationLine, searchLines, visibleLines } from './logbuffer'
 
 function texts(buf: LogBuffer, idx: number[]): string[] {
   return idx.map((i) => buf.lines[i]!.plain)
@@ -120,5 +120,22 @@ describe('LogBuffer seqs and times', () => {
       ['two', '2026-01-01T00:00:02Z'],
     ])
     expect(b.lastSeq).toBe(2)
+  })
+
+  it('shows ::error:: / ::warning:: / ::notice:: commands as GitHub does, other lines as written', () => {
+    const b = new LogBuffer()
+    b.append('::error file=a.py,line=3,title=T::tests failed\n::warning::50%25 slower%0Athan before\n::notice title=x::fyi\n::error:bad\nplain ::error::x\n')
+    expect(b.lines.map((l) => [l.plain, l.level])).toEqual([
+      ['Error: tests failed', 'error'],
+      ['Warning: 50% slower than before', 'warning'],
+      ['Notice: fyi', 'notice'],
+      ['::error:bad', undefined],
+      ['plain ::error::x', undefined],
+    ])
+    expect(searchLines(b, 'error: tests')).toEqual([0])
+    // An annotation finds the line it came from (its message as stored, newlines and all).
+    expect(findAnnotationLine(b, 'warning', '50% slower\nthan before')?.n).toBe(2)
+    expect(findAnnotationLine(b, 'error', 'tests failed')?.n).toBe(1)
+    expect(findAnnotationLine(b, 'warning', 'tests failed')).toBeUndefined()
   })
 })

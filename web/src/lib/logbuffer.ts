@@ -4,6 +4,16 @@ import { type AnsiState, PLAIN, endState, stripAnsi } from './ansi'
 
 const GROUP_START = '::group::'
 const GROUP_END = '::endgroup::'
+// `::error file=a.py,line=3,title=T::message` (and warning, notice): GitHub shows the line as
+// "Error: message", coloured, instead of the raw workflow command.
+const ANNOTATION = /^::(error|warning|notice)(?:\s[^:]*)?::(.*)$/
+const LEVEL_LABEL = { error: 'Error', warning: 'Warning', notice: 'Notice' } as const
+export type AnnotationLevel = keyof typeof LEVEL_LABEL
+
+/** A workflow command's message as written: %25, %0D and %0A escape '%', CR and LF. */
+function unescapeCommandData(s: string): string {
+  return s.replace(/%0D/gi, '').replace(/%0A/gi, ' ').replace(/%25/g, '%')
+}
 
 export interface LogLine {
   /** Line number shown in the gutter (1-based, group ends not counted). */
@@ -19,6 +29,8 @@ export interface LogLine {
   depth: number
   /** When the chunk that completed the line was stored (ISO 8601), if known. */
   time: string | null
+  /** Set when the line is an `::error::`, `::warning::` or `::notice::` command. */
+  level?: AnnotationLevel
 }
 
 export interface LogGroup {
@@ -99,6 +111,13 @@ export class LogBuffer {
       this.stack.push(g)
       return
     }
+    const cmd = ANNOTATION.exec(plain)
+    if (cmd) {
+      const level: AnnotationLevel = cmd[1] === 'error' ? 'error' : cmd[1] === 'warning' ? 'warning' : 'notice'
+      const text = `${LEVEL_LABEL[level]}: ${unescapeCommandData(cmd[2] ?? '')}`
+      this.lines.push({ n, raw: text, plain: text, start: PLAIN, opens: -1, depth: this.stack.length, time, level })
+      return
+    }
     this.lines.push({ n, raw, plain, start, opens: -1, depth: this.stack.length, time })
   }
 }
@@ -139,4 +158,12 @@ export function enclosingGroups(buf: LogBuffer, index: number): number[] {
     if (grp.header < index && index < grp.end) out.push(g)
   }
   return out
+}
+
+/** The line an `::error::` / `::warning::` / `::notice::` command with this message became,
+ * if the buffer has it (the first such line: an annotation keeps no line number). */
+export function findAnnotationLine(buf: LogBuffer, level: string, message: string): LogLine | undefined {
+  const flat = (t: string): string => t.replace(/\s+/g, ' ').trim()
+  const want = flat(message)
+  return buf.lines.find((l) => l.level === level && flat(l.plain.slice(l.plain.indexOf(':') + 1)) === want)
 }
