@@ -2,7 +2,8 @@
 
 `resolve_actions(spec, fetcher)` fetches every remote `uses:` of a workflow's steps when the build
 is created and returns the pins stored with the build's snapshot (`build_snapshots.actions`):
-`{uses: {"commit": sha, "post": bool}}`. A retry copies them, so it runs the same code. An unknown
+`{uses: {"commit": sha, "post": bool}}`, including the remote actions that remote composite
+actions use. A retry copies them, so it runs the same code. An unknown
 repository, ref or action.yml, and a Docker action, are the workflow's problem (422, naming the
 action); an unreachable git server is not (503). `post` says the action has a `post` phase: the
 plan adds a "Post <step>" row for it at the job's end (app/services/plan.py).
@@ -30,6 +31,7 @@ from app.workflow.spec import WorkflowSpec
 
 log = logging.getLogger(__name__)
 Pins = dict[str, dict[str, Any]]
+MAX_NESTING = 10  # composite actions in composite actions (GitHub's limit too)
 
 
 def fetcher_for(settings: Settings) -> ActionFetcher:
@@ -57,7 +59,11 @@ async def resolve_actions(spec: WorkflowSpec, fetcher: ActionFetcher) -> Pins:
     used, named) or Unavailable (the git server failed)."""
     pins: Pins = {}
     problems: list[dict[str, Any]] = []
-    for uses in remote_uses(spec):
+    queue = [(uses, 0) for uses in remote_uses(spec)]
+    while queue:
+        uses, depth = queue.pop(0)
+        if uses in pins or depth > MAX_NESTING:
+            continue
         try:
             fetched = await fetcher.fetch(uses)
         except ActionInfraError as exc:
@@ -70,6 +76,11 @@ async def resolve_actions(spec: WorkflowSpec, fetcher: ActionFetcher) -> Pins:
             problems.append(_problem(uses, f"{uses}: {reason}"))
             continue
         pins[uses] = {"commit": fetched.commit, "post": bool(fetched.manifest.post)}
+        # A remote composite's own remote actions are pinned too: a retry runs the same code.
+        for step in fetched.manifest.steps:
+            nested = step.get("uses") if isinstance(step, dict) else None
+            if isinstance(nested, str) and is_remote(nested.strip()):
+                queue.append((nested.strip(), depth + 1))
     if problems:
         raise Invalid(problems)
     return pins

@@ -70,7 +70,7 @@ class Group:
         folded = self.name.casefold()
         if len(folded) <= KEY_MAX:
             return folded
-        return f"{folded[:180]}…sha256:{hashlib.sha256(folded.encode()).hexdigest()}"
+        return f"{folded[:180]}...sha256:{hashlib.sha256(folded.encode()).hexdigest()}"
 
 
 @dataclass(frozen=True)

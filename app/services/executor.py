@@ -114,6 +114,12 @@ class BuildExecutor:
         for name in self._secrets:
             ctx.masker.add(build.variables[name])
         self._statuses = {row.name: J(row.status) for row in rows}
+        # Taken over: the groups running jobs hold (freed when they end) and jobs that wait.
+        for row in rows:
+            if row.concurrency_group is not None and row.status == J.running:
+                self._groups[row.name] = concurrency.Group(row.concurrency_group)
+            elif row.waiting_reason is not None and row.status == J.pending:
+                self._waiting.add(row.name)
         self._jobs = {job.name: job for job in spec.jobs}
         self._keys = {job.name: job.key for job in spec.jobs}
         self._needs = {job.name: job.needs for job in spec.jobs}

@@ -200,9 +200,12 @@ runs:
     assert first["status"] == "success", await log_text(client, first["id"])
     assert job(first, "a")["steps"][0]["outputs"] == {"said": "hello pinned (pinned) / v1"}
 
-    # The tag moves: a retry runs the commit pinned when the first build was created...
+    # The tags move: a retry runs the commits pinned when the first build was created (the
+    # nested action's too)...
     outer.commit({"sub/action.yaml": "name: Moved\nruns: {using: composite, steps: []}\n"})
     outer.tag("v1")
+    inner.commit({"action.yml": GREET.replace("text=hello", "text=bye"), "tool.sh": TOOL})
+    inner.tag("v1")
     response = await client.post(f"/builds/{first['id']}/retry", json={})
     assert response.status_code == 201, response.text
     retried = await wait_for_build(client, response.json()["id"])

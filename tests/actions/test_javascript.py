@@ -5,6 +5,7 @@ GitHub's order, and a clear step error when `node` is missing."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ console.log(`main: state=${e.STATE_fromPre} who=${e.INPUT_WHO} depth=${e['INPUT_
 const repo = `${e.GITHUB_ACTION_REPOSITORY}@${e.GITHUB_ACTION_REF}`;
 console.log(`main: action=${e.GITHUB_ACTION} repo=${repo}`);
 console.log(`main: path-ok=${fs.existsSync(e.GITHUB_ACTION_PATH + '/main.js')}`);
+console.log(`main: path=${e.GITHUB_ACTION_PATH}`);
 const dirs = `temp=${!!e.RUNNER_TEMP} tools=${!!e.RUNNER_TOOL_CACHE}`;
 console.log(`main: ${dirs} server=${e.GITHUB_SERVER_URL}`);
 console.log(`main: token=${!!e.ACTIONS_RUNTIME_TOKEN} results=${e.ACTIONS_RESULTS_URL}`);
@@ -152,6 +154,9 @@ async def test_pre_main_post_with_state_post_if_and_the_toolkit_environment(
     assert "main: state=p1 who=me depth=1" in text
     assert "main: action=s repo=acme/node@v1" in text
     assert "main: path-ok=true" in text
+    # A copy inside the build's directory (which the sandbox shows), not the executor's cache.
+    action_path = text.split("main: path=", 1)[1].split("\n", 1)[0]
+    assert re.search(r"/workspaces/\d+/_actions/acme/node/[0-9a-f]{40}/state$", action_path)
     assert "main: temp=true tools=true server=https://github.com" in text
     assert "main: token=true results=http://ci.example.test:8000/" in text
     assert "main: raw-token=***\n" in text  # masked, as on GitHub

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -78,3 +79,34 @@ def test_run_ctrl_c_cancels(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "cancelling" in out
     assert "build 1: cancelled" in out
+
+
+def test_run_fetches_remote_actions_and_names_an_unknown_one(tmp_path: Path) -> None:
+    from tests.actions.repos import Repo
+
+    mirror = tmp_path / "mirror"
+    Repo(mirror, "acme", "hello").commit(
+        {
+            "action.yml": "name: Hello\nruns:\n  using: composite\n  steps:\n"
+            "    - run: echo hello from the action\n      shell: bash\n"
+        }
+    )
+    env = {
+        **os.environ,
+        "ACTIONS_URL": str(mirror),
+        "ACTIONS_CACHE_DIR": str(tmp_path / "actions-cache"),
+    }
+    wf = tmp_path / "ci.yml"
+    wf.write_text("jobs:\n  a:\n    steps:\n      - uses: acme/hello@main\n")
+    result = subprocess.run(
+        [*CLI, "run", str(wf)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hello from the action" in result.stdout
+    wf.write_text("jobs:\n  a:\n    steps:\n      - uses: acme/nothere@v1\n")
+    result = subprocess.run(
+        [*CLI, "run", str(wf)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "action acme/nothere@v1: " in result.stdout
+    assert "repository acme/nothere not found" in result.stdout

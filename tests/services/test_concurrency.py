@@ -257,3 +257,35 @@ async def test_a_newer_waiting_job_replaces_the_older(
     await release(settings, running["id"], "deploy")
     assert (await wait_for_build(client, running["id"]))["status"] == "success"
     assert (await wait_for_build(client, newer["id"]))["status"] == "success"
+
+
+async def test_matrix_jobs_in_one_group_run_one_at_a_time(client: httpx.AsyncClient) -> None:
+    created = await create(
+        client,
+        workflow(
+            """
+            jobs:
+              each:
+                strategy:
+                  matrix:
+                    n: [1, 2]
+                concurrency: serial-${{ strategy.job-total }}
+                steps:
+                  - run: echo "n=${{ matrix.n }}"
+              free:
+                strategy:
+                  matrix:
+                    n: [1, 2]
+                concurrency: own-${{ matrix.n }}
+                steps: [{run: echo free}]
+            """
+        ),
+    )
+    done = await wait_for_build(client, created["id"])
+    assert done["status"] == "success", done
+    first, second = sorted(
+        (job(done, name) for name in ("each (1)", "each (2)")), key=lambda j: j["started_at"]
+    )
+    assert first["concurrency_group"] == second["concurrency_group"] == "serial-2"
+    assert ts(second["started_at"]) >= ts(first["finished_at"])
+    assert {job(done, f"free ({n})")["concurrency_group"] for n in (1, 2)} == {"own-1", "own-2"}

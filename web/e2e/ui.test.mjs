@@ -229,6 +229,31 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
     assert.match(requests[0], /\/logs\?job=stream&step=1&offset=0&limit=1000$/)
   })
 
+  test('a log that fails to load says so in its step, moves nothing else, and loads on "Try again"', async () => {
+    await page.goto(`${svc.baseUrl}/ci/builds/${liveBuild}?job=stream`)
+    const step = page.locator('li.step[data-step="0"]')
+    const head = step.locator('.step-head')
+    await until(async () => (await head.getAttribute('aria-expanded')) === 'false', { what: 'prepare folded' })
+    const jobs = page.locator('section[aria-labelledby="dag-title"]')
+    const jobsBox = await jobs.boundingBox()
+    await page.route('**/api/v1/builds/*/logs?*', (route) => route.fulfill({ status: 500, contentType: 'application/json', body: '{"detail":"internal error; see the service log"}' }))
+    try {
+      await head.click()
+      const alert = step.getByRole('alert')
+      await alert.waitFor()
+      assert.match(await alert.innerText(), /Could not load this log: internal error/)
+      assert.equal(await page.locator('section.build-head [role="alert"]').count(), 0)
+      assert.deepEqual(await jobs.boundingBox(), jobsBox)
+      await check('build-detail-log-error')
+    } finally {
+      await page.unrouteAll()
+    }
+    await step.getByRole('button', { name: 'Try again' }).click()
+    const log = page.getByRole('region', { name: /Log of step prepare output/ })
+    await until(async () => (await log.innerText()).includes('prepared'), { what: 'the log after "Try again"' })
+    assert.equal(await step.getByRole('alert').count(), 0)
+  })
+
   test('deep links: a line URL scrolls to and highlights it; clicking line numbers updates the URL', async () => {
     await page.goto(`${svc.baseUrl}/ci/builds/${liveBuild}?job=stream&step=1&line=45`)
     const log = page.getByRole('region', { name: /Log of step count output/ })
@@ -420,6 +445,30 @@ describe('ci-executor web UI', { timeout: 300_000 }, () => {
     } finally {
       await page.unrouteAll()
     }
+  })
+
+  test('a failed refresh keeps the list on screen and says so; the next good one clears that', async () => {
+    await page.goto(`${svc.baseUrl}/ci`)
+    const rows = page.locator('table.builds tbody tr[data-build-id]')
+    await until(async () => (await rows.count()) > 0, { what: 'builds listed' })
+    const n = await rows.count()
+    const table = page.locator('table.builds')
+    const tableBox = await table.boundingBox()
+    await page.route('**/api/v1/builds?*', (route) => route.fulfill({ status: 500, contentType: 'application/json', body: '{"detail":"internal error; see the service log"}' }))
+    const note = page.getByTestId('list-stale')
+    try {
+      // The page's next poll (every 10 s while nothing runs) fails.
+      await note.waitFor({ timeout: 30_000 })
+      assert.match(await note.innerText(), /not refreshed \(internal error/)
+      assert.equal(await rows.count(), n)
+      assert.equal(await page.getByRole('alert').count(), 0)
+      assert.deepEqual(await table.boundingBox(), tableBox)
+      await check('build-list-stale')
+    } finally {
+      await page.unrouteAll()
+    }
+    await note.waitFor({ state: 'detached', timeout: 30_000 })
+    assert.equal(await rows.count(), n)
   })
 
   test('error pages: a bad or unknown build id is a friendly "not found" with a way back', async () => {
