@@ -942,13 +942,13 @@ def test_problems_across_valid_matrix_and_plain_jobs_are_all_found() -> None:
         jobs:
           m:
             strategy: {matrix: {a: [1]}}
-            steps: [{run: "${{ matrix.b }}"}]
+            steps: [{run: "${{ matrix.a == }}"}]
           p:
             needs: [m, q]
             steps: [{run: x, shell: fish}]
         """
     )
-    assert [(line, column) for line, column, _ in problems(text)] == [(4, 19), (6, 16), (7, 29)]
+    assert [line for line, _, _ in problems(text)] == [4, 6, 7]
 
 
 MERGED = """\
