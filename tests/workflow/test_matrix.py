@@ -581,7 +581,7 @@ def test_a_key_only_some_include_rows_set_is_empty_in_the_others() -> None:
     assert names == {
         "t (a, x)": ["build a x "],
         "t (b)": ["build b  "],
-        "plain": ['echo "[]"'],
+        "plain": ['Run echo "[]"'],
     }
 
 
