@@ -80,7 +80,8 @@ class BuildExecutor:
     async def run(self, *, resume: bool = False) -> None:
         ctx = self.ctx
         async with ctx.db.read() as session:
-            build = await session.get(Build, ctx.build_id)
+            # Read once on the dispatch path: the claim's transaction already loaded it.
+            build, ctx.claimed = ctx.claimed or await session.get(Build, ctx.build_id), None
             snapshot = (
                 await session.exec(
                     select(BuildSnapshot).where(BuildSnapshot.build_id == ctx.build_id)

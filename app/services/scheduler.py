@@ -144,17 +144,18 @@ class Scheduler:
         except BaseException:
             self._slots.release()
             raise
-        if not claimed:
+        if claimed is None:
             self._slots.release()
             return
-        self._spawn(build_id, resume=False)
+        self._spawn(build_id, resume=False, claimed=claimed)
 
-    async def _claim(self, build_id: int) -> bool:
+    async def _claim(self, build_id: int) -> Build | None:
+        """The build as claimed (running, leased to this replica), or None."""
         now = utcnow()
         async with self.db.transaction() as session:
             if not await concurrency.may_start(session, build_id):
                 log.info("build %s waits for its concurrency group; acknowledged", build_id)
-                return False
+                return None
             claimed = await state.build(
                 session,
                 build_id,
@@ -169,12 +170,13 @@ class Scheduler:
             build = await session.get(Build, build_id) if claimed else None
         if build is None:
             log.info("build %s not claimable (unknown, cancelled or taken); acknowledged", build_id)
-            return False
+            return None
         self.metrics.queue_wait.observe((now - build.created_at).total_seconds())
-        return True
+        return build
 
-    def _spawn(self, build_id: int, *, resume: bool) -> None:
+    def _spawn(self, build_id: int, *, resume: bool, claimed: Build | None = None) -> None:
         ctx = self.core.build_context(build_id)
+        ctx.claimed = claimed
         task = asyncio.create_task(self._execute(ctx, resume=resume), name=f"build {build_id}")
         self._running[build_id] = (ctx, task)
         self.metrics.running_builds.inc()

@@ -38,7 +38,7 @@ from app.workflow.loader import (
     plain,
     value_pos,
 )
-from app.workflow.matrix import Combination, combination_name, references, substitute
+from app.workflow.matrix import Combination, combination_name, substitute
 from app.workflow.spec import (
     Concurrency,
     Environment,
@@ -396,6 +396,9 @@ class _Parser(Checker):
         return result.order
 
     def check_references(self, job: _Job) -> None:
+        """Expression syntax of the job's fields. A `matrix.<key>` the matrix does not define (or
+        in a job without a matrix) is not an error: GitHub evaluates it to null (''), and real
+        workflows rely on that (a key only some `include` rows set, e.g. tokio's CI)."""
         for text in job.texts():
             self.expressions(text)
         for step in job.steps:
@@ -405,21 +408,6 @@ class _Parser(Checker):
         for flag in (job.continue_on_error, job.timeout_minutes):
             if isinstance(flag, Text):
                 self.expressions(flag)
-        for text in job.texts():
-            for ref in dict.fromkeys(references(text.value)):
-                if job.matrix_template is not None:
-                    continue  # keys known only once the matrix is computed
-                if job.combinations is None:
-                    self.add(
-                        text.pos,
-                        f"{text.label} refers to `matrix.{ref}`, but job {job.key!r} has no matrix",
-                    )
-                elif job.combinations and ref not in job.matrix_keys:
-                    self.add(
-                        text.pos,
-                        f"{text.label} refers to `matrix.{ref}`, which is not a key of the "
-                        f"matrix of job {job.key!r} (keys: {', '.join(sorted(job.matrix_keys))})",
-                    )
 
 
 def _declared_inputs(on: object) -> dict[str, tuple[object, str]]:
@@ -540,5 +528,6 @@ def _minutes(value: float | Text | None, values: Combination | None) -> Minutes:
 
 
 def _default_step_name(run: str) -> str:
+    """GitHub's name for a `run:` step without `name:`: `Run <first line of the script>`."""
     first = next((line.strip() for line in run.splitlines() if line.strip()), "")
-    return first[:STEP_NAME_LIMIT]
+    return f"Run {first}"[:STEP_NAME_LIMIT]

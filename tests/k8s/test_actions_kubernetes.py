@@ -16,6 +16,7 @@ import pytest
 from tests.actions import test_composite as composite
 from tests.actions import test_javascript as javascript
 from tests.actions.test_javascript import mirror  # noqa: F401 (a fixture: the actions' git repos)
+from tests.k8s.gha_fixtures import kubernetes_settings, readable_tmp  # noqa: F401
 from tests.k8s_emulator.fixture import EmulatorProcess
 
 Case = Callable[..., Awaitable[None]]
@@ -30,17 +31,18 @@ CASES: list[Case] = [
 
 
 @pytest.fixture
-def settings_overrides(tmp_path: Path, emulator: EmulatorProcess) -> dict[str, Any]:
-    repos = tmp_path / "mirror"
+def settings_overrides(
+    tmp_path: Path,
+    emulator: EmulatorProcess,
+    readable_tmp: Path,  # noqa: F811 (the fixture)
+) -> dict[str, Any]:
+    repos = readable_tmp / "mirror"  # a local action's repository is checked out in the pod
     repos.mkdir()
     return {
         "actions_url": str(repos),
         "actions_cache_dir": tmp_path / "actions-cache",
         "actions_public_url": "http://ci.example.test:8000",
-        "runner": "kubernetes",
-        "kubeconfig": str(emulator.kubeconfig_path),
-        "k8s_namespace": "ci",
-        "k8s_marker_secret": "test-marker-secret",
+        **kubernetes_settings(emulator),
     }
 
 

@@ -123,6 +123,9 @@ async def test_actions_are_followed_on_after_a_restart(
         f"c-tick-{i}" for i in range(1, 21)
     ]
     assert lines.count("pre-done") == 1
+    # the runtime's own lines (a composite's step labels) are not repeated either
+    labels = [line for line in lines if line.startswith("▶")]
+    assert len(labels) == len(set(labels)) == 4, labels  # js pre and post, composite one and two
     assert lines.count("nested-one-done") == 1
     assert "out=main-done second=after-first" in text
     assert "post: p1,m2" in text

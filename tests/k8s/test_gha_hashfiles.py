@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from app.runners.kubernetes.hashfiles import parse_patterns, search_roots, select
+from tests.k8s.gha_fixtures import kubernetes_settings
 from tests.support import create, log_text, wait_for_build, workflow
 
 FILES = [
@@ -83,12 +84,7 @@ def test_only_the_patterns_fixed_directories_are_listed(
 
 @pytest.fixture
 def settings_overrides(emulator: Any) -> dict[str, Any]:
-    return {
-        "runner": "kubernetes",
-        "kubeconfig": str(emulator.kubeconfig_path),
-        "k8s_namespace": "ci",
-        "k8s_marker_secret": "test-marker-secret",
-    }
+    return kubernetes_settings(emulator)
 
 
 async def test_directories_excludes_and_absolute_patterns_in_a_pod(

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
-import shutil
-import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.k8s.gha_fixtures import kubernetes_settings, readable_tmp  # noqa: F401
 from tests.support import create, job, log_text, wait_for_build, workflow
 from tests.workflow import test_conformance as local
 
@@ -42,23 +40,7 @@ def runner_kind(request: pytest.FixtureRequest) -> str:
 def settings_overrides(runner_kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     if runner_kind == "local":
         return {}
-    emulator = request.getfixturevalue("emulator")
-    return {
-        "runner": "kubernetes",
-        "kubeconfig": str(emulator.kubeconfig_path),
-        "k8s_namespace": "ci",
-        "k8s_marker_secret": "test-marker-secret",
-    }
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A directory the pods can read (e.g. a repo_url on disk): the emulator runs pod processes
-    as the pod's non-root user, and pytest's own tmp dirs are private (0700)."""
-    path = Path(tempfile.mkdtemp(prefix="ci-shared-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    return kubernetes_settings(request.getfixturevalue("emulator"))
 
 
 async def run(client: httpx.AsyncClient, text: str, **body: object) -> dict[str, Any]:
@@ -69,11 +51,14 @@ async def run(client: httpx.AsyncClient, text: str, **body: object) -> dict[str,
 @pytest.mark.parametrize("runner_kind", ["kubernetes"])
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.removeprefix("test_") for c in CASES])
 async def test_local_conformance_case_on_kubernetes(
-    case: Case, client: httpx.AsyncClient, shared_tmp: Path
+    case: Case,
+    client: httpx.AsyncClient,
+    readable_tmp: Path,  # noqa: F811 (the fixture)
 ) -> None:
     arguments: dict[str, Any] = {"client": client}
     if "tmp_path" in inspect.signature(case).parameters:
-        arguments["tmp_path"] = shared_tmp
+        # e.g. the repository a `file://` checkout clones: the pod's user must be able to read it
+        arguments["tmp_path"] = readable_tmp
     await case(**arguments)
 
 
@@ -170,3 +155,27 @@ async def test_env_file_names_a_shell_cannot_export(client: httpx.AsyncClient) -
     assert "DASHED-NAME=dash value" in text.splitlines()
     assert "PLAIN=plain" in text.splitlines()
     assert "expr=dash value" in text
+
+
+async def test_hash_files_in_the_with_of_an_action(client: httpx.AsyncClient) -> None:
+    # docs: the `actions/cache` example, `key: ${{ runner.os }}-${{ hashFiles('**/x.lock') }}`
+    done = await run(
+        client,
+        """
+        jobs:
+          build:
+            steps:
+              - run: |
+                  mkdir -p .github/actions/keyed sub
+                  printf lock > sub/deps.lock
+                  printf '%s\\n' 'name: Keyed' 'inputs: {key: {required: true}}' \\
+                    'runs: {using: composite, steps: [{run: echo "key=$INPUT_KEY", shell: sh}]}' \\
+                    > .github/actions/keyed/action.yml
+              - uses: ./.github/actions/keyed
+                with:
+                  key: ${{ runner.os }}-${{ hashFiles('**/*.lock') }}
+        """,
+    )
+    text = await log_text(client, done["id"])
+    assert done["status"] == "success", text
+    assert f"key=Linux-{files_hash(b'lock')}" in text

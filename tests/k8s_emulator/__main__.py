@@ -20,6 +20,7 @@ import uvicorn
 
 from tests.k8s_emulator.cluster import Cluster
 from tests.k8s_emulator.server import TOKEN, build_app
+from tests.k8s_emulator.users import STRICT_USERS_UNAVAILABLE
 
 NAMESPACE = "ci"
 
@@ -119,6 +120,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    if STRICT_USERS_UNAVAILABLE:
+        # Tests that need pods to run as their users ask `GET /_emulator/info` and skip.
+        logging.getLogger("k8s_emulator").warning("%s", STRICT_USERS_UNAVAILABLE)
     asyncio.run(_serve(args.host, args.port, args.state_dir, args.exit_on_stdin_eof))
 
 

@@ -317,7 +317,7 @@ class Kubelet:
                 return
             spawn = await self._prepare(runtime, pod)
             if spawn is not None:
-                await self._start_sidecars(runtime, pod)
+                await sidecars.start_all(self, runtime, pod["spec"])
                 await self._run_container(runtime, spawn)
                 await self._end_pod(runtime)
             else:
@@ -366,38 +366,12 @@ class Kubelet:
             signal_group(pause.pid, signal.SIGKILL)
             await pause.wait()
 
-    async def _start_sidecars(self, runtime: PodRuntime, pod: Obj) -> None:
-        spec = pod["spec"]
-        for container in spec["containers"][1:]:
-            name, image = str(container["name"]), str(container.get("image", ""))
-            sidecar = sidecars.Sidecar(name, image, container, runtime.directory / f"{name}.log")
-            runtime.sidecars.append(sidecar)
-            if image in self.cluster.toggles.missing_images:
-                message = f'pull access denied: "{image}"'
-                sidecar.state = {"waiting": {"reason": "ErrImagePull", "message": message}}
-                self.event(runtime, "Failed", f'Failed to pull image "{image}": {message}', True)
-                continue
-            try:
-                sidecar.spawn = container_spawn(
-                    self.cluster, runtime, spec, container, hostname=runtime.name
-                )
-            except ConfigError as exc:
-                waiting = {"reason": "CreateContainerConfigError", "message": str(exc)}
-                sidecar.state = {"waiting": waiting}
-                self.event(runtime, "Failed", f"Error: {exc}", warning=True)
-                continue
-            await sidecars.start(self, runtime, sidecar)
-
     async def _end_pod(self, runtime: PodRuntime) -> None:
         """The first container ended: the pod runs on while another container runs (until it
         ends or the pod is stopped), then its phase says how they all ended."""
-        live = [s.task for s in sidecars.running(runtime) if s.task is not None]
-        if live and runtime.stop_reason is None:
+        if sidecars.running(runtime) and runtime.stop_reason is None:
             self.publish(runtime)
-            all_ended = asyncio.ensure_future(asyncio.gather(*live, return_exceptions=True))
-            stopped = asyncio.create_task(runtime.stop_requested.wait())
-            await asyncio.wait({all_ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
+            await sidecars.wait_all(runtime)
         await sidecars.stop_all(runtime, runtime.grace if runtime.stop_reason else 0)
         codes = [int(runtime.state.get("terminated", {}).get("exitCode", 1))]
         codes += [int(s.state.get("terminated", {}).get("exitCode", 0)) for s in runtime.sidecars]

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.k8s_emulator.config import Spawn
+from tests.k8s_emulator.config import Spawn, container_spawn
+from tests.k8s_emulator.errors import ConfigError
 from tests.k8s_emulator.runtime import PodRuntime, catches_signal, container_pids, signal_group
 from tests.k8s_emulator.store import now
 from tests.k8s_emulator.users import preexec_for
@@ -68,6 +69,40 @@ class Sidecar:
 
 def running(runtime: PodRuntime) -> list[Sidecar]:
     return [s for s in runtime.sidecars if "running" in s.state]
+
+
+async def start_all(kubelet: Kubelet, runtime: PodRuntime, spec: Obj) -> None:
+    """Each container after the first, in order: pulled, configured and started on its own (one
+    that cannot start does not hold up the others, as on a node)."""
+    for container in spec["containers"][1:]:
+        name, image = str(container["name"]), str(container.get("image", ""))
+        sidecar = Sidecar(name, image, container, runtime.directory / f"{name}.log")
+        runtime.sidecars.append(sidecar)
+        if image in kubelet.cluster.toggles.missing_images:
+            message = f'pull access denied: "{image}"'
+            sidecar.state = {"waiting": {"reason": "ErrImagePull", "message": message}}
+            kubelet.event(runtime, "Failed", f'Failed to pull image "{image}": {message}', True)
+            continue
+        try:
+            sidecar.spawn = container_spawn(
+                kubelet.cluster, runtime, spec, container, hostname=runtime.name
+            )
+        except ConfigError as exc:
+            sidecar.state = {
+                "waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}
+            }
+            kubelet.event(runtime, "Failed", f"Error: {exc}", warning=True)
+            continue
+        await start(kubelet, runtime, sidecar)
+
+
+async def wait_all(runtime: PodRuntime) -> None:
+    """Until every running container after the first ended, or the pod is stopped."""
+    live = [s.task for s in running(runtime) if s.task is not None]
+    all_ended = asyncio.ensure_future(asyncio.gather(*live, return_exceptions=True))
+    stopped = asyncio.create_task(runtime.stop_requested.wait())
+    await asyncio.wait({all_ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
 
 
 async def start(kubelet: Kubelet, runtime: PodRuntime, sidecar: Sidecar) -> None:

@@ -7,6 +7,7 @@ These need the emulator's strict uid mode (it runs as root); elsewhere they skip
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from app.runners.base import JobResult, ServiceContainer
-from app.runners.kubernetes import KubernetesRunner, KubernetesSettings
+from app.runners.kubernetes import LABEL_JOB_ID, KubernetesRunner, KubernetesSettings, shell
+from app.runners.kubernetes.names import CONTAINER
 from app.services.plan import CHECKOUT_SCRIPT
 from tests.k8s_emulator.fixture import EmulatorProcess
 from tests.runners.steps import step
@@ -138,6 +140,27 @@ async def test_a_slow_service_is_waited_for_before_the_first_step(
     assert reporter.text(0) == "+PONG\n"
 
 
+async def test_a_health_cmd_service_is_ready_by_its_own_check(runner: KubernetesRunner) -> None:
+    # docker's --health-cmd becomes an exec readiness probe, run in the service's container;
+    # redis images run a real redis-server there when the machine has one.
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server/redis-cli are not installed")
+    service = ServiceContainer(
+        name="cache",
+        image="redis:7",
+        ports=(6391,),
+        options='--health-cmd "redis-cli -p 6391 ping"',
+    )
+    script = (
+        "redis-cli -h cache -p 6391 set greeting hi >/dev/null; "
+        "redis-cli -h cache -p 6391 get greeting"
+    )
+    job = job_run(step(0, script), services=(service,))
+    reporter = FakeReporter()
+    assert await runner.run_job(job, reporter) == JobResult("success"), reporter.text(0)
+    assert reporter.text(0) == "hi\n"
+
+
 async def test_a_job_with_services_leaves_no_pod_running(
     strict: EmulatorProcess, runner: KubernetesRunner
 ) -> None:
@@ -152,3 +175,64 @@ async def test_a_job_with_services_leaves_no_pod_running(
         return not [p for p in processes if p["pod"].startswith(runner.job_name(job))]
 
     await until(pod_gone, "the job's pod and its services to stop")
+
+
+@pytest.fixture
+async def plain_runner(emulator: EmulatorProcess) -> AsyncIterator[KubernetesRunner]:
+    settings = KubernetesSettings(
+        namespace="ci",
+        default_image="busybox:1.36",
+        marker_secret="test-marker-secret",
+        kubeconfig=str(emulator.kubeconfig_path),
+        poll_interval_seconds=0.1,
+        retry_interval_seconds=0.1,
+    )
+    runner = KubernetesRunner(settings)
+    await runner.start()
+    yield runner
+    await runner.stop()
+
+
+async def test_a_step_program_delivered_twice_runs_the_step_once(
+    plain_runner: KubernetesRunner,
+) -> None:
+    # The restart window: a start program that arrived whole but has not created the step's
+    # files yet looks "never started" to a runner that re-attaches (after an executor restart
+    # or a broken exec stream), which sends it again. Both copies must not run the step: the
+    # second would truncate its log and both would write its exit-code file.
+    gate = 'while [ ! -e "$CI_WORKSPACE/go" ]; do sleep 0.05; done'
+    job = job_run(step(0, gate))
+    reporter = FakeReporter()
+    task = asyncio.create_task(plain_runner.run_job(job, reporter))
+    kube = plain_runner.kube
+
+    async def job_pod() -> str | None:
+        pods = await kube.list_pods(f"{LABEL_JOB_ID}={plain_runner.job_name(job)}")
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        return str(running[0]["metadata"]["name"]) if running else None
+
+    await until(job_pod, "the job's pod")
+    pod = await job_pod()
+    assert pod is not None
+    program = shell.start_program(7, 'echo ran >> "$CI_WORKSPACE/count"; sleep 0.5', {}, None)
+    codes = []
+
+    async def deliver() -> None:
+        result = await kube.exec(pod, CONTAINER, shell.exec_argv(program), program, discard)
+        codes.append(result.exit_code)
+
+    await asyncio.gather(deliver(), deliver())
+    data = bytearray()
+
+    async def collect(chunk: bytes) -> None:
+        data.extend(chunk)
+
+    read = b'cat "$CI_WORKSPACE/count"; touch "$CI_WORKSPACE/go"\n'
+    await kube.exec(pod, CONTAINER, shell.exec_argv(read), read, collect)
+    assert bytes(data) == b"ran\n"
+    assert sorted(c for c in codes if c is not None) == [0, shell.ALREADY_STARTED]
+    assert await task == JobResult("success")
+
+
+async def discard(_data: bytes) -> None:
+    return None

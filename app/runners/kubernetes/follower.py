@@ -285,6 +285,11 @@ class JobFollower:
                 # The start program never arrived: send it again.
                 program = proc.start
                 continue
+            if not following and result.exit_code == shell.ALREADY_STARTED:
+                # An earlier copy of the start program runs the step: follow that one. (A step
+                # that itself exits 253 is followed too, and its code read back from the pod.)
+                program = shell.follow_program(proc.key, position)
+                continue
             if result.exit_code is not None:
                 if result.exit_code != 0:
                     await self._check_stopped_from_outside(result.exit_code)

@@ -2,9 +2,10 @@
 the small commands to stop a step or end the pod.
 
 Layout in the pod (`$CI_RUN_DIR`, an emptyDir): `<i>.sh` the step's script, `<i>.log` its
-output, `<i>.pgid` its process group, `<i>.rc` its exit code (written when it ends, read only
-when the runner re-attaches after losing the exec stream), `exit` (the runner is done: PID 1
-ends and the pod succeeds).
+output (created first and only once: the claim that starts a step at most once), `<i>.pgid`
+its process group, `<i>.rc` its exit code (written when it ends, read only when the runner
+re-attaches after losing the exec stream), `exit` (the runner is done: PID 1 ends and the pod
+succeeds).
 
 Values never reach the pod spec: the step's environment and script travel on the exec's stdin,
 and `sh -c 'eval "$(head -c N)"'` reads exactly N bytes of it, so no stdin close is needed
@@ -71,8 +72,6 @@ done
 # The exit code the runner trusts is this program's own, from `wait` on the supervisor: output
 # or files the step writes cannot change it.
 _START = r"""
-mkdir -p "$d" || exit 125
-: > "$d/$i.log"
 (
   S=$(command -v setsid 2>/dev/null)
   cd "$CI_WORKSPACE" && cd "$wd" 2>>"$d/$i.log" || {
@@ -112,6 +111,8 @@ BASE_PATH = "/__ci_image_path__"
 _PATH_ROOTS = (("/ci", "CI_ROOT"), ("/workspace", "CI_WORKSPACE"))
 # follow_program's exit code when the step never started (its start program was lost in transit).
 NOT_STARTED = 254
+# start_program's exit code when the step was already started by an earlier copy of it.
+ALREADY_STARTED = 253
 SHELL_COMMANDS: dict[str, tuple[str, ...]] = {
     "bash": ("bash", "--noprofile", "--norc", "-eo", "pipefail"),
     "sh": ("sh", "-e"),
@@ -216,6 +217,10 @@ def start_program(
         f"wd_name={sh_quote(working_directory or '.')}; shell_name={sh_quote(words[0])}\n",
         f"missing={sh_quote(missing or '')}\n",
         f'mkdir -p "$d" "$(dirname {target})" || exit 125\n',
+        # The step's claim, before anything else: its log, created only if it does not exist
+        # (noclobber is O_EXCL). A copy of this program sent again (the runner re-attached
+        # while the first copy was still writing the script) runs nothing and says so.
+        f'( set -C; : > "$d/$i.log" ) 2>/dev/null || exit {ALREADY_STARTED}\n',
         f"cat > {target} <<'{delimiter}'\n{script}\n{delimiter}\n",
         created,
         f"__ci_env() {{\n:\n{exports}}}\n",

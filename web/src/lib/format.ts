@@ -99,3 +99,31 @@ export function matrixGroup(name: string): string | null {
   const m = /^(.*?) \(.*\)$/.exec(name)
   return m ? m[1]! : null
 }
+
+interface Waitable {
+  status: string
+  waiting_reason?: string | null
+  concurrency_group?: string | null
+}
+
+/**
+ * Why a queued build or a pending job has not started, as a sentence ("Waiting for concurrency
+ * group 'deploy': build #1 is running"), as GitHub notes "Waiting for … to complete". Null once
+ * it runs or finished, or when nothing holds it back.
+ */
+export function waitingNote(x: Waitable): string | null {
+  if (x.status !== 'queued' && x.status !== 'pending') return null
+  const reason = x.waiting_reason?.trim()
+  if (!reason) return null
+  return reason.charAt(0).toUpperCase() + reason.slice(1)
+}
+
+/** A placeholder for a matrix computed from `needs` outputs, not expanded yet. */
+export function isMatrixPlaceholder(job: { status: string; pending_expansion?: boolean }): boolean {
+  return job.pending_expansion === true && job.status === 'pending'
+}
+
+/** A job's state in words: "matrix pending expansion" for a waiting placeholder. */
+export function jobStateLabel(job: { status: string; pending_expansion?: boolean }): string {
+  return isMatrixPlaceholder(job) ? 'matrix pending expansion' : statusLabel(job.status)
+}
