@@ -106,7 +106,7 @@ class BuildReporter(JobReporter):
             self._annotations.setdefault(index, []).extend(effects.annotations)
         if self.runtime is not None:
             for name, value in effects.outputs.items():
-                self.runtime.command_output(index, name, value)
+                self.runtime.command_output(name, value)
             for name, value in effects.env.items():
                 self.runtime.command_env(name, value)
             for path in effects.path:

@@ -4,8 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.workflow.parser import parse_workflow
-from app.workflow.spec import WorkflowError, WorkflowSpec
+from app.workflow.parser import CHECKOUT, STEP_NAME_LIMIT, parse_workflow
+from app.workflow.spec import JobSpec, WorkflowError, WorkflowSpec
+
+MAYBE_POST = "(post step if the action defines one)"
+
+
+def _remote(uses: str | None) -> bool:
+    """A `uses:` fetched from a repository (as app/actions/support.py `is_remote`): the
+    built-in checkout, local and docker actions have no post step here."""
+    return uses is not None and not (
+        CHECKOUT.fullmatch(uses) or uses.startswith(("./", "../", "docker://"))
+    )
+
+
+def _post_rows(job: JobSpec) -> list[str]:
+    """The "Post <step>" rows a build adds at the job's end, the last step's first, for
+    remote actions. Whether an action has a `post` is in its action.yml, which validate does
+    not fetch: the rows are marked as possible."""
+    return [
+        f"    +  {f'Post {step.name}'[:STEP_NAME_LIMIT]} {MAYBE_POST}"
+        for step in reversed(job.steps)
+        if _remote(step.uses)
+    ]
 
 
 def plan_text(spec: WorkflowSpec) -> str:
@@ -26,6 +47,7 @@ def plan_text(spec: WorkflowSpec) -> str:
             lines.append(f"    if: {job.condition.source}")
         for step in job.steps:
             lines.append(f"    {step.index + 1}. {step.name}")
+        lines.extend(_post_rows(job))
     return "\n".join(lines) + "\n"
 
 

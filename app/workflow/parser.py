@@ -528,5 +528,6 @@ def _minutes(value: float | Text | None, values: Combination | None) -> Minutes:
 
 
 def _default_step_name(run: str) -> str:
+    """GitHub's name for a `run:` step without `name:`: `Run <first line of the script>`."""
     first = next((line.strip() for line in run.splitlines() if line.strip()), "")
-    return first[:STEP_NAME_LIMIT]
+    return f"Run {first}"[:STEP_NAME_LIMIT]

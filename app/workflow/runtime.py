@@ -172,6 +172,9 @@ class JobRuntime:
         self.path: list[str] = []  # $GITHUB_PATH additions, newest first
         self.results: dict[str, _StepResult] = {}  # by step id
         self.step_outputs: dict[int, dict[str, str]] = {}  # by index, for storing
+        # `::set-output` lines of the process running now: they belong to that process's step,
+        # which inside a composite action is a nested step with its own `id`.
+        self._command_outputs: dict[str, str] = {}
         self.summaries: dict[int, str] = {}
         self.failed = False
         self.cancelled = False
@@ -342,7 +345,7 @@ class JobRuntime:
         summary is appended to step `index`'s); its $GITHUB_OUTPUT values, and an error message
         when a file is malformed."""
         error: str | None = None
-        outputs: dict[str, str] = {}
+        outputs, self._command_outputs = self._command_outputs, {}
         try:
             outputs.update(parse_key_values(files.output, "GITHUB_OUTPUT"))
             self.env.update(parse_key_values(files.env, "GITHUB_ENV"))
@@ -416,9 +419,10 @@ class JobRuntime:
     def command_path(self, path: str) -> None:
         self.path.insert(0, path)
 
-    def command_output(self, index: int, name: str, value: str) -> None:
-        """`::set-output name=x::value` (deprecated on GitHub, still honoured)."""
-        self.step_outputs.setdefault(index, {})[name] = value
+    def command_output(self, name: str, value: str) -> None:
+        """`::set-output name=x::value` (deprecated on GitHub, still honoured): an output of the
+        process running now, collected with its $GITHUB_OUTPUT when it ends (`apply_files`)."""
+        self._command_outputs[name] = value
 
     def job_outputs(self) -> dict[str, str]:
         """`outputs:` evaluated at the job's end; one that fails to evaluate is left empty."""

@@ -271,3 +271,59 @@ async def test_an_unreachable_git_server_is_503_not_the_workflows_fault(
     )
     assert response.status_code == 503, response.text
     assert "acme/tools@v1" in response.json()["detail"]
+
+
+LEGACY = """
+name: Legacy outputs
+outputs:
+  color:
+    value: my-${{ steps.pick.outputs.SELECTED }}
+  top:
+    value: ${{ steps.pick.outputs.SELECTED }}-${{ inputs.secret }}
+inputs:
+  secret:
+    default: none
+runs:
+  using: composite
+  steps:
+    - id: pick
+      run: echo '::set-output name=SELECTED::green'
+      shell: bash
+    - run: exit ${{ inputs.secret == 'fail' && '1' || '0' }}
+      shell: bash
+"""
+
+
+async def test_set_output_inside_a_composite_belongs_to_the_nested_step(
+    client: httpx.AsyncClient, mirror: Path
+) -> None:
+    """`::set-output` printed by a nested step is that step's output (act's uses-composite and
+    composite-fail-with-output cases): the action's outputs see it, also when a later nested step
+    fails, and the calling step's own outputs are only the action's."""
+    project = Repo(mirror, "me", "legacy")
+    project.commit({"act/action.yml": LEGACY})
+    done = await run(
+        client,
+        """
+        jobs:
+          a:
+            steps:
+              - uses: actions/checkout@v4
+              - id: ok
+                uses: ./act
+              - id: bad
+                uses: ./act
+                continue-on-error: true
+                with:
+                  secret: fail
+              - run: echo "seen=${{ steps.ok.outputs.color }}/${{ steps.bad.outputs.color }}"
+        """,
+        repo_url=f"file://{project.bare}",
+        branch="main",
+    )
+    assert done["status"] == "success", await log_text(client, done["id"])
+    steps = job(done, "a")["steps"]
+    assert [s["status"] for s in steps] == ["success", "success", "failed", "success"]
+    assert steps[1]["outputs"] == {"color": "my-green", "top": "green-none"}
+    assert steps[2]["outputs"] == {"color": "my-green", "top": "green-fail"}
+    assert "seen=my-green/my-green" in await log_text(client, done["id"])

@@ -134,7 +134,7 @@ async def test_pre_main_post_with_state_post_if_and_the_toolkit_environment(
     assert names == [
         "Stateful",
         "Run acme/node/strict@v1",
-        'echo "out=${{ steps.s.outputs.greeting }}"; exit 4',
+        'Run echo "out=${{ steps.s.outputs.greeting }}"; exit 4',
         "Post Run acme/node/strict@v1",
         "Post Stateful",
     ]
@@ -254,7 +254,7 @@ async def test_a_javascript_action_inside_a_composite_runs_its_post_at_the_steps
     )
     assert [s["name"] for s in job(created, "a")["steps"]] == [
         "Run acme/wrap@v1",
-        "echo after-wrap",
+        "Run echo after-wrap",
     ]
     done = await wait_for_build(client, created["id"])
     text = await log_text(client, done["id"])

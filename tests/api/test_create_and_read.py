@@ -43,7 +43,7 @@ async def test_create_stores_build_snapshot_jobs_edges_steps(client: httpx.Async
     } == {"build", "test", "lint"}
     assert all(j["status"] == "pending" for j in body["jobs"])
     assert job(body, "test")["needs"] == ["build"]
-    assert [s["name"] for s in job(body, "test")["steps"]] == ["echo test", "echo more"]
+    assert [s["name"] for s in job(body, "test")["steps"]] == ["Run echo test", "Run echo more"]
     assert job(body, "build")["steps"][0]["name"] == "compile"
     assert body["edges"] == [{"from_job": "build", "to_job": "test"}]
     created = datetime.fromisoformat(body["created_at"])

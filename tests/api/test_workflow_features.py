@@ -196,7 +196,7 @@ async def test_checkout_from_a_local_repository(client: httpx.AsyncClient, tmp_p
         repo_url=f"file://{repo}",
         commit_sha=first,
     )
-    assert [s["name"] for s in body["jobs"][0]["steps"]] == ["checkout", "cat hello.txt"]
+    assert [s["name"] for s in body["jobs"][0]["steps"]] == ["checkout", "Run cat hello.txt"]
     done = await wait_for_build(client, body["id"])
     assert done["status"] == "success", await log_text(client, body["id"])
     text = await log_text(client, body["id"])

@@ -38,7 +38,7 @@ def test_run_succeeds_with_prefixed_output_and_summary(tmp_path: Path) -> None:
     result = _run("run", str(wf), "--var", "WHO=world")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[build/greet] hello world" in result.stdout
-    assert "[test/echo tested] tested" in result.stdout
+    assert "[test/Run echo tested] tested" in result.stdout
     assert "JOB / STEP" in result.stdout
     assert "build 1: success" in result.stdout
 

@@ -322,7 +322,11 @@ async def test_checkout_at_its_position(client: httpx.AsyncClient, tmp_path: obj
     )
     assert done["status"] == "success", done
     names = [s["name"] for s in job(done, "build")["steps"]]
-    assert names == ['echo "before $(ls | wc -l)"', "Run actions/checkout@v4", "cat code/hello.txt"]
+    assert names == [
+        'Run echo "before $(ls | wc -l)"',
+        "Run actions/checkout@v4",
+        "Run cat code/hello.txt",
+    ]
     text = await log_text(client, done["id"])
     assert "before 0" in text
     assert "hi from repo" in text

@@ -183,7 +183,7 @@ def test_matrix_jobs_are_named_and_substituted() -> None:
     assert step.run == "echo 3.11 yes\n"
     assert step.env == {"S": "linux"}
     assert step.working_directory == "src/linux"
-    assert default_named.name == "python3.11 -V"
+    assert default_named.name == "Run python3.11 -V"
     # an include-only key a combination lacks becomes ""
     assert second.steps[0].run == "echo 3.12 \n"
     # workflow env is not per job, so it is left as written
@@ -581,7 +581,7 @@ def test_a_key_only_some_include_rows_set_is_empty_in_the_others() -> None:
     assert names == {
         "t (a, x)": ["build a x "],
         "t (b)": ["build b  "],
-        "plain": ['echo "[]"'],
+        "plain": ['Run echo "[]"'],
     }
 
 

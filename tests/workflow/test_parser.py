@@ -77,7 +77,7 @@ def test_design_example() -> None:
             StepSpec(index=0, name="install", run="pip install -r requirements.txt"),
             StepSpec(
                 index=1,
-                name="pytest -q",
+                name="Run pytest -q",
                 run="pytest -q",
                 env={"B": "2"},
                 condition=parse_condition("success()"),
@@ -110,7 +110,7 @@ def test_defaults() -> None:
         display_name="only",
         index=0,
         needs=(),
-        steps=(StepSpec(index=0, name="make", run="make"),),
+        steps=(StepSpec(index=0, name="Run make", run="make"),),
     )
     assert job.condition == Condition.default()
     assert (job.image, job.timeout_minutes, job.matrix, job.fail_fast, job.max_parallel) == (
@@ -160,12 +160,13 @@ def test_step_fields() -> None:
 @pytest.mark.parametrize(
     ("run", "name"),
     [
-        ("echo hi", "echo hi"),
-        ("  echo hi  ", "echo hi"),
-        ("\n  \n\n    first line  \n  second\n", "first line"),
-        ("set -e\nmake\n", "set -e"),
-        ("x" * 150, "x" * 100),
-        ("y" * 99 + " " + "z" * 10, "y" * 99 + " "),
+        # GitHub's default: "Run " and the script's first non-blank line
+        ("echo hi", "Run echo hi"),
+        ("  echo hi  ", "Run echo hi"),
+        ("\n  \n\n    first line  \n  second\n", "Run first line"),
+        ("set -e\nmake\n", "Run set -e"),
+        ("x" * 150, "Run " + "x" * 96),
+        ("y" * 95 + " " + "z" * 10, "Run " + "y" * 95 + " "),
     ],
 )
 def test_step_default_name(run: str, name: str) -> None:
@@ -179,7 +180,7 @@ def test_step_default_name(run: str, name: str) -> None:
 def test_block_scalar_run() -> None:
     text = "jobs:\n  j:\n    steps:\n      - run: |\n\n          make\n          make test\n"
     step = parse_workflow(text).jobs[0].steps[0]
-    assert (step.run, step.name) == ("\nmake\nmake test\n", "make")
+    assert (step.run, step.name) == ("\nmake\nmake test\n", "Run make")
 
 
 def test_step_indexes_are_zero_based() -> None:

@@ -38,16 +38,43 @@ def test_valid_file_prints_the_plan(tmp_path: Path) -> None:
         "    matrix: py=3.11",
         "    runs-on: ubuntu-latest",
         "    1. Run actions/checkout@v4",
-        "    2. make",
+        "    2. Run make",
         "- build (3.12)",
         "    matrix: py=3.12",
         "    runs-on: ubuntu-latest",
         "    1. Run actions/checkout@v4",
-        "    2. make",
+        "    2. Run make",
         "- deploy",
         "    needs: build (3.11), build (3.12)",
         "    if: github.ref == 'refs/heads/main'",
         "    1. ship",
+    ]
+
+
+def test_remote_actions_list_their_possible_post_rows(tmp_path: Path) -> None:
+    # As a build plans them: at the job's end, the last step's first; only remote actions (the
+    # built-in checkout and local actions have none here). validate does not fetch the
+    # actions, so it cannot know which ones define a `post`.
+    wf = tmp_path / "ci.yml"
+    wf.write_text(
+        "jobs:\n  a:\n    steps:\n"
+        "      - uses: actions/checkout@v4\n"
+        "      - {name: Cache deps, uses: acme/cache@v1}\n"
+        "      - uses: ./local\n"
+        "      - uses: acme/setup@v2\n"
+        "      - run: make\n"
+    )
+    result = validate(wf)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[2:] == [
+        "- a",
+        "    1. Run actions/checkout@v4",
+        "    2. Cache deps",
+        "    3. Run ./local",
+        "    4. Run acme/setup@v2",
+        "    5. Run make",
+        "    +  Post Run acme/setup@v2 (post step if the action defines one)",
+        "    +  Post Cache deps (post step if the action defines one)",
     ]
 
 

@@ -37,6 +37,14 @@ jobs:
       - run: echo "painting \${{ matrix.color }}"
 `
 
+// A job-level group: the second build runs, but its job waits for the first build's job.
+const JOB_GROUP = `jobs:
+  ship:
+    concurrency: release
+    steps:
+      - run: ${GATE}
+`
+
 let svc
 let browser
 let page
@@ -124,6 +132,30 @@ describe('concurrency and matrix placeholders', () => {
     // The placeholder was selected: its first combination is now.
     await until(async () => /^paint \((red|green)\)$/.test(await text('#job-title')), { what: 'a combination selected' })
     await check('matrix-expanded')
+    assert.deepEqual(pageErrors, [])
+  })
+
+  test('a job waiting for its concurrency group says why in the graph and the job panel', async () => {
+    const first = await svc.api('POST', '/builds', { pipeline_id: 'e2e-job-group', workflow_yaml: JOB_GROUP, triggered_by: 'robot' })
+    await until(() => existsSync(gate(first.id, 'ship')), { what: 'the first ship at its gate' })
+    const second = await svc.api('POST', '/builds', { pipeline_id: 'e2e-job-group', workflow_yaml: JOB_GROUP, triggered_by: 'robot' })
+    await until(async () => (await svc.api('GET', `/builds/${second.id}`)).jobs[0].waiting_reason, { what: 'the second ship marked waiting' })
+
+    await page.goto(`${svc.baseUrl}/ci/builds/${second.id}?job=ship`)
+    await page.locator('[data-testid="job-waiting"]').waitFor()
+    assert.equal(await text('[data-testid="job-waiting"]'), `Waiting for concurrency group 'release': job 'ship' of build #${first.number} is running`)
+    const node = page.locator('.dag-node[data-job="ship"]')
+    assert.match(await node.getAttribute('class'), /\bwaiting\b/)
+    assert.match(await node.textContent(), /waiting · release/)
+    // The build itself is not held back: no note under its header.
+    assert.equal(await page.locator('[data-testid="build-waiting"]').count(), 0)
+    await check('waiting-job')
+
+    await release(first.id, 'ship')
+    await page.locator('[data-testid="job-waiting"]').waitFor({ state: 'detached' })
+    assert.doesNotMatch(await node.getAttribute('class'), /\bwaiting\b/)
+    await release(second.id, 'ship')
+    await page.locator('[data-testid="build-status"][data-status="success"]').waitFor({ timeout: 30_000 })
     assert.deepEqual(pageErrors, [])
   })
 })
