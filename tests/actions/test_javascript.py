@@ -154,9 +154,11 @@ async def test_pre_main_post_with_state_post_if_and_the_toolkit_environment(
     assert "main: state=p1 who=me depth=1" in text
     assert "main: action=s repo=acme/node@v1" in text
     assert "main: path-ok=true" in text
-    # A copy inside the build's directory (which the sandbox shows), not the executor's cache.
+    # A copy inside the build's directory (which the sandbox shows), or in the pod on the
+    # kubernetes runner (tests/k8s/test_actions_kubernetes.py), not the executor's cache.
     action_path = text.split("main: path=", 1)[1].split("\n", 1)[0]
-    assert re.search(r"/workspaces/\d+/_actions/acme/node/[0-9a-f]{40}/state$", action_path)
+    copies = r"(/workspaces/\d+/_actions|/ci/actions)"
+    assert re.search(copies + r"/acme/node/[0-9a-f]{40}/state$", action_path), action_path
     assert "main: temp=true tools=true server=https://github.com" in text
     assert "main: token=true results=http://ci.example.test:8000/" in text
     assert "main: raw-token=***\n" in text  # masked, as on GitHub

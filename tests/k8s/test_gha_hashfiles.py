@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.runners.kubernetes.hashfiles import parse_patterns, search_roots, select
+from app.workflow.hashfiles import parse_patterns, search_roots, select
 from tests.k8s.gha_fixtures import kubernetes_settings
 from tests.support import create, log_text, wait_for_build, workflow
 

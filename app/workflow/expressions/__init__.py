@@ -24,7 +24,6 @@ from app.workflow.expressions.errors import (
 )
 from app.workflow.expressions.evaluator import KNOWN_CONTEXTS, Evaluator
 from app.workflow.expressions.functions import STATUS_FUNCTIONS, CallContext, Status
-from app.workflow.expressions.hashfiles import workspace_hasher
 from app.workflow.expressions.nodes import Node
 from app.workflow.expressions.parser import parse
 from app.workflow.expressions.template import (
@@ -65,7 +64,6 @@ __all__ = [
     "to_string",
     "truthy",
     "uses_status_function",
-    "workspace_hasher",
 ]
 
 HashFiles = Callable[[list[str]], str]

@@ -1,4 +1,5 @@
-"""hashFiles over a real directory: GitHub's digest-of-digests, patterns, exclusions, limits."""
+"""hashFiles over a real directory (the local runner's): GitHub's digest-of-digests, patterns,
+exclusions, directories meaning their files (@actions/glob's implicitDescendants)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from app.workflow.expressions import evaluate
-from app.workflow.expressions.hashfiles import hash_workspace_files, workspace_hasher
+from app.workflow.hashfiles import hash_files
+
+
+def hash_workspace_files(workspace: Path, patterns: list[str]) -> str:
+    return hash_files(str(workspace))(patterns)
 
 
 def _expected(*contents: bytes) -> str:
@@ -49,7 +54,7 @@ def test_several_patterns_and_exclusions(workspace: Path) -> None:
     )
 
 
-def test_directories_and_outside_paths_are_ignored(
+def test_outside_paths_are_ignored_and_a_directory_means_its_files(
     workspace: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     outside = tmp_path_factory.mktemp("outside")
@@ -57,7 +62,10 @@ def test_directories_and_outside_paths_are_ignored(
     (workspace / "link.lock").symlink_to(outside / "x.lock")
     assert hash_workspace_files(workspace, ["**/*.lock"]) == _expected(b"alpha", b"beta", b"gamma")
     assert hash_workspace_files(workspace, [str(outside / "x.lock")]) == ""
-    assert hash_workspace_files(workspace, ["sub"]) == ""
+    beneath = _expected(b"beta", b"gamma", b"text")
+    assert hash_workspace_files(workspace, ["sub"]) == beneath  # as `sub/**` on GitHub
+    assert hash_workspace_files(workspace, ["sub/"]) == beneath
+    assert hash_workspace_files(workspace, ["sub", "!sub/deep"]) == _expected(b"beta", b"text")
     assert hash_workspace_files(workspace, [str(workspace / "a.lock")]) == _expected(b"alpha")
 
 
@@ -71,6 +79,6 @@ def test_through_the_expression_engine(workspace: Path) -> None:
     value = evaluate(
         "format('deps-{0}', hashFiles('**/*.lock', '!a.lock'))",
         {},
-        hash_files=workspace_hasher(workspace),
+        hash_files=hash_files(str(workspace)),
     )
     assert value == "deps-" + _expected(b"beta", b"gamma")
