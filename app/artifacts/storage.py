@@ -10,7 +10,7 @@ Two backends:
   otherwise), so again no partial object is ever visible.
 
 Both stream: a write consumes an async iterator of byte chunks and holds at most one part (S3) or
-one write buffer (directory) in memory; a read yields chunks of `READ_CHUNK` bytes.
+two write buffers (directory) in memory; a read yields chunks of `READ_CHUNK` bytes.
 """
 
 from __future__ import annotations
