@@ -153,7 +153,8 @@ describe('concurrency and matrix placeholders', () => {
 
     await release(first.id, 'ship')
     await page.locator('[data-testid="job-waiting"]').waitFor({ state: 'detached' })
-    assert.doesNotMatch(await node.getAttribute('class'), /\bwaiting\b/)
+    // The graph re-renders from the same live update a moment after the panel: wait for it.
+    await until(async () => !/\bwaiting\b/.test(await node.getAttribute('class')), { what: 'the graph node no longer waiting' })
     await release(second.id, 'ship')
     await page.locator('[data-testid="build-status"][data-status="success"]').waitFor({ timeout: 30_000 })
     assert.deepEqual(pageErrors, [])
