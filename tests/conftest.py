@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import asyncpg
 import httpx
 import pytest
@@ -27,7 +28,7 @@ from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
 from tests.k8s_emulator.fixture import EmulatorProcess
-from tests.support import ServeProcess, start_serve, uvicorn_server
+from tests.support import AMQP_URL, ServeProcess, start_serve, uvicorn_server
 from tests.support.backends import enabled_backends, skip_unless_enabled
 
 PG_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -157,3 +158,20 @@ def emulator(emulator_process: EmulatorProcess) -> Iterator[EmulatorProcess]:
     """The shared emulator, reset (objects, toggles, call log) after each test."""
     yield emulator_process
     emulator_process.control("reset", {})
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    return AMQP_URL
+
+
+@pytest.fixture
+async def queue_name() -> AsyncIterator[str]:
+    """A RabbitMQ queue name no other test uses; the queue and its DLQ are deleted afterwards."""
+    name = f"test.ci.builds.{uuid.uuid4().hex[:12]}"
+    yield name
+    connection = await aio_pika.connect(AMQP_URL, timeout=30)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (name, f"{name}.dlq"):
+            await channel.queue_delete(queue)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-import aio_pika
 import httpx
 import pytest
 
 from tests.support import (
+    AMQP_URL,
     ServeProcess,
     create,
     sse_events,
@@ -27,19 +26,7 @@ from tests.support import (
     workflow,
 )
 
-AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 pytestmark = pytest.mark.parametrize("backend", ["postgres"])
-
-
-@pytest.fixture
-async def queue_name() -> AsyncIterator[str]:
-    name = f"ci.test.{uuid.uuid4().hex[:8]}"
-    yield name
-    connection = await aio_pika.connect(AMQP)
-    async with connection:
-        channel = await connection.channel()
-        for queue in (name, f"{name}.dlq"):
-            await channel.queue_delete(queue)
 
 
 @pytest.fixture
@@ -50,7 +37,7 @@ def replicas(
         return serve_factory(
             {
                 "DATABASE_URL": database_url,
-                "QUEUE_URL": AMQP,
+                "QUEUE_URL": AMQP_URL,
                 "QUEUE_NAME": queue_name,
                 "WORKSPACE_ROOT": str(tmp_path / f"ws-{name}"),
                 "LEASE_SECONDS": "3",

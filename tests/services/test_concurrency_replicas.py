@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-import aio_pika
 import httpx
 import pytest
 
-from tests.support import ServeProcess, create, ts, wait_for_build, workflow
+from tests.support import AMQP_URL, ServeProcess, create, ts, wait_for_build, workflow
 
-AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 pytestmark = pytest.mark.parametrize("backend", ["postgres"])
 REPLACED = "Canceling since a higher priority waiting request for 'deploy' exists"
 
@@ -32,17 +29,6 @@ WORK = workflow(
 )
 
 
-@pytest.fixture
-async def queue_name() -> AsyncIterator[str]:
-    name = f"ci.test.{uuid.uuid4().hex[:8]}"
-    yield name
-    connection = await aio_pika.connect(AMQP)
-    async with connection:
-        channel = await connection.channel()
-        for queue in (name, f"{name}.dlq"):
-            await channel.queue_delete(queue)
-
-
 async def test_replicas_never_run_two_builds_of_a_group(
     serve_factory: Callable[..., ServeProcess],
     database_url: str,
@@ -53,7 +39,7 @@ async def test_replicas_never_run_two_builds_of_a_group(
         return serve_factory(
             {
                 "DATABASE_URL": database_url,
-                "QUEUE_URL": AMQP,
+                "QUEUE_URL": AMQP_URL,
                 "QUEUE_NAME": queue_name,
                 "WORKSPACE_ROOT": str(tmp_path / f"ws-{name}"),
                 # Longer than the test may take: a lost wake-up would not be hidden by the sweep.

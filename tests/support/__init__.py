@@ -25,6 +25,7 @@ from tests.support.api import (
 )
 from tests.support.processes import pids_with
 from tests.support.servers import (
+    AMQP_URL,
     ROOT,
     ServeProcess,
     free_port,
@@ -36,6 +37,7 @@ from tests.support.sse import SSEEvent, sse_events
 from tests.support.waiting import wait_until
 
 __all__ = [
+    "AMQP_URL",
     "FINISHED",
     "ROOT",
     "SSEEvent",

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "app.cli"]
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"  # the machine's RabbitMQ (.ci/run starts it)
 
 
 def free_port() -> int:
