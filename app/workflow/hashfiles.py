@@ -89,14 +89,16 @@ def parse_patterns(patterns: list[str], workspace: str) -> list[tuple[bool, str]
 
 
 def search_roots(parsed: list[tuple[bool, str]]) -> list[str]:
-    """The fixed leading directories of the include patterns (what `find` has to walk)."""
+    """The fixed leading part of each include pattern (what has to be walked): a literal
+    pattern (`Cargo.lock`, `src`) is its own root, so naming one file never lists the whole
+    workspace."""
     roots: set[str] = set()
     for exclude, pattern in parsed:
         if exclude:
             continue
         fixed: list[str] = []
         segments = [s for s in pattern.split("/") if s not in ("", ".")]
-        for segment in segments[:-1]:
+        for segment in segments:
             if _GLOB_CHARS.search(segment) or segment == "..":
                 break
             fixed.append(segment)

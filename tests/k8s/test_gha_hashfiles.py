@@ -72,13 +72,12 @@ def test_files_come_in_path_order_segment_by_segment() -> None:
     [
         (["**/package-lock.json"], ["."]),
         (["src/**/*.py", "src/gen/x", "app/*.json"], ["app", "src"]),
-        (["src/main.py", "!src/gen"], ["src"]),
+        (["src/main.py", "!src/gen"], ["src/main.py"]),
+        (["Cargo.lock", "src"], ["Cargo.lock", "src"]),
         (["a/b/c", "a/b", "*/x"], ["."]),
     ],
 )
-def test_only_the_patterns_fixed_directories_are_listed(
-    patterns: list[str], roots: list[str]
-) -> None:
+def test_only_the_patterns_fixed_parts_are_listed(patterns: list[str], roots: list[str]) -> None:
     assert search_roots(parse_patterns(patterns, "/workspace")) == roots
 
 

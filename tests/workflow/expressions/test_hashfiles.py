@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.workflow.expressions import evaluate
+from app.workflow.expressions import ExpressionEvalError, evaluate
 from app.workflow.hashfiles import hash_files
 
 
@@ -82,3 +82,15 @@ def test_through_the_expression_engine(workspace: Path) -> None:
         hash_files=hash_files(str(workspace)),
     )
     assert value == "deps-" + _expected(b"beta", b"gamma")
+
+
+def test_a_literal_pattern_does_not_list_the_whole_workspace(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The listing bound applies to what is walked: naming one file in a workspace holding more
+    # files than the bound (a node_modules, say) must not walk, nor fail on, the rest.
+    monkeypatch.setattr("app.workflow.hashfiles.MAX_LISTED", 2)
+    assert hash_workspace_files(workspace, ["a.lock"]) == _expected(b"alpha")
+    assert hash_workspace_files(workspace, ["sub/deep"]) == _expected(b"gamma")
+    with pytest.raises(ExpressionEvalError, match="more than 2 files"):
+        hash_workspace_files(workspace, ["**/*.lock"])
