@@ -51,6 +51,7 @@ from app.queue.base import BuildQueue
 from app.secrets import retry_secrets
 from app.services import concurrency, results, state
 from app.services.dag import JOB_FIELDS, insert_dag, written_detail
+from app.services.handoff import SpecCache
 from app.services.notify import CancelRequested
 from app.services.plan import post_uses
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
@@ -478,11 +479,17 @@ async def _idempotent_detail(
 
 
 async def submit(
-    db: Database, queue: BuildQueue, new: NewBuild, *, actions: ActionFetcher | None = None
+    db: Database,
+    queue: BuildQueue,
+    new: NewBuild,
+    *,
+    actions: ActionFetcher | None = None,
+    specs: SpecCache | None = None,
 ) -> tuple[BuildDetail, bool]:
     """Create a build, commit it, then publish its id (unless `new.dispatch` is false).
     `actions`: fetches and pins the workflow's remote actions first (422 for one that cannot be
-    used, 503 when the git server fails).
+    used, 503 when the git server fails). `specs`: this replica's parsed workflows (a YAML
+    parsed recently is not parsed again; the executor that claims the build here takes it).
 
     With an idempotency key already used for the pipeline, the first build is returned instead,
     also when a concurrent request with the same key wins the insert race (the unique index
@@ -492,8 +499,13 @@ async def submit(
         existing = await _idempotent_detail(db, new.pipeline_id, key, new.request_sha256)
         if existing is not None:
             return existing, False
-    # Parsed off the event loop and before the transaction: no lock is held while it runs.
-    spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
+    sha = hashlib.sha256(new.workflow_yaml.encode()).hexdigest()
+    spec = specs.get(sha) if specs is not None else None
+    if spec is None:
+        # Parsed off the event loop and before the transaction: no lock is held while it runs.
+        spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
+        if specs is not None:
+            specs.remember(sha, spec)
     if actions is not None and new.actions is None:
         new = dataclasses.replace(new, actions=await resolve_actions(spec, actions))
     try:
@@ -507,6 +519,8 @@ async def submit(
         return existing, False
     assert build.id is not None
     if new.dispatch:
+        if specs is not None:
+            specs.note(build.id, sha, new.actions)  # before the publish: claimable at once
         await dispatch(queue, build.id)
     # Answered from what was written: a build that started meanwhile shows `queued` here, as
     # it was when created; GET /builds/{id} has its progress.
