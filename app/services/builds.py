@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import func, insert, literal, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -43,7 +43,6 @@ from app.models import (
     EdgePublic,
     JobPublic,
     JobStatus,
-    PipelineCounter,
     StepPublic,
 )
 from app.models.types import NAME_MAX, utcnow
@@ -53,6 +52,7 @@ from app.services import concurrency, results, state
 from app.services.dag import JOB_FIELDS, insert_dag, written_detail
 from app.services.handoff import SpecCache
 from app.services.notify import CancelRequested
+from app.services.numbers import next_number, number_last, placeholder_number
 from app.services.plan import post_uses
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
 
@@ -95,20 +95,6 @@ async def find_idempotent(session: AsyncSession, pipeline_id: str, key: str) -> 
     return result.first()
 
 
-async def _next_number(session: AsyncSession, pipeline_id: str) -> int:
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(PipelineCounter)
-    stmt = (
-        ins.values(pipeline_id=pipeline_id, last_number=1)
-        .on_conflict_do_update(
-            index_elements=["pipeline_id"],
-            set_={"last_number": col(PipelineCounter.last_number) + 1},
-        )
-        .returning(col(PipelineCounter.last_number))
-    )
-    return int((await session.exec(stmt)).scalar_one())
-
-
 async def create_build(
     session: AsyncSession, new: NewBuild, spec: WorkflowSpec | None = None
 ) -> Build:
@@ -128,9 +114,13 @@ async def create_written(
         spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
     _check_job_names(spec)
     now = utcnow()
+    # On Postgres the number is taken last (see app/services/numbers.py), unless the workflow's
+    # `concurrency` may read it (github.run_number) and locks the pipeline anyway.
+    late = session.bind is not None and session.bind.dialect.name == "postgresql"
+    late = late and spec.concurrency is None
     build = Build(
         pipeline_id=new.pipeline_id,
-        number=await _next_number(session, new.pipeline_id),
+        number=placeholder_number() if late else await next_number(session, new.pipeline_id),
         triggered_by=new.triggered_by,
         status=BuildStatus.queued,
         commit_sha=new.commit_sha,
@@ -165,6 +155,8 @@ async def create_written(
     dag = await insert_dag(
         session, build.id, spec, checkout=bool(new.repo_url), posts=post_uses(new.actions)
     )
+    if late:
+        set_committed_value(build, "number", await number_last(session, build))
     return build, written_detail(public(build), sha, build.event, dag)
 
 
