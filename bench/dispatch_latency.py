@@ -99,11 +99,13 @@ async def run(ctx: Ctx, backend: str) -> None:
         all_cpu = (cpu_ms(server.pid, children=True) - all0) / count
         # One build at a time: its own path through the service, nothing queued before it.
         alone = []
+        loop0 = cpu_ms(server.pid, thread=True)
         for _ in range(alone_count):
             await http.get("/healthz")
             sent = time.time()
             build = await create_build(http, YAML)
             alone.extend(await started_after(http, [(sent, int(build["id"]))]))
+        alone_cpu = (cpu_ms(server.pid, thread=True) - loop0) / alone_count
     base = median(pings) * 1000
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
     ctx.add(
@@ -153,6 +155,11 @@ async def run(ctx: Ctx, backend: str) -> None:
             create_cpu,
             f"x {count} POSTs = {create_cpu * count:.0f} ms on one thread: a floor under the "
             "burst's p50",
+        ),
+        (
+            "event-loop CPU per build alone, POST -> finished (info)",
+            alone_cpu,
+            "its polls included; all of it before the next build's POST",
         ),
         (
             f"event-loop CPU per build, {count} at once (info)",
