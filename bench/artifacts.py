@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -26,7 +29,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from app.artifacts.tokens import issue_runtime_token
-from bench._common import Ctx, Result, client, create_build, serve, workflow
+from bench._common import Ctx, Result, client, create_build, free_port, serve, workflow
 
 NAME = "artifacts"
 BACKENDS = ("sqlite", "postgres")
@@ -202,7 +205,9 @@ async def run(ctx: Ctx, backend: str) -> None:
         await asyncio.to_thread(make_file, source, artifact_size)
         cache_source = tmp / "cache.bin"
         await asyncio.to_thread(make_file, cache_source, cache_size)
+        started = time.perf_counter()
         expected = await asyncio.to_thread(sha256_of, source)
+        hashing = time.perf_counter() - started
         rss_before = server.peak_rss_mb()
 
         async with client(server.base) as http:
@@ -210,7 +215,7 @@ async def run(ctx: Ctx, backend: str) -> None:
             token = issue_runtime_token(SECRET, build["id"], "bench", 3600)
             label = f"{artifact_size // 1024**2} MiB"
 
-            cp_time = await asyncio.to_thread(cp_seconds, source, tmp / "cp.bin")
+            artifact_cp = await asyncio.to_thread(cp_seconds, source, tmp / "cp.bin")
             started = time.perf_counter()
             created = await twirp(http, ARTIFACTS, "CreateArtifact", token, {"name": "big"})
             await put_blocks(http, created["signed_upload_url"], source, 8 * 1024 * 1024, 5)
@@ -233,12 +238,12 @@ async def run(ctx: Ctx, backend: str) -> None:
                 ctx,
                 backend,
                 label,
-                cp_time,
+                artifact_cp,
                 {"artifact upload": upload, "artifact download": download},
             )
 
-            cp_time = await asyncio.to_thread(cp_seconds, cache_source, tmp / "cp.bin")
-            label = f"{cache_size // 1000**2} MB"
+            cache_cp = await asyncio.to_thread(cp_seconds, cache_source, tmp / "cp.bin")
+            cache_label = f"{cache_size // 1000**2} MB"
             started = time.perf_counter()
             entry = {"key": "bench-cache", "version": "v" * 64}
             created = await twirp(http, CACHES, "CreateCacheEntry", token, entry)
@@ -258,7 +263,8 @@ async def run(ctx: Ctx, backend: str) -> None:
             restored = await asyncio.to_thread(sha256_of, tmp / "restored.bin")
             if restored != await asyncio.to_thread(sha256_of, cache_source):
                 raise RuntimeError("restored cache differs")
-            _report(ctx, backend, label, cp_time, {"cache save": save, "cache restore": restore})
+            timings = {"cache save": save, "cache restore": restore}
+            _report(ctx, backend, cache_label, cache_cp, timings)
         rss = server.peak_rss_mb()
         ctx.add(
             Result(
@@ -273,7 +279,124 @@ async def run(ctx: Ctx, backend: str) -> None:
                 passed=rss - rss_before < 100,
             )
         )
+        ctx.add(
+            Result(
+                NAME,
+                backend,
+                f"sha256 of the artifact's {label} (hashlib, from the page cache)",
+                hashing,
+                "s",
+                baseline=artifact_cp,
+                baseline_label="cp",
+                note="info: the hashing the server adds to the floor (on another core)",
+            )
+        )
+        await _floor(
+            ctx,
+            backend,
+            tmp,
+            [
+                (f"artifact {label}", source, 8 * 1024**2, 5, artifact_cp),
+                (f"cache {cache_label}", cache_source, 64 * 1024**2, 8, cache_cp),
+            ],
+        )
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- the floor: the same bytes through a bare uvicorn app ----------------------------------
+
+
+async def floor_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A bare ASGI app under the same uvicorn as `ci-executor serve` (asyncio loop, httptools):
+    a PUT writes its body to a file as it arrives (in the loop, no hashing, no database, no
+    thread) and fsyncs it, as the server does each block; a GET streams a file in 1 MiB chunks.
+    What is left of a transfer's time here is uvicorn, the socket and the disk: the floor under
+    any app served this way."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    root = Path(os.environ["BENCH_FLOOR_DIR"])
+    if scope["method"] == "PUT":
+        fd = os.open(root / f"put-{os.urandom(8).hex()}", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            more = True
+            while more:
+                message = await receive()
+                os.write(fd, message.get("body", b""))
+                more = message.get("more_body", False)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    path = root / scope["path"].rpartition("/")[2]
+    size = path.stat().st_size if path.is_file() else 0
+    headers = [(b"content-length", str(size).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if size:
+        with path.open("rb") as f:
+            while chunk := f.read(1024 * 1024):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+@contextlib.asynccontextmanager
+async def floor_server(root: Path) -> AsyncIterator[str]:
+    """`uvicorn bench.artifacts:floor_app` serving `root`; yields its base URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "bench.artifacts:floor_app", "--loop", "asyncio"]
+    argv += ["--port", str(port), "--log-level", "warning"]
+    env = {**os.environ, "BENCH_FLOOR_DIR": str(root)}
+    proc = subprocess.Popen(argv, env=env, cwd=Path(__file__).resolve().parent.parent)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    await http.get(f"{base}/ready", timeout=1)
+                    break
+                await asyncio.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+FloorRun = tuple[str, Path, int, int, float]  # label, file, block size, concurrency, cp
+
+
+async def _floor(ctx: Ctx, backend: str, tmp: Path, runs: list[FloorRun]) -> None:
+    """Each transfer's floor, with the same client and the same `cp` baseline as its row."""
+    root = tmp / "floor"
+    root.mkdir()
+    async with floor_server(root) as base, client(base) as http:
+        for label, source, block, concurrency, cp_time in runs:
+            os.link(source, root / source.name)
+            started = time.perf_counter()
+            await put_blocks(http, f"{base}/put?sig=x", source, block, concurrency)
+            upload = time.perf_counter() - started
+            started = time.perf_counter()
+            await get_to_file(http, f"{base}/{source.name}", tmp / "floor.bin")
+            download = time.perf_counter() - started
+            for name, value in (("upload", upload), ("download", download)):
+                ctx.add(
+                    Result(
+                        NAME,
+                        backend,
+                        f"floor: {label} {name} through a bare uvicorn app",
+                        value,
+                        "s",
+                        baseline=cp_time,
+                        baseline_label="cp",
+                        note="info: uvicorn + socket + disk, no app",
+                    )
+                )
+            for leftover in root.iterdir():
+                leftover.unlink()
+            (tmp / "floor.bin").unlink()
 
 
 def _report(ctx: Ctx, backend: str, label: str, cp_time: float, timings: dict[str, float]) -> None:
