@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import os
@@ -48,7 +49,11 @@ from app.workflow.runtime import MAX_FILE_BYTES, RuntimeFiles
 
 log = logging.getLogger(__name__)
 
-_READ_SIZE = 64 * 1024
+# Output is read up to this much at a time from a pipe widened to _PIPE_SIZE (Linux's default
+# 64 KiB pipe made a fast step's 100 MB arrive in ~2,000 reads, each one a pass through the
+# masking, command and writer code; with 1 MiB about 500). bench/log_ingest.py measures it.
+_READ_SIZE = 1024 * 1024
+_PIPE_SIZE = 1024 * 1024
 # A step's few small files (its runtime files, its script) are written and read on the event
 # loop: tens of microseconds of local I/O, where a worker-thread trip cost 0.5-2 ms a step on the
 # loaded bench machine. Anything bigger still goes to a worker thread.
@@ -540,5 +545,16 @@ class LocalRunner:
                 await pump
 
     async def _pump(self, stream: asyncio.StreamReader, index: int, reporter: JobReporter) -> None:
+        _widen_pipe(stream)
         while data := await stream.read(_READ_SIZE):
             await reporter.step_output(index, data)
+
+
+def _widen_pipe(stream: asyncio.StreamReader) -> None:
+    """Best effort: the pipe keeps its default size where this is refused (over the user's
+    pipe-user-pages limit, or a reader without a pipe transport)."""
+    transport = getattr(stream, "_transport", None)  # asyncio offers no public accessor
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if pipe is not None:
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)

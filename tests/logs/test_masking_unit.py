@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from app.logs.masking import LineAssembler, Masker, masked_variables, secret_names
 
 
@@ -64,3 +67,35 @@ def test_held_bytes_counts_raw_bytes_of_the_partial_line() -> None:
     assert assembler.held_bytes == 10  # "part\xff" + "ial " + the first byte of "é"
     assert assembler.feed(b"\xa9\n") == "part\ufffdial \u00e9\n"
     assert assembler.held_bytes == 0
+
+
+def _line_by_line(values: list[str], text: str) -> str:
+    """The reference: every line through mask_line, as mask_text did for every chunk."""
+    masker = Masker(values)
+    return "".join(masker.mask_line(line) for line in text.splitlines(keepends=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.text(alphabet="ab\r\x0c\u2028 x", min_size=1, max_size=6), max_size=20),
+    text=st.text(alphabet="ab\r\n\x0c\u2028 x:", max_size=80),
+)
+def test_chunk_masking_equals_line_by_line_masking(values: list[str], text: str) -> None:
+    # Values with and without line breaks other than "\n", overlapping ones, more values than
+    # the substring pre-check handles: the whole-chunk pass must give the per-line result.
+    assert Masker(values).mask_text(text) == _line_by_line(values, text)
+
+
+def test_many_values_are_all_masked() -> None:
+    values = [f"secret-number-{i:03d}" for i in range(40)]
+    text = "".join(f"line {v} end\n" for v in reversed(values))
+    out = Masker(values).mask_text(text)
+    assert "secret" not in out
+    assert out == "line *** end\n" * 40
+
+
+def test_value_with_a_form_feed_is_masked_within_its_line_only() -> None:
+    # "\x0c" ends a line for str.splitlines: such a value is never seen whole in one line, as
+    # before; the other values on the chunk are still masked.
+    masker = Masker(["ab\x0ccd", "other-secret"])
+    assert masker.mask_text("x ab\x0ccd other-secret\n") == "x ab\x0ccd ***\n"
