@@ -5,6 +5,8 @@ Nothing is created at import time: the lifespan (or the CLI) builds a Database a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -90,6 +92,11 @@ class Database:
             expire_on_commit=False,
         )
         self.sinks: list[EventSink] = []
+        # SQLite has one writer at a time: this replica's write transactions queue here, in
+        # order, instead of in SQLite's busy handler (which sleeps up to 100 ms between
+        # retries, so under a burst of writers most of the wait was sleep). Other processes
+        # on the same file still meet the busy timeout.
+        self._writer = asyncio.Lock() if url.startswith("sqlite") else None
         # Set on Postgres to turn a transaction's events into NOTIFY payloads (cross-replica).
         self.notify: Callable[[list[Any]], list[str]] | None = None
 
@@ -105,7 +112,7 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as session:
+        async with self._writer or contextlib.nullcontext(), self.sessions() as session:
             try:
                 yield session
                 pending = session.info.get("events")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
-from sse_starlette import EventSourceResponse
+from sse_starlette.sse import AppStatus
 
 from app.api.deps import (
     DbDep,
@@ -19,6 +18,7 @@ from app.api.deps import (
     SettingsDep,
     WriterDep,
 )
+from app.api.event_stream import EventStream
 from app.errors import Invalid, TooLarge
 from app.logs.events import LogStreamEvents
 from app.logs.stream import stream_build, stream_read
@@ -114,7 +114,7 @@ def raw_log_filename(pipeline_id: str, number: int, job: str | None, step: int |
 
 @router.get(
     "/builds/{build_id}/logs/stream",
-    response_class=EventSourceResponse,
+    response_class=EventStream,
     responses={
         200: {
             "description": "An SSE stream; each event's JSON data is the field of "
@@ -134,7 +134,7 @@ async def stream_logs(
     _caller: ReaderDep,
     offset: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> EventSourceResponse:
+) -> EventStream:
     """StreamBuildLogs (Server-Sent Events). Replays chunks after `offset` (or the
     `Last-Event-ID` header) from the database, then follows live:
     `event: log` (`id` = seq, data = the chunk), `event: status` (build/job/step changes),
@@ -149,11 +149,15 @@ async def stream_logs(
         after = max(after, int(value))
     async with stream_read(db, hub) as session:
         await get_build(session, build_id)
-    shutdown = anyio.Event()
-    return EventSourceResponse(
-        stream_build(db, hub, build_id, after, shutdown=shutdown),
-        ping=int(settings.sse_ping_seconds),
-        shutdown_event=shutdown,
-        shutdown_grace_period=5,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return EventStream(
+        stream_build(
+            db,
+            hub,
+            build_id,
+            after,
+            # Set on SIGTERM by sse-starlette's hook into uvicorn (documented there): streams
+            # then end cleanly within a poll interval instead of holding the shutdown up.
+            stopping=lambda: AppStatus.should_exit,
+            ping_seconds=settings.sse_ping_seconds,
+        )
     )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
-import anyio
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sse_starlette import ServerSentEvent
@@ -69,9 +69,66 @@ def _drain(sub: Subscription) -> list[HubEvent]:
     return items
 
 
-async def _wake_on(event: anyio.Event, signal: asyncio.Event) -> None:
-    await event.wait()
-    signal.set()
+def ping_frame() -> bytes:
+    """The keep-alive comment, as EventSourceResponse sent it (clients ignore comments)."""
+    comment = f"ping - {datetime.now(UTC)}"
+    return ServerSentEvent(comment=comment, sep="\r\n").encode()
+
+
+class _Stream:
+    """One subscriber's stream. Everything it does happens in the request's own task: it sleeps
+    on its subscription's signal (set by the hub) with a timeout, and that wake-up also serves
+    the polling fallback, the keep-alive comment and noticing a server shutdown."""
+
+    def __init__(self, db: Database, hub: LiveHub, build_id: int, after: int) -> None:
+        self.db = db
+        self.hub = hub
+        self.build_id = build_id
+        self.last = after
+
+    async def catch_up(self) -> AsyncIterator[bytes]:
+        while True:
+            async with stream_read(self.db, self.hub) as session:
+                batch = await chunks_after(session, self.build_id, self.last, limit=_BATCH)
+            for chunk in batch:
+                self.last = chunk.seq
+                yield log_frame(chunk)
+            if len(batch) < _BATCH:
+                return
+
+    async def live(self, sub: Subscription) -> AsyncIterator[bytes | BuildStatus | None]:
+        """What one wake-up brings: frames, and the build's status (None: gone) when read."""
+        reread = not sub.queue.qsize() or sub.lagged
+        fresh = sub.lagged  # a poll may share its read with the build's other streams
+        for item in _drain(sub):
+            if isinstance(item, LogEvent):
+                if item.chunk.seq <= self.last:
+                    continue
+                if item.chunk.seq != self.last + 1:  # a gap (another writer): read it first
+                    async for frame in self.catch_up():
+                        yield frame
+                    if item.chunk.seq <= self.last:
+                        continue
+                self.last = item.chunk.seq
+                yield item.frame
+            elif isinstance(item, StatusEvent):
+                yield status_event(item).encode()
+                if item.kind == "build" and BuildStatus(item.status).finished:
+                    yield BuildStatus(item.status)
+            elif isinstance(item, Wakeup):
+                reread = fresh = True
+        if reread:
+            found, stored = await (
+                _build_state(self.db, self.hub, self.build_id)
+                if fresh
+                else self.hub.shared_read(
+                    self.build_id, lambda: _build_state(self.db, self.hub, self.build_id)
+                )
+            )
+            yield found
+            if stored > self.last:
+                async for frame in self.catch_up():
+                    yield frame
 
 
 async def stream_build(
@@ -80,73 +137,41 @@ async def stream_build(
     build_id: int,
     after: int,
     *,
-    shutdown: anyio.Event | None = None,
+    stopping: Callable[[], bool] = lambda: False,
+    ping_seconds: float = 15.0,
     poll_seconds: float = 1.0,
-) -> AsyncIterator[ServerSentEvent | bytes]:
-    """Yield SSE frames for one build until `end`. When `shutdown` is set (the server is
-    stopping) the stream ends early but cleanly; the client resumes with Last-Event-ID."""
-    last = after
-
-    async def catch_up() -> AsyncIterator[bytes]:
-        nonlocal last
-        while True:
-            async with stream_read(db, hub) as session:
-                batch = await chunks_after(session, build_id, last, limit=_BATCH)
-            for chunk in batch:
-                last = chunk.seq
-                yield log_frame(chunk)
-            if len(batch) < _BATCH:
-                return
-
+) -> AsyncIterator[bytes]:
+    """Yield SSE frames for one build until `end`, with a keep-alive comment after
+    `ping_seconds` without one. Once `stopping()` is true (the server is shutting down) the
+    stream ends early but cleanly; the client resumes with Last-Event-ID."""
+    stream = _Stream(db, hub, build_id, after)
+    loop = asyncio.get_running_loop()
     with hub.subscribe(build_id) as sub:
-        watcher = asyncio.create_task(_wake_on(shutdown, sub.signal)) if shutdown else None
-        try:
-            async for event in catch_up():
-                yield event
-            status, _ = await _build_state(db, hub, build_id)
-            if status is not None:
-                yield status_event(BuildStatusEvent(build_id=build_id, status=status))
-            while status is not None and not status.finished:
-                with contextlib.suppress(TimeoutError):
-                    # The timeout is the polling fallback for writers we get no signal from.
-                    await asyncio.wait_for(sub.signal.wait(), poll_seconds)
-                if shutdown is not None and shutdown.is_set():
-                    return
-                sub.signal.clear()
-                reread = not sub.queue.qsize() or sub.lagged
-                fresh = sub.lagged  # a poll may share its read with the build's other streams
-                items = _drain(sub)
-                for item in items:
-                    if isinstance(item, LogEvent):
-                        if item.chunk.seq <= last:
-                            continue
-                        if item.chunk.seq != last + 1:  # a gap (another writer): read it first
-                            async for event in catch_up():
-                                yield event
-                            if item.chunk.seq <= last:
-                                continue
-                        last = item.chunk.seq
-                        yield item.frame
-                    elif isinstance(item, StatusEvent):
-                        yield status_event(item)
-                        if item.kind == "build" and BuildStatus(item.status).finished:
-                            status = BuildStatus(item.status)
-                    elif isinstance(item, Wakeup):
-                        reread = fresh = True
-                if reread:
-                    status, stored = await (
-                        _build_state(db, hub, build_id)
-                        if fresh
-                        else hub.shared_read(build_id, lambda: _build_state(db, hub, build_id))
-                    )
-                    if stored > last:
-                        async for event in catch_up():
-                            yield event
-            # Everything is stored before a build's final status commits; send what is left.
-            async for event in catch_up():
-                yield event
-            if status is not None:
-                yield end_event(status)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
+        async for frame in stream.catch_up():
+            yield frame
+        status, _ = await _build_state(db, hub, build_id)
+        if status is not None:
+            yield status_event(BuildStatusEvent(build_id=build_id, status=status)).encode()
+        quiet_since = loop.time()
+        while status is not None and not status.finished:
+            with contextlib.suppress(TimeoutError):
+                # The timeout is the polling fallback for writers we get no signal from.
+                async with asyncio.timeout(poll_seconds):
+                    await sub.signal.wait()
+            if stopping():
+                return
+            sub.signal.clear()
+            async for item in stream.live(sub):
+                if isinstance(item, bytes):
+                    quiet_since = loop.time()
+                    yield item
+                else:
+                    status = item
+            if loop.time() - quiet_since >= ping_seconds:
+                quiet_since = loop.time()
+                yield ping_frame()
+        # Everything is stored before a build's final status commits; send what is left.
+        async for frame in stream.catch_up():
+            yield frame
+        if status is not None:
+            yield end_event(status).encode()
