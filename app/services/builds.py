@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, update
+from sqlalchemy import ColumnElement, Row, func, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
@@ -58,7 +58,8 @@ from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
 
 log = logging.getLogger(__name__)
 # What ListBuilds reads: exactly the columns BuildPublic shows.
-_LIST_COLUMNS = tuple(Build.__table__.c[name] for name in BuildPublic.model_fields)  # type: ignore[attr-defined]
+_LIST_NAMES = tuple(BuildPublic.model_fields)
+_LIST_COLUMNS = tuple(Build.__table__.c[name] for name in _LIST_NAMES)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,12 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
     )
 
 
+def _listed(row: Row[Any]) -> BuildPublic:
+    fields: dict[str, Any] = dict(zip(_LIST_NAMES, row[1:], strict=True))  # row[0] is the total
+    fields["variables"] = masked_variables(fields["variables"])
+    return BuildPublic.model_validate(fields)
+
+
 async def list_builds(
     session: AsyncSession,
     *,
@@ -294,10 +301,7 @@ async def list_builds(
         )
     ).all()
     total = rows[0].total if rows else (await session.exec(count)).one()
-    items = [
-        BuildPublic.model_validate({**r._mapping, "variables": masked_variables(r.variables)})
-        for r in rows
-    ]
+    items = [_listed(r) for r in rows]
     return BuildPage(items=items, total=total, page=page, size=size)
 
 
