@@ -37,6 +37,7 @@ from app.models import (
 )
 from app.secrets import seal_request
 from app.services import builds as service
+from app.services import listing
 from app.services.builds import NewBuild
 
 router = APIRouter(tags=["builds"])
@@ -107,7 +108,7 @@ async def list_builds(
     """ListBuilds: newest first, filtered by pipeline, status, branch and actor
     (`triggered_by`), paged (1-based). A page past the end is empty; `total` tells the
     client where the last page is."""
-    found = await service.list_builds(
+    found = await listing.list_builds(
         session,
         pipeline_id=pipeline_id,
         status=status,

@@ -1,4 +1,4 @@
-"""Build state changes and reads: create, cancel, retry, detail, list.
+"""Build state changes and reads: create, cancel, retry, detail (the list: services/listing.py).
 
 The functions taking a session flush; the caller's unit of work commits. The three taking the
 Database (`submit`, `retry`, `cancel`) are whole units of work for the routes: they commit in one
@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, func, update
-from sqlalchemy import select as sa_select
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
@@ -35,7 +34,6 @@ from app.models import (
     BuildFacets,
     BuildJob,
     BuildJobEdge,
-    BuildPage,
     BuildPublic,
     BuildSnapshot,
     BuildStatus,
@@ -57,9 +55,6 @@ from app.services.plan import post_uses
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
 
 log = logging.getLogger(__name__)
-# What ListBuilds reads: exactly the columns BuildPublic shows.
-_LIST_NAMES = tuple(BuildPublic.model_fields)
-_LIST_COLUMNS = tuple(Build.__table__.c[name] for name in _LIST_NAMES)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -259,50 +254,6 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
         jobs=jobs,
         edges=[EdgePublic.model_validate(e) for e in edge_rows],
     )
-
-
-def _listed(row: Row[Any]) -> BuildPublic:
-    fields: dict[str, Any] = dict(zip(_LIST_NAMES, row[1:], strict=True))  # row[0] is the total
-    fields["variables"] = masked_variables(fields["variables"])
-    return BuildPublic.model_validate(fields)
-
-
-async def list_builds(
-    session: AsyncSession,
-    *,
-    pipeline_id: str | None,
-    status: BuildStatus | None,
-    branch: str | None,
-    page: int,
-    size: int,
-    triggered_by: str | None = None,
-) -> BuildPage:
-    filters: list[ColumnElement[bool]] = [
-        col(column) == value
-        for column, value in (
-            (Build.pipeline_id, pipeline_id),
-            (Build.status, status),
-            (Build.branch, branch),
-            (Build.triggered_by, triggered_by),
-        )
-        if value is not None
-    ]
-    count = select(func.count()).select_from(Build).where(*filters)
-    # One round trip: the total rides on each row as an uncorrelated subquery (evaluated once);
-    # only a page past the end asks for it alone. Plain rows, not ORM objects: hydrating Build
-    # instances cost more than the SQL for a page of 20.
-    rows = (
-        await (await session.connection()).execute(
-            sa_select(count.correlate(None).scalar_subquery().label("total"), *_LIST_COLUMNS)
-            .where(*filters)
-            .order_by(col(Build.id).desc())
-            .offset((page - 1) * size)
-            .limit(size)
-        )
-    ).all()
-    total = rows[0].total if rows else (await session.exec(count)).one()
-    items = [_listed(r) for r in rows]
-    return BuildPage(items=items, total=total, page=page, size=size)
 
 
 async def request_cancel(session: AsyncSession, build_id: int, by: str | None = None) -> Build:
