@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -99,6 +100,8 @@ class _BlockPutter:
             name, _, value = line.partition(":")
             if name.strip().lower() == "content-length":
                 size = int(value)
+            elif name.strip().lower() == "transfer-encoding":
+                raise RuntimeError("PUT block: a chunked answer (this client reads Content-Length)")
         while len(body) < size:
             data = self.sock.recv(65536)
             if not data:
@@ -198,7 +201,23 @@ async def run(ctx: Ctx, backend: str) -> None:
     cache_size = (64 if ctx.quick else 200) * 1000 * 1000
     async with serve(backend) as (_db, _servers, _tmp):
         pass  # a cold start first, so imports and migrations are not in the figures
-    store_env = {"ACTIONS_TOKEN_SECRET": SECRET, "CACHE_MAX_BYTES": str(4 * 1024**3)}
+    # A store of its own (the default, ./artifact-store, is relative to the server's working
+    # directory, which is the checkout when BENCH_APP_PATH runs a patched app/).
+    store = Path(tempfile.mkdtemp(prefix="ci-bench-store-"))
+    store_env = {
+        "ACTIONS_TOKEN_SECRET": SECRET,
+        "CACHE_MAX_BYTES": str(4 * 1024**3),
+        "ARTIFACTS_DIR": str(store),
+    }
+    try:
+        await _measure(ctx, backend, store_env, artifact_size, cache_size)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+async def _measure(
+    ctx: Ctx, backend: str, store_env: dict[str, str], artifact_size: int, cache_size: int
+) -> None:
     async with serve(backend, **store_env) as (_db, servers, tmp):
         server = servers[0]
         source = tmp / "artifact.bin"
@@ -307,50 +326,43 @@ async def run(ctx: Ctx, backend: str) -> None:
 
 
 async def floor_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A bare ASGI app under the same uvicorn as `ci-executor serve` (asyncio loop, httptools):
-    a PUT writes its body to a file as it arrives (in the loop, no hashing, no database, no
-    thread) and fsyncs it, as the server does each block; a GET streams a file in 1 MiB chunks.
-    What is left of a transfer's time here is uvicorn, the socket and the disk: the floor under
-    any app served this way."""
+    """A bare ASGI app under the same uvicorn as `ci-executor serve` (asyncio loop, httptools)
+    that does nothing with the bytes: a PUT's body is received and dropped, a GET sends
+    `?size=` bytes from one buffer in memory, 1 MiB at a time. No disk, no hashing, no database
+    on the server side: what is left is uvicorn and the socket (and the client's own work), a
+    lower bound for any app served this way, before it stores a byte."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
-    root = Path(os.environ["BENCH_FLOOR_DIR"])
     if scope["method"] == "PUT":
-        fd = os.open(root / f"put-{os.urandom(8).hex()}", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            more = True
-            while more:
-                message = await receive()
-                os.write(fd, message.get("body", b""))
-                more = message.get("more_body", False)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        await send({"type": "http.response.start", "status": 201, "headers": []})
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        headers = [(b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         return
-    path = root / scope["path"].rpartition("/")[2]
-    size = path.stat().st_size if path.is_file() else 0
-    headers = [(b"content-length", str(size).encode())]
+    query = dict(p.partition("=")[::2] for p in scope["query_string"].decode().split("&"))
+    left = int(query.get("size") or 0)
+    headers = [(b"content-length", str(left).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    if size:
-        with path.open("rb") as f:
-            while chunk := f.read(1024 * 1024):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    piece = bytes(1024 * 1024)
+    while left > 0:
+        chunk = piece if left >= len(piece) else piece[:left]
+        left -= len(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
 
 @contextlib.asynccontextmanager
-async def floor_server(root: Path) -> AsyncIterator[str]:
-    """`uvicorn bench.artifacts:floor_app` serving `root`; yields its base URL."""
+async def floor_server() -> AsyncIterator[str]:
+    """`uvicorn bench.artifacts:floor_app`; yields its base URL."""
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "bench.artifacts:floor_app", "--loop", "asyncio"]
     argv += ["--port", str(port), "--log-level", "warning"]
-    env = {**os.environ, "BENCH_FLOOR_DIR": str(root)}
-    proc = subprocess.Popen(argv, env=env, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parent.parent)
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient() as http:
@@ -370,33 +382,29 @@ FloorRun = tuple[str, Path, int, int, float]  # label, file, block size, concurr
 
 async def _floor(ctx: Ctx, backend: str, tmp: Path, runs: list[FloorRun]) -> None:
     """Each transfer's floor, with the same client and the same `cp` baseline as its row."""
-    root = tmp / "floor"
-    root.mkdir()
-    async with floor_server(root) as base, client(base) as http:
+    async with floor_server() as base, client(base) as http:
         for label, source, block, concurrency, cp_time in runs:
-            os.link(source, root / source.name)
             started = time.perf_counter()
             await put_blocks(http, f"{base}/put?sig=x", source, block, concurrency)
             upload = time.perf_counter() - started
             started = time.perf_counter()
-            await get_to_file(http, f"{base}/{source.name}", tmp / "floor.bin")
+            size = source.stat().st_size
+            await get_to_file(http, f"{base}/get?size={size}", tmp / "floor.bin")
             download = time.perf_counter() - started
+            (tmp / "floor.bin").unlink()
             for name, value in (("upload", upload), ("download", download)):
                 ctx.add(
                     Result(
                         NAME,
                         backend,
-                        f"floor: {label} {name} through a bare uvicorn app",
+                        f"floor: {label} {name}, same client, bare uvicorn app (no disk)",
                         value,
                         "s",
                         baseline=cp_time,
                         baseline_label="cp",
-                        note="info: uvicorn + socket + disk, no app",
+                        note="info: uvicorn + socket + the client, nothing stored",
                     )
                 )
-            for leftover in root.iterdir():
-                leftover.unlink()
-            (tmp / "floor.bin").unlink()
 
 
 def _report(ctx: Ctx, backend: str, label: str, cp_time: float, timings: dict[str, float]) -> None:

@@ -77,6 +77,26 @@ class Masker:
             return line
         return self._pattern.sub(MASK, line)
 
+    def safe_cut(self, text: str, cut: int) -> int:
+        """Where to release text[:cut] of an endless line so that no secret complete in `text`
+        is split: released unmasked up to the cut, its tail would no longer match. A secret
+        straddling `cut` moves it to the secret's end (the matches are those mask_text sees)."""
+        if self._pattern is None:
+            return cut
+        whole = ADD_MASK not in text and not self._breaks
+        start = 0
+        for line in [text] if whole else text.splitlines(keepends=True):
+            end = start + len(line)
+            if start < cut < end:
+                for match in self._pattern.finditer(line):
+                    if start + match.start() >= cut:
+                        break
+                    if start + match.end() > cut:
+                        return start + match.end()
+                return cut
+            start = end
+        return cut
+
     def mask_text(self, text: str) -> str:
         """The text masked as if each line went through mask_line, whole where that is the same:
         no value holds a newline, so a match never spans two lines, and with no `::add-mask::`
@@ -127,6 +147,7 @@ class LineAssembler:
             # An endless line (a progress bar): release most of it rather than hold it forever,
             # keeping back enough that a secret straddling the cut is still seen whole later.
             cut = max(1, len(text) - max(0, self._masker.longest - 1))
+            cut = self._masker.safe_cut(text, cut)
         self._partial = text[cut:]
         return self._emit(text[:cut])
 

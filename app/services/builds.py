@@ -15,17 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, literal, update
-from sqlalchemy import select as sa_select
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlmodel import SQLModel, col, select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.actions.fetch import ActionFetcher
 from app.actions.support import resolve_actions
 from app.db import Database, record_event
 from app.errors import Conflict, Invalid, NotFound
+from app.logs import store
 from app.logs.masking import masked_variables
 from app.models import (
     AnnotationPublic,
@@ -34,7 +34,6 @@ from app.models import (
     BuildFacets,
     BuildJob,
     BuildJobEdge,
-    BuildLogChunk,
     BuildPage,
     BuildPublic,
     BuildSnapshot,
@@ -408,25 +407,7 @@ async def reuse_jobs(session: AsyncSession, new_id: int, source_id: int, rerun: 
     )
     if not copied:
         return
-    chunks = SQLModel.metadata.tables[BuildLogChunk.__tablename__]
-    numbered = sa_select(
-        literal(new_id).label("build_id"),
-        func.row_number().over(order_by=chunks.c.seq).label("seq"),
-        chunks.c.job_name,
-        chunks.c.step_index,
-        chunks.c.content,
-        chunks.c.created_at,
-    ).where(chunks.c.build_id == source_id, chunks.c.job_name.in_(copied))
-    await session.exec(
-        insert(chunks).from_select(
-            ["build_id", "seq", "job_name", "step_index", "content", "created_at"], numbered
-        )
-    )
-    count = (
-        await session.exec(
-            select(func.count()).select_from(chunks).where(chunks.c.build_id == new_id)
-        )
-    ).one()
+    count = await store.copy_jobs(session, new_id, source_id, copied)
     await session.exec(update(Build).where(col(Build.id) == new_id).values(last_log_seq=count))
 
 

@@ -99,7 +99,7 @@ class BuildExecutor:
         path's only write before its first step's. `claim` is the scheduler's conditional
         update inside that transaction (None: not claimable, nothing written). What needs
         more than that transaction (a job's concurrency group, a matrix, an `if` that does not
-        evaluate, a spec not at hand) is left to `run`, which does it as it always did."""
+        evaluate, remote actions to fetch, a spec not at hand) is left to `run`, as before."""
         ctx = self.ctx
         noted = self._specs.take(ctx.build_id) if self._specs is not None else None
         snapshot, spec = None, noted.spec if noted is not None else None
@@ -123,7 +123,8 @@ class BuildExecutor:
                 log.debug("build %s: loading at claim failed; run loads again", ctx.build_id)
                 self._build = None
                 return True
-            self._first = await self._start_first(session)
+            if not pins:  # fetching remote actions may fail: no job runs before that
+                self._first = await self._start_first(session)
         return True
 
     async def run(self, *, resume: bool = False) -> None:

@@ -99,3 +99,25 @@ def test_value_with_a_form_feed_is_masked_within_its_line_only() -> None:
     # before; the other values on the chunk are still masked.
     masker = Masker(["ab\x0ccd", "other-secret"])
     assert masker.mask_text("x ab\x0ccd other-secret\n") == "x ab\x0ccd ***\n"
+
+
+def test_secret_whole_at_a_forced_cut_of_an_endless_line() -> None:
+    # The line passes max_partial with the secret complete but just before the end: the cut
+    # (which keeps the last len(secret) - 1 characters back) must not split it.
+    masker = Masker(["SECRETVALUE"])
+    line = b"a" * 85 + b"SECRETVALUE" + b"b" * 10
+    out = _feed(masker, [line[:100], line[100:]], max_partial=100)
+    assert out == "a" * 85 + "***" + "b" * 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    head=st.integers(min_value=0, max_value=150),
+    step=st.integers(min_value=1, max_value=40),
+    value=st.sampled_from(["SECRETVALUE", "abc\x0cdefg", "hunter22"]),
+)
+def test_forced_cuts_never_split_a_secret(head: int, step: int, value: str) -> None:
+    masker = Masker([value, "other-secret"])
+    line = ("a" * head + value + "b" * 30 + "other-secret" + "c" * 40).encode()
+    out = _feed(masker, [line[i : i + step] for i in range(0, len(line), step)], max_partial=64)
+    assert out == _line_by_line([value, "other-secret"], line.decode())

@@ -10,10 +10,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-from sqlalchemy import event
+from sqlalchemy import event, update
+from sqlmodel import col
 
+from app.db import Database
+from app.models import PipelineCounter
 from app.services.handoff import SpecCache
-from tests.support import create, job, wait_for_build, workflow
+from tests.support import create, job, wait_for_build, wait_until, workflow
 
 ONE_STEP = workflow(
     """
@@ -170,3 +173,51 @@ async def test_concurrent_creates_of_one_pipeline_number_its_builds_without_gaps
     for build in created:
         detail = (await client.get(f"/builds/{build['id']}")).json()
         assert detail["number"] == build["number"]
+
+
+async def test_write_transactions_of_one_process_take_turns_in_order(
+    database_url: str, backend: str
+) -> None:
+    """SQLite: while one transaction writes, this process's other writers wait for their turn
+    here, in the order they asked, none of them inside SQLite's busy handler (which sleeps
+    between retries and lets a later writer in first). Postgres has no single writer: there,
+    every transaction simply commits."""
+    db = Database(database_url)
+    order: list[int] = []
+    begins: list[str] = []
+    inside = asyncio.Event()
+    others_asked = asyncio.Event()
+
+    def began(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("BEGIN"):
+            begins.append(statement)
+
+    async def write(i: int) -> None:
+        async with db.transaction() as session:
+            order.append(i)
+            await session.exec(
+                update(PipelineCounter)
+                .where(col(PipelineCounter.pipeline_id) == "none")
+                .values(last_number=i)
+            )
+            if i == 0 and backend == "sqlite":
+                inside.set()
+                await others_asked.wait()
+                assert len(begins) == 1  # the others never reached SQLite
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", began)
+    try:
+        if backend == "sqlite":
+            first = asyncio.create_task(write(0))
+            await inside.wait()
+            others = [asyncio.create_task(write(i)) for i in range(1, 20)]
+            await wait_until(lambda: db.writers_waiting == 19, "19 writers waiting")
+            others_asked.set()
+            await asyncio.gather(first, *others)
+        else:
+            await asyncio.gather(*(write(i) for i in range(20)))
+    finally:
+        await db.dispose()
+    assert sorted(order) == list(range(20))
+    if backend == "sqlite":
+        assert order == list(range(20))
