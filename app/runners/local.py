@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import logging
 import os
 import re
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -115,15 +117,24 @@ def _make_job_dirs(dirs: Iterable[Path], temp: Path, files: dict[str, str]) -> N
         (temp / name).write_text(text)
 
 
-async def _read_text(path: str) -> str | None:
-    """A file a step can see (a local action's action.yml), or None."""
+async def _read_text(path: str, workspace: Path) -> str | None:
+    """A local action's action.yml, or None. Steps write the workspace, so a symlink there may
+    point anywhere the service can read (its database, its secrets key): the file actually
+    opened must lie inside the workspace (checked on the open descriptor, so nothing can swap
+    the path in between) and be a regular file (a FIFO would hang the read)."""
 
     def read() -> str | None:
         try:
-            with open(path, "rb") as handle:
-                return handle.read(MAX_FILE_BYTES + 1).decode("utf-8", "replace")
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return None
+        with open(fd, "rb") as handle:
+            opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            if not _inside(opened, workspace.resolve()):
+                return None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return handle.read(MAX_FILE_BYTES + 1).decode("utf-8", "replace")
 
     return await asyncio.to_thread(read)
 
@@ -315,7 +326,9 @@ class LocalRunner:
             elif isinstance(request, Log):
                 await reporter.step_output(step.index, request.text.encode())
             else:
-                reply = await session.load(request, _read_text)
+                reply = await session.load(
+                    request, functools.partial(_read_text, workspace=workspace)
+                )
             request = session.send(reply)
         end = session.end
         run = dataclasses.replace(step, continue_on_error=end.continue_on_error)
