@@ -51,10 +51,22 @@ T = TypeVar("T")
 @dataclass(eq=False)
 class Subscription:
     build_id: int
-    queue: asyncio.Queue[HubEvent]
+    queue_size: int
     lagged: bool = False
     # Set on every publish, even when the queue is full, so a lagged reader still wakes up.
     signal: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @cached_property
+    def queue(self) -> asyncio.Queue[HubEvent]:
+        """Made on first use: an asyncio.Queue is four deques, about 3 KiB, which a thousand
+        idle SSE subscribers (bench/sse_idle.py) would otherwise hold for nothing."""
+        return asyncio.Queue(maxsize=self.queue_size)
+
+    @property
+    def pending(self) -> int:
+        """Events queued, without making the queue."""
+        queue: asyncio.Queue[HubEvent] | None = self.__dict__.get("queue")
+        return 0 if queue is None else queue.qsize()
 
 
 class LiveHub:
@@ -89,7 +101,7 @@ class LiveHub:
 
     @contextmanager
     def subscribe(self, build_id: int) -> Iterator[Subscription]:
-        sub = Subscription(build_id, asyncio.Queue(maxsize=self.queue_size))
+        sub = Subscription(build_id, self.queue_size)
         self._subs[build_id].add(sub)
         try:
             yield sub

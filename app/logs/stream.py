@@ -61,7 +61,7 @@ def _drain(sub: Subscription) -> list[HubEvent]:
     """What the subscriber's queue holds; nothing when it lagged (what it dropped is read back
     from the database by seq instead)."""
     items: list[HubEvent] = []
-    while not sub.queue.empty():
+    for _ in range(sub.pending):
         items.append(sub.queue.get_nowait())
     if sub.lagged:
         sub.lagged = False
@@ -98,7 +98,7 @@ class _Stream:
 
     async def live(self, sub: Subscription) -> AsyncIterator[bytes | BuildStatus | None]:
         """What one wake-up brings: frames, and the build's status (None: gone) when read."""
-        reread = not sub.queue.qsize() or sub.lagged
+        reread = not sub.pending or sub.lagged
         fresh = sub.lagged  # a poll may share its read with the build's other streams
         for item in _drain(sub):
             if isinstance(item, LogEvent):
