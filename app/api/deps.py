@@ -21,7 +21,7 @@ from app.services.scheduler import Scheduler
 from app.wiring import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -29,32 +29,32 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def app_settings(services: ServicesDep) -> Settings:
+async def app_settings(services: ServicesDep) -> Settings:
     """The running app's settings (not `app.config.get_settings`, which reads the environment)."""
     return services.settings
 
 
-def get_db(services: ServicesDep) -> Database:
+async def get_db(services: ServicesDep) -> Database:
     return services.db
 
 
-def get_hub(services: ServicesDep) -> LiveHub:
+async def get_hub(services: ServicesDep) -> LiveHub:
     return services.hub
 
 
-def get_queue(services: ServicesDep) -> BuildQueue:
+async def get_queue(services: ServicesDep) -> BuildQueue:
     return services.queue
 
 
-def get_scheduler(services: ServicesDep) -> Scheduler:
+async def get_scheduler(services: ServicesDep) -> Scheduler:
     return services.scheduler
 
 
-def get_metrics(services: ServicesDep) -> Metrics:
+async def get_metrics(services: ServicesDep) -> Metrics:
     return services.metrics
 
 
-def get_pipelines(services: ServicesDep) -> PipelineClient:
+async def get_pipelines(services: ServicesDep) -> PipelineClient:
     return services.pipelines
 
 
@@ -103,11 +103,11 @@ def _authenticate(request: Request, settings: Settings) -> Caller:
     return Caller(name=match.name, role=match.role)
 
 
-def require_read(request: Request, settings: SettingsDep) -> Caller:
+async def require_read(request: Request, settings: SettingsDep) -> Caller:
     return _authenticate(request, settings)
 
 
-def require_write(request: Request, settings: SettingsDep) -> Caller:
+async def require_write(request: Request, settings: SettingsDep) -> Caller:
     caller = _authenticate(request, settings)
     if caller.role != "write":
         raise HTTPException(403, f"token '{caller.name}' is read-only")
