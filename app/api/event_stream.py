@@ -10,21 +10,26 @@ makes anyway to poll (app/logs/stream.py), and one small task per stream waits f
 to disconnect (the ASGI server only reports that through `receive`).
 
 And the stream does not run inside the route's call stack: `EventStreamHandoff`, the outermost
-middleware, runs it after the route (validation, authentication, the build check) returned.
-An idle stream then holds none of FastAPI's dependency and exception-handling frames, the other
-middleware's wrapped receive/send or the request objects (about 10 KiB per stream, measured the
-same way).
+middleware, runs it after the route (validation, authentication) returned. An idle stream then
+holds none of FastAPI's dependency and exception-handling frames, the other middleware's
+wrapped receive/send or the request objects (about 6 KiB per stream, measured the same way).
+The route's database check (`check`, a 404 for an unknown build) runs here too, before any
+header: it waits its turn for a read, and a thousand streams connecting at once would otherwise
+each wait holding a whole request stack, leaving about 10 KiB per stream of freed but
+fragmented memory in the process after the storm (RSS, bench/sse_idle.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import ServiceError
 
 # The scope key where EventStreamHandoff waits for the route's stream (the router and
 # FastAPI pass the same scope dict down to the route).
@@ -45,9 +50,17 @@ class EventStream(Response):
     # No class-level media_type, as with EventSourceResponse: the route documents
     # text/event-stream itself, and the OpenAPI document (the web UI's types) stays as it was.
     # `status_code` is there for FastAPI's OpenAPI generator, which reads its default.
-    def __init__(self, frames: AsyncIterator[bytes], status_code: int = 200) -> None:
+    def __init__(
+        self,
+        frames: AsyncIterator[bytes],
+        status_code: int = 200,
+        check: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         # Response.__init__ is not called: it renders a body, and this one has none up front.
         self.frames = frames
+        # Run before the headers are sent, outside the route (see EventStreamHandoff): a
+        # ServiceError it raises is answered as the app's handler would (`{"detail": ...}`).
+        self.check = check
         self.status_code = status_code
         self.background = None
         self.raw_headers = list(_HEADERS)
@@ -62,6 +75,14 @@ class EventStream(Response):
         await self.stream(scope, receive, send)
 
     async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        check, self.check = self.check, None  # not held (with its closure) while streaming
+        if check is not None:
+            try:
+                await check()
+            except ServiceError as exc:
+                error = JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+                await error(scope, receive, send)
+                return
         start = {"type": "http.response.start", "status": self.status_code}
         await send({**start, "headers": self.raw_headers})
         if scope.get("method") == "HEAD":

@@ -80,6 +80,8 @@ class _Stream:
     on its subscription's signal (set by the hub) with a timeout, and that wake-up also serves
     the polling fallback, the keep-alive comment and noticing a server shutdown."""
 
+    __slots__ = ("build_id", "db", "hub", "last")
+
     def __init__(self, db: Database, hub: LiveHub, build_id: int, after: int) -> None:
         self.db = db
         self.hub = hub
