@@ -5,6 +5,7 @@ Nothing is created at import time: the lifespan (or the CLI) builds a Database a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 SessionFactory = async_sessionmaker[AsyncSession]
 NOTIFY_CHANNEL = "ci_executor_events"
+# How long a SQLite writer waits for the write lock (the busy timeout), in this process's
+# queue as in SQLite's own.
+SQLITE_BUSY_SECONDS = 30
 # Receives the events a transaction recorded (session.info["events"]) once it has committed.
 EventSink = Callable[[list[Any]], None]
 
@@ -36,7 +40,7 @@ def create_engine(url: str, pool_size: int | None = None, pool_timeout: float = 
     pool = pool_options(url, pool_size, pool_timeout)
     if url.startswith("sqlite"):
         engine = create_async_engine(
-            url, connect_args={"timeout": 30}, hide_parameters=True, **pool
+            url, connect_args={"timeout": SQLITE_BUSY_SECONDS}, hide_parameters=True, **pool
         )
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -51,7 +55,7 @@ def create_engine(url: str, pool_size: int | None = None, pool_timeout: float = 
             cursor.execute("PRAGMA journal_mode")
             if str(cursor.fetchone()[0]).lower() != "wal":
                 cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -90,6 +94,12 @@ class Database:
             expire_on_commit=False,
         )
         self.sinks: list[EventSink] = []
+        # SQLite has one writer at a time: this replica's write transactions queue here, in
+        # order, instead of in SQLite's busy handler (which sleeps up to 100 ms between
+        # retries, so under a burst of writers most of the wait was sleep). Other processes
+        # on the same file still meet the busy timeout.
+        self._writer = asyncio.Lock() if url.startswith("sqlite") else None
+        self.writers_waiting = 0  # SQLite: write transactions waiting for their turn here
         # Set on Postgres to turn a transaction's events into NOTIFY payloads (cross-replica).
         self.notify: Callable[[list[Any]], list[str]] | None = None
 
@@ -105,7 +115,7 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as session:
+        async with self._write_turn(), self.sessions() as session:
             try:
                 yield session
                 pending = session.info.get("events")
@@ -122,6 +132,28 @@ class Database:
         if events:
             for sink in self.sinks:
                 sink(events)
+
+    @asynccontextmanager
+    async def _write_turn(self) -> AsyncIterator[None]:
+        """SQLite: this process's turn to write, in order, given up after the busy timeout as
+        SQLite's own wait would be ("database is locked")."""
+        if self._writer is None:
+            yield
+            return
+        self.writers_waiting += 1
+        try:
+            async with asyncio.timeout(SQLITE_BUSY_SECONDS):
+                await self._writer.acquire()
+        except TimeoutError:
+            raise TimeoutError(
+                f"database is locked: no write turn within {SQLITE_BUSY_SECONDS} s"
+            ) from None
+        finally:
+            self.writers_waiting -= 1
+        try:
+            yield
+        finally:
+            self._writer.release()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -1,12 +1,21 @@
 """3. Dispatch latency: 50 concurrent POSTs of a one-step build; p50/p99 from the moment each POST
 is sent to its step's `started_at` (server and client share the machine clock). Then one build
 alone (each POSTed after the previous finished; median of 20). Baseline: the p50 round trip of
-GET /healthz in the same run."""
+GET /healthz in the same run.
+
+Info rows (no target): the CPU the serve process spends, read from /proc around the burst: its
+event-loop thread (one core at most, whatever the machine has) and the whole process with its
+steps' processes. The first POSTs' `dispatch: false` creates give the loop's CPU per create
+alone. 50 creates' loop CPU is a floor under the burst's p50 (each POST is read, parsed,
+written and answered by that one thread, and they all arrive at once); the whole CPU of 50
+builds over the machine's cores is a floor under the time the last one can start."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 
 import httpx
 
@@ -26,7 +35,21 @@ from bench._common import (
 NAME = "dispatch_latency"
 BACKENDS = ("postgres", "sqlite")
 ALONE_COUNT = 20
+CREATES = 20  # `dispatch: false` creates timed for the loop's CPU per create
 YAML = "jobs:\n  bench:\n    steps:\n      - run: 'true'\n"
+
+
+def cpu_ms(pid: int, *, thread: bool = False, children: bool = False) -> float:
+    """CPU time of a process in ms: its main thread alone (the event loop; schedstat's on-CPU
+    nanoseconds), or the whole process, with its reaped children's if asked (user + system
+    clock ticks from /proc/<pid>/stat)."""
+    if thread:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e6
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 async def one(http: httpx.AsyncClient, start: asyncio.Event) -> tuple[float, int]:
@@ -59,20 +82,30 @@ async def run(ctx: Ctx, backend: str) -> None:
             t0 = time.perf_counter()
             (await http.get("/healthz")).raise_for_status()
             pings.append(time.perf_counter() - t0)
+        # The event loop's CPU per create alone (stored, not dispatched).
+        loop0 = cpu_ms(server.pid, thread=True)
+        for _ in range(CREATES):
+            await create_build(http, YAML, dispatch=False)
+        create_cpu = (cpu_ms(server.pid, thread=True) - loop0) / CREATES
         # Fresh keep-alive connections for the burst (uvicorn drops idle ones after 5 s).
         await asyncio.gather(*(http.get("/healthz") for _ in range(count)))
+        loop0, all0 = cpu_ms(server.pid, thread=True), cpu_ms(server.pid, children=True)
         start = asyncio.Event()
         tasks = [asyncio.create_task(one(http, start)) for _ in range(count)]
         await asyncio.sleep(0.05)
         start.set()
         latencies = await started_after(http, await asyncio.gather(*tasks))
+        loop_cpu = (cpu_ms(server.pid, thread=True) - loop0) / count
+        all_cpu = (cpu_ms(server.pid, children=True) - all0) / count
         # One build at a time: its own path through the service, nothing queued before it.
         alone = []
+        loop0 = cpu_ms(server.pid, thread=True)
         for _ in range(alone_count):
             await http.get("/healthz")
             sent = time.time()
             build = await create_build(http, YAML)
             alone.extend(await started_after(http, [(sent, int(build["id"]))]))
+        alone_cpu = (cpu_ms(server.pid, thread=True) - loop0) / alone_count
     base = median(pings) * 1000
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
     ctx.add(
@@ -115,3 +148,29 @@ async def run(ctx: Ctx, backend: str) -> None:
             note=f"p99 {percentile(alone, 99) * 1000:.0f} ms",
         )
     )
+    cores = os.cpu_count() or 1
+    for metric, value, note in (
+        (
+            "event-loop CPU per create alone (info)",
+            create_cpu,
+            f"x {count} POSTs = {create_cpu * count:.0f} ms on one thread: a floor under the "
+            "burst's p50",
+        ),
+        (
+            "event-loop CPU per build alone, POST -> finished (info)",
+            alone_cpu,
+            "its polls included; all of it before the next build's POST",
+        ),
+        (
+            f"event-loop CPU per build, {count} at once (info)",
+            loop_cpu,
+            f"x {count} = {loop_cpu * count:.0f} ms on one thread (the bench's polls included)",
+        ),
+        (
+            f"serve + steps CPU per build, {count} at once (info)",
+            all_cpu,
+            f"x {count} / {cores} cores = {all_cpu * count / cores:.0f} ms before the last "
+            "build's end at the earliest",
+        ),
+    ):
+        ctx.add(Result(NAME, backend, metric, value, "ms", note=note))

@@ -85,7 +85,9 @@ async def create_build(
         event_name=body.event_name,
         event=body.event,
     )
-    build, created = await service.submit(db, queue, new, actions=fetcher_for(settings))
+    build, created = await service.submit(
+        db, queue, new, actions=fetcher_for(settings), specs=services.scheduler.specs
+    )
     if not created:
         response.status_code = 200
     return build

@@ -22,6 +22,8 @@ from app.wiring import Services
 
 
 async def get_services(request: Request) -> Services:
+    # Every dependency here is `async def` though none awaits: FastAPI runs a plain `def`
+    # dependency in a worker thread, a thread handoff per dependency per request.
     services: Services = request.app.state.services
     return services
 

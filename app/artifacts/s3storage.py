@@ -108,7 +108,8 @@ class S3Storage:
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
         try:
-            async for block in _rebatch(chunks, S3_PART_SIZE):
+            async for pieces in _rebatch(chunks, S3_PART_SIZE):
+                block = b"".join(pieces)
                 digest.update(block)
                 if upload_id is None:
                     created = await self.client.create_multipart_upload(

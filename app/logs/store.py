@@ -17,7 +17,8 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import Table, func, update
+from sqlalchemy import Table, func, insert, literal, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -99,6 +100,34 @@ async def insert_chunks(
     for chunk in chunks:
         record_event(session, LogEvent(build_id, chunk))
     return chunks
+
+
+async def replace_content(session: AsyncSession, chunk: BuildLogChunk, content: str) -> None:
+    """Rewrite a stored chunk's content (an append masking a secret that began in it)."""
+    chunk.content = content
+    await session.exec(
+        update(BuildLogChunk).where(col(BuildLogChunk.id) == chunk.id).values(content=content)
+    )
+
+
+async def copy_jobs(session: AsyncSession, new_id: int, source_id: int, jobs: Sequence[str]) -> int:
+    """Copy the chunks of `jobs` from one build to a new one, renumbered 1..n in their order
+    (the new build's seq stays gap-free). Returns n, the new build's last seq."""
+    numbered = sa_select(
+        literal(new_id).label("build_id"),
+        func.row_number().over(order_by=CHUNKS.c.seq).label("seq"),
+        CHUNKS.c.job_name,
+        CHUNKS.c.step_index,
+        CHUNKS.c.content,
+        CHUNKS.c.created_at,
+    ).where(CHUNKS.c.build_id == source_id, CHUNKS.c.job_name.in_(jobs))
+    await session.exec(insert(CHUNKS).from_select(list(_COPY_COLUMNS), numbered))
+    count = (
+        await session.exec(
+            select(func.count()).select_from(CHUNKS).where(CHUNKS.c.build_id == new_id)
+        )
+    ).one()
+    return int(count)
 
 
 async def chunk_at(session: AsyncSession, build_id: int, seq: int) -> BuildLogChunk | None:

@@ -25,7 +25,7 @@ def create_queue(
     """`memory://` → the in-process queue; `amqp://` / `amqps://` → RabbitMQ."""
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory":
-        return MemoryQueue(max_deliveries=max_deliveries)
+        return MemoryQueue(max_deliveries=max_deliveries, prefetch=prefetch)
     if scheme in ("amqp", "amqps"):
         return AmqpQueue(
             url, queue_name=queue_name, prefetch=prefetch, max_deliveries=max_deliveries

@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 
 class MemoryQueue:
-    """In-process queue; one consumer task calls the handler for each id in publish order.
+    """In-process queue; ids are handed to the handler in publish order, up to `prefetch` at
+    once (as RabbitMQ delivers up to its prefetch): a claim waiting on the database does not
+    hold up the ids behind it.
 
     A failing handler means the database (or scheduler) is broken, not the id, so the id is
     put back after an exponential backoff, up to `max_deliveries` attempts (then the requeue
@@ -25,10 +27,18 @@ class MemoryQueue:
     """
 
     def __init__(
-        self, *, retry_delay: float = 1.0, max_retry_delay: float = 30.0, max_deliveries: int = 10
+        self,
+        *,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 30.0,
+        max_deliveries: int = 10,
+        prefetch: int = 1,
     ) -> None:
         if retry_delay <= 0 or max_retry_delay < retry_delay:
             raise ValueError("need 0 < retry_delay <= max_retry_delay")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        self._prefetch = prefetch
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
         self._max_deliveries = max(1, max_deliveries)
@@ -36,6 +46,7 @@ class MemoryQueue:
         self._handler: BuildHandler | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._retries: set[asyncio.Task[None]] = set()
+        self._handling: set[asyncio.Task[None]] = set()
         self._failures: dict[int, int] = {}
 
     async def start(self, handler: BuildHandler) -> None:
@@ -45,7 +56,7 @@ class MemoryQueue:
         self._consumer = asyncio.create_task(self._consume(), name="memory-queue-consumer")
 
     async def stop(self) -> None:
-        tasks = [*self._retries]
+        tasks = [*self._retries, *self._handling]
         if self._consumer is not None:
             tasks.append(self._consumer)
         for task in tasks:
@@ -56,6 +67,7 @@ class MemoryQueue:
         self._consumer = None
         self._handler = None
         self._retries.clear()
+        self._handling.clear()
         self._failures.clear()
         # A fresh queue on every start: ids left over from a previous run are the sweep's job.
         self._queue = asyncio.Queue()
@@ -71,16 +83,25 @@ class MemoryQueue:
         return self._consumer is not None and not self._consumer.done()
 
     async def _consume(self) -> None:
-        handler = self._handler
-        assert handler is not None
+        slots = asyncio.Semaphore(self._prefetch)
         while True:
             build_id = await self._queue.get()
-            try:
-                await handler(build_id)
-            except Exception:
-                self._schedule_retry(build_id)
-            else:
-                self._failures.pop(build_id, None)
+            await slots.acquire()
+            task = asyncio.create_task(self._handle(build_id, slots), name=f"deliver-{build_id}")
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+
+    async def _handle(self, build_id: int, slots: asyncio.Semaphore) -> None:
+        handler = self._handler
+        assert handler is not None
+        try:
+            await handler(build_id)
+        except Exception:
+            self._schedule_retry(build_id)
+        else:
+            self._failures.pop(build_id, None)
+        finally:
+            slots.release()
 
     def _schedule_retry(self, build_id: int) -> None:
         attempt = self._failures.get(build_id, 0) + 1

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import os
 import re
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,13 +36,28 @@ from app.runners.base import (
     should_run_step,
     step_failure,
 )
-from app.runners.sandbox import Isolation, IsolationSetting, Sandbox, kill_tracked, probe_isolation
+from app.runners.sandbox import (
+    Isolation,
+    IsolationSetting,
+    Sandbox,
+    StepProcess,
+    kill_tracked,
+    probe_isolation,
+)
 from app.workflow.invocation import Invocation, Log, Ran
 from app.workflow.runtime import MAX_FILE_BYTES, RuntimeFiles
 
 log = logging.getLogger(__name__)
 
-_READ_SIZE = 64 * 1024
+# Output is read up to this much at a time from a pipe widened to _PIPE_SIZE (Linux's default
+# 64 KiB pipe made a fast step's 100 MB arrive in ~2,000 reads, each one a pass through the
+# masking, command and writer code; with 1 MiB about 500). bench/log_ingest.py measures it.
+_READ_SIZE = 1024 * 1024
+_PIPE_SIZE = 1024 * 1024
+# A step's few small files (its runtime files, its script) are written and read on the event
+# loop: tens of microseconds of local I/O, where a worker-thread trip cost 0.5-2 ms a step on the
+# loaded bench machine. Anything bigger still goes to a worker thread.
+_INLINE_BYTES = 256 * 1024
 # After the step's processes are killed, output already in the pipe is read for at most this
 # long: a process that escaped the kill (it can only in `none` mode) must not hold the step open.
 _DRAIN_SECONDS = 5.0
@@ -95,9 +112,49 @@ def _make_job_dirs(dirs: Iterable[Path], temp: Path, files: dict[str, str]) -> N
         (temp / name).write_text(text)
 
 
-def _create_empty(paths: Iterable[Path]) -> None:
+def _open_regular(path: str | Path, flags: int) -> int:
+    """Open a file of the job's temp dir, which its steps can write: never through a symlink a
+    step left there (the service would write or read a file the step cannot), never a FIFO or
+    device (opened non-blocking, then refused)."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
+
+
+def _writable(path: str | Path, flags: int) -> int:
+    """Open (creating) a file of the temp dir to write it. What an earlier step left at that
+    path instead of a regular file (a symlink, a FIFO) is removed first, not written through."""
+    flags |= os.O_WRONLY | os.O_CREAT
+    try:
+        return _open_regular(path, flags)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # the link itself, never its target
+        return _open_regular(path, flags | os.O_EXCL)
+
+
+def _prepare_files(empty: Iterable[str], script: Path | None, text: str) -> None:
+    """Empty (create or truncate) the invocation's runtime files; write its script."""
+    for path in empty:
+        os.close(_writable(path, os.O_TRUNC))
+    if script is not None:
+        # Overwritten, then cut to length: truncating a file that holds data to zero first
+        # makes ext4 write it back at close (auto_da_alloc), 3 ms here.
+        data = text.encode()
+        with open(_writable(script, 0), "wb") as f:
+            f.write(data)
+            f.truncate(len(data))
+
+
+def _small(paths: Iterable[str]) -> bool:
+    """Are these files small enough to read on the event loop (or missing)?"""
+    total = 0
     for path in paths:
-        path.write_bytes(b"")
+        with contextlib.suppress(OSError):
+            total += os.lstat(path).st_size
+    return total <= _INLINE_BYTES
 
 
 def _read_runtime_files(paths: dict[str, str]) -> RuntimeFiles:
@@ -106,7 +163,7 @@ def _read_runtime_files(paths: dict[str, str]) -> RuntimeFiles:
     texts: dict[str, str] = {}
     for name, path in paths.items():
         try:
-            with open(path, "rb") as handle:
+            with open(_open_regular(path, os.O_RDONLY), "rb") as handle:
                 data = handle.read(MAX_FILE_BYTES)
         except OSError:
             data = b""
@@ -336,15 +393,21 @@ class LocalRunner:
         deadline: float | None,
     ) -> Ran:
         """One process of a step, its runtime files created before and read back after."""
-        files = [Path(path) for path in request.files.values()]
-        await asyncio.to_thread(_create_empty, files)
+        script = None
+        if request.script_name:
+            script = self.temp_dir(job.build_id, job.job_name) / request.script_name
+        prepare = (request.files.values(), script, request.script)
+        try:
+            if len(request.script) <= _INLINE_BYTES:
+                _prepare_files(*prepare)
+            else:
+                await asyncio.to_thread(_prepare_files, *prepare)
+        except OSError as exc:
+            return Ran("error", None, message=f"could not prepare the step's files: {exc}")
         program = request.argv[0] if request.argv else ""
         if not shutil.which(program, path=request.env.get("PATH") or os.defpath):
             # The user's choice of shell (or action), not an infrastructure failure.
             return Ran("failed", None, message=request.missing)
-        if request.script_name:
-            script = self.temp_dir(job.build_id, job.job_name) / request.script_name
-            await asyncio.to_thread(script.write_text, request.script)
         if request.label:
             await reporter.step_output(step.index, f"{request.label}\n".encode())
         run = dataclasses.replace(
@@ -361,7 +424,10 @@ class LocalRunner:
         status, code, message = await self._run_step(
             job, run, workspace, reporter, deadline, argv=request.argv
         )
-        texts = await asyncio.to_thread(_read_runtime_files, request.files)
+        if _small(request.files.values()):
+            texts = _read_runtime_files(request.files)
+        else:
+            texts = await asyncio.to_thread(_read_runtime_files, request.files)
         return Ran(status, code, texts, message)
 
     async def _directories(self, job: JobRun) -> tuple[Path, Path]:
@@ -372,6 +438,7 @@ class LocalRunner:
         tool_cache = self.workspace_root / str(job.build_id) / "_tool"
         files: dict[str, str] = {}
         if job.runtime is not None:
+            job.runtime.reuse_files = not self.can_reattach
             files = job.runtime.start(
                 workspace=str(workspace),
                 temp=str(temp),
@@ -463,8 +530,9 @@ class LocalRunner:
                 waiter.cancel()
             if not pump.done():
                 pump.cancel()
+            proc.close()
 
-    async def _terminate(self, proc: asyncio.subprocess.Process, track: str) -> None:
+    async def _terminate(self, proc: StepProcess, track: str) -> None:
         await self.sandbox.terminate(proc, track, self.kill_grace_seconds)
 
     async def _drain(self, pump: asyncio.Task[None]) -> None:
@@ -477,5 +545,16 @@ class LocalRunner:
                 await pump
 
     async def _pump(self, stream: asyncio.StreamReader, index: int, reporter: JobReporter) -> None:
+        _widen_pipe(stream)
         while data := await stream.read(_READ_SIZE):
             await reporter.step_output(index, data)
+
+
+def _widen_pipe(stream: asyncio.StreamReader) -> None:
+    """Best effort: the pipe keeps its default size where this is refused (over the user's
+    pipe-user-pages limit, or a reader without a pipe transport)."""
+    transport = getattr(stream, "_transport", None)  # asyncio offers no public accessor
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if pipe is not None:
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)

@@ -33,6 +33,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 IsolationSetting = Literal["auto", "namespaces", "none"]
 IsolationMode = Literal["namespaces", "none"]
 TRACK_VAR = "CI_EXECUTOR_TRACK"
+# The output pipe's read buffer, asyncio's default for subprocess pipes.
+_PIPE_LIMIT = 2**16
 # Never hidden, even if the service runs from there: hiding them would break every step.
 _SYSTEM_DIRS = frozenset(
     Path(p)
@@ -53,6 +56,10 @@ _SYSTEM_DIRS = frozenset(
     )
 )
 
+
+# At most this many pids handed out during a step: its end-of-step scan reads them one by one on
+# the event loop instead of listing /proc in a worker thread.
+_FEW_PIDS = 64
 
 # A SQLite database's companions, and its secrets key file (app/secrets.py).
 _DB_COMPANIONS = ("-wal", "-shm", "-journal", ".key")
@@ -165,14 +172,46 @@ def _created_since(window: PidWindow | None, live: int) -> Callable[[int], bool]
     return lambda pid: pid > start or pid <= end  # the cursor wrapped around pid_max
 
 
-def tracked_pids(prefix: str, window: PidWindow | None = None) -> list[int]:
+def recent_pids(window: PidWindow | None) -> list[int] | None:
+    """The pids handed out since `window`, when there are at most _FEW_PIDS of them (a `true`
+    step: two or three); None when they cannot be bounded that tightly. Threads take pids too:
+    what is not a thread group's leader is skipped by `tracked_pids`."""
+    now = pid_window()
+    if window is None or now is None or not 0 <= now.forks - window.forks <= _FEW_PIDS:
+        return None
+    start, end = window.last_pid, now.last_pid
+    if not 0 <= end - start <= _FEW_PIDS:
+        return None  # wrapped around pid_max: the full scan handles that
+    return list(range(start + 1, end + 1))
+
+
+def _leader(pid: int) -> bool:
+    """Is `pid` a process (thread group leader), not one of its threads?"""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1]) == pid
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def tracked_pids(
+    prefix: str, window: PidWindow | None = None, *, pids: list[int] | None = None
+) -> list[int]:
     """Processes whose environment carries a tracking id starting with `prefix` (blocking).
-    With `window`, only processes created since it was read are looked at."""
+    With `window`, only processes created since it was read are looked at; with `pids`
+    (from `recent_pids`), only those."""
     needle = f"{TRACK_VAR}={prefix}".encode()
     me = os.getpid()
     found: list[int] = []
-    pids = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
-    candidate = _created_since(window, len(pids)) if window is not None else lambda _pid: True
+    check_leader = pids is not None  # a listing of /proc names processes only
+    if pids is None:
+        pids = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+        candidate = _created_since(window, len(pids)) if window else lambda _pid: True
+    else:
+        candidate = lambda _pid: True  # noqa: E731
     for pid in pids:
         if pid == me or not candidate(pid):
             continue
@@ -183,7 +222,8 @@ def tracked_pids(prefix: str, window: PidWindow | None = None) -> list[int]:
             continue  # gone, or not ours to read
         for item in environ.split(b"\0"):
             if item.startswith(needle):
-                found.append(pid)
+                if not check_leader or _leader(pid):
+                    found.append(pid)
                 break
     return found
 
@@ -194,17 +234,101 @@ def kill_tracked(
     *,
     spare: int = 0,
     window: PidWindow | None = None,
+    pids: list[int] | None = None,
 ) -> int:
     """Signal every process carrying a tracking id with this prefix (created since `window`,
-    when given); returns how many (blocking)."""
+    when given; among `pids`, when given); returns how many (blocking)."""
     count = 0
-    for pid in tracked_pids(prefix, window):
+    for pid in tracked_pids(prefix, window, pids=pids):
         if pid == spare:
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
             count += 1
     return count
+
+
+class StepProcess:
+    """A step's main process: its pid, its output pipe (stdout and stderr), its exit.
+
+    The exit is watched through a pidfd the event loop polls, so it costs no thread: asyncio's
+    default child watcher (Python 3.11's ThreadedChildWatcher) starts one thread per child and
+    hands the exit back across threads, 1.5-3 ms of a step on a loaded two-core machine (py-spy
+    of bench/step_overhead.py). Where pidfds are missing (Linux < 5.3), a thread waits instead."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], stdout: asyncio.StreamReader) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdout = stdout
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._transport: asyncio.BaseTransport | None = None
+        try:
+            self._pidfd = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):
+            self._pidfd = -1
+            threading.Thread(target=self._wait_thread, daemon=True).start()
+        else:
+            self._loop.add_reader(self._pidfd, self._reap)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def _reap(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        try:
+            _, status = os.waitpid(self.pid, 0)  # the pidfd is readable: it has exited
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped by someone else: its status is lost
+            code = 255
+        self._exited_with(code)
+
+    def _wait_thread(self) -> None:
+        code = self._popen.wait()
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self._loop.call_soon_threadsafe(self._exited_with, code)
+
+    def _exited_with(self, code: int) -> None:
+        self._popen.returncode = code
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    async def wait(self) -> int:
+        """The exit status (negative: the signal that killed it), as asyncio reports it."""
+        return await asyncio.shield(self._exited)
+
+    def close(self) -> None:
+        """Stop reading the output pipe (normally it closes by itself at end of file)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    @classmethod
+    async def start(cls, argv: Sequence[str], *, cwd: Path, env: dict[str, str]) -> StepProcess:
+        """Fork and exec as asyncio's subprocess_exec does (vfork, close_fds), in a new session.
+        Raises OSError if it cannot start."""
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert popen.stdout is not None
+        reader = asyncio.StreamReader(limit=_PIPE_LIMIT)
+        proc = cls(popen, reader)
+        try:
+            proc._transport, _ = await proc._loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), popen.stdout
+            )
+        except BaseException:
+            _signal_group(popen.pid, signal.SIGKILL)
+            popen.stdout.close()
+            raise
+        return proc
 
 
 class Sandbox:
@@ -233,7 +357,7 @@ class Sandbox:
             (p for p in paths if p not in _SYSTEM_DIRS), key=lambda p: len(p.parts)
         )
         # `none` mode: each running step's PidWindow, read just before it was spawned.
-        self._windows: weakref.WeakKeyDictionary[asyncio.subprocess.Process, PidWindow] = (
+        self._windows: weakref.WeakKeyDictionary[StepProcess, PidWindow] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -296,7 +420,7 @@ class Sandbox:
         tmpdir: Path,
         track: str,
         readable: Sequence[Path] = (),
-    ) -> asyncio.subprocess.Process:
+    ) -> StepProcess:
         """Start one step; stdout and stderr share one pipe. Raises OSError if it cannot start.
 
         `readable`: host paths the build asked for (a `file://` repository) shown read-only,
@@ -308,31 +432,26 @@ class Sandbox:
             argv = self._wrap(argv, cwd=cwd, workspace=workspace, readable=readable)
         else:
             window = pid_window()
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = await StepProcess.start(argv, cwd=cwd, env=env)
         if window is not None:
             self._windows[proc] = window
         return proc
 
-    async def kill(self, proc: asyncio.subprocess.Process, track: str) -> None:
+    async def kill(self, proc: StepProcess, track: str) -> None:
         """SIGKILL everything the step started. Under bwrap, killing the outer process kills the
         namespace (parent-death signal to its PID 1); the scan catches `setsid` escapees in
         `none` mode."""
         _signal_group(proc.pid, signal.SIGKILL)
         if self.mode == "none":
             window = self._windows.get(proc)
-            await asyncio.to_thread(kill_tracked, track, window=window)
+            few = recent_pids(window)
+            if few is not None:
+                # A handful of /proc reads: cheaper here than a worker-thread trip.
+                kill_tracked(track, pids=few)
+            else:
+                await asyncio.to_thread(kill_tracked, track, window=window)
 
-    async def terminate(
-        self, proc: asyncio.subprocess.Process, track: str, grace_seconds: float
-    ) -> None:
+    async def terminate(self, proc: StepProcess, track: str, grace_seconds: float) -> None:
         """SIGTERM the step's processes, give them `grace_seconds`, then SIGKILL the rest."""
         if self.mode == "namespaces":
             # SIGTERM to bwrap itself would kill the namespace at once; the step's own processes

@@ -15,17 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, literal, update
-from sqlalchemy import select as sa_select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import SQLModel, col, select
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.actions.fetch import ActionFetcher
 from app.actions.support import resolve_actions
 from app.db import Database, record_event
 from app.errors import Conflict, Invalid, NotFound
+from app.logs import store
 from app.logs.masking import masked_variables
 from app.models import (
     AnnotationPublic,
@@ -34,7 +34,6 @@ from app.models import (
     BuildFacets,
     BuildJob,
     BuildJobEdge,
-    BuildLogChunk,
     BuildPage,
     BuildPublic,
     BuildSnapshot,
@@ -43,7 +42,6 @@ from app.models import (
     EdgePublic,
     JobPublic,
     JobStatus,
-    PipelineCounter,
     StepPublic,
 )
 from app.models.types import NAME_MAX, utcnow
@@ -51,7 +49,9 @@ from app.queue.base import BuildQueue
 from app.secrets import retry_secrets
 from app.services import concurrency, results, state
 from app.services.dag import JOB_FIELDS, insert_dag, written_detail
+from app.services.handoff import SpecCache
 from app.services.notify import CancelRequested
+from app.services.numbers import next_number, number_last, placeholder_number
 from app.services.plan import post_uses
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
 
@@ -94,20 +94,6 @@ async def find_idempotent(session: AsyncSession, pipeline_id: str, key: str) -> 
     return result.first()
 
 
-async def _next_number(session: AsyncSession, pipeline_id: str) -> int:
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(PipelineCounter)
-    stmt = (
-        ins.values(pipeline_id=pipeline_id, last_number=1)
-        .on_conflict_do_update(
-            index_elements=["pipeline_id"],
-            set_={"last_number": col(PipelineCounter.last_number) + 1},
-        )
-        .returning(col(PipelineCounter.last_number))
-    )
-    return int((await session.exec(stmt)).scalar_one())
-
-
 async def create_build(
     session: AsyncSession, new: NewBuild, spec: WorkflowSpec | None = None
 ) -> Build:
@@ -127,9 +113,13 @@ async def create_written(
         spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
     _check_job_names(spec)
     now = utcnow()
+    # On Postgres the number is taken last (see app/services/numbers.py), unless the workflow's
+    # `concurrency` may read it (github.run_number) and locks the pipeline anyway.
+    late = session.bind is not None and session.bind.dialect.name == "postgresql"
+    late = late and spec.concurrency is None
     build = Build(
         pipeline_id=new.pipeline_id,
-        number=await _next_number(session, new.pipeline_id),
+        number=placeholder_number() if late else await next_number(session, new.pipeline_id),
         triggered_by=new.triggered_by,
         status=BuildStatus.queued,
         commit_sha=new.commit_sha,
@@ -164,6 +154,8 @@ async def create_written(
     dag = await insert_dag(
         session, build.id, spec, checkout=bool(new.repo_url), posts=post_uses(new.actions)
     )
+    if late:
+        set_committed_value(build, "number", await number_last(session, build))
     return build, written_detail(public(build), sha, build.event, dag)
 
 
@@ -415,25 +407,7 @@ async def reuse_jobs(session: AsyncSession, new_id: int, source_id: int, rerun: 
     )
     if not copied:
         return
-    chunks = SQLModel.metadata.tables[BuildLogChunk.__tablename__]
-    numbered = sa_select(
-        literal(new_id).label("build_id"),
-        func.row_number().over(order_by=chunks.c.seq).label("seq"),
-        chunks.c.job_name,
-        chunks.c.step_index,
-        chunks.c.content,
-        chunks.c.created_at,
-    ).where(chunks.c.build_id == source_id, chunks.c.job_name.in_(copied))
-    await session.exec(
-        insert(chunks).from_select(
-            ["build_id", "seq", "job_name", "step_index", "content", "created_at"], numbered
-        )
-    )
-    count = (
-        await session.exec(
-            select(func.count()).select_from(chunks).where(chunks.c.build_id == new_id)
-        )
-    ).one()
+    count = await store.copy_jobs(session, new_id, source_id, copied)
     await session.exec(update(Build).where(col(Build.id) == new_id).values(last_log_seq=count))
 
 
@@ -478,11 +452,17 @@ async def _idempotent_detail(
 
 
 async def submit(
-    db: Database, queue: BuildQueue, new: NewBuild, *, actions: ActionFetcher | None = None
+    db: Database,
+    queue: BuildQueue,
+    new: NewBuild,
+    *,
+    actions: ActionFetcher | None = None,
+    specs: SpecCache | None = None,
 ) -> tuple[BuildDetail, bool]:
     """Create a build, commit it, then publish its id (unless `new.dispatch` is false).
     `actions`: fetches and pins the workflow's remote actions first (422 for one that cannot be
-    used, 503 when the git server fails).
+    used, 503 when the git server fails). `specs`: this replica's parsed workflows (a YAML
+    parsed recently is not parsed again; the executor that claims the build here takes it).
 
     With an idempotency key already used for the pipeline, the first build is returned instead,
     also when a concurrent request with the same key wins the insert race (the unique index
@@ -492,8 +472,13 @@ async def submit(
         existing = await _idempotent_detail(db, new.pipeline_id, key, new.request_sha256)
         if existing is not None:
             return existing, False
-    # Parsed off the event loop and before the transaction: no lock is held while it runs.
-    spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
+    sha = hashlib.sha256(new.workflow_yaml.encode()).hexdigest()
+    spec = specs.get(sha) if specs is not None else None
+    if spec is None:
+        # Parsed off the event loop and before the transaction: no lock is held while it runs.
+        spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
+        if specs is not None:
+            specs.remember(sha, spec)
     if actions is not None and new.actions is None:
         new = dataclasses.replace(new, actions=await resolve_actions(spec, actions))
     try:
@@ -507,6 +492,8 @@ async def submit(
         return existing, False
     assert build.id is not None
     if new.dispatch:
+        if specs is not None:
+            specs.note(build.id, sha, new.actions)  # before the publish: claimable at once
         await dispatch(queue, build.id)
     # Answered from what was written: a build that started meanwhile shows `queued` here, as
     # it was when created; GET /builds/{id} has its progress.

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlmodel import select
@@ -23,6 +24,7 @@ from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobResult, JobRun
 from app.secrets import build_secrets
 from app.services import concurrency, results, state
+from app.services.handoff import SpecCache, parsed_spec
 from app.services.plan import (
     BuildActions,
     JobSetupError,
@@ -43,13 +45,25 @@ J = JobStatus
 # `needs.<job>.result` as GitHub names it, and which wins when combinations differ.
 _RESULTS = {J.success: "success", J.skipped: "skipped", J.cancelled: "cancelled"}
 _RANK = {"success": 0, "skipped": 1, "cancelled": 2, "failure": 3}
+# The scheduler's claim inside the executor's first transaction: the build as claimed, or None.
+Claim = Callable[[AsyncSession], Awaitable[Build | None]]
+
+
+async def _snapshot(session: AsyncSession, build_id: int) -> BuildSnapshot | None:
+    return (
+        await session.exec(select(BuildSnapshot).where(BuildSnapshot.build_id == build_id))
+    ).first()
+
+
+async def _job_rows(session: AsyncSession, build_id: int) -> Sequence[BuildJob]:
+    return (await session.exec(select(BuildJob).where(BuildJob.build_id == build_id))).all()
 
 
 class BuildExecutor:
     """Runs one build. Its state lives here for the life of the run: the parsed spec, each job's
     status, the tasks following running jobs, and the graph facts computed once."""
 
-    def __init__(self, ctx: BuildContext) -> None:
+    def __init__(self, ctx: BuildContext, specs: SpecCache | None = None) -> None:
         self.ctx = ctx
         self._job_cancels: dict[str, asyncio.Event] = {}
         self._keys: dict[str, str] = {}
@@ -67,6 +81,9 @@ class BuildExecutor:
         self._actions = BuildActions()
         self._waiting: set[str] = set()  # pending jobs waiting for their concurrency group
         self._groups: dict[str, concurrency.Group] = {}  # jobs that hold a concurrency group
+        self._specs = specs
+        self._pins: dict[str, Any] = {}  # the snapshot's pinned actions
+        self._first: frozenset[str] = frozenset()  # jobs the claim's transaction started
 
     def _condition_contexts(self, job: JobSpec) -> dict[str, Any]:
         assert self._build is not None
@@ -77,54 +94,47 @@ class BuildExecutor:
         contexts["env"] = dict(self._spec.env)
         return contexts
 
+    async def claim(self, claim: Claim) -> bool:
+        """Claim the build and start its first ready jobs in one transaction: the dispatch
+        path's only write before its first step's. `claim` is the scheduler's conditional
+        update inside that transaction (None: not claimable, nothing written). What needs
+        more than that transaction (a job's concurrency group, a matrix, an `if` that does not
+        evaluate, remote actions to fetch, a spec not at hand) is left to `run`, as before."""
+        ctx = self.ctx
+        noted = self._specs.take(ctx.build_id) if self._specs is not None else None
+        snapshot, spec = None, noted.spec if noted is not None else None
+        if noted is None:  # created elsewhere: read and parse first, outside the transaction
+            async with ctx.db.read() as session:
+                snapshot = await _snapshot(session, ctx.build_id)
+            spec = await parsed_spec(self._specs, snapshot)
+        async with ctx.db.transaction() as session:
+            build = await claim(session)
+            if build is None or spec is None:
+                return build is not None
+            rows: Sequence[BuildJob] | None = None  # claimed from queued: as the create wrote
+            if snapshot is not None:
+                rows = await _job_rows(session, ctx.build_id)
+                if any(row.status != J.pending for row in rows):  # a re-run's reused jobs
+                    self._outputs = await results.job_outputs(session, ctx.build_id)
+            pins = noted.actions if noted is not None else snapshot.actions if snapshot else None
+            try:
+                self._load(build, pins, rows, spec)
+            except Exception:
+                log.debug("build %s: loading at claim failed; run loads again", ctx.build_id)
+                self._build = None
+                return True
+            if not pins:  # fetching remote actions may fail: no job runs before that
+                self._first = await self._start_first(session)
+        return True
+
     async def run(self, *, resume: bool = False) -> None:
         ctx = self.ctx
-        async with ctx.db.read() as session:
-            # Read once on the dispatch path: the claim's transaction already loaded it.
-            build, ctx.claimed = ctx.claimed or await session.get(Build, ctx.build_id), None
-            snapshot = (
-                await session.exec(
-                    select(BuildSnapshot).where(BuildSnapshot.build_id == ctx.build_id)
-                )
-            ).first()
-            rows = (
-                await session.exec(select(BuildJob).where(BuildJob.build_id == ctx.build_id))
-            ).all()
-            # In the same read: one session (one pooled connection) for all the build's state.
-            self._outputs = await results.job_outputs(session, ctx.build_id)
-        if build is None or snapshot is None:
-            log.error("build %s vanished before it ran", ctx.build_id)
+        if self._build is None and not await self._read_and_load():
             return
-        if build.cancel_requested_at is not None:
-            ctx.cancel.set()
-        # Secret-named variables are stored as *** with their values sealed: put them back.
-        sealed = build_secrets(ctx.secret_box, build)
-        if sealed.variables:
-            build.variables = {**build.variables, **sealed.variables}
-        for value in sealed.secrets.values():
-            ctx.masker.add(value)
-        self._secret_map = sealed.secrets
-        self._build = build
-        # Off the event loop: a big workflow must not stall every other build and request.
-        self._spec = spec = await asyncio.to_thread(parse_workflow, snapshot.workflow_yaml)
-        pins = snapshot.actions or {}
+        assert self._build is not None
+        pins = self._pins
         fetched = await load_actions(ctx.actions.fetcher, pins) if ctx.actions and pins else {}
         self._actions = BuildActions(pins, fetched, ctx.actions)
-        self._secrets = secret_names(build.variables)
-        for name in self._secrets:
-            ctx.masker.add(build.variables[name])
-        self._statuses = {row.name: J(row.status) for row in rows}
-        # Taken over: the groups running jobs hold (freed when they end) and jobs that wait.
-        for row in rows:
-            if row.concurrency_group is not None and row.status == J.running:
-                self._groups[row.name] = concurrency.Group(row.concurrency_group)
-            elif row.waiting_reason is not None and row.status == J.pending:
-                self._waiting.add(row.name)
-        self._jobs = {job.name: job for job in spec.jobs}
-        self._keys = {job.name: job.key for job in spec.jobs}
-        self._needs = {job.name: job.needs for job in spec.jobs}
-        self._ancestors = graph.ancestors([job.name for job in spec.jobs], self._needs)
-
         for job in list(self._jobs.values()):
             if job.matrix_template is not None and job.name not in self._statuses:
                 # Expanded by an earlier executor: expand again (deterministic: same needs
@@ -145,6 +155,102 @@ class BuildExecutor:
             raise
         if not ctx.detach:
             await self._finish()
+
+    async def _read_and_load(self) -> bool:
+        """Read the build's state in one session and load it (a take-over, or a claim that
+        could not load). False when the build is gone."""
+        ctx = self.ctx
+        async with ctx.db.read() as session:
+            build = await session.get(Build, ctx.build_id)
+            snapshot = await _snapshot(session, ctx.build_id)
+            rows = await _job_rows(session, ctx.build_id)
+            self._outputs = await results.job_outputs(session, ctx.build_id)
+        if build is None or snapshot is None:
+            log.error("build %s vanished before it ran", ctx.build_id)
+            return False
+        spec = self._specs.get(snapshot.yaml_sha256) if self._specs is not None else None
+        # Off the event loop: a big workflow must not stall every other build and request.
+        if spec is None:
+            spec = await asyncio.to_thread(parse_workflow, snapshot.workflow_yaml)
+        self._load(build, snapshot.actions, rows, spec)
+        return True
+
+    def _load(
+        self,
+        build: Build,
+        pins: dict[str, Any] | None,
+        rows: Sequence[BuildJob] | None,
+        spec: WorkflowSpec,
+    ) -> None:
+        """The build's state, as read, into this executor (no I/O). `rows` None: every job of
+        the spec pending, as a create this replica made wrote them."""
+        ctx = self.ctx
+        if build.cancel_requested_at is not None:
+            ctx.cancel.set()
+        # Secret-named variables are stored as *** with their values sealed: put them back.
+        sealed = build_secrets(ctx.secret_box, build)
+        if sealed.variables:
+            build.variables = {**build.variables, **sealed.variables}
+        for value in sealed.secrets.values():
+            ctx.masker.add(value)
+        self._secret_map = sealed.secrets
+        self._build = build
+        self._spec = spec
+        self._pins = pins or {}
+        self._secrets = secret_names(build.variables)
+        for name in self._secrets:
+            ctx.masker.add(build.variables[name])
+        if rows is None:
+            self._statuses = {job.name: J.pending for job in spec.jobs}
+        else:
+            self._statuses = {row.name: J(row.status) for row in rows}
+        # Taken over: the groups running jobs hold (freed when they end) and jobs that wait.
+        for row in rows or ():
+            if row.concurrency_group is not None and row.status == J.running:
+                self._groups[row.name] = concurrency.Group(row.concurrency_group)
+            elif row.waiting_reason is not None and row.status == J.pending:
+                self._waiting.add(row.name)
+        self._jobs = {job.name: job for job in spec.jobs}
+        self._keys = {job.name: job.key for job in spec.jobs}
+        self._needs = {job.name: job.needs for job in spec.jobs}
+        self._ancestors = graph.ancestors([job.name for job in spec.jobs], self._needs)
+
+    async def _start_first(self, session: AsyncSession) -> frozenset[str]:
+        """In the claim's transaction: move to running the ready jobs `_start_ready` would
+        start with one UPDATE each (an `if` that holds; no matrix, concurrency group or
+        max-parallel; within max_jobs). Anything else stays pending for the walk."""
+        if self.ctx.cancel.is_set():
+            return frozenset()
+        statuses = self._statuses
+        running = sum(1 for s in statuses.values() if s == J.running)
+        started: set[str] = set()
+        for name in graph.ready(
+            list(self._jobs),
+            self._needs,
+            is_pending=lambda n: statuses[n] == J.pending,
+            is_finished=lambda n: statuses[n].finished,
+        ):
+            job = self._jobs[name]
+            if running >= self.ctx.max_jobs:
+                break
+            if job.matrix_template is not None or job.concurrency or job.max_parallel:
+                continue
+            failure = any(statuses[a].is_failure for a in self._ancestors[name])
+            success = not failure and all(statuses[n] == J.success for n in job.needs)
+            try:
+                run = job.condition.evaluate(
+                    success=success,
+                    failure=failure,
+                    cancelled=False,
+                    contexts=self._condition_contexts(job),
+                )
+            except ExpressionError:
+                continue  # the walk records the error
+            if run and await state.job(session, self.ctx.build_id, name, J.running):
+                statuses[name] = J.running
+                running += 1
+                started.add(name)
+        return frozenset(started)
 
     def _start(self, job: JobSpec, *, reattach: bool = False) -> None:
         assert self._build is not None

@@ -5,15 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from sqlalchemy import update
-from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db import Database
 from app.errors import Conflict, Invalid
 from app.logs import store
 from app.logs.masking import MASK, MIN_SECRET_LENGTH, Masker
-from app.models import Build, BuildLogChunk, BuildStatus, LogAppend, LogChunkPublic, LogPage
+from app.models import Build, BuildStatus, LogAppend, LogChunkPublic, LogPage
 from app.secrets import SecretBox, secret_values
 from app.services.builds import get_build
 
@@ -58,12 +56,8 @@ async def _mask_across(
     for match in pattern.finditer(line):
         start, end = match.span()
         if start < len(tail) < end:
-            prev.content = prev.content[: len(prev.content) - len(tail) + start] + MASK
-            await session.exec(
-                update(BuildLogChunk)
-                .where(col(BuildLogChunk.id) == prev.id)
-                .values(content=prev.content)
-            )
+            kept = prev.content[: len(prev.content) - len(tail) + start]
+            await store.replace_content(session, prev, kept + MASK)
             return content[end - len(tail) :]
     return content
 

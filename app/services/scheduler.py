@@ -1,6 +1,7 @@
 """The scheduler: takes build ids from the queue, claims them, runs them, keeps their leases.
 
-- Claim: one conditional UPDATE (queued → running, lease owner = this replica). A redelivered or
+- Claim: one conditional UPDATE (queued → running, lease owner = this replica), in the same
+  transaction as the build's first jobs' start (BuildExecutor.claim). A redelivered or
   duplicated id finds the build no longer queued and is simply acknowledged.
 - Leases: every running build's lease is renewed by the replica that runs it. A sweep takes over
   builds whose lease expired (their replica died): runners that can re-attach (Kubernetes) follow
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -25,12 +27,14 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, update
 from sqlmodel import col, or_, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import Build, BuildStatus
 from app.models.types import utcnow
 from app.queue.base import BuildQueue
 from app.services import concurrency, state
 from app.services.executor import BuildExecutor
+from app.services.handoff import SpecCache
 from app.services.notify import CancelRequested
 from app.services.reporting import BuildContext
 
@@ -62,6 +66,8 @@ class Scheduler:
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
         self._wakers: set[asyncio.Task[None]] = set()
+        # Specs parsed by this replica's creates, for its executors (app/services/handoff.py).
+        self.specs = SpecCache()
 
     @property
     def lease(self) -> timedelta:
@@ -139,51 +145,58 @@ class Scheduler:
         if self._stopping:
             raise RuntimeError("scheduler is stopping")  # returned to the queue for another replica
         await self._slots.acquire()
+        ctx = self.core.build_context(build_id)
+        executor = BuildExecutor(ctx, self.specs)
         try:
-            claimed = await self._claim(build_id)
+            claimed = await executor.claim(functools.partial(self._claim, build_id))
         except BaseException:
             self._slots.release()
             raise
-        if claimed is None:
+        if not claimed:
             self._slots.release()
             return
-        self._spawn(build_id, resume=False, claimed=claimed)
+        self._spawn(ctx, executor, resume=False)
 
-    async def _claim(self, build_id: int) -> Build | None:
-        """The build as claimed (running, leased to this replica), or None."""
+    async def _claim(self, build_id: int, session: AsyncSession) -> Build | None:
+        """Inside the executor's first transaction: the build as claimed (running, leased to
+        this replica), or None."""
         now = utcnow()
-        async with self.db.transaction() as session:
-            if not await concurrency.may_start(session, build_id):
-                log.info("build %s waits for its concurrency group; acknowledged", build_id)
-                return None
-            claimed = await state.build(
-                session,
-                build_id,
-                BuildStatus.running,
-                only_from=[BuildStatus.queued],
-                extra={
-                    "lease_owner": self.owner,
-                    "lease_expires_at": now + self.lease,
-                    "waiting_reason": None,
-                },
-            )
-            build = await session.get(Build, build_id) if claimed else None
-        if build is None:
+        # Held here, so may_start's get finds it in the session instead of reading it again.
+        build = await session.get(Build, build_id)
+        if build is not None and not await concurrency.may_start(session, build_id):
+            log.info("build %s waits for its concurrency group; acknowledged", build_id)
+            return None
+        claimed = {
+            "lease_owner": self.owner,
+            "lease_expires_at": now + self.lease,
+            "waiting_reason": None,
+            "started_at": now,
+        }
+        if build is None or not await state.build(
+            session, build_id, BuildStatus.running, only_from=[BuildStatus.queued], extra=claimed
+        ):
             log.info("build %s not claimable (unknown, cancelled or taken); acknowledged", build_id)
             return None
+        # The row as the UPDATE left it, without reading it back: detached first, so setting
+        # the values is not itself a change to flush.
+        session.expunge(build)
+        build.status = BuildStatus.running
+        for name, value in claimed.items():
+            setattr(build, name, value)
         self.metrics.queue_wait.observe((now - build.created_at).total_seconds())
         return build
 
-    def _spawn(self, build_id: int, *, resume: bool, claimed: Build | None = None) -> None:
-        ctx = self.core.build_context(build_id)
-        ctx.claimed = claimed
-        task = asyncio.create_task(self._execute(ctx, resume=resume), name=f"build {build_id}")
-        self._running[build_id] = (ctx, task)
+    def _spawn(self, ctx: BuildContext, executor: BuildExecutor, *, resume: bool) -> None:
+        task = asyncio.create_task(
+            self._execute(executor, resume=resume), name=f"build {ctx.build_id}"
+        )
+        self._running[ctx.build_id] = (ctx, task)
         self.metrics.running_builds.inc()
 
-    async def _execute(self, ctx: BuildContext, *, resume: bool) -> None:
+    async def _execute(self, executor: BuildExecutor, *, resume: bool) -> None:
+        ctx = executor.ctx
         try:
-            await BuildExecutor(ctx).run(resume=resume)
+            await executor.run(resume=resume)
         except Exception as exc:
             log.exception("build %s failed inside the executor", ctx.build_id)
             try:
@@ -302,7 +315,8 @@ class Scheduler:
                 self._slots.release()
                 continue
             log.warning("took over build %s after its lease expired", build_id)
-            self._spawn(build_id, resume=True)
+            ctx = self.core.build_context(build_id)
+            self._spawn(ctx, BuildExecutor(ctx, self.specs), resume=True)
 
     async def _requeue_stale(self) -> None:
         cutoff = utcnow() - timedelta(seconds=self.settings.requeue_after_seconds)

@@ -156,22 +156,24 @@ async def test_database_outage_blocks_a_step_only_for_a_while(database_url: str)
         flush_interval=0.01,
         chunk_max_bytes=1024,
         block_seconds=0.2,
-        max_buffer_bytes=32 * 1024,
+        max_buffer_bytes=64 * 1024,
+        batch_bytes=16 * 1024,
     )
     try:
         build_id = await _new_build(db)
         async with db.transaction() as session:
             await session.exec(text("ALTER TABLE build_log_chunks RENAME TO chunks_away"))  # type: ignore[call-overload]
         line = "x" * 99 + "\n"
-        # Past the high-water mark (16 chunks) the write waits, but returns while the database
-        # is still away; past the buffer cap, output is counted, not kept.
-        await asyncio.wait_for(writer.write(build_id, "a", 0, line * 200), timeout=30)
+        # Past two batches (2 x 16 KiB) the writes wait, but return while the database is
+        # still away; past the buffer cap, output is counted, not kept.
+        for _ in range(3):
+            await asyncio.wait_for(writer.write(build_id, "a", 0, line * 200), timeout=30)
         await writer.write(build_id, "a", 0, line * 200)
         async with db.transaction() as session:
             await session.exec(text("ALTER TABLE chunks_away RENAME TO build_log_chunks"))  # type: ignore[call-overload]
         assert await writer.flush(build_id) is True
         stored = "".join(content for _, _, content in await _stored(db, build_id))
-        assert stored.startswith(line * 200)
+        assert stored.startswith(line * 600)
         assert stored.endswith(
             "[ci-executor: 20000 characters of output were dropped while the database was "
             "unreachable]\n"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from app.logs.masking import LineAssembler, Masker, masked_variables, secret_names
 
 
@@ -64,3 +67,57 @@ def test_held_bytes_counts_raw_bytes_of_the_partial_line() -> None:
     assert assembler.held_bytes == 10  # "part\xff" + "ial " + the first byte of "é"
     assert assembler.feed(b"\xa9\n") == "part\ufffdial \u00e9\n"
     assert assembler.held_bytes == 0
+
+
+def _line_by_line(values: list[str], text: str) -> str:
+    """The reference: every line through mask_line, as mask_text did for every chunk."""
+    masker = Masker(values)
+    return "".join(masker.mask_line(line) for line in text.splitlines(keepends=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.text(alphabet="ab\r\x0c\u2028 x", min_size=1, max_size=6), max_size=20),
+    text=st.text(alphabet="ab\r\n\x0c\u2028 x:", max_size=80),
+)
+def test_chunk_masking_equals_line_by_line_masking(values: list[str], text: str) -> None:
+    # Values with and without line breaks other than "\n", overlapping ones, more values than
+    # the substring pre-check handles: the whole-chunk pass must give the per-line result.
+    assert Masker(values).mask_text(text) == _line_by_line(values, text)
+
+
+def test_many_values_are_all_masked() -> None:
+    values = [f"secret-number-{i:03d}" for i in range(40)]
+    text = "".join(f"line {v} end\n" for v in reversed(values))
+    out = Masker(values).mask_text(text)
+    assert "secret" not in out
+    assert out == "line *** end\n" * 40
+
+
+def test_value_with_a_form_feed_is_masked_within_its_line_only() -> None:
+    # "\x0c" ends a line for str.splitlines: such a value is never seen whole in one line, as
+    # before; the other values on the chunk are still masked.
+    masker = Masker(["ab\x0ccd", "other-secret"])
+    assert masker.mask_text("x ab\x0ccd other-secret\n") == "x ab\x0ccd ***\n"
+
+
+def test_secret_whole_at_a_forced_cut_of_an_endless_line() -> None:
+    # The line passes max_partial with the secret complete but just before the end: the cut
+    # (which keeps the last len(secret) - 1 characters back) must not split it.
+    masker = Masker(["SECRETVALUE"])
+    line = b"a" * 85 + b"SECRETVALUE" + b"b" * 10
+    out = _feed(masker, [line[:100], line[100:]], max_partial=100)
+    assert out == "a" * 85 + "***" + "b" * 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    head=st.integers(min_value=0, max_value=150),
+    step=st.integers(min_value=1, max_value=40),
+    value=st.sampled_from(["SECRETVALUE", "abc\x0cdefg", "hunter22"]),
+)
+def test_forced_cuts_never_split_a_secret(head: int, step: int, value: str) -> None:
+    masker = Masker([value, "other-secret"])
+    line = ("a" * head + value + "b" * 30 + "other-secret" + "c" * 40).encode()
+    out = _feed(masker, [line[i : i + step] for i in range(0, len(line), step)], max_partial=64)
+    assert out == _line_by_line([value, "other-secret"], line.decode())

@@ -123,3 +123,33 @@ async def test_stop_cancels_pending_retries() -> None:
     await slow.publish(10)
     await wait_until(lambda: calls == [9, 10], "a delivery after restart")
     await slow.stop()
+
+
+async def test_prefetch_hands_out_that_many_ids_at_once_in_publish_order() -> None:
+    """Up to `prefetch` handlers run at once (a claim waiting on the database does not hold up
+    the ids behind it); the next id waits for a free one."""
+    q = MemoryQueue(prefetch=2)
+    started: list[int] = []
+    release = {build_id: asyncio.Event() for build_id in (1, 2, 3)}
+
+    async def handler(build_id: int) -> None:
+        started.append(build_id)
+        await release[build_id].wait()
+
+    await q.start(handler)
+    try:
+        for build_id in (1, 2, 3):
+            await q.publish(build_id)
+        await wait_until(lambda: started == [1, 2], "ids 1 and 2 handled at once")
+        assert 3 not in started
+        release[2].set()
+        await wait_until(lambda: started == [1, 2, 3], "id 3 once a handler is free")
+        release[1].set()
+        release[3].set()
+    finally:
+        await q.stop()
+
+
+def test_prefetch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="prefetch"):
+        MemoryQueue(prefetch=0)

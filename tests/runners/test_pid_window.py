@@ -7,11 +7,19 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from app.runners.sandbox import TRACK_VAR, kill_tracked, pid_window, tracked_pids
+from app.runners.sandbox import (
+    TRACK_VAR,
+    PidWindow,
+    kill_tracked,
+    pid_window,
+    recent_pids,
+    tracked_pids,
+)
 
 
 @pytest.fixture
@@ -47,3 +55,36 @@ def test_window_scan_finds_processes_created_since_and_skips_older_ones(
     assert kill_tracked(prefix, window=window) == 3
     assert [p.wait(timeout=10) for p in newer] == [-signal.SIGKILL] * 3
     assert older.poll() is None
+
+
+def test_recent_pids_bounds_the_window_or_gives_up() -> None:
+    now = pid_window()
+    assert now is not None
+    recent = recent_pids(PidWindow(now.last_pid - 3, now.forks - 3))
+    # Another process may fork meanwhile (a shared machine): then the list is longer, or None.
+    assert recent is None or recent[:3] == [now.last_pid - 2, now.last_pid - 1, now.last_pid]
+    assert recent_pids(PidWindow(now.last_pid - 1000, now.forks - 1000)) is None
+    assert recent_pids(None) is None
+
+
+def test_a_listed_thread_is_not_taken_for_its_process(
+    spawned: list[subprocess.Popen[bytes]],
+) -> None:
+    # Threads take pids from the same counter, so `recent_pids` lists them too; their
+    # /proc/<tid>/environ is their process's, which must be counted (and signalled) once.
+    prefix = f"test-{secrets.token_hex(6)}/"
+    program = "import threading, time; threading.Thread(target=time.sleep, args=(300,)).start()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"{program}; print(flush=True); time.sleep(300)"],
+        env={**os.environ, TRACK_VAR: f"{prefix}threads"},
+        stdout=subprocess.PIPE,
+    )
+    spawned.append(proc)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # its thread runs
+    tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+    assert len(tids) == 2
+    assert tracked_pids(prefix, pids=sorted(tids)) == [proc.pid]
+    assert kill_tracked(prefix, pids=sorted(tids)) == 1
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    proc.stdout.close()

@@ -1,0 +1,93 @@
+"""The local runner's per-step runtime files ($GITHUB_OUTPUT, _ENV, _PATH, _STATE, _STEP_SUMMARY)
+and script: one set of paths per job, emptied before each step (app/workflow/runtime.py
+`reuse_files`), and never written or read through whatever a step leaves at those paths."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.helpers import create, job, log_text, wait_for_build, workflow
+
+
+async def run(client: httpx.AsyncClient, text: str) -> dict[str, object]:
+    return await wait_for_build(client, (await create(client, workflow(text)))["id"])
+
+
+async def test_each_step_starts_with_empty_files_and_keeps_its_own_outputs(
+    client: httpx.AsyncClient,
+) -> None:
+    done = await run(
+        client,
+        """
+        jobs:
+          build:
+            steps:
+              - id: one
+                run: |
+                  echo "x=1" >> "$GITHUB_OUTPUT"
+                  echo "FROM_ONE=yes" >> "$GITHUB_ENV"
+                  echo "# one" >> "$GITHUB_STEP_SUMMARY"
+              - id: two
+                run: |
+                  for f in "$GITHUB_OUTPUT" "$GITHUB_ENV" "$GITHUB_STEP_SUMMARY" "$GITHUB_PATH"; do
+                    test -f "$f" && test ! -s "$f" || { echo "not empty: $f"; exit 1; }
+                  done
+                  echo "y=2" >> "$GITHUB_OUTPUT"
+                  echo "env=$FROM_ONE x=${{ steps.one.outputs.x }}"
+        """,
+    )
+    assert done["status"] == "success", done
+    steps = job(done, "build")["steps"]
+    assert [s["outputs"] for s in steps] == [{"x": "1"}, {"y": "2"}]
+    assert steps[0]["summary"] == "# one\n"
+    assert not steps[1]["summary"]
+    assert "env=yes x=1" in await log_text(client, done["id"])
+
+
+async def test_a_symlink_left_at_a_runtime_path_is_neither_read_nor_written_through(
+    client: httpx.AsyncClient,
+) -> None:
+    # The service must not read a file for the step (its summary pointing at a file the step
+    # names) nor truncate one (the next step's $GITHUB_OUTPUT pointing at it).
+    done = await run(
+        client,
+        """
+        jobs:
+          build:
+            steps:
+              - run: |
+                  echo "LEAKED-$((6 * 7))" > "$RUNNER_TEMP/../secret"
+                  ln -sf "$RUNNER_TEMP/../secret" "$GITHUB_STEP_SUMMARY"
+                  echo keep > "$RUNNER_TEMP/../victim"
+                  ln -sf "$RUNNER_TEMP/../victim" "$GITHUB_OUTPUT"
+                  ln -sf "$RUNNER_TEMP/../victim" "$0"
+              - run: |
+                  test ! -L "$GITHUB_OUTPUT" && test -f "$GITHUB_OUTPUT"
+                  echo "victim=$(cat "$RUNNER_TEMP/../victim")"
+        """,
+    )
+    assert done["status"] == "success", done
+    steps = job(done, "build")["steps"]
+    assert not steps[0]["summary"]
+    text = await log_text(client, done["id"])
+    assert "LEAKED-42" not in text
+    assert "victim=keep" in text
+
+
+async def test_a_fifo_left_at_a_runtime_path_does_not_hang_the_job(
+    client: httpx.AsyncClient,
+) -> None:
+    done = await run(
+        client,
+        """
+        jobs:
+          build:
+            steps:
+              - run: |
+                  rm "$GITHUB_OUTPUT" && mkfifo "$GITHUB_OUTPUT"
+                  rm "$GITHUB_ENV" && mkfifo "$GITHUB_ENV"
+              - run: test -f "$GITHUB_OUTPUT" && test -f "$GITHUB_ENV" && echo regular-again
+        """,
+    )
+    assert done["status"] == "success", done
+    assert "regular-again" in await log_text(client, done["id"])
