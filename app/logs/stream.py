@@ -149,6 +149,7 @@ async def stream_build(
     stream = _Stream(db, hub, build_id, after)
     loop = asyncio.get_running_loop()
     with hub.subscribe(build_id) as sub:
+        hub.poll(build_id, lambda: _build_state(db, hub, build_id), poll_seconds, stopping)
         async for frame in stream.catch_up():
             yield frame
         status, _ = await _build_state(db, hub, build_id)
@@ -157,8 +158,10 @@ async def stream_build(
         quiet_since = loop.time()
         while status is not None and not status.finished:
             with contextlib.suppress(TimeoutError):
-                # The timeout is the polling fallback for writers we get no signal from.
-                async with asyncio.timeout(poll_seconds):
+                # The hub's poller (hub.poll) wakes the stream when the build changed without
+                # a signal (another writer); the timeout is the keep-alive's, and re-reads
+                # the build's state (shared) in case the poller's read failed.
+                async with asyncio.timeout_at(quiet_since + ping_seconds):
                     await sub.signal.wait()
             if stopping():
                 return
