@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
+
+import asyncpg
 
 from app.runners.sandbox import Sandbox, probe_isolation
 from bench._common import (
     ROOT,
     Ctx,
+    Database,
     Result,
     client,
     create_build,
@@ -77,6 +81,42 @@ async def sandbox_loop(steps: int) -> float | None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def durable_loop(db: Database, steps: int) -> float:
+    """The bare loop with one committed one-row UPDATE before each spawn, on the service's own
+    database with its settings (Postgres: synchronous_commit on; SQLite: WAL, synchronous=NORMAL):
+    what a step's durable `running` costs, the one write per step a re-attaching replica needs,
+    with no service around it."""
+    if db.backend == "postgres":
+        conn = await asyncpg.connect(db.raw)
+        try:
+            await conn.execute("CREATE TABLE bench_floor (id int PRIMARY KEY, n int)")
+            await conn.execute("INSERT INTO bench_floor VALUES (1, 0)")
+            start = time.perf_counter()
+            for _ in range(steps):
+                await conn.execute("UPDATE bench_floor SET n = n + 1 WHERE id = 1")
+                proc = await asyncio.create_subprocess_exec("bash", "-eo", "pipefail", "-c", "true")
+                await proc.wait()
+            return time.perf_counter() - start
+        finally:
+            await conn.close()
+    lite = sqlite3.connect(db.raw, isolation_level=None)
+    try:
+        lite.execute("PRAGMA journal_mode=WAL")
+        lite.execute("PRAGMA synchronous=NORMAL")
+        lite.execute("CREATE TABLE bench_floor (id int PRIMARY KEY, n int)")
+        lite.execute("INSERT INTO bench_floor VALUES (1, 0)")
+        start = time.perf_counter()
+        for _ in range(steps):
+            lite.execute("BEGIN IMMEDIATE")
+            lite.execute("UPDATE bench_floor SET n = n + 1 WHERE id = 1")
+            lite.execute("COMMIT")
+            proc = await asyncio.create_subprocess_exec("bash", "-eo", "pipefail", "-c", "true")
+            await proc.wait()
+        return time.perf_counter() - start
+    finally:
+        lite.close()
+
+
 def yaml_of(steps: int) -> str:
     return "jobs:\n  bench:\n    steps:\n" + "      - run: 'true'\n" * steps
 
@@ -105,11 +145,12 @@ async def run(ctx: Ctx, backend: str) -> None:
     # The same 100 steps without step isolation (LOCAL_ISOLATION=none): what bubblewrap's
     # namespaces cost per step, against the same bare loop.
     async with (
-        serve(backend, LOCAL_ISOLATION="none") as (_db, (server,), _tmp),
+        serve(backend, LOCAL_ISOLATION="none") as (db, (server,), _tmp),
         client(server.base) as http,
     ):
         await wait_finished(http, (await create_build(http, yaml_of(10)))["id"])  # warm-up
         bare = await bare_loop(STEPS)
+        durable = await durable_loop(db, STEPS)
         sent = time.time()
         build = await wait_finished(http, (await create_build(http, yaml_of(STEPS)))["id"], **POLL)
         require_success(build)
@@ -138,6 +179,18 @@ async def run(ctx: Ctx, backend: str) -> None:
             bare * 1000,
             "bare loop",
             note=f"isolated (default) {value * 1000:.0f} ms",
+        )
+    )
+    ctx.add(
+        Result(
+            NAME,
+            backend,
+            f"{STEPS} `bash -c true`, each after one committed UPDATE, no service (info)",
+            durable * 1000,
+            "ms",
+            bare * 1000,
+            "bare loop",
+            note="the durable step start alone, on the same database",
         )
     )
     if floor is not None:
