@@ -50,13 +50,48 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+class Signal:
+    """asyncio.Event for its one waiter (the subscriber's stream). An Event keeps a deque of
+    waiters, about 0.7 KiB, which a thousand idle SSE subscribers would each hold for one
+    waiter at most (bench/sse_idle.py, target 20 KiB a subscriber); this keeps a future only
+    while the stream waits."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        if self._waiter is not None:
+            raise RuntimeError("a Signal has one waiter")
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
 @dataclass(eq=False)
 class Subscription:
     build_id: int
     queue_size: int
     lagged: bool = False
     # Set on every publish, even when the queue is full, so a lagged reader still wakes up.
-    signal: asyncio.Event = field(default_factory=asyncio.Event)
+    signal: Signal = field(default_factory=Signal)
 
     @cached_property
     def queue(self) -> asyncio.Queue[HubEvent]:
