@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -86,7 +87,11 @@ async def create_build(
         event=body.event,
     )
     build, created = await service.submit(
-        db, queue, new, actions=fetcher_for(settings), specs=services.scheduler.specs
+        db,
+        queue,
+        new,
+        actions=functools.partial(fetcher_for, settings),
+        specs=services.scheduler.specs,
     )
     if not created:
         response.status_code = 200

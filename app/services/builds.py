@@ -22,7 +22,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.actions.fetch import ActionFetcher
-from app.actions.support import resolve_actions
+from app.actions.support import remote_uses, resolve_actions
 from app.db import Database, record_event
 from app.errors import Conflict, Invalid, NotFound
 from app.logs import store
@@ -484,11 +484,12 @@ async def submit(
     queue: BuildQueue,
     new: NewBuild,
     *,
-    actions: ActionFetcher | None = None,
+    actions: Callable[[], ActionFetcher] | None = None,
     specs: SpecCache | None = None,
 ) -> tuple[BuildDetail, bool]:
     """Create a build, commit it, then publish its id (unless `new.dispatch` is false).
-    `actions`: fetches and pins the workflow's remote actions first (422 for one that cannot be
+    `actions`: makes the fetcher that pins the workflow's remote actions first (made only for
+    a workflow that has some) (422 for one that cannot be
     used, 503 when the git server fails). `specs`: this replica's parsed workflows (a YAML
     parsed recently is not parsed again; the executor that claims the build here takes it).
 
@@ -508,7 +509,9 @@ async def submit(
         if specs is not None:
             specs.remember(sha, spec)
     if actions is not None and new.actions is None:
-        new = dataclasses.replace(new, actions=await resolve_actions(spec, actions))
+        # No remote action: the pins resolve_actions would return, without making a fetcher.
+        pins = await resolve_actions(spec, actions()) if remote_uses(spec) else {}
+        new = dataclasses.replace(new, actions=pins)
     try:
         async with db.transaction() as session:
             written = await create_written(session, new, spec)
