@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -200,7 +201,23 @@ async def run(ctx: Ctx, backend: str) -> None:
     cache_size = (64 if ctx.quick else 200) * 1000 * 1000
     async with serve(backend) as (_db, _servers, _tmp):
         pass  # a cold start first, so imports and migrations are not in the figures
-    store_env = {"ACTIONS_TOKEN_SECRET": SECRET, "CACHE_MAX_BYTES": str(4 * 1024**3)}
+    # A store of its own (the default, ./artifact-store, is relative to the server's working
+    # directory, which is the checkout when BENCH_APP_PATH runs a patched app/).
+    store = Path(tempfile.mkdtemp(prefix="ci-bench-store-"))
+    store_env = {
+        "ACTIONS_TOKEN_SECRET": SECRET,
+        "CACHE_MAX_BYTES": str(4 * 1024**3),
+        "ARTIFACTS_DIR": str(store),
+    }
+    try:
+        await _measure(ctx, backend, store_env, artifact_size, cache_size)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+
+
+async def _measure(
+    ctx: Ctx, backend: str, store_env: dict[str, str], artifact_size: int, cache_size: int
+) -> None:
     async with serve(backend, **store_env) as (_db, servers, tmp):
         server = servers[0]
         source = tmp / "artifact.bin"

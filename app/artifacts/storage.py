@@ -212,6 +212,7 @@ class _Chain:
         self.size = 0
         self.broken = False
         self.lock = asyncio.Lock()
+        self.tasks: set[asyncio.Future[None]] = set()  # hashing in progress (kept referenced)
 
     def feed(self, path: Path) -> None:
         try:
@@ -221,6 +222,37 @@ class _Chain:
                     self.size += len(chunk)
         except OSError:
             self.broken = True
+
+    def next(self) -> str | None:
+        """The block to hash next: the lowest-ranked one not hashed yet."""
+        hashed = set(self.hashed)
+        pending = [key for key in self.ranks if key not in hashed]
+        return min(pending, key=self.ranks.__getitem__) if pending else None
+
+    def stream(self, key: str) -> _Stream | None:
+        """When `key` is the next block as its write starts, it is hashed as it is written (no
+        second read from disk), on a copy of the digest, adopted only if it is still next."""
+        if self.broken or self.next() != key:
+            return None
+        return _Stream(key, len(self.hashed), self.sha256.copy())
+
+    def adopt(self, stream: _Stream) -> None:
+        if not self.broken and len(self.hashed) == stream.base and self.next() == stream.key:
+            self.sha256 = stream.sha256
+            self.size += stream.size
+            self.hashed.append(stream.key)
+
+
+@dataclass
+class _Stream:
+    key: str
+    base: int  # how many blocks the chain had hashed when this one began
+    sha256: hashlib._Hash
+    size: int = 0
+
+    def update(self, piece: bytes) -> None:
+        self.sha256.update(piece)
+        self.size += len(piece)
 
 
 class DirectoryStorage:
@@ -256,6 +288,7 @@ class DirectoryStorage:
         target = self._path(key)
         digest = _Digest(expect)
         chain = self._chain_for(key) if digest.expect.staging else None
+        stream = chain.stream(key) if chain is not None else None
         await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
         temp = self.tmp / f"{uuid.uuid4().hex}.part"
         handle = await asyncio.to_thread(open, temp, "wb", buffering=0)
@@ -263,6 +296,8 @@ class DirectoryStorage:
         def write(pieces: list[bytes]) -> None:
             for piece in pieces:
                 digest.update(piece)
+                if stream is not None:
+                    stream.update(piece)
             _write_all(handle.fileno(), pieces)
 
         try:
@@ -292,8 +327,14 @@ class DirectoryStorage:
             await asyncio.to_thread(temp.unlink, missing_ok=True)
             raise
         if chain is not None:
+            if stream is not None:
+                chain.adopt(stream)  # no await since the checks: no other hashing interleaves
             chain.done.add(key)
-            await self._advance(chain)
+            # Hashed in the background: the block's 201 does not wait for the digest, so the
+            # client starts its next block at once (compose completes the chain before use).
+            task = asyncio.ensure_future(self._advance(chain))
+            chain.tasks.add(task)
+            task.add_done_callback(chain.tasks.discard)
         return result
 
     def announce(self, key: str, rank: bytes) -> None:
@@ -322,11 +363,9 @@ class DirectoryStorage:
         return chain
 
     async def _advance(self, chain: _Chain) -> None:
-        """Hash the blocks that are next in start order and complete (from the page cache)."""
+        """Hash the blocks that are next in order and complete (from the page cache)."""
         async with chain.lock:
-            while not chain.broken and len(chain.hashed) < len(chain.ranks):
-                hashed = set(chain.hashed)
-                key = min((k for k in chain.ranks if k not in hashed), key=chain.ranks.__getitem__)
+            while not chain.broken and (key := chain.next()) is not None:
                 if key not in chain.done:
                     break
                 await asyncio.to_thread(chain.feed, self._path(key))
@@ -371,7 +410,8 @@ class DirectoryStorage:
         chain = self._chains.pop(parts[0].rpartition("/")[0], None) if parts else None
         hashed = False
         if chain is not None and len(chain.ranks) == len(parts) and digest.md5 is None:
-            async with chain.lock:  # a block's hashing may still be finishing
+            await self._advance(chain)  # the blocks not hashed yet, after any in progress
+            async with chain.lock:
                 hashed = not chain.broken and chain.hashed == parts
         if hashed and chain is not None:
             # Every block was hashed in this order as it arrived, and fsync'd: no second pass.

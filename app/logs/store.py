@@ -4,7 +4,9 @@ Writes: a batch allocates a contiguous seq range with one atomic UPDATE of build
 and inserts its chunks in the same transaction, so seq has no gaps and a crash between the two
 can never leave one without the other. On Postgres the rows go in with the COPY protocol (asyncpg
 `copy_records_to_table`) inside that transaction; the unique (build_id, seq) constraint holds
-for COPY as for INSERT, so the guarantees are the same on both databases.
+for COPY as for INSERT, so the guarantees are the same on both databases. The content column
+is compressed with lz4 on Postgres where the server has it (migration log_chunks_lz4): with
+pglz, compressing each 64 KiB chunk was most of the database's share of storing a fast log.
 
 Content is made storable first, the same way on both databases: Postgres `text` cannot hold a NUL
 character, so NUL becomes U+2400 (SYMBOL FOR NUL, "␀"), and a lone surrogate (possible in a JSON

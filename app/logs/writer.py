@@ -182,10 +182,13 @@ class LogWriter:
                 return  # stop holding the step back; the flush loop keeps retrying
             await asyncio.sleep(self._backoff(buf))
 
-    def _flush_in_background(self, build_id: int) -> None:
+    def _flush_in_background(self, build_id: int) -> asyncio.Task[None]:
+        """A flush stop() waits for instead of cancelling: cancelled while storing, the batch
+        it had taken would be lost (neither committed nor put back)."""
         task = asyncio.create_task(self._flush_logged(build_id), name=f"log-flush-{build_id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _flush_logged(self, build_id: int) -> None:
         # A failure to store is handled (kept, retried) inside flush(); anything else escaping
@@ -360,4 +363,5 @@ class LogWriter:
             now = time.monotonic()
             for build_id, buf in list(self._buffers.items()):
                 if buf.retry_at <= now:
-                    await self.flush(build_id)
+                    # Shielded: stop() cancels this loop, and waits for the flush instead.
+                    await asyncio.shield(self._flush_in_background(build_id))

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -44,6 +45,14 @@ from app.runners.sandbox import (
     kill_tracked,
     probe_isolation,
 )
+from app.runners.step_files import (
+    INLINE_BYTES,
+    names_in,
+    open_temp,
+    prepare_files,
+    read_runtime_files,
+    small,
+)
 from app.workflow.invocation import Invocation, Log, Ran
 from app.workflow.runtime import MAX_FILE_BYTES, RuntimeFiles
 
@@ -54,10 +63,6 @@ log = logging.getLogger(__name__)
 # masking, command and writer code; with 1 MiB about 500). bench/log_ingest.py measures it.
 _READ_SIZE = 1024 * 1024
 _PIPE_SIZE = 1024 * 1024
-# A step's few small files (its runtime files, its script) are written and read on the event
-# loop: tens of microseconds of local I/O, where a worker-thread trip cost 0.5-2 ms a step on the
-# loaded bench machine. Anything bigger still goes to a worker thread.
-_INLINE_BYTES = 256 * 1024
 # After the step's processes are killed, output already in the pipe is read for at most this
 # long: a process that escaped the kill (it can only in `none` mode) must not hold the step open.
 _DRAIN_SECONDS = 5.0
@@ -112,80 +117,24 @@ def _make_job_dirs(dirs: Iterable[Path], temp: Path, files: dict[str, str]) -> N
         (temp / name).write_text(text)
 
 
-def _open_regular(path: str | Path, flags: int) -> int:
-    """Open a file of the job's temp dir, which its steps can write: never through a symlink a
-    step left there (the service would write or read a file the step cannot), never a FIFO or
-    device (opened non-blocking, then refused)."""
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path} is not a regular file")
-    return fd
-
-
-def _writable(path: str | Path, flags: int) -> int:
-    """Open (creating) a file of the temp dir to write it. What an earlier step left at that
-    path instead of a regular file (a symlink, a FIFO) is removed first, not written through."""
-    flags |= os.O_WRONLY | os.O_CREAT
-    try:
-        return _open_regular(path, flags)
-    except OSError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # the link itself, never its target
-        return _open_regular(path, flags | os.O_EXCL)
-
-
-def _prepare_files(empty: Iterable[str], script: Path | None, text: str) -> None:
-    """Empty (create or truncate) the invocation's runtime files; write its script."""
-    for path in empty:
-        os.close(_writable(path, os.O_TRUNC))
-    if script is not None:
-        # Overwritten, then cut to length: truncating a file that holds data to zero first
-        # makes ext4 write it back at close (auto_da_alloc), 3 ms here.
-        data = text.encode()
-        with open(_writable(script, 0), "wb") as f:
-            f.write(data)
-            f.truncate(len(data))
-
-
-def _small(paths: Iterable[str]) -> bool:
-    """Are these files small enough to read on the event loop (or missing)?"""
-    total = 0
-    for path in paths:
-        with contextlib.suppress(OSError):
-            total += os.lstat(path).st_size
-    return total <= _INLINE_BYTES
-
-
-def _read_runtime_files(paths: dict[str, str]) -> RuntimeFiles:
-    """An invocation's runtime files, each read up to MAX_FILE_BYTES (a step cannot make the
-    service hold an arbitrarily large file in memory)."""
-    texts: dict[str, str] = {}
-    for name, path in paths.items():
-        try:
-            with open(_open_regular(path, os.O_RDONLY), "rb") as handle:
-                data = handle.read(MAX_FILE_BYTES)
-        except OSError:
-            data = b""
-        texts[name] = data.decode("utf-8", "replace")
-    return RuntimeFiles(
-        output=texts.get("GITHUB_OUTPUT", ""),
-        env=texts.get("GITHUB_ENV", ""),
-        path=texts.get("GITHUB_PATH", ""),
-        summary=texts.get("GITHUB_STEP_SUMMARY", ""),
-        state=texts.get("GITHUB_STATE", ""),
-    )
-
-
-async def _read_text(path: str) -> str | None:
-    """A file a step can see (a local action's action.yml), or None."""
+async def _read_text(path: str, workspace: Path) -> str | None:
+    """A local action's action.yml, or None. Steps write the workspace, so a symlink there may
+    point anywhere the service can read (its database, its secrets key): the file actually
+    opened must lie inside the workspace (checked on the open descriptor, so nothing can swap
+    the path in between) and be a regular file (a FIFO would hang the read)."""
 
     def read() -> str | None:
         try:
-            with open(path, "rb") as handle:
-                return handle.read(MAX_FILE_BYTES + 1).decode("utf-8", "replace")
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return None
+        with open(fd, "rb") as handle:
+            opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            if not _inside(opened, workspace.resolve()):
+                return None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return handle.read(MAX_FILE_BYTES + 1).decode("utf-8", "replace")
 
     return await asyncio.to_thread(read)
 
@@ -377,7 +326,9 @@ class LocalRunner:
             elif isinstance(request, Log):
                 await reporter.step_output(step.index, request.text.encode())
             else:
-                reply = await session.load(request, _read_text)
+                reply = await session.load(
+                    request, functools.partial(_read_text, workspace=workspace)
+                )
             request = session.send(reply)
         end = session.end
         run = dataclasses.replace(step, continue_on_error=end.continue_on_error)
@@ -393,15 +344,34 @@ class LocalRunner:
         deadline: float | None,
     ) -> Ran:
         """One process of a step, its runtime files created before and read back after."""
-        script = None
-        if request.script_name:
-            script = self.temp_dir(job.build_id, job.job_name) / request.script_name
-        prepare = (request.files.values(), script, request.script)
+        temp = self.temp_dir(job.build_id, job.job_name)
         try:
-            if len(request.script) <= _INLINE_BYTES:
-                _prepare_files(*prepare)
+            folder = open_temp(self.workspace_root / str(job.build_id), temp)
+        except OSError as exc:
+            return Ran("error", None, message=f"the job's temp dir is not usable: {exc}")
+        try:
+            return await self._invoke_in(job, step, request, workspace, reporter, deadline, folder)
+        finally:
+            os.close(folder)
+
+    async def _invoke_in(
+        self,
+        job: JobRun,
+        step: StepRun,
+        request: Invocation,
+        workspace: Path,
+        reporter: JobReporter,
+        deadline: float | None,
+        folder: int,
+    ) -> Ran:
+        """_invoke with the job's temp dir open as `folder`."""
+        try:
+            names = names_in(self.temp_dir(job.build_id, job.job_name), request.files)
+            prepare = (folder, names.values(), request.script_name, request.script)
+            if len(request.script) <= INLINE_BYTES:
+                prepare_files(*prepare)
             else:
-                await asyncio.to_thread(_prepare_files, *prepare)
+                await asyncio.to_thread(prepare_files, *prepare)
         except OSError as exc:
             return Ran("error", None, message=f"could not prepare the step's files: {exc}")
         program = request.argv[0] if request.argv else ""
@@ -424,10 +394,10 @@ class LocalRunner:
         status, code, message = await self._run_step(
             job, run, workspace, reporter, deadline, argv=request.argv
         )
-        if _small(request.files.values()):
-            texts = _read_runtime_files(request.files)
+        if small(folder, names.values()):
+            texts = read_runtime_files(folder, names)
         else:
-            texts = await asyncio.to_thread(_read_runtime_files, request.files)
+            texts = await asyncio.to_thread(read_runtime_files, folder, names)
         return Ran(status, code, texts, message)
 
     async def _directories(self, job: JobRun) -> tuple[Path, Path]:

@@ -327,3 +327,33 @@ async def test_set_output_inside_a_composite_belongs_to_the_nested_step(
     assert steps[1]["outputs"] == {"color": "my-green", "top": "green-none"}
     assert steps[2]["outputs"] == {"color": "my-green", "top": "green-fail"}
     assert "seen=my-green/my-green" in await log_text(client, done["id"])
+
+
+async def test_a_local_action_symlinked_out_of_the_workspace_is_not_read(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Steps write the workspace: an action.yml (or its directory) that a step links to a file
+    outside it must not be read by the service, which can read files the step cannot (its
+    database, its secrets key) and would echo parts of them in the parse error."""
+    outside = tmp_path / "service-secret"
+    outside.mkdir()
+    (outside / "action.yml").write_text("name: LEAKED-SECRET-NAME\nruns: [LEAKED-SECRET-VALUE]\n")
+    done = await run(
+        client,
+        f"""
+        jobs:
+          a:
+            steps:
+              - run: |
+                  mkdir -p byfile && ln -s {outside}/action.yml byfile/action.yml
+                  ln -s {outside} bydir
+              - uses: ./byfile
+                continue-on-error: true
+              - uses: ./bydir
+        """,
+    )
+    text = await log_text(client, done["id"])
+    assert done["status"] == "failed", text
+    assert [s["status"] for s in job(done, "a")["steps"]] == ["success", "failed", "failed"]
+    assert "LEAKED" not in text
+    assert text.count("no action.yml or action.yaml") == 2, text

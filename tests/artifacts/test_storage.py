@@ -211,3 +211,54 @@ async def test_directory_write_is_invisible_until_complete(tmp_path: Path) -> No
     assert seen == [None]
     assert stored.size == 2 * 1024 * 1024 + 10
     assert list((tmp_path / "store" / ".tmp").iterdir()) == []
+
+
+async def test_directory_hashes_the_next_block_as_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block that is next in order when its write starts is hashed from memory as it is
+    written, not read back from disk; one that only looked next (a block ranked before it
+    arrived meanwhile) is read back instead, and the digest is the list's either way."""
+    from app.artifacts import storage as storage_module
+
+    store = DirectoryStorage(tmp_path / "store")
+    read_back: list[str] = []
+    feed = storage_module._Chain.feed
+
+    def counting_feed(chain: storage_module._Chain, path: Path) -> None:
+        read_back.append(path.name)
+        feed(chain, path)
+
+    monkeypatch.setattr(storage_module._Chain, "feed", counting_feed)
+    blocks = [os.urandom(2 * 1024 * 1024 + i) for i in range(3)]
+    digest = hashlib.sha256(b"".join(blocks)).hexdigest()
+
+    # One after the other, in order: every block is next when it starts; nothing is re-read.
+    for i, block in enumerate(blocks):
+        store.announce(f"uploads/a/{i}", bytes([i]))
+        await store.put(f"uploads/a/{i}", chunks(block), Expect(staging=True))
+    stored = await store.compose("final/a", [f"uploads/a/{i}" for i in range(3)])
+    assert (stored.sha256, read_back) == (digest, [])
+
+    # Block 1 starts first (so it looks next), block 0 arrives and completes while block 1 is
+    # still being written: block 1's in-memory digest started from the wrong state.
+    halfway, resume = asyncio.Event(), asyncio.Event()
+
+    async def gated(data: bytes) -> AsyncIterator[bytes]:
+        yield data[: len(data) // 2]
+        halfway.set()
+        await resume.wait()
+        yield data[len(data) // 2 :]
+
+    store.announce("uploads/b/1", bytes([1]))
+    late = asyncio.create_task(store.put("uploads/b/1", gated(blocks[1]), Expect(staging=True)))
+    await halfway.wait()
+    store.announce("uploads/b/0", bytes([0]))
+    await store.put("uploads/b/0", chunks(blocks[0]), Expect(staging=True))
+    resume.set()
+    await late
+    store.announce("uploads/b/2", bytes([2]))
+    await store.put("uploads/b/2", chunks(blocks[2]), Expect(staging=True))
+    stored = await store.compose("final/b", [f"uploads/b/{i}" for i in range(3)])
+    # (Block 2 is read back too when it starts before block 1's read-back has run.)
+    assert (stored.sha256, read_back[0], "0" in read_back) == (digest, "1", False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -179,6 +180,38 @@ async def test_chunk_content_is_stored_with_lz4_where_postgres_has_it(database_u
                 )
             ).scalar()
         assert method == ("lz4" if has_lz4 else "pglz")
+    finally:
+        await writer.stop()
+        await db.dispose()
+
+
+async def test_stop_while_the_interval_flush_is_storing_loses_nothing(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(database_url)
+    writer = LogWriter(db, Metrics(), flush_interval=0.01, chunk_max_bytes=64 * 1024)
+    entered, release = asyncio.Event(), asyncio.Event()
+    store = writer._store
+
+    async def slow_store(*args: Any) -> None:
+        entered.set()
+        await release.wait()
+        await store(*args)
+
+    try:
+        build_id = await _new_build(db)
+        monkeypatch.setattr(writer, "_store", slow_store)
+        await writer.start()
+        await writer.write(build_id, "a", 0, "stored by the interval flush\n")
+        await entered.wait()
+        # Shutdown while that flush is storing: it completes, it is not cancelled and lost.
+        loop = writer._task
+        assert loop is not None
+        stopping = asyncio.create_task(writer.stop())
+        await asyncio.wait({loop})  # stop() has cancelled the interval loop
+        release.set()
+        await asyncio.wait_for(stopping, timeout=30)
+        assert [c for *_, c in await _chunks(db, build_id)] == ["stored by the interval flush\n"]
     finally:
         await writer.stop()
         await db.dispose()

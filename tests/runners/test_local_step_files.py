@@ -91,3 +91,26 @@ async def test_a_fifo_left_at_a_runtime_path_does_not_hang_the_job(
     )
     assert done["status"] == "success", done
     assert "regular-again" in await log_text(client, done["id"])
+
+
+async def test_a_temp_dir_replaced_by_a_symlink_is_not_followed(
+    client: httpx.AsyncClient,
+) -> None:
+    # The link could name another build's temp dir: the service would empty and read its files.
+    done = await run(
+        client,
+        """
+        jobs:
+          build:
+            steps:
+              - run: |
+                  mkdir "$RUNNER_TEMP/../elsewhere"
+                  echo keep > "$RUNNER_TEMP/../elsewhere/github_output"
+                  mv "$RUNNER_TEMP" "$RUNNER_TEMP.moved"
+                  ln -s elsewhere "$RUNNER_TEMP"
+              - run: echo second-step-ran
+        """,
+    )
+    steps = job(done, "build")["steps"]
+    assert [s["status"] for s in steps] == ["success", "error"], done
+    assert "second-step-ran" not in await log_text(client, done["id"])
