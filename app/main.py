@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.api import artifacts, builds, health, logs, viewer
+from app.api.event_stream import EventStreamHandoff
 from app.api.limits import RequestGuard
 from app.api.openapi import document_responses
 from app.config import PROJECT_ROOT, Settings, get_settings
@@ -80,5 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuard, settings=settings, exempt=artifacts.BLOB_PATH_PREFIXES)
 
     app.add_middleware(Compress, exempt=artifacts.BLOB_PATH_PREFIXES)
+    # Added last, so outermost: SSE streams run after the rest of the stack has returned.
+    app.add_middleware(EventStreamHandoff, suffix="/logs/stream")
     mount_ui(app, WEB_DIST)
     return app

@@ -4,19 +4,27 @@ subscriber (VmRSS with the clients connected minus before, divided by their numb
 of GET /healthz with them connected against the same p99 before they connected (same server,
 same run). The clients are raw asyncio sockets (cheap: they share the two cores with the server),
 all connecting at once; each must have received its response headers and the initial `status`
-event before measuring, and the time until all have is reported too (no stream may close early)."""
+event before measuring, and the time until all have is reported too (no stream may close early).
+
+An info row gives the floor: the same clients held open by a bare ASGI app (bench/_serve.py
+`bare`: one status frame, then nothing but the server's own task per request) under the same
+uvicorn settings. What uvicorn, its protocol and transport objects and the socket cost per
+connection is there, not in the service."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from bench._common import Ctx, Result, client, create_build, percentile, serve
+from bench._common import ROOT, Ctx, Result, client, create_build, free_port, percentile, serve
 
 NAME = "sse_idle"
 BACKENDS = ("postgres", "sqlite")
@@ -63,6 +71,63 @@ async def subscriber(port: int, build_id: int, ready: asyncio.Event) -> None:
         writer.close()
 
 
+async def hold(
+    port: int, count: int, targets: list[int]
+) -> tuple[list[asyncio.Task[None]], list[str]]:
+    """`count` subscribers connected at once, each to one of `targets`; returns once every one
+    has its headers and first status event (or failed)."""
+    events = [asyncio.Event() for _ in range(count)]
+    failures: list[str] = []
+
+    async def follow(i: int) -> None:
+        try:
+            await subscriber(port, targets[i % len(targets)], events[i])
+        except Exception as exc:  # counted: a storm must not close streams early
+            failures.append(f"{type(exc).__name__}: {exc}")
+            events[i].set()
+
+    tasks = [asyncio.create_task(follow(i)) for i in range(count)]
+    await asyncio.gather(*(event.wait() for event in events))
+    return tasks, failures
+
+
+async def release(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(BaseException):
+            await task
+
+
+async def floor_kib(count: int) -> float:
+    """RSS per connection of the bare streaming app (see the module docstring)."""
+    port = free_port()
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port)}
+    argv = [sys.executable, "-m", "bench._serve", "bare"]
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    await http.get("/healthz")
+                    break
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        before = rss_kib(proc.pid)
+        tasks, failures = await hold(port, count, [1])
+        try:
+            await asyncio.sleep(2)
+            after = rss_kib(proc.pid)
+        finally:
+            await release(tasks)
+        if failures:
+            raise RuntimeError(f"bare stream failed: {failures[0]}")
+        return (after - before) / count
+    finally:
+        proc.kill()  # nothing to shut down gracefully
+        proc.wait()
+
+
 async def run(ctx: Ctx, backend: str) -> None:
     count = 200 if ctx.quick else 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -70,6 +135,8 @@ async def run(ctx: Ctx, backend: str) -> None:
     if soft < want:
         # Raised before the server starts, so it inherits the limit too.
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    if "floor" not in ctx.cache:
+        ctx.cache["floor"] = await floor_kib(count)
     async with serve(backend, MAX_CONCURRENT_BUILDS=str(BUILDS)) as (_db, (server,), _tmp):
         yaml = "jobs:\n  idle:\n    steps:\n      - run: while [ ! -e ../go ]; do sleep 0.2; done\n"
         async with client(server.base) as http:
@@ -87,23 +154,12 @@ async def run(ctx: Ctx, backend: str) -> None:
         await asyncio.sleep(1)
         idle_p99 = await healthz_p99(server.base)
         before = rss_kib(server.pid)
-        events = [asyncio.Event() for _ in range(count)]
-        failures: list[str] = []
-
-        async def follow(i: int) -> None:
-            try:
-                await subscriber(server.port, ids[i % BUILDS], events[i])
-            except Exception as exc:  # counted: a storm must not close streams early
-                failures.append(f"{type(exc).__name__}: {exc}")
-                events[i].set()
-
         tasks: list[asyncio.Task[None]] = []
         try:
             # All at once (a connect storm: every tab of a dashboard reopening together).
             # Until the SSE reads were gated (RESULTS.md), this exhausted the database pool.
             started = time.perf_counter()
-            tasks = [asyncio.create_task(follow(i)) for i in range(count)]
-            await asyncio.gather(*(event.wait() for event in events))
+            tasks, failures = await hold(server.port, count, ids)
             connect_s = time.perf_counter() - started
             await asyncio.sleep(2)  # let the server settle (allocations, first polls)
             after = rss_kib(server.pid)
@@ -112,11 +168,7 @@ async def run(ctx: Ctx, backend: str) -> None:
         finally:
             for build_id in ids:
                 server.go_file(build_id).touch()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await release(tasks)
     ctx.add(
         Result(
             NAME,
@@ -140,6 +192,16 @@ async def run(ctx: Ctx, backend: str) -> None:
             target="<= 20 KiB",
             passed=per_sub <= 20,
             note=f"VmRSS {before / 1024:.0f} -> {after / 1024:.0f} MB",
+        )
+    )
+    ctx.add(
+        Result(
+            NAME,
+            backend,
+            f"info: RSS per idle connection of a bare ASGI stream, same uvicorn ({count})",
+            ctx.cache["floor"],
+            "KiB",
+            note="the floor: server, protocol, transport and socket; no app code",
         )
     )
     ctx.add(

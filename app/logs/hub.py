@@ -9,6 +9,7 @@ as `Wakeup` events through the same path.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -46,15 +47,28 @@ class Wakeup:
 
 HubEvent = LogEvent | StatusEvent | Wakeup
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class Subscription:
     build_id: int
-    queue: asyncio.Queue[HubEvent]
+    queue_size: int
     lagged: bool = False
     # Set on every publish, even when the queue is full, so a lagged reader still wakes up.
     signal: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @cached_property
+    def queue(self) -> asyncio.Queue[HubEvent]:
+        """Made on first use: an asyncio.Queue is four deques, about 3 KiB, which a thousand
+        idle SSE subscribers (bench/sse_idle.py) would otherwise hold for nothing."""
+        return asyncio.Queue(maxsize=self.queue_size)
+
+    @property
+    def pending(self) -> int:
+        """Events queued, without making the queue."""
+        queue: asyncio.Queue[HubEvent] | None = self.__dict__.get("queue")
+        return 0 if queue is None else queue.qsize()
 
 
 class LiveHub:
@@ -68,6 +82,47 @@ class LiveHub:
         self._subs: dict[int, set[Subscription]] = defaultdict(set)
         self._shared_read_seconds = shared_read_seconds
         self._reads: dict[int, tuple[float, asyncio.Future[Any]]] = {}
+        self._pollers: dict[int, asyncio.Task[None]] = {}
+
+    def poll(
+        self,
+        build_id: int,
+        load: Callable[[], Awaitable[Any]],
+        seconds: float,
+        stopping: Callable[[], bool],
+    ) -> None:
+        """The polling fallback of a build's streams, one task per build instead of every
+        stream waking up each `seconds` (a thousand idle streams were a thousand wake-ups a
+        second, bench/sse_idle.py). Every `seconds` it reads `load()` through `shared_read`
+        and wakes the build's subscribers only when the result changed since its last read,
+        or when `stopping()` (the server shuts down). Ends with the last subscriber."""
+        if build_id not in self._pollers and build_id in self._subs:
+            self._pollers[build_id] = asyncio.create_task(
+                self._poll(build_id, load, seconds, stopping)
+            )
+
+    async def _poll(
+        self,
+        build_id: int,
+        load: Callable[[], Awaitable[Any]],
+        seconds: float,
+        stopping: Callable[[], bool],
+    ) -> None:
+        previous: Any = None
+        while True:
+            await asyncio.sleep(seconds)
+            if not stopping():
+                self._reads.pop(build_id, None)  # a fresh read, which the woken streams share
+                try:
+                    result = await self.shared_read(build_id, load)
+                except Exception:  # the streams' own periodic reads cover a failed poll
+                    log.warning("polling build %s failed", build_id, exc_info=True)
+                    continue
+                if result == previous:
+                    continue
+                previous = result
+            for sub in self._subs.get(build_id, ()):
+                sub.signal.set()
 
     async def shared_read(self, build_id: int, load: Callable[[], Awaitable[T]]) -> T:
         """One database read shared by every subscriber of a build that polls within
@@ -89,7 +144,7 @@ class LiveHub:
 
     @contextmanager
     def subscribe(self, build_id: int) -> Iterator[Subscription]:
-        sub = Subscription(build_id, asyncio.Queue(maxsize=self.queue_size))
+        sub = Subscription(build_id, self.queue_size)
         self._subs[build_id].add(sub)
         try:
             yield sub
@@ -100,6 +155,9 @@ class LiveHub:
                 if not subs:
                     del self._subs[build_id]
                     self._reads.pop(build_id, None)
+                    poller = self._pollers.pop(build_id, None)
+                    if poller is not None:
+                        poller.cancel()
 
     def publish(self, event: HubEvent) -> None:
         for sub in self._subs.get(event.build_id, ()):

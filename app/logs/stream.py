@@ -61,7 +61,7 @@ def _drain(sub: Subscription) -> list[HubEvent]:
     """What the subscriber's queue holds; nothing when it lagged (what it dropped is read back
     from the database by seq instead)."""
     items: list[HubEvent] = []
-    while not sub.queue.empty():
+    for _ in range(sub.pending):
         items.append(sub.queue.get_nowait())
     if sub.lagged:
         sub.lagged = False
@@ -79,6 +79,8 @@ class _Stream:
     """One subscriber's stream. Everything it does happens in the request's own task: it sleeps
     on its subscription's signal (set by the hub) with a timeout, and that wake-up also serves
     the polling fallback, the keep-alive comment and noticing a server shutdown."""
+
+    __slots__ = ("build_id", "db", "hub", "last")
 
     def __init__(self, db: Database, hub: LiveHub, build_id: int, after: int) -> None:
         self.db = db
@@ -98,7 +100,7 @@ class _Stream:
 
     async def live(self, sub: Subscription) -> AsyncIterator[bytes | BuildStatus | None]:
         """What one wake-up brings: frames, and the build's status (None: gone) when read."""
-        reread = not sub.queue.qsize() or sub.lagged
+        reread = not sub.pending or sub.lagged
         fresh = sub.lagged  # a poll may share its read with the build's other streams
         for item in _drain(sub):
             if isinstance(item, LogEvent):
@@ -147,6 +149,7 @@ async def stream_build(
     stream = _Stream(db, hub, build_id, after)
     loop = asyncio.get_running_loop()
     with hub.subscribe(build_id) as sub:
+        hub.poll(build_id, lambda: _build_state(db, hub, build_id), poll_seconds, stopping)
         async for frame in stream.catch_up():
             yield frame
         status, _ = await _build_state(db, hub, build_id)
@@ -155,8 +158,10 @@ async def stream_build(
         quiet_since = loop.time()
         while status is not None and not status.finished:
             with contextlib.suppress(TimeoutError):
-                # The timeout is the polling fallback for writers we get no signal from.
-                async with asyncio.timeout(poll_seconds):
+                # The hub's poller (hub.poll) wakes the stream when the build changed without
+                # a signal (another writer); the timeout is the keep-alive's, and re-reads
+                # the build's state (shared) in case the poller's read failed.
+                async with asyncio.timeout_at(quiet_since + ping_seconds):
                     await sub.signal.wait()
             if stopping():
                 return

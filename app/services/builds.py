@@ -1,4 +1,4 @@
-"""Build state changes and reads: create, cancel, retry, detail, list.
+"""Build state changes and reads: create, cancel, retry, detail (the list: services/listing.py).
 
 The functions taking a session flush; the caller's unit of work commits. The three taking the
 Database (`submit`, `retry`, `cancel`) are whole units of work for the routes: they commit in one
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
@@ -34,7 +34,6 @@ from app.models import (
     BuildFacets,
     BuildJob,
     BuildJobEdge,
-    BuildPage,
     BuildPublic,
     BuildSnapshot,
     BuildStatus,
@@ -283,36 +282,6 @@ async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
         jobs=jobs,
         edges=[EdgePublic.model_validate(e) for e in edge_rows],
     )
-
-
-async def list_builds(
-    session: AsyncSession,
-    *,
-    pipeline_id: str | None,
-    status: BuildStatus | None,
-    branch: str | None,
-    page: int,
-    size: int,
-    triggered_by: str | None = None,
-) -> BuildPage:
-    query = select(Build)
-    count = select(func.count()).select_from(Build)
-    for column, value in (
-        (Build.pipeline_id, pipeline_id),
-        (Build.status, status),
-        (Build.branch, branch),
-        (Build.triggered_by, triggered_by),
-    ):
-        if value is not None:
-            query = query.where(column == value)
-            count = count.where(column == value)
-    total = (await session.exec(count)).one()
-    rows = (
-        await session.exec(
-            query.order_by(col(Build.id).desc()).offset((page - 1) * size).limit(size)
-        )
-    ).all()
-    return BuildPage(items=[public(b) for b in rows], total=total, page=page, size=size)
 
 
 async def request_cancel(session: AsyncSession, build_id: int, by: str | None = None) -> Build:

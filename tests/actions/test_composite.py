@@ -14,6 +14,7 @@ import pytest
 
 from tests.actions.repos import Repo
 from tests.support import create, job, log_text, wait_for_build, workflow
+from tests.support import run_workflow as run
 
 GREET = """
 name: Greet
@@ -61,11 +62,6 @@ def settings_overrides(tmp_path: Path, request: pytest.FixtureRequest) -> dict[s
 @pytest.fixture
 def mirror(settings_overrides: dict[str, Any]) -> Path:
     return Path(settings_overrides["actions_url"])
-
-
-async def run(client: httpx.AsyncClient, text: str, **body: object) -> dict[str, Any]:
-    created = await create(client, workflow(text), **body)
-    return await wait_for_build(client, created["id"])
 
 
 async def test_local_composite_inputs_outputs_nested_if_env_and_action_path(

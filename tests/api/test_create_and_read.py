@@ -8,6 +8,7 @@ from datetime import datetime
 import httpx
 import pytest
 
+from app.models import BuildPublic
 from tests.support import create, job, wait_for_build, workflow
 
 DAG = workflow(
@@ -83,6 +84,31 @@ async def test_list_filters_pages_newest_first(client: httpx.AsyncClient) -> Non
     assert none == {"items": [], "total": 0, "page": 1, "size": 20}
     assert (await client.get("/builds", params={"size": 101})).status_code == 422
     assert (await client.get("/builds", params={"status": "bogus"})).status_code == 422
+
+
+async def test_list_item_is_the_build_as_get_shows_it(client: httpx.AsyncClient) -> None:
+    """ListBuilds reads plain rows, not ORM objects: each item must still be the build as
+    GetBuild shows it (every BuildPublic field, in order, secrets masked)."""
+    body = await create(
+        client,
+        DAG,
+        dispatch=False,
+        pipeline_id="rows",
+        branch="feat/ü",
+        commit_sha="abc123",
+        variables={"NAME": "héllo", "API_TOKEN": "hunter2"},
+    )
+    await create(client, DAG, dispatch=False, pipeline_id="other")
+    page = (await client.get("/builds", params={"pipeline_id": "rows"})).json()
+    assert page["total"] == 1
+    (item,) = page["items"]
+    fetched = (await client.get(f"/builds/{body['id']}")).json()
+    assert list(item) == list(BuildPublic.model_fields)
+    assert item == {k: fetched[k] for k in item}
+    assert item["variables"] == {"NAME": "héllo", "API_TOKEN": "***"}
+    # A page past the end of a filtered list still tells the filtered total.
+    beyond = (await client.get("/builds", params={"pipeline_id": "rows", "page": 3})).json()
+    assert (beyond["items"], beyond["total"]) == ([], 1)
 
 
 async def test_dispatch_runs_the_build(client: httpx.AsyncClient) -> None:

@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from tests.k8s.gha_fixtures import kubernetes_settings, readable_tmp  # noqa: F401
-from tests.support import create, job, log_text, wait_for_build, workflow
+from tests.support import job, log_text
+from tests.support import run_workflow as run
 from tests.workflow import test_conformance as local
 
 Case = Callable[..., Awaitable[None]]
@@ -41,11 +42,6 @@ def settings_overrides(runner_kind: str, request: pytest.FixtureRequest) -> dict
     if runner_kind == "local":
         return {}
     return kubernetes_settings(request.getfixturevalue("emulator"))
-
-
-async def run(client: httpx.AsyncClient, text: str, **body: object) -> dict[str, Any]:
-    created = await create(client, workflow(text), **body)
-    return await wait_for_build(client, created["id"])
 
 
 @pytest.mark.parametrize("runner_kind", ["kubernetes"])

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.helpers import create, job, log_text, wait_for_build, workflow
-
-
-async def run(client: httpx.AsyncClient, text: str) -> dict[str, object]:
-    return await wait_for_build(client, (await create(client, workflow(text)))["id"])
+from tests.helpers import job, log_text
+from tests.helpers import run_workflow as run
 
 
 async def test_each_step_starts_with_empty_files_and_keeps_its_own_outputs(

@@ -41,6 +41,11 @@ async def wait_for_build(
     return result
 
 
+async def run_workflow(client: httpx.AsyncClient, text: str, **body: Any) -> dict[str, Any]:
+    """Create a build of `text` (dedented) through the API and wait until it finished."""
+    return await wait_for_build(client, (await create(client, workflow(text), **body))["id"])
+
+
 def job(detail: dict[str, Any], name: str) -> dict[str, Any]:
     for j in detail["jobs"]:
         if j["name"] == name:

@@ -6,11 +6,7 @@ from __future__ import annotations
 import httpx
 
 from tests.helpers import create, job, log_text, wait_for_build, workflow
-
-
-async def run(client: httpx.AsyncClient, text: str, **body: object) -> dict[str, object]:
-    created = await create(client, workflow(text), **body)
-    return await wait_for_build(client, created["id"])
+from tests.helpers import run_workflow as run
 
 
 async def test_step_outputs_and_steps_context(client: httpx.AsyncClient) -> None:
