@@ -22,7 +22,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.actions.fetch import ActionFetcher
-from app.actions.support import resolve_actions
+from app.actions.support import remote_uses, resolve_actions
 from app.db import Database, record_event
 from app.errors import Conflict, Invalid, NotFound
 from app.logs import store
@@ -47,7 +47,15 @@ from app.models.types import NAME_MAX, utcnow
 from app.queue.base import BuildQueue
 from app.secrets import retry_secrets
 from app.services import concurrency, results, state
-from app.services.dag import JOB_FIELDS, insert_dag, written_detail
+from app.services.dag import (
+    BUILDS,
+    JOB_FIELDS,
+    SNAPSHOTS,
+    insert_dag,
+    insert_row,
+    with_defaults,
+    written_detail,
+)
 from app.services.handoff import SpecCache
 from app.services.notify import CancelRequested
 from app.services.numbers import next_number, number_last, placeholder_number
@@ -100,13 +108,21 @@ async def create_build(
 
     Raises Invalid (422, every problem with line and column) before anything is written.
     `spec`: the workflow already parsed (callers parse before opening the transaction)."""
-    return (await create_written(session, new, spec))[0]
+    build, _ = await _create(session, new, spec, orm=True)
+    assert build is not None
+    return build
 
 
-async def create_written(
-    session: AsyncSession, new: NewBuild, spec: WorkflowSpec | None = None
-) -> tuple[Build, BuildDetail]:
-    """create_build, and the new build's detail made from what was written (no read back)."""
+async def create_written(session: AsyncSession, new: NewBuild, spec: WorkflowSpec) -> BuildDetail:
+    """create_build for `submit`: the new build's detail made from what was written (no read
+    back), its row inserted by one Core INSERT (no ORM instance, no unit-of-work flush) unless
+    the workflow's `concurrency` needs the instance."""
+    return (await _create(session, new, spec, orm=False))[1]
+
+
+async def _create(
+    session: AsyncSession, new: NewBuild, spec: WorkflowSpec | None, *, orm: bool
+) -> tuple[Build | None, BuildDetail]:
     if spec is None:
         # Parsing a large workflow takes a while: never on the event loop.
         spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
@@ -116,46 +132,53 @@ async def create_written(
     # `concurrency` may read it (github.run_number) and locks the pipeline anyway.
     late = session.bind is not None and session.bind.dialect.name == "postgresql"
     late = late and spec.concurrency is None
-    build = Build(
-        pipeline_id=new.pipeline_id,
-        number=placeholder_number() if late else await next_number(session, new.pipeline_id),
-        triggered_by=new.triggered_by,
-        status=BuildStatus.queued,
-        commit_sha=new.commit_sha,
-        branch=new.branch,
-        repo_url=new.repo_url,
-        variables=dict(new.variables or {}),
-        created_at=now,
-        retry_of=new.retry_of,
-        idempotency_key=new.idempotency_key,
-        event_name=new.event_name,
-        event=new.event,
-        request_sha256=new.request_sha256,
-        secrets_sealed=new.secrets_sealed,
-        # Set optimistically in the same transaction: if the publish after commit fails, the
-        # requeue sweep sees a stale dispatched_at and publishes again.
-        dispatched_at=now if new.dispatch else None,
+    values = with_defaults(
+        Build,
+        {
+            "pipeline_id": new.pipeline_id,
+            "number": placeholder_number() if late else await next_number(session, new.pipeline_id),
+            "triggered_by": new.triggered_by,
+            "status": BuildStatus.queued.value,
+            "commit_sha": new.commit_sha,
+            "branch": new.branch,
+            "repo_url": new.repo_url,
+            "variables": dict(new.variables or {}),
+            "created_at": now,
+            "retry_of": new.retry_of,
+            "idempotency_key": new.idempotency_key,
+            "event_name": new.event_name,
+            "event": new.event,
+            "request_sha256": new.request_sha256,
+            "secrets_sealed": new.secrets_sealed,
+            # Set optimistically in the same transaction: if the publish after commit fails,
+            # the requeue sweep sees a stale dispatched_at and publishes again.
+            "dispatched_at": now if new.dispatch else None,
+        },
     )
-    session.add(build)
-    await session.flush()
-    assert build.id is not None
-    await concurrency.on_create(session, build, spec)
+    build: Build | None = None
+    if orm or spec.concurrency is not None:
+        build = Build(**values)
+        session.add(build)
+        await session.flush()
+        assert build.id is not None
+        build_id = build.id
+        await concurrency.on_create(session, build, spec)
+    else:
+        build_id = await insert_row(session, BUILDS, values)
     sha = hashlib.sha256(new.workflow_yaml.encode()).hexdigest()
-    session.add(
-        BuildSnapshot(
-            build_id=build.id,
-            pipeline_id=new.pipeline_id,
-            workflow_yaml=new.workflow_yaml,
-            yaml_sha256=sha,
-            actions=new.actions,
-        )
+    snapshot = {"build_id": build_id, "pipeline_id": new.pipeline_id, "yaml_sha256": sha}
+    await insert_row(
+        session, SNAPSHOTS, {**snapshot, "workflow_yaml": new.workflow_yaml, "actions": new.actions}
     )
     dag = await insert_dag(
-        session, build.id, spec, checkout=bool(new.repo_url), posts=post_uses(new.actions)
+        session, build_id, spec, checkout=bool(new.repo_url), posts=post_uses(new.actions)
     )
     if late:
-        set_committed_value(build, "number", await number_last(session, build))
-    return build, written_detail(public(build), sha, build.event, dag)
+        values["number"] = await number_last(session, build_id, new.pipeline_id)
+        if build is not None:
+            set_committed_value(build, "number", values["number"])
+    shown = public(build) if build is not None else public_row({**values, "id": build_id})
+    return build, written_detail(shown, sha, new.event, dag)
 
 
 def _check_job_names(spec: WorkflowSpec) -> None:
@@ -191,6 +214,11 @@ def public(build: Build) -> BuildPublic:
     out = BuildPublic.model_validate(build)
     out.variables = masked_variables(build.variables)
     return out
+
+
+def public_row(row: dict[str, Any]) -> BuildPublic:
+    """`public` of a builds row as a mapping (every column)."""
+    return BuildPublic.model_validate({**row, "variables": masked_variables(row["variables"])})
 
 
 async def detail(session: AsyncSession, build_id: int) -> BuildDetail:
@@ -425,11 +453,12 @@ async def submit(
     queue: BuildQueue,
     new: NewBuild,
     *,
-    actions: ActionFetcher | None = None,
+    actions: Callable[[], ActionFetcher] | None = None,
     specs: SpecCache | None = None,
 ) -> tuple[BuildDetail, bool]:
     """Create a build, commit it, then publish its id (unless `new.dispatch` is false).
-    `actions`: fetches and pins the workflow's remote actions first (422 for one that cannot be
+    `actions`: makes the fetcher that pins the workflow's remote actions first (made only for
+    a workflow that has some) (422 for one that cannot be
     used, 503 when the git server fails). `specs`: this replica's parsed workflows (a YAML
     parsed recently is not parsed again; the executor that claims the build here takes it).
 
@@ -449,21 +478,22 @@ async def submit(
         if specs is not None:
             specs.remember(sha, spec)
     if actions is not None and new.actions is None:
-        new = dataclasses.replace(new, actions=await resolve_actions(spec, actions))
+        # No remote action: the pins resolve_actions would return, without making a fetcher.
+        pins = await resolve_actions(spec, actions()) if remote_uses(spec) else {}
+        new = dataclasses.replace(new, actions=pins)
     try:
         async with db.transaction() as session:
-            build, written = await create_written(session, new, spec)
+            written = await create_written(session, new, spec)
     except IntegrityError as exc:
         if not (key and is_idempotency_race(exc)):
             raise
         existing = await _idempotent_detail(db, new.pipeline_id, key, new.request_sha256)
         assert existing is not None  # the winner committed before our insert failed
         return existing, False
-    assert build.id is not None
     if new.dispatch:
         if specs is not None:
-            specs.note(build.id, sha, new.actions)  # before the publish: claimable at once
-        await dispatch(queue, build.id)
+            specs.note(written.id, sha, new.actions)  # before the publish: claimable at once
+        await dispatch(queue, written.id)
     # Answered from what was written: a build that started meanwhile shows `queued` here, as
     # it was when created; GET /builds/{id} has its progress.
     return written, True

@@ -3,17 +3,21 @@ what was written (the create's response needs no read after the commit)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import (
+    Build,
     BuildDetail,
     BuildJob,
     BuildJobEdge,
     BuildPublic,
+    BuildSnapshot,
     BuildStep,
     EdgePublic,
     JobPublic,
@@ -25,6 +29,30 @@ from app.workflow import WorkflowSpec
 
 # The job columns the API shows as they are (builds.detail uses the same).
 JOB_FIELDS = tuple(set(JobPublic.model_fields) & set(BuildJob.model_fields))
+BUILDS: Table = SQLModel.metadata.tables[Build.__tablename__]
+SNAPSHOTS: Table = SQLModel.metadata.tables[BuildSnapshot.__tablename__]
+STEP_FIELDS = tuple(set(StepPublic.model_fields) & set(BuildStep.model_fields))
+
+
+def with_defaults(
+    model: type[SQLModel], row: dict[str, Any], fields: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """`fields` (every column but the id when None) of a row, each one it leaves out at the
+    table model's default: what the ORM would insert, and what a read returns, without
+    building an ORM instance (a SQLModel table model's constructor costs more than the whole
+    rest of the create's answer)."""
+    names = fields if fields is not None else (k for k in model.model_fields if k != "id")
+    return {
+        k: row[k] if k in row else model.model_fields[k].get_default(call_default_factory=True)
+        for k in names
+    }
+
+
+async def insert_row(session: AsyncSession, table: Table, row: dict[str, Any]) -> int:
+    """One Core INSERT … RETURNING id; the row as parameters (not .values()), so the statement
+    is the same every time and compiled once."""
+    result = await session.exec(insert(table).returning(table.c.id), params=row)
+    return int(result.scalar_one())
 
 
 @dataclass(frozen=True)
@@ -94,21 +122,20 @@ def written_detail(
     every other column at its model default, as the insert left it."""
     steps_by_job: dict[str, list[StepPublic]] = {}
     for step in sorted(dag.steps, key=lambda s: (s["job_name"], s["index"])):
-        public_step = StepPublic.model_validate(BuildStep(**step))
+        public_step = StepPublic.model_validate(with_defaults(BuildStep, step, STEP_FIELDS))
         steps_by_job.setdefault(step["job_name"], []).append(public_step)
     needs: dict[str, list[str]] = {}
     for edge in dag.edges:
         needs.setdefault(edge["to_job"], []).append(edge["from_job"])
     jobs = []
     for row in sorted(dag.jobs, key=lambda j: j["index"]):
-        job = BuildJob(**row)
         jobs.append(
             JobPublic.model_validate(
                 {
-                    **{k: getattr(job, k) for k in JOB_FIELDS},
+                    **with_defaults(BuildJob, row, JOB_FIELDS),
                     "outputs": {},
-                    "needs": needs.get(job.name, []),
-                    "steps": steps_by_job.get(job.name, []),
+                    "needs": needs.get(row["name"], []),
+                    "steps": steps_by_job.get(row["name"], []),
                 }
             )
         )

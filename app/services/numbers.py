@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.models import Build, PipelineCounter
+from app.models import PipelineCounter
 from app.services.state import BUILDS
 
 
@@ -36,14 +36,14 @@ def placeholder_number() -> int:
     return -1 - secrets.randbits(31)
 
 
-async def number_last(session: AsyncSession, build: Build) -> int:
+async def number_last(session: AsyncSession, build_id: int, pipeline_id: str) -> int:
     """Postgres: the pipeline's next number, set on the build, as the transaction's last
     statement. The counter's row lock serialises a pipeline's creates until they commit;
     taken last, it is held for this statement and the commit only, not for the whole create
     (50 POSTs to one pipeline at once otherwise queued one create at a time)."""
     counter = (
         postgresql.insert(PipelineCounter)
-        .values(pipeline_id=build.pipeline_id, last_number=1)
+        .values(pipeline_id=pipeline_id, last_number=1)
         .on_conflict_do_update(
             index_elements=["pipeline_id"],
             set_={"last_number": col(PipelineCounter.last_number) + 1},
@@ -53,7 +53,7 @@ async def number_last(session: AsyncSession, build: Build) -> int:
     )
     result = await session.exec(
         update(BUILDS)
-        .where(BUILDS.c.id == build.id)
+        .where(BUILDS.c.id == build_id)
         .values(number=select(counter.c.last_number).scalar_subquery())
         .returning(BUILDS.c.number)
     )

@@ -23,7 +23,7 @@ import os
 import socket
 import uuid
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, update
 from sqlmodel import col, or_, select
@@ -161,17 +161,32 @@ class Scheduler:
         """Inside the executor's first transaction: the build as claimed (running, leased to
         this replica), or None."""
         now = utcnow()
-        # Held here, so may_start's get finds it in the session instead of reading it again.
-        build = await session.get(Build, build_id)
-        if build is not None and not await concurrency.may_start(session, build_id):
-            log.info("build %s waits for its concurrency group; acknowledged", build_id)
-            return None
         claimed = {
             "lease_owner": self.owner,
             "lease_expires_at": now + self.lease,
             "waiting_reason": None,
             "started_at": now,
         }
+        # Detached once claimed: the executor's changes to it (secrets put back into its
+        # variables) are never flushed.
+        build = await state.claim_ungrouped(session, build_id, claimed)
+        if build is not None:
+            session.expunge(build)
+        else:  # in a concurrency group, or not claimable: read it and decide
+            build = await self._claim_read(session, build_id, claimed)
+            if build is None:
+                return None
+        self.metrics.queue_wait.observe((now - build.created_at).total_seconds())
+        return build
+
+    async def _claim_read(
+        self, session: AsyncSession, build_id: int, claimed: dict[str, Any]
+    ) -> Build | None:
+        # Held here, so may_start's get finds it in the session instead of reading it again.
+        build = await session.get(Build, build_id)
+        if build is not None and not await concurrency.may_start(session, build_id):
+            log.info("build %s waits for its concurrency group; acknowledged", build_id)
+            return None
         if build is None or not await state.build(
             session, build_id, BuildStatus.running, only_from=[BuildStatus.queued], extra=claimed
         ):
@@ -183,7 +198,6 @@ class Scheduler:
         build.status = BuildStatus.running
         for name, value in claimed.items():
             setattr(build, name, value)
-        self.metrics.queue_wait.observe((now - build.created_at).total_seconds())
         return build
 
     def _spawn(self, ctx: BuildContext, executor: BuildExecutor, *, resume: bool) -> None:

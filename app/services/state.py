@@ -83,6 +83,30 @@ async def build(
     return True
 
 
+async def claim_ungrouped(
+    session: AsyncSession, build_id: int, extra: dict[str, Any]
+) -> Build | None:
+    """queued -> running for a build without a concurrency group: a claim in one statement,
+    the build as updated read from its RETURNING (no SELECT first), loaded in the session.
+    None when the build has a group (the caller then checks it) or is not queued."""
+    to = B.running
+    stmt = (
+        update(Build)
+        .where(
+            col(Build.id) == build_id,
+            col(Build.status).in_(_sources(BUILD_TRANSITIONS, to)),
+            col(Build.concurrency_key).is_(None),
+        )
+        .values(status=str(to), **{**_timestamps(to, utcnow()), **extra})
+        .returning(Build)
+        .execution_options(synchronize_session=False)
+    )
+    claimed: Build | None = (await session.exec(stmt)).scalars().first()
+    if claimed is not None:
+        record_event(session, BuildStatusEvent(build_id=build_id, status=to))
+    return claimed
+
+
 async def jobs(
     session: AsyncSession,
     build_id: int,

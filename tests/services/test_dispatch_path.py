@@ -75,6 +75,10 @@ async def test_claim_and_first_job_start_are_one_transaction(
     # create; claim + job start; first step start: three commits to the first step running.
     assert index_of(path, "UPDATE BUILDS SET") == 1, path
     assert any(s.startswith("UPDATE BUILD_JOBS SET") for s in path[1]), path
+    # A build without a concurrency group is claimed by its UPDATE … RETURNING alone.
+    claim = [s for s in path[1] if not s.startswith("BEGIN")]
+    assert claim[0].startswith("UPDATE BUILDS SET"), path
+    assert not any(s.startswith("SELECT BUILDS") for s in claim), path
     assert index_of(path, "UPDATE BUILD_STEPS SET") == 2, path
     started = job(detail, "build")
     assert started["started_at"] <= started["steps"][0]["started_at"]
