@@ -133,6 +133,25 @@ async def test_deleted_build_leaves_no_blobs(app: Any, client: httpx.AsyncClient
     assert response.status_code == 200 and response.content == b"keep me"
 
 
+async def test_block_for_a_finished_upload_is_refused_and_not_stored(
+    app: Any, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A block for an upload that is already finalized is refused and leaves nothing behind
+    (no staged block, no temp file), whatever the size of its body."""
+    build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
+    done = await upload(client, build_id, "a", b"content")
+
+    async def body() -> Any:
+        for _ in range(8):
+            yield b"z" * 256 * 1024
+
+    late = await client.put(f"{done['upload_url']}&comp=block&blockid=Q0ND", content=body())
+    assert late.status_code == 412 and "already finalized" in late.text
+    storage = service_of(app).storage
+    assert await storage.list_children(f"uploads/artifact-{done['id']}") == []
+    assert list((tmp_path / "store" / ".tmp").glob("*.part")) == []
+
+
 def tamper(url: str, **changes: str) -> str:
     parts = urlsplit(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
