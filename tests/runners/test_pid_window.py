@@ -8,7 +8,9 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,9 +36,18 @@ def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def _sleeper(track: str) -> subprocess.Popen[bytes]:
     # Its own session, as a `setsid` escapee of a step would be.
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         ["sleep", "300"], env={**os.environ, TRACK_VAR: track}, start_new_session=True
     )
+    # Popen returns once exec has begun (its error pipe closes on exec), which is a moment
+    # before the kernel has set up the new environment: /proc/<pid>/environ can still read
+    # empty then. A step's scan runs long after its processes started; wait for that state.
+    marker = f"{TRACK_VAR}={track}".encode()
+    deadline = time.monotonic() + 10
+    while marker not in Path(f"/proc/{proc.pid}/environ").read_bytes():
+        assert time.monotonic() < deadline, "the process's environment never appeared"
+        os.sched_yield()
+    return proc
 
 
 def test_window_scan_finds_processes_created_since_and_skips_older_ones(
