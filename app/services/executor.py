@@ -215,6 +215,19 @@ class BuildExecutor:
         self._needs = {job.name: job.needs for job in spec.jobs}
         self._ancestors = graph.ancestors([job.name for job in spec.jobs], self._needs)
 
+    def _should_run(self, job: JobSpec) -> bool:
+        """The job's `if` (default `success()`) once its needs finished; raises ExpressionError."""
+        statuses = self._statuses
+        # Transitive, as on GitHub: a failure anywhere upstream makes success() false.
+        failure = any(statuses[a].is_failure for a in self._ancestors[job.name])
+        success = not failure and all(statuses[n] == J.success for n in job.needs)
+        return job.condition.evaluate(
+            success=success,
+            failure=failure,
+            cancelled=False,
+            contexts=self._condition_contexts(job),
+        )
+
     async def _start_first(self, session: AsyncSession) -> frozenset[str]:
         """In the claim's transaction: move to running the ready jobs `_start_ready` would
         start with one UPDATE each (an `if` that holds; no matrix, concurrency group or
@@ -235,15 +248,8 @@ class BuildExecutor:
                 break
             if job.matrix_template is not None or job.concurrency or job.max_parallel:
                 continue
-            failure = any(statuses[a].is_failure for a in self._ancestors[name])
-            success = not failure and all(statuses[n] == J.success for n in job.needs)
             try:
-                run = job.condition.evaluate(
-                    success=success,
-                    failure=failure,
-                    cancelled=False,
-                    contexts=self._condition_contexts(job),
-                )
+                run = self._should_run(job)
             except ExpressionError:
                 continue  # the walk records the error
             if run and await state.job(session, self.ctx.build_id, name, J.running):
@@ -344,16 +350,8 @@ class BuildExecutor:
         )
         for name in candidates:
             job = self._jobs[name]
-            # Transitive, as on GitHub: a failure anywhere upstream makes success() false.
-            failure = any(statuses[a].is_failure for a in self._ancestors[name])
-            success = not failure and all(statuses[n] == J.success for n in job.needs)
             try:
-                run = job.condition.evaluate(
-                    success=success,
-                    failure=failure,
-                    cancelled=False,
-                    contexts=self._condition_contexts(job),
-                )
+                run = self._should_run(job)
             except ExpressionError as exc:
                 await self._setup_failed(job, f"Error evaluating the job's `if`: {exc}")
                 statuses[name] = J.failed
