@@ -20,7 +20,7 @@ from app.db import Database
 from app.logs.masking import LineAssembler, Masker
 from app.logs.writer import LogWriter
 from app.metrics import Metrics
-from app.models import Build, BuildJob, JobStatus
+from app.models import BuildJob, JobStatus
 from app.runners.base import JobReporter, Runner, StepOutcome
 from app.secrets import SecretBox
 from app.services import results, state
@@ -45,8 +45,6 @@ class BuildContext:
     detach: bool = False
     secret_box: SecretBox | None = None  # opens the build's sealed secrets (app/secrets.py)
     actions: ActionSupport | None = None  # runs the build's actions (app/actions/support.py)
-    # The row as the scheduler's claim read it, so the executor does not read it again.
-    claimed: Build | None = None
 
     def request_cancel(self) -> None:
         self.cancel.set()
