@@ -16,8 +16,8 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.logs.masking import masked_variables
 from app.models import Build, BuildPage, BuildPublic, BuildStatus
+from app.services.builds import public_row
 
 FILTERS = ("pipeline_id", "status", "branch", "triggered_by")
 # Exactly the columns BuildPublic shows, in its field order.
@@ -53,9 +53,7 @@ _STATEMENTS = MappingProxyType(
 
 
 def _listed(row: Row[Any]) -> BuildPublic:
-    fields: dict[str, Any] = dict(zip(_NAMES, row[1:], strict=True))  # row[0] is the total
-    fields["variables"] = masked_variables(fields["variables"])
-    return BuildPublic.model_validate(fields)
+    return public_row(dict(zip(_NAMES, row[1:], strict=True)))  # row[0] is the total
 
 
 async def list_builds(
