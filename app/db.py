@@ -120,8 +120,11 @@ class Database:
                 yield session
                 pending = session.info.get("events")
                 if pending and self.notify is not None:
-                    for payload in self.notify(pending):
-                        await session.exec(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
+                    # One statement, one round trip, for all (a group commit touches many
+                    # builds, one payload each).
+                    calls = [func.pg_notify(NOTIFY_CHANNEL, p) for p in self.notify(pending)]
+                    if calls:
+                        await session.exec(select(*calls))
                 await session.commit()
             except BaseException:
                 await session.rollback()
