@@ -6,7 +6,9 @@ GET /healthz in the same run.
 Info rows (no target): the CPU the serve process spends, read from /proc around the burst: its
 event-loop thread (one core at most, whatever the machine has) and the whole process with its
 steps' processes. The first POSTs' `dispatch: false` creates give the loop's CPU per create
-alone. 50 creates' loop CPU is a floor under the burst's p50 (each POST is read, parsed,
+alone. A second burst of builds whose step sleeps gives the loop's CPU per build for the
+dispatch phase alone (POST -> first step started, nothing ending meanwhile). 50 creates' loop
+CPU is a floor under the burst's p50 (each POST is read, parsed,
 written and answered by that one thread, and they all arrive at once); the whole CPU of 50
 builds over the machine's cores is a floor under the time the last one can start."""
 
@@ -37,6 +39,7 @@ BACKENDS = ("postgres", "sqlite")
 ALONE_COUNT = 20
 CREATES = 20  # `dispatch: false` creates timed for the loop's CPU per create
 YAML = "jobs:\n  bench:\n    steps:\n      - run: 'true'\n"
+SLEEPING = "jobs:\n  bench:\n    steps:\n      - run: 'sleep 3'\n"
 
 
 def cpu_ms(pid: int, *, thread: bool = False, children: bool = False) -> float:
@@ -68,6 +71,29 @@ async def started_after(http: httpx.AsyncClient, sent: list[tuple[float, int]]) 
     return latencies
 
 
+async def dispatch_phase_cpu(http: httpx.AsyncClient, pid: int, count: int) -> float:
+    """The event loop's CPU per build for the dispatch phase alone (POST -> first step
+    started): `count` POSTs at once of a build whose step sleeps, so nothing ends within the
+    window; the idle loop's CPU over the same window (measured just before) is taken off. The
+    25th build's start shares the one loop with at least its own and the 24 earlier builds'
+    dispatch work: x 25 is a floor under p50 however that work is ordered."""
+    window = 2.0
+    idle0 = cpu_ms(pid, thread=True)
+    await asyncio.sleep(window)
+    idle = cpu_ms(pid, thread=True) - idle0
+    loop0, t0 = cpu_ms(pid, thread=True), time.monotonic()
+    builds = await asyncio.gather(*(create_build(http, SLEEPING) for _ in range(count)))
+    await asyncio.sleep(max(0.0, window - (time.monotonic() - t0)))
+    loop_cpu = cpu_ms(pid, thread=True) - loop0 - idle
+    for build in builds:
+        started = (await http.get(f"/api/v1/builds/{build['id']}")).json()
+        if started["jobs"][0]["steps"][0]["started_at"] is None:
+            raise RuntimeError(f"build {build['id']} did not start within {window} s")
+    for build in builds:
+        require_success(await wait_finished(http, build["id"]))
+    return loop_cpu / count
+
+
 async def run(ctx: Ctx, backend: str) -> None:
     count = 50
     alone_count = ALONE_COUNT // 2 if ctx.quick else ALONE_COUNT
@@ -97,6 +123,7 @@ async def run(ctx: Ctx, backend: str) -> None:
         latencies = await started_after(http, await asyncio.gather(*tasks))
         loop_cpu = (cpu_ms(server.pid, thread=True) - loop0) / count
         all_cpu = (cpu_ms(server.pid, children=True) - all0) / count
+        dispatch_cpu = await dispatch_phase_cpu(http, server.pid, count)
         # One build at a time: its own path through the service, nothing queued before it.
         alone = []
         loop0 = cpu_ms(server.pid, thread=True)
@@ -160,6 +187,12 @@ async def run(ctx: Ctx, backend: str) -> None:
             "event-loop CPU per build alone, POST -> finished (info)",
             alone_cpu,
             "its polls included; all of it before the next build's POST",
+        ),
+        (
+            f"event-loop CPU per build, dispatch phase only, {count} at once (info)",
+            dispatch_cpu,
+            f"POST -> first step started, nothing ending meanwhile; x 25 = "
+            f"{dispatch_cpu * 25:.0f} ms: a floor under p50 on one event loop",
         ),
         (
             f"event-loop CPU per build, {count} at once (info)",
