@@ -2,15 +2,23 @@
 
 Two modes (setting `LOCAL_ISOLATION`):
 
-- `namespaces`: every step runs under bubblewrap (`bwrap`) in its own user, PID, IPC and mount
+- `namespaces`: every job runs under bubblewrap (`bwrap`) in its own user, PID, IPC and mount
   namespaces. The root filesystem is read-only; the service's working directory, its HOME, the
   directory of its SQLite database and the rest of WORKSPACE_ROOT are hidden under empty tmpfs
   mounts; only the build's directory (its jobs' workspaces and per-job temp dirs, TMPDIR) and
   the machine's /tmp (world-writable on any host; our own files there are masked) are writable. The
   service's processes are invisible (fresh /proc), no capability survives (a user namespace: the
-  hidden mounts cannot be unmounted from inside). The step is PID 1's only child: when it ends,
-  the kernel kills everything else in the namespace, daemons included; `--die-with-parent` does
-  the same if the service itself dies (kill -9 included).
+  hidden mounts cannot be unmounted from inside). One sandbox serves all the steps of a job
+  (app/runners/job_sandbox.py): its PID 1 is a small launcher that spawns each step on the
+  service's order and, when the step's main process exits, SIGKILLs and reaps every other
+  process in the namespace (daemons included) before it reports the exit, so nothing a step
+  starts is alive when the next one starts. A step cannot signal the launcher (the kernel drops
+  signals to a namespace's init that it has no handler for) nor read it (non-dumpable). Each
+  step's mounts are computed as for a sandbox of its own, and the job's sandbox is replaced when
+  they differ. `--die-with-parent` kills the namespace if the service itself dies (kill -9
+  included); if the launcher dies, the step is an infrastructure error. Where no job sandbox can
+  start (no Python interpreter the sandbox shows), each step gets a bwrap of its own, whose PID 1
+  exits with the step and takes the namespace with it, as before.
 - `none`: a plain subprocess in its own session. Everything it starts carries a tracking variable
   (`CI_EXECUTOR_TRACK`, as GitHub's runner does with `RUNNER_TRACKING_ID`); at the step's end, on
   cancel, on timeout and when another replica takes the build over, the process group and every
@@ -20,7 +28,8 @@ Two modes (setting `LOCAL_ISOLATION`):
 
 `auto` picks `namespaces` when a probe sandbox starts, else `none`, and says why at startup.
 We use bubblewrap rather than our own unshare/mount code: it is the small, audited tool Flatpak
-relies on for exactly this, and it handles the PID-1 reaper and parent-death signal correctly.
+relies on for exactly this, and it handles the parent-death signal correctly; with `--as-pid-1`
+our launcher is the namespace's init and reaper instead of bwrap's own.
 """
 
 from __future__ import annotations
