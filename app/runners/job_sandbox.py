@@ -144,19 +144,17 @@ class JobSandbox:
             try:
                 sent = socket.send_fds(self._sock, [frame], [write])
             except (BrokenPipeError, ConnectionResetError) as exc:
-                os.close(read)
-                self._lose(f"the job sandbox's launcher exited: {exc!r}")
+                self._lose(f"the job sandbox's launcher exited: {exc!r}", unread=True)
                 raise SandboxGone(str(exc)) from exc
             finally:
                 os.close(write)  # the step's processes hold the only write ends
             if sent < len(frame):
                 await self._loop.sock_sendall(self._sock, frame[sent:])
             reply = await asyncio.shield(self._reply)
-        except SandboxGone:
-            raise
         except BaseException as exc:
             os.close(read)
-            self._lose(f"the job sandbox's socket broke: {exc!r}")
+            if not isinstance(exc, SandboxGone):
+                self._lose(f"the job sandbox's socket broke: {exc!r}")
             raise
         if "error" in reply:
             os.close(read)
@@ -185,6 +183,11 @@ class JobSandbox:
             data = self._sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
+        except ConnectionResetError as exc:
+            # Only a peer that closed with our bytes unread resets: the launcher died without
+            # reading the order in flight, so none of that step ran.
+            self._lose(f"the job sandbox's launcher exited: {exc!r}", unread=True)
+            return
         except OSError as exc:
             self._lose(f"the job sandbox's socket broke: {exc!r}")
             return
@@ -212,15 +215,16 @@ class JobSandbox:
         elif self._reply is not None and not self._reply.done():
             self._reply.set_result(message)
 
-    def _lose(self, why: str) -> None:
-        """The sandbox cannot be trusted to run steps any more: kill it, fail what waits on it."""
+    def _lose(self, why: str, *, unread: bool = False) -> None:
+        """The sandbox cannot be trusted to run steps any more: kill it, fail what waits on it.
+        `unread`: the launcher never read the order in flight (SandboxGone: try a new one)."""
         if self.dead is not None:
             return
         self.dead = why
         log.warning("job sandbox (bwrap pid %d): %s", self.pid, why)
         self._shut()
         if self._reply is not None and not self._reply.done():
-            self._reply.set_exception(OSError(why))
+            self._reply.set_exception(SandboxGone(why) if unread else OSError(why))
             self._reply.exception()  # whoever awaits it gets it; nobody else must be told
         step, self._step = self._step, None
         if step is not None:

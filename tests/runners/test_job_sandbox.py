@@ -251,3 +251,34 @@ async def test_a_closed_job_leaves_nothing_behind(tmp_path: Path) -> None:
             return True  # exited and reaped
 
     await wait_until(gone, "the job sandbox's bwrap to exit")
+
+
+async def test_a_large_command_and_environment_arrive_whole(job: Job) -> None:
+    # Far over a socket buffer: the order is framed and sent in pieces.
+    script = "echo ${#BIG1} ${#BIG2}; : " + "x" * 120_000
+    big = {f"BIG{i}": str(i) * 120_000 for i in (1, 2)}
+    proc = await job.sandbox.spawn(
+        ["bash", "-c", script],
+        cwd=job.workspace,
+        env={"PATH": "/usr/bin:/bin", **big},
+        workspace=job.workspace,
+        tmpdir=job.tmp,
+        track="test/1/job/0/",
+    )
+    assert await proc.stdout.read() == b"120000 120000\n"
+    assert await proc.wait() == 0
+
+
+async def test_exit_codes_directory_and_signals_as_before(job: Job) -> None:
+    (job.workspace / "sub").mkdir()
+    proc = await job.sandbox.spawn(
+        ["sh", "-c", 'pwd; echo "$TMPDIR"; echo err >&2; kill -9 $$'],
+        cwd=job.workspace / "sub",
+        env={"PATH": "/usr/bin:/bin"},
+        workspace=job.workspace,
+        tmpdir=job.tmp,
+        track="test/1/job/0/",
+    )
+    assert await proc.stdout.read() == f"{job.workspace}/sub\n{job.tmp}\nerr\n".encode()
+    assert await proc.wait() == -signal.SIGKILL
+    assert proc.lost is None

@@ -218,16 +218,10 @@ async def test_cancel_and_timeout_kill_setsid_daemons(client: httpx.AsyncClient)
     await wait_until(gone, timeout=10)
 
 
+@needs_namespaces
 @pytest.mark.parametrize(
     "settings_overrides",
-    [
-        {"api_tokens": f"ci:{WRITE_TOKEN}:write", "local_isolation": "none"},
-        pytest.param(
-            {"api_tokens": f"ci:{WRITE_TOKEN}:write", "local_isolation": "namespaces"},
-            marks=needs_namespaces,
-        ),
-    ],
-    ids=["none", "namespaces"],
+    [{"api_tokens": f"ci:{WRITE_TOKEN}:write", "local_isolation": "namespaces"}],
 )
 async def test_a_background_process_is_dead_before_the_next_step_starts(
     client: httpx.AsyncClient,
