@@ -1,8 +1,9 @@
 """The local runner: each step is a subprocess on this machine.
 
 Every step runs as `bash -eo pipefail -c SCRIPT` (or `sh -c SCRIPT`) in the job's workspace
-`WORKSPACE_ROOT/<build>/<job>`, through app/runners/sandbox.py: in its own namespaces where the
-machine allows it, else in its own session with a tracking variable. A cancel or a timeout stops the
+`WORKSPACE_ROOT/<build>/<job>`, through app/runners/sandbox.py: in its job's namespaces (one
+bubblewrap sandbox per job) where the machine allows it, else in its own session with a tracking
+variable. A cancel or a timeout stops the
 whole tree (SIGTERM, then SIGKILL after a grace period), and when the step's main process exits
 anything it left running is killed too, daemons included, as a CI user expects.
 """
@@ -230,9 +231,13 @@ class LocalRunner:
                 "error", "the executor running this job stopped; its processes are gone"
             )
         self._jobs.setdefault(job.build_id, set()).add(job)
+        # Under namespaces the job's steps share one sandbox (app/runners/job_sandbox.py).
+        workspace = self.workspace(job.build_id, job.job_name)
+        self.sandbox.open_job(workspace, self.sandbox.track_id(job.build_id, workspace.name))
         try:
             return await self._run(job, reporter)
         finally:
+            self.sandbox.close_job(workspace)
             jobs = self._jobs.get(job.build_id)
             if jobs is not None:
                 jobs.discard(job)
@@ -481,6 +486,8 @@ class LocalRunner:
                 # the output pipe open.
                 await self.sandbox.kill(proc, track)
                 await self._drain(pump)
+                if proc.lost is not None:  # its job sandbox died: not the step's doing
+                    return "error", None, proc.lost
                 return status, code, None
             status = "cancelled" if canceller in done else "timed_out"
             await self._terminate(proc, track)

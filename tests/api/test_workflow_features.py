@@ -222,6 +222,30 @@ async def test_checkout_from_a_local_repository(client: httpx.AsyncClient, tmp_p
     assert "does not appear to be a git repository" in await log_text(client, broken["id"])
 
 
+async def test_add_mask_of_a_long_escaped_value(client: httpx.AsyncClient) -> None:
+    # A 300 kB value (longer than a held line), written in two pieces, with `%25` in it: none
+    # of it reaches the log, and the decoded value printed later is masked whole.
+    body = await create(
+        client,
+        workflow(
+            """
+            jobs:
+              a:
+                steps:
+                  - run: |
+                      v=$(head -c 150000 /dev/zero | tr '\\0' S)
+                      w=$(head -c 150000 /dev/zero | tr '\\0' T)
+                      printf '::add-mask::%s' "$v"; printf '%s%%25end\\n' "$w"
+                      echo "later $v$w%end!"
+            """
+        ),
+    )
+    await wait_for_build(client, body["id"])
+    text = await log_text(client, body["id"])
+    assert "later ***!" in text
+    assert "SSSS" not in text and "TTTT" not in text and "end" not in text.replace("later", "")
+
+
 async def test_secrets_masked_in_logs_and_responses(client: httpx.AsyncClient) -> None:
     body = await create(
         client,
