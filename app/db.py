@@ -179,18 +179,29 @@ class GroupCommit:
     caller's own transaction would have run; if the shared transaction fails, each unit runs
     again alone, so one unit's failure (its data refused) is never another's."""
 
-    def __init__(self, db: Database, max_units: int = 100) -> None:
+    def __init__(self, db: Database, max_units: int = 100, lanes: int | None = None) -> None:
         self._db = db
         self._max = max_units
+        # Shared transactions in flight at once. SQLite: one (its writes take turns anyway).
+        # Postgres: a few, so a unit arriving while one runs starts at once, in parallel, as
+        # its own transaction would have; units that arrive while all run wait for the next.
+        self._lanes = lanes if lanes is not None else 1 if db.is_sqlite else 4
         self._queue: list[tuple[Unit, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Lanes draining: counted down as a lane's last step, before anything it settled can
+        # run (a done callback would come after: a unit queued by the caller it just failed,
+        # as the log writer's retry does, would find every lane still taken and wait forever).
+        self._active = 0
 
     async def run(self, unit: Unit) -> None:
         """Commit `unit` with whatever else is queued; raises what its transaction raised."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((unit, done))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name="group commit")
+        if self._active < self._lanes:
+            self._active += 1
+            task = asyncio.create_task(self._drain(), name="group commit")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         await done
 
     async def _drain(self) -> None:
@@ -203,7 +214,7 @@ class GroupCommit:
             self._queue = []
             raise
         finally:
-            self._task = None
+            self._active -= 1
 
     async def _one(self) -> None:
         units: list[tuple[Unit, asyncio.Future[None]]] = []
@@ -211,7 +222,7 @@ class GroupCommit:
             async with self._db.transaction() as session:
                 # Taken once the transaction has its turn: all that arrived while it waited.
                 units, self._queue = self._queue[: self._max], self._queue[self._max :]
-                for unit, _ in units:
+                for unit, _ in units:  # (none: another lane took them; nothing is written)
                     await unit(session)
         except Exception as error:
             if len(units) == 1:

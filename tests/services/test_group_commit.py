@@ -101,3 +101,37 @@ async def test_step_starts_of_builds_at_once_share_a_transaction(
     assert started == [True] * 4
     assert [_updates(t) for t in transactions if _updates(t) > 1] == [4], transactions
     assert await _branches(app, builds) == ["started"] * 4
+
+
+async def test_a_unit_arriving_while_a_group_runs(app: Any, client: httpx.AsyncClient) -> None:
+    """Postgres: it starts at once in another lane (in parallel, as its own transaction would
+    have) and commits while the first is still open. SQLite: its writes take turns anyway, so
+    it waits for the next transaction, after the first committed."""
+    db = app.state.services.db
+    first, second = [(await create(client, ONE_STEP, dispatch=False))["id"] for _ in range(2)]
+    entered, release = asyncio.Event(), asyncio.Event()
+    published: list[list[Any]] = []
+    db.sinks.append(published.append)
+
+    async def held(session: AsyncSession) -> None:
+        await _rename(first, "held")(session)
+        entered.set()
+        await release.wait()
+
+    group = GroupCommit(db)
+    held_run = asyncio.create_task(group.run(held))
+    await entered.wait()
+    other = asyncio.create_task(group.run(_rename(second, "other")))
+    if db.is_sqlite:
+        release.set()
+        await asyncio.gather(held_run, other)
+        expected = [("renamed", first), ("renamed", second)]
+    else:
+        await other  # committed while the held transaction is still open
+        assert not held_run.done()
+        release.set()
+        await held_run
+        expected = [("renamed", second), ("renamed", first)]
+    db.sinks.remove(published.append)
+    assert [e for batch in published for e in batch if isinstance(e, tuple)] == expected
+    assert await _branches(app, [first, second]) == ["held", "other"]
