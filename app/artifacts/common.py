@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+from sqlmodel import col, select
+
+from app.artifacts.models import Artifact, ArtifactStatus, CacheEntry, CacheStatus
 from app.artifacts.tokens import RuntimeClaims
 from app.config import Settings
-from app.models import BuildStatus
+from app.db import Database
+from app.models import Build, BuildStatus
 
 log = logging.getLogger("app.artifacts")
 BlobKind = Literal["artifact", "cache"]
@@ -38,6 +42,28 @@ class ArtifactError(Exception):
 
 def _not_found(message: str) -> ArtifactError:
     return ArtifactError("not_found", message)
+
+
+async def check_uploadable(db: Database, kind: BlobKind, object_id: int) -> None:
+    """An upload may still take blobs: its row is not finalized and its build still runs. One
+    statement with no ORM instances: a block upload (one per 8 MiB of an artifact) paid two
+    ORM loads on the event loop for this check."""
+    table = Artifact if kind == "artifact" else CacheEntry
+    statement = (
+        select(col(table.status), col(Build.status))
+        .select_from(table)
+        .outerjoin(Build, col(Build.id) == col(table.build_id))
+        .where(col(table.id) == object_id)
+    )
+    async with db.read() as session:
+        found = (await session.exec(statement)).first()
+    if found is None:
+        raise _not_found(f"no such {kind} upload")
+    status, build_status = found
+    if status not in (ArtifactStatus.uploading, CacheStatus.reserved):
+        raise ArtifactError("failed_precondition", f"this {kind} is already finalized")
+    if build_status not in ACTIVE:  # None: the build was deleted
+        raise ArtifactError("unauthenticated", "the build of this upload has finished")
 
 
 def _invalid(message: str) -> ArtifactError:

@@ -293,9 +293,8 @@ class DirectoryStorage:
         digest = _Digest(expect)
         chain = self._chain_for(key) if digest.expect.staging else None
         stream = chain.stream(key) if chain is not None else None
-        await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
         temp = self.tmp / f"{uuid.uuid4().hex}.part"
-        handle = await asyncio.to_thread(open, temp, "wb", buffering=0)
+        handle = await asyncio.to_thread(self._open_temp, temp)
 
         def write(pieces: list[bytes]) -> None:
             for piece in pieces:
@@ -304,6 +303,7 @@ class DirectoryStorage:
                     stream.update(piece)
             _write_all(handle.fileno(), pieces)
 
+        committing = False
         try:
             # Write-behind: one batch is hashed and written in a thread while the next one is
             # received (waiting for each write would stall the socket: uvicorn stops reading a
@@ -316,19 +316,15 @@ class DirectoryStorage:
                     writing = asyncio.ensure_future(asyncio.to_thread(write, block))
                 if writing is not None:
                     await writing
-                # Durable before it becomes visible: a crash never leaves a short file. Staged
-                # blocks too, so that the flush overlaps the upload of the other blocks.
-                await asyncio.to_thread(_flush_and_sync, handle)
             finally:
                 if writing is not None and not writing.done():
                     await asyncio.wait([writing])  # never close under a running write
-                await asyncio.to_thread(handle.close)
-            result = digest.finish(key)
-            await asyncio.to_thread(self._install, temp, target)
+            committing = True  # from here the commit closes the handle, whatever happens
+            result = await asyncio.to_thread(self._commit, handle, digest, key, temp, target)
         except BaseException:
             if chain is not None:
                 chain.broken = True
-            await asyncio.to_thread(temp.unlink, missing_ok=True)
+            await asyncio.to_thread(self._discard, None if committing else handle, temp)
             raise
         if chain is not None:
             if stream is not None:
@@ -374,6 +370,32 @@ class DirectoryStorage:
                     break
                 await asyncio.to_thread(chain.feed, self._path(key))
                 chain.hashed.append(key)
+
+    def _open_temp(self, temp: Path) -> BinaryIO:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        return open(temp, "wb", buffering=0)
+
+    def _commit(
+        self, handle: BinaryIO, digest: _Digest, key: str, temp: Path, target: Path
+    ) -> StoredObject:
+        """The end of a write, in one thread hop (each hop costs the event loop a wake-up):
+        durable before it becomes visible (a crash never leaves a short file; staged blocks
+        too, so that the flush overlaps the upload of the other blocks), checked, installed."""
+        try:
+            _flush_and_sync(handle)
+        finally:
+            handle.close()
+        result = digest.finish(key)
+        self._install(temp, target)
+        return result
+
+    @staticmethod
+    def _discard(handle: BinaryIO | None, temp: Path) -> None:
+        try:
+            if handle is not None:
+                handle.close()
+        finally:
+            temp.unlink(missing_ok=True)
 
     def _install(self, temp: Path, target: Path) -> None:
         """Rename a finished file or segment directory into place, replacing what is there."""
