@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 READ_CHUNK = 1024 * 1024
 # Directory writes are batched to this size so each thread hop carries real work.
 WRITE_BUFFER = 1024 * 1024
+# Staged blocks not hashed as they were written are read back in pieces of this size.
+READ_BACK = 4 * 1024 * 1024
 _SEGMENTS = ".segments"
 _IOV_MAX = 1024  # the POSIX minimum for writev's vector length
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -213,12 +215,16 @@ class _Chain:
         self.broken = False
         self.lock = asyncio.Lock()
         self.tasks: set[asyncio.Future[None]] = set()  # hashing in progress (kept referenced)
+        self.buffer: bytearray | None = None  # feed's, allocated on first use (under `lock`)
 
     def feed(self, path: Path) -> None:
         try:
-            # One reused buffer: a fresh 4 MiB `read` per chunk was an mmap'd allocation
-            # faulted in page by page (CPU) and most of the serve process's peak RSS.
-            buffer = bytearray(WRITE_BUFFER)
+            # One buffer for the whole upload: a fresh one per read (or per block) is an
+            # mmap'd allocation faulted in page by page (CPU). Reads of READ_BACK bytes: each
+            # read and each update takes the GIL back once, and the event loop waits for it.
+            if self.buffer is None:
+                self.buffer = bytearray(READ_BACK)
+            buffer = self.buffer
             view = memoryview(buffer)
             with path.open("rb", buffering=0) as handle:
                 while count := handle.readinto(buffer):
