@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from app.artifacts.chain import Chain
+
 if TYPE_CHECKING:
     from app.config import Settings
 
 READ_CHUNK = 1024 * 1024
 # Directory writes are batched to this size so each thread hop carries real work.
 WRITE_BUFFER = 1024 * 1024
-# Staged blocks not hashed as they were written are read back in pieces of this size.
-READ_BACK = 4 * 1024 * 1024
 _SEGMENTS = ".segments"
 _IOV_MAX = 1024  # the POSIX minimum for writev's vector length
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -198,73 +198,6 @@ def _flush_and_sync(handle: BinaryIO) -> None:
     os.fsync(handle.fileno())
 
 
-class _Chain:
-    """The sha256 of one upload's staged blocks, computed while the upload is still going on,
-    in the order the blocks' writes started (the order clients send them in). Used at compose
-    time only when the block list names exactly these blocks in exactly this order; anything
-    else (a block rewritten or failed, another order, blocks that went to another replica)
-    falls back to hashing the parts at compose time."""
-
-    def __init__(self) -> None:
-        self.ranks: dict[str, bytes] = {}  # block key -> its expected place in the list
-        self.hashed: list[str] = []  # the blocks in `sha256`, in rank order
-        self.started: set[str] = set()  # writes begun
-        self.done: set[str] = set()  # written, fsync'd and renamed into place
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.broken = False
-        self.lock = asyncio.Lock()
-        self.tasks: set[asyncio.Future[None]] = set()  # hashing in progress (kept referenced)
-        self.buffer: bytearray | None = None  # feed's, allocated on first use (under `lock`)
-
-    def feed(self, path: Path) -> None:
-        try:
-            # One buffer for the whole upload: a fresh one per read (or per block) is an
-            # mmap'd allocation faulted in page by page (CPU). Reads of READ_BACK bytes: each
-            # read and each update takes the GIL back once, and the event loop waits for it.
-            if self.buffer is None:
-                self.buffer = bytearray(READ_BACK)
-            buffer = self.buffer
-            view = memoryview(buffer)
-            with path.open("rb", buffering=0) as handle:
-                while count := handle.readinto(buffer):
-                    self.sha256.update(view[:count])
-                    self.size += count
-        except OSError:
-            self.broken = True
-
-    def next(self) -> str | None:
-        """The block to hash next: the lowest-ranked one not hashed yet."""
-        hashed = set(self.hashed)
-        pending = [key for key in self.ranks if key not in hashed]
-        return min(pending, key=self.ranks.__getitem__) if pending else None
-
-    def stream(self, key: str) -> _Stream | None:
-        """When `key` is the next block as its write starts, it is hashed as it is written (no
-        second read from disk), on a copy of the digest, adopted only if it is still next."""
-        if self.broken or self.next() != key:
-            return None
-        return _Stream(key, len(self.hashed), self.sha256.copy())
-
-    def adopt(self, stream: _Stream) -> None:
-        if not self.broken and len(self.hashed) == stream.base and self.next() == stream.key:
-            self.sha256 = stream.sha256
-            self.size += stream.size
-            self.hashed.append(stream.key)
-
-
-@dataclass
-class _Stream:
-    key: str
-    base: int  # how many blocks the chain had hashed when this one began
-    sha256: hashlib._Hash
-    size: int = 0
-
-    def update(self, piece: bytes) -> None:
-        self.sha256.update(piece)
-        self.size += len(piece)
-
-
 class DirectoryStorage:
     """Objects as files under `root`; temp files in `root/.tmp` (same filesystem: rename is
     atomic).
@@ -279,7 +212,7 @@ class DirectoryStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.tmp = self.root / ".tmp"
-        self._chains: dict[str, _Chain] = {}
+        self._chains: dict[str, Chain] = {}
 
     async def start(self) -> None:
         # Nothing to create yet: the directory appears with the first write, so an instance
@@ -349,17 +282,17 @@ class DirectoryStorage:
             chain.broken = True  # sent twice, or after a block it precedes was hashed
         chain.ranks[key] = rank
 
-    def _chain(self, key: str) -> _Chain:
+    def _chain(self, key: str) -> Chain:
         """The in-order hash of the upload `key` is a block of (its parent prefix)."""
         parent = key.rpartition("/")[0]
         chain = self._chains.get(parent)
         if chain is None:
             if len(self._chains) >= _MAX_CHAINS:  # abandoned uploads: forget the oldest
                 del self._chains[next(iter(self._chains))]
-            chain = self._chains[parent] = _Chain()
+            chain = self._chains[parent] = Chain()
         return chain
 
-    def _chain_for(self, key: str) -> _Chain:
+    def _chain_for(self, key: str) -> Chain:
         chain = self._chain(key)
         if key in chain.started:
             chain.broken = True  # a block written twice: the order is no longer known
@@ -368,7 +301,7 @@ class DirectoryStorage:
             chain.ranks[key] = len(chain.ranks).to_bytes(8, "big")
         return chain
 
-    async def _advance(self, chain: _Chain) -> None:
+    async def _advance(self, chain: Chain) -> None:
         """Hash the blocks that are next in order and complete (from the page cache)."""
         async with chain.lock:
             while not chain.broken and (key := chain.next()) is not None:
