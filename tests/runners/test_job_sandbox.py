@@ -282,3 +282,19 @@ async def test_exit_codes_directory_and_signals_as_before(job: Job) -> None:
     assert await proc.stdout.read() == f"{job.workspace}/sub\n{job.tmp}\nerr\n".encode()
     assert await proc.wait() == -signal.SIGKILL
     assert proc.lost is None
+
+
+async def test_an_unspawnable_command_is_refused_and_the_sandbox_lives_on(job: Job) -> None:
+    for env in ({"PATH": "/usr/bin:/bin", "BAD": "nul\0byte"}, {"PATH": "/usr/bin", "X": "\ud800"}):
+        with pytest.raises(OSError, match=r"null|encode"):
+            await job.sandbox.spawn(
+                ["true"],
+                cwd=job.workspace,
+                env=env,
+                workspace=job.workspace,
+                tmpdir=job.tmp,
+                track="test/1/job/0/",
+            )
+    before = job.sandbox._jobs[job.workspace].box
+    assert (await job.run("echo ok"))[1] == "ok\n"
+    assert job.sandbox._jobs[job.workspace].box is before
