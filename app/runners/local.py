@@ -3,9 +3,9 @@
 Every step runs as `bash -eo pipefail -c SCRIPT` (or `sh -c SCRIPT`) in the job's workspace
 `WORKSPACE_ROOT/<build>/<job>`, through app/runners/sandbox.py: in its job's namespaces (one
 bubblewrap sandbox per job) where the machine allows it, else in its own session with a tracking
-variable. A cancel or a timeout stops the
-whole tree (SIGTERM, then SIGKILL after a grace period), and when the step's main process exits
-anything it left running is killed too, daemons included, as a CI user expects.
+variable. A cancel or a timeout stops the whole tree (SIGTERM, then SIGKILL after a grace period),
+and when the step's main process exits anything it left running is killed too, daemons included,
+as a CI user expects.
 """
 
 from __future__ import annotations
