@@ -3,9 +3,9 @@
 Every step runs as `bash -eo pipefail -c SCRIPT` (or `sh -c SCRIPT`) in the job's workspace
 `WORKSPACE_ROOT/<build>/<job>`, through app/runners/sandbox.py: in its job's namespaces (one
 bubblewrap sandbox per job) where the machine allows it, else in its own session with a tracking
-variable. A cancel or a timeout stops the
-whole tree (SIGTERM, then SIGKILL after a grace period), and when the step's main process exits
-anything it left running is killed too, daemons included, as a CI user expects.
+variable. A cancel or a timeout stops the whole tree (SIGTERM, then SIGKILL after a grace period),
+and when the step's main process exits anything it left running is killed too, daemons included,
+as a CI user expects.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import unquote
 
 from app.runners.base import (
@@ -169,8 +169,10 @@ class LocalRunner:
         isolation: IsolationSetting = "none",
         hidden: tuple[Path, ...] = (),
         install_key: str = "",
+        sandbox_per: Literal["job", "step"] = "job",
     ) -> None:
         self.workspace_root = workspace_root.resolve()
+        self._sandbox_per = sandbox_per
         self.kill_grace_seconds = kill_grace_seconds
         self.isolation_setting: IsolationSetting = isolation
         self._hidden = hidden
@@ -189,6 +191,7 @@ class LocalRunner:
             workspace_root=self.workspace_root,
             hidden=self._hidden,
             install_key=self._install_key,
+            per_job=self._sandbox_per == "job",
         )
         log.info("local runner isolation: %s (%s)", choice.mode, choice.reason)
 
