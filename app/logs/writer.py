@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -60,9 +61,15 @@ def is_data_error(error: BaseException) -> bool:
         return isinstance(error.orig, ValueError | UnicodeError)
     if isinstance(error, sa_exc.DataError | sa_exc.IntegrityError):
         return True
+    # The drivers' own errors: what Database.commit_alone raises (no SQLAlchemy around it).
     return isinstance(
         error,
-        asyncpg.DataError | asyncpg.IntegrityConstraintViolationError | ValueError | UnicodeError,
+        asyncpg.DataError
+        | asyncpg.IntegrityConstraintViolationError
+        | sqlite3.DataError
+        | sqlite3.IntegrityError
+        | ValueError
+        | UnicodeError,
     )
 
 
