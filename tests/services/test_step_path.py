@@ -5,6 +5,8 @@ thread on SQLite, one statement on Postgres); a build of N steps makes one such 
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +18,7 @@ from app.db import Database
 from app.models import JobStatus
 from app.services import builds, state
 from app.services.builds import NewBuild
-from tests.support import create, wait_for_build
+from tests.support import create, pids_with, wait_for_build, wait_until
 
 J = JobStatus
 # The legal sources of a step's transitions, written out from the contract (as in
@@ -213,3 +215,85 @@ async def test_one_write_per_step_with_nothing_else_to_store(
     steps = detail["jobs"][0]["steps"]
     assert all(s["status"] == "success" and s["exit_code"] == 0 for s in steps), steps
     assert all(s["started_at"] <= s["finished_at"] for s in steps), steps
+
+
+@pytest.mark.parametrize("settings_overrides", [{"local_isolation": "none"}])
+async def test_a_step_finds_its_own_start_committed(
+    client: httpx.AsyncClient, database_url: str, tmp_path: Any
+) -> None:
+    """The start commits while the step's files are prepared, never after its process began:
+    each step, on its own database connection, finds its row already `running` (what a
+    re-attaching replica would read), and the step before it ended."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    url = database_url.replace("sqlite+aiosqlite:///", "").replace("+asyncpg", "")
+    run = f"{sys.executable} {probe} '{url}' ${{{{ github.run_id }}}} INDEX"
+    yaml = "jobs:\n  a:\n    steps:\n" + "".join(
+        f'      - run: "{run.replace("INDEX", str(i))}"\n' for i in range(4)
+    )
+    detail = await wait_for_build(client, (await create(client, yaml))["id"])
+    logs = (await client.get(f"/builds/{detail['id']}/logs/raw")).text
+    assert detail["status"] == "success", logs
+    assert logs.splitlines() == [
+        "0: running started",
+        *(f"{i}: running started, before it success" for i in range(1, 4)),
+    ], logs
+
+
+PROBE = """
+import asyncio, sqlite3, sys
+
+url, build, index = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+query = (
+    'SELECT "index", status, started_at IS NOT NULL FROM build_steps '
+    'WHERE build_id = {b} AND "index" IN ({i}, {i} - 1) ORDER BY "index"'
+).format(b=build, i=index)
+if url.startswith("postgresql"):
+    import asyncpg
+
+    async def read():
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(r) for r in await conn.fetch(query)]
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(read())
+else:
+    rows = sqlite3.connect(url).execute(query).fetchall()
+mine = [r for r in rows if r[0] == index][0]
+line = f"{index}: {mine[1]}{' started' if mine[2] else ''}"
+before = [r for r in rows if r[0] == index - 1]
+print(line + (f", before it {before[0][1]}" if before else ""))
+"""
+
+
+@pytest.mark.parametrize("settings_overrides", [{"local_isolation": "none"}])
+async def test_no_process_before_its_start_committed(
+    app: Any, client: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    """The first step's start is held inside its commit: its files get prepared meanwhile, but
+    no process of the step exists until the commit is let through."""
+    db: Database = app.state.services.db
+    commit_alone = db.commit_alone
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def gated(statement: Any, params: dict[str, Any], events: Any) -> list[Any]:
+        if params.get("s") == 0:
+            entered.set()
+            await release.wait()
+        return await commit_alone(statement, params, events)
+
+    db.commit_alone = gated  # type: ignore[method-assign]
+    try:
+        build = await create(client, "jobs:\n  a:\n    steps:\n      - run: sleep 0.2\n")
+        script = tmp_path / "workspaces" / str(build["id"]) / ".tmp" / "a" / "step.sh"
+        await wait_until(lambda: entered.is_set() and script.is_file(), "start held, files ready")
+        assert script.read_text() == "sleep 0.2"
+        assert pids_with(str(script)) == []
+        release.set()
+        detail = await wait_for_build(client, build["id"])
+    finally:
+        release.set()
+        db.commit_alone = commit_alone  # type: ignore[method-assign]
+    assert detail["status"] == "success", detail
