@@ -2,8 +2,10 @@
 loop spawning `bash -eo pipefail -c true` N times in the same run. The target row is N = 100;
 the scaling rows (10 / 100 / 1,000 steps) show the cost per step as N grows. The service runs
 with its default step isolation (LOCAL_ISOLATION=auto: bubblewrap namespaces where available);
-one more row shows the same build with LOCAL_ISOLATION=none, and one the floor of a sandbox per
-step: the bare loop with each `bash` in the sandbox the service builds for a step, no service."""
+one more row shows the same build with LOCAL_ISOLATION=none, one the floor of a sandbox per
+step (the bare loop with each `bash` in its own bwrap with the service's argv, no service), and one
+the floor of the job sandbox the service now uses: each `bash` spawned by the launcher of one
+bwrap, no service."""
 
 from __future__ import annotations
 
@@ -49,9 +51,11 @@ async def bare_loop(steps: int) -> float:
     return time.perf_counter() - start
 
 
-async def sandbox_loop(steps: int) -> float | None:
+async def sandbox_loop(steps: int, *, per_job: bool = False) -> float | None:
     """The bare loop through app/runners/sandbox.py: one bubblewrap sandbox per `bash`, with the
-    service's argv (namespaces, hidden paths), no service around it. None without bubblewrap."""
+    service's argv (namespaces, hidden paths), no service around it; `per_job`: every `bash` in
+    one job sandbox, spawned by its launcher (started before the clock). None without bubblewrap
+    (or, for `per_job`, with an app/ that has no job sandbox)."""
     choice = await asyncio.to_thread(probe_isolation, "auto")
     if choice.mode != "namespaces":
         return None
@@ -61,6 +65,15 @@ async def sandbox_loop(steps: int) -> float | None:
         workspace.mkdir(parents=True)
         sandbox = Sandbox(choice, workspace_root=tmp / "ws", hidden=(ROOT, Path.home()))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        if per_job:
+            if not hasattr(sandbox, "open_job"):
+                return None
+            sandbox.open_job(workspace, "bench/")
+            warm = await sandbox.spawn(
+                ["true"], cwd=workspace, env=env, workspace=workspace, tmpdir=tmp, track="b/"
+            )
+            await warm.wait()
+            warm.close()
         start = time.perf_counter()
         for _ in range(steps):
             proc = await sandbox.spawn(
@@ -78,6 +91,8 @@ async def sandbox_loop(steps: int) -> float | None:
                 raise RuntimeError("sandboxed bash -c true failed")
         return time.perf_counter() - start
     finally:
+        if per_job:
+            sandbox.close_job(workspace)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -142,6 +157,7 @@ async def run(ctx: Ctx, backend: str) -> None:
         # The sandbox floor, next to its own bare loop (the same minute's machine load).
         floor_bare = await bare_loop(STEPS)
         floor = await sandbox_loop(STEPS)
+        job_floor = await sandbox_loop(STEPS, per_job=True)
     # The same 100 steps without step isolation (LOCAL_ISOLATION=none): what bubblewrap's
     # namespaces cost per step, against the same bare loop.
     async with (
@@ -204,6 +220,19 @@ async def run(ctx: Ctx, backend: str) -> None:
                 floor_bare * 1000,
                 "bare loop",
                 note="bubblewrap with the service's argv, spawned as the service does",
+            )
+        )
+    if job_floor is not None:
+        ctx.add(
+            Result(
+                NAME,
+                backend,
+                f"{STEPS} `bash -c true` via one job sandbox's launcher, no service (info)",
+                job_floor * 1000,
+                "ms",
+                floor_bare * 1000,
+                "bare loop",
+                note="one bwrap for the job; each bash spawned by its launcher",
             )
         )
     for steps, (value, base) in timings.items():

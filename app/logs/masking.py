@@ -12,6 +12,8 @@ import codecs
 import re
 from collections.abc import Iterable, Mapping
 
+from app.workflow.commands import mask_value
+
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)
 MIN_SECRET_LENGTH = 4
 MASK = "***"
@@ -20,6 +22,8 @@ ADD_MASK = "::add-mask::"
 # search, about 4 GB/s here) and the regex runs only on a chunk that holds one; the alternation
 # regex scans at about 0.2 GB/s whatever it finds, which was most of the CPU of a 100 MB log.
 _SCAN_VALUES = 16
+# An `::add-mask::` value longer than this (a whole line held back) is masked in pieces of it.
+_MASK_PIECE = 1 << 20
 # The characters str.splitlines() ends a line at, besides "\n" (which no value contains).
 _LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
@@ -70,8 +74,11 @@ class Masker:
     def mask_line(self, line: str) -> str:
         """Mask one line (without or with its newline), honouring `::add-mask::VALUE`."""
         stripped = line.rstrip("\r\n")
-        if stripped.startswith(ADD_MASK):
-            self.add(stripped[len(ADD_MASK) :])
+        body = stripped.lstrip()
+        if body.startswith(ADD_MASK):
+            # The value as the command parser reads it (escapes decoded: `%25` is `%`), so
+            # what is masked is what the step will print.
+            self.add(mask_value(body[len(ADD_MASK) :]))
             return ADD_MASK + MASK + line[len(stripped) :]
         if self._pattern is None:
             return line
@@ -125,6 +132,11 @@ class LineAssembler:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
         self._partial = ""
         self._max_partial = max_partial
+        # Inside an `::add-mask::` line longer than max_partial: the rest of the line, up to its
+        # newline, is the value (masked from then on) and is never released as output.
+        self._in_mask_line = False
+        self._mask_value: list[str] = []
+        self._mask_size = 0
 
     @property
     def held_bytes(self) -> int:
@@ -139,10 +151,19 @@ class LineAssembler:
 
     def feed(self, data: bytes) -> str:
         text = self._partial + self._decoder.decode(data)
+        if self._in_mask_line:
+            text = self._absorb(text)
+            if self._in_mask_line:
+                return ""
         cut = text.rfind("\n") + 1
         if cut == 0 and len(text) < self._max_partial:
             self._partial = text
             return ""
+        if cut == 0 and text.lstrip().startswith(ADD_MASK):
+            # Released in pieces like any endless line, the value's tail would be stored
+            # unmasked: take the whole line as the value instead.
+            self._in_mask_line = True
+            return self._absorb(text.lstrip()[len(ADD_MASK) :])
         if cut == 0:
             # An endless line (a progress bar): release most of it rather than hold it forever,
             # keeping back enough that a secret straddling the cut is still seen whole later.
@@ -151,7 +172,35 @@ class LineAssembler:
         self._partial = text[cut:]
         return self._emit(text[:cut])
 
+    def _absorb(self, text: str) -> str:
+        """Collect the part of an over-long `::add-mask::` line in `text`; what follows its
+        newline is returned for the usual path (empty while the line goes on). The value is
+        masked whole at the line's end (every _MASK_PIECE characters of a longer one), and a
+        possible escape (`%0A`) split by the read is held back to be decoded whole."""
+        end = text.find("\n")
+        if end < 0:
+            keep = len(text) - 2 if "%" in text[-2:] else len(text)
+            self._mask_value.append(text[:keep])
+            self._partial = text[keep:]
+            self._mask_size += keep
+            if self._mask_size >= _MASK_PIECE:
+                self._end_mask_value()
+            return ""
+        self._mask_value.append(text[:end])
+        self._partial, self._in_mask_line = "", False
+        self._end_mask_value()
+        return text[end + 1 :]
+
+    def _end_mask_value(self) -> None:
+        self._masker.add(mask_value("".join(self._mask_value)))
+        self._mask_value, self._mask_size = [], 0
+
     def close(self) -> str:
         text = self._partial + self._decoder.decode(b"", final=True)
         self._partial = ""
+        if self._in_mask_line:
+            self._in_mask_line = False
+            self._mask_value.append(text)
+            self._end_mask_value()
+            return ""
         return self._emit(text)

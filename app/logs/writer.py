@@ -35,7 +35,7 @@ from sqlalchemy import update
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db import Database
+from app.db import Database, GroupCommit
 from app.logs.store import Part, insert_chunks
 from app.metrics import Metrics
 from app.models import BuildJob
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 # (bench/log_ingest.py: 4 MiB batches measured ~1.1x psql \copy against ~1.4x with 1 MiB).
 # At most two batches are held per build before a write waits (one being stored, one filling).
 BATCH_BYTES = 4 * 1024 * 1024
+# A flush with at most this much output joins the group commit of small flushes: a burst of
+# builds' step starts then takes a few transactions (and on SQLite write-lock turns), not one
+# each. A bigger batch keeps its own transaction, so it never holds small ones up.
+GROUP_CHARS = 64 * 1024
 # Retry delays for transient failures: from one flush interval, doubling, up to this cap.
 MAX_BACKOFF_SECONDS = 5.0
 # How long a step's write waits for the database before it runs on without backpressure.
@@ -143,6 +147,7 @@ class LogWriter:
         batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self._db = db
+        self._group = GroupCommit(db)
         self._metrics = metrics
         self._interval = flush_interval
         self.chunk_max_bytes = chunk_max_bytes
@@ -260,7 +265,9 @@ class LogWriter:
                 )
                 parts.append((last.job_name, last.step_index, note))
             try:
-                alone = None if parts or offsets else _alone(transitions)
+                # Nothing but a step change, and no other build's flush to share a commit
+                # with (the group commit is idle): one statement through the driver.
+                alone = None if parts or offsets or not self._group.idle else _alone(transitions)
                 if alone is not None:
                     await alone.commit_alone(self._db)
                 else:
@@ -306,7 +313,8 @@ class LogWriter:
         offsets: dict[str, int],
         transitions: Sequence[Transition] = (),
     ) -> None:
-        async with self._db.transaction() as session:
+
+        async def unit(session: AsyncSession) -> None:
             await insert_chunks(session, build_id, parts, copy=True)
             for job_name, offset in offsets.items():
                 await session.exec(
@@ -318,6 +326,14 @@ class LogWriter:
             # After the chunks: their events publish first, so output precedes the status.
             for transition in transitions:
                 await transition(session)
+
+        if sum(len(part[2]) for part in parts) <= GROUP_CHARS:
+            # Small (a step's start or end with little output): committed with the other
+            # builds' small flushes queued at the same moment (app/db.py GroupCommit).
+            await self._group.run(unit)
+            return
+        async with self._db.transaction() as session:
+            await unit(session)
 
     async def _store_each(
         self,

@@ -1,10 +1,11 @@
 """The local runner: each step is a subprocess on this machine.
 
 Every step runs as `bash -eo pipefail -c SCRIPT` (or `sh -c SCRIPT`) in the job's workspace
-`WORKSPACE_ROOT/<build>/<job>`, through app/runners/sandbox.py: in its own namespaces where the
-machine allows it, else in its own session with a tracking variable. A cancel or a timeout stops the
-whole tree (SIGTERM, then SIGKILL after a grace period), and when the step's main process exits
-anything it left running is killed too, daemons included, as a CI user expects.
+`WORKSPACE_ROOT/<build>/<job>`, through app/runners/sandbox.py: in its job's namespaces (one
+bubblewrap sandbox per job) where the machine allows it, else in its own session with a tracking
+variable. A cancel or a timeout stops the whole tree (SIGTERM, then SIGKILL after a grace period),
+and when the step's main process exits anything it left running is killed too, daemons included,
+as a CI user expects.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import unquote
 
 from app.runners.base import (
@@ -168,8 +169,10 @@ class LocalRunner:
         isolation: IsolationSetting = "none",
         hidden: tuple[Path, ...] = (),
         install_key: str = "",
+        sandbox_per: Literal["job", "step"] = "job",
     ) -> None:
         self.workspace_root = workspace_root.resolve()
+        self._sandbox_per = sandbox_per
         self.kill_grace_seconds = kill_grace_seconds
         self.isolation_setting: IsolationSetting = isolation
         self._hidden = hidden
@@ -188,6 +191,7 @@ class LocalRunner:
             workspace_root=self.workspace_root,
             hidden=self._hidden,
             install_key=self._install_key,
+            per_job=self._sandbox_per == "job",
         )
         log.info("local runner isolation: %s (%s)", choice.mode, choice.reason)
 
@@ -230,9 +234,13 @@ class LocalRunner:
                 "error", "the executor running this job stopped; its processes are gone"
             )
         self._jobs.setdefault(job.build_id, set()).add(job)
+        # Under namespaces the job's steps share one sandbox (app/runners/job_sandbox.py).
+        workspace = self.workspace(job.build_id, job.job_name)
+        self.sandbox.open_job(workspace, self.sandbox.track_id(job.build_id, workspace.name))
         try:
             return await self._run(job, reporter)
         finally:
+            self.sandbox.close_job(workspace)
             jobs = self._jobs.get(job.build_id)
             if jobs is not None:
                 jobs.discard(job)
@@ -495,6 +503,8 @@ class LocalRunner:
                 # the output pipe open.
                 await self.sandbox.kill(proc, track)
                 await self._drain(pump)
+                if proc.lost is not None:  # its job sandbox died: not the step's doing
+                    return "error", None, proc.lost
                 return status, code, None
             status = "cancelled" if canceller in done else "timed_out"
             await self._terminate(proc, track)

@@ -2,15 +2,23 @@
 
 Two modes (setting `LOCAL_ISOLATION`):
 
-- `namespaces`: every step runs under bubblewrap (`bwrap`) in its own user, PID, IPC and mount
+- `namespaces`: every job runs under bubblewrap (`bwrap`) in its own user, PID, IPC and mount
   namespaces. The root filesystem is read-only; the service's working directory, its HOME, the
   directory of its SQLite database and the rest of WORKSPACE_ROOT are hidden under empty tmpfs
   mounts; only the build's directory (its jobs' workspaces and per-job temp dirs, TMPDIR) and
   the machine's /tmp (world-writable on any host; our own files there are masked) are writable. The
   service's processes are invisible (fresh /proc), no capability survives (a user namespace: the
-  hidden mounts cannot be unmounted from inside). The step is PID 1's only child: when it ends,
-  the kernel kills everything else in the namespace, daemons included; `--die-with-parent` does
-  the same if the service itself dies (kill -9 included).
+  hidden mounts cannot be unmounted from inside). One sandbox serves all the steps of a job
+  (app/runners/job_sandbox.py): its PID 1 is a small launcher that spawns each step on the
+  service's order and, when the step's main process exits, SIGKILLs and reaps every other
+  process in the namespace (daemons included) before it reports the exit, so nothing a step
+  starts is alive when the next one starts. A step cannot signal the launcher (the kernel drops
+  signals to a namespace's init that it has no handler for) nor read it (non-dumpable). Each
+  step's mounts are computed as for a sandbox of its own, and the job's sandbox is replaced when
+  they differ. `--die-with-parent` kills the namespace if the service itself dies (kill -9
+  included); if the launcher dies, the step is an infrastructure error. Where no job sandbox can
+  start (no Python interpreter the sandbox shows), each step gets a bwrap of its own, whose PID 1
+  exits with the step and takes the namespace with it, as before.
 - `none`: a plain subprocess in its own session. Everything it starts carries a tracking variable
   (`CI_EXECUTOR_TRACK`, as GitHub's runner does with `RUNNER_TRACKING_ID`); at the step's end, on
   cancel, on timeout and when another replica takes the build over, the process group and every
@@ -20,7 +28,8 @@ Two modes (setting `LOCAL_ISOLATION`):
 
 `auto` picks `namespaces` when a probe sandbox starts, else `none`, and says why at startup.
 We use bubblewrap rather than our own unshare/mount code: it is the small, audited tool Flatpak
-relies on for exactly this, and it handles the PID-1 reaper and parent-death signal correctly.
+relies on for exactly this, and it handles the parent-death signal correctly; with `--as-pid-1`
+our launcher is the namespace's init and reaper instead of bwrap's own.
 """
 
 from __future__ import annotations
@@ -33,20 +42,24 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from app.runners.job_sandbox import JobSandbox, JobStep, SandboxGone
+from app.runners.step_process import StepProcess, signal_group
+
+__all__ = ["StepProcess"]  # re-exported: the local runner and tests know it from here
+
+
 log = logging.getLogger(__name__)
 
 IsolationSetting = Literal["auto", "namespaces", "none"]
 IsolationMode = Literal["namespaces", "none"]
 TRACK_VAR = "CI_EXECUTOR_TRACK"
-# The output pipe's read buffer, asyncio's default for subprocess pipes.
-_PIPE_LIMIT = 2**16
 # Never hidden, even if the service runs from there: hiding them would break every step.
 _SYSTEM_DIRS = frozenset(
     Path(p)
@@ -124,11 +137,6 @@ def probe_isolation(setting: IsolationSetting) -> Isolation:
     if setting == "namespaces":
         raise IsolationUnavailable(f"LOCAL_ISOLATION=namespaces but {problem}")
     return Isolation("none", f"{problem}; steps run as plain process groups")
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 @dataclass(frozen=True)
@@ -248,91 +256,13 @@ def kill_tracked(
     return count
 
 
-class StepProcess:
-    """A step's main process: its pid, its output pipe (stdout and stderr), its exit.
+@dataclass
+class _JobSlot:
+    """A job's sandbox, once its first step started it."""
 
-    The exit is watched through a pidfd the event loop polls, so it costs no thread: asyncio's
-    default child watcher (Python 3.11's ThreadedChildWatcher) starts one thread per child and
-    hands the exit back across threads, 1.5-3 ms of a step on a loaded two-core machine (py-spy
-    of bench/step_overhead.py). Where pidfds are missing (Linux < 5.3), a thread waits instead."""
-
-    def __init__(self, popen: subprocess.Popen[bytes], stdout: asyncio.StreamReader) -> None:
-        self._popen = popen
-        self.pid = popen.pid
-        self.stdout = stdout
-        self._loop = asyncio.get_running_loop()
-        self._exited: asyncio.Future[int] = self._loop.create_future()
-        self._transport: asyncio.BaseTransport | None = None
-        try:
-            self._pidfd = os.pidfd_open(popen.pid)
-        except (AttributeError, OSError):
-            self._pidfd = -1
-            threading.Thread(target=self._wait_thread, daemon=True).start()
-        else:
-            self._loop.add_reader(self._pidfd, self._reap)
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.returncode
-
-    def _reap(self) -> None:
-        self._loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        try:
-            _, status = os.waitpid(self.pid, 0)  # the pidfd is readable: it has exited
-            code = os.waitstatus_to_exitcode(status)
-        except ChildProcessError:  # reaped by someone else: its status is lost
-            code = 255
-        self._exited_with(code)
-
-    def _wait_thread(self) -> None:
-        code = self._popen.wait()
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            self._loop.call_soon_threadsafe(self._exited_with, code)
-
-    def _exited_with(self, code: int) -> None:
-        self._popen.returncode = code
-        if not self._exited.done():
-            self._exited.set_result(code)
-
-    async def wait(self) -> int:
-        """The exit status (negative: the signal that killed it), as asyncio reports it."""
-        return await asyncio.shield(self._exited)
-
-    def close(self) -> None:
-        """Stop reading the output pipe (normally it closes by itself at end of file)."""
-        if self._transport is not None:
-            self._transport.close()
-
-    @classmethod
-    async def start(
-        cls, argv: Sequence[str], *, cwd: Path, env: dict[str, str], executable: str | None = None
-    ) -> StepProcess:
-        """Fork and exec as asyncio's subprocess_exec does (vfork, close_fds), in a new session.
-        `executable`: argv[0] already looked up on the PATH (see Sandbox.spawn). Raises OSError
-        if it cannot start."""
-        popen = subprocess.Popen(
-            argv,
-            executable=executable,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        assert popen.stdout is not None
-        reader = asyncio.StreamReader(limit=_PIPE_LIMIT)
-        proc = cls(popen, reader)
-        try:
-            proc._transport, _ = await proc._loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), popen.stdout
-            )
-        except BaseException:
-            _signal_group(popen.pid, signal.SIGKILL)
-            popen.stdout.close()
-            raise
-        return proc
+    track: str
+    box: JobSandbox | None = None
+    per_step: bool = False  # no job sandbox could start: a sandbox per step, as before
 
 
 class Sandbox:
@@ -345,9 +275,11 @@ class Sandbox:
         workspace_root: Path,
         hidden: Iterable[Path] = (),
         install_key: str = "",
+        per_job: bool = True,
     ) -> None:
         """`hidden`: directories replaced by an empty tmpfs, and files replaced by /dev/null
-        (a SQLite database and its -wal/-shm/-journal companions)."""
+        (a SQLite database and its -wal/-shm/-journal companions). `per_job`: under
+        namespaces, one sandbox per job opened with open_job (else one per step)."""
         self.isolation = isolation
         self.workspace_root = workspace_root.resolve()
         # Scopes tracking ids to this install (its database: build ids are unique there), so
@@ -360,6 +292,8 @@ class Sandbox:
         self._hidden = sorted(
             (p for p in paths if p not in _SYSTEM_DIRS), key=lambda p: len(p.parts)
         )
+        self.per_job = per_job
+        self._jobs: dict[Path, _JobSlot] = {}
         # `none` mode: each running step's PidWindow, read just before it was spawned.
         self._windows: weakref.WeakKeyDictionary[StepProcess, PidWindow] = (
             weakref.WeakKeyDictionary()
@@ -383,16 +317,10 @@ class Sandbox:
             and path not in _SYSTEM_DIRS
         )
 
-    def _wrap(
-        self,
-        argv: Sequence[str],
-        *,
-        cwd: Path,
-        workspace: Path,
-        readable: Sequence[Path],
-    ) -> list[str]:
-        assert self._bwrap is not None
-        args = bwrap_base(self._bwrap)
+    def _mounts(self, workspace: Path, readable: Sequence[Path]) -> list[str]:
+        """bwrap's arguments after bwrap_base for a step of the job in `workspace` (a few stat
+        calls: the hidden files that exist now are the ones covered)."""
+        args: list[str] = []
         # /tmp stays the machine's /tmp, writable as for any local user (tools and tests hand
         # files through it); whatever of ours lies under it is hidden by the mounts below.
         if Path("/tmp").is_dir():
@@ -410,9 +338,93 @@ class Sandbox:
                 args += ["--ro-bind", str(resolved), str(resolved)]
         # The build's own directory stays shared (its jobs may hand files to each other, as
         # they could on one machine); other builds under WORKSPACE_ROOT are hidden above.
-        shared = workspace.parent if workspace.parent != self.workspace_root else workspace
-        args += ["--bind", str(shared), str(shared), "--chdir", str(cwd), "--", *argv]
+        args += ["--bind", str(self._shared(workspace)), str(self._shared(workspace))]
         return args
+
+    def _shared(self, workspace: Path) -> Path:
+        return workspace.parent if workspace.parent != self.workspace_root else workspace
+
+    def _wrap(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        workspace: Path,
+        readable: Sequence[Path],
+    ) -> list[str]:
+        assert self._bwrap is not None
+        mounts = self._mounts(workspace, readable)
+        return [*bwrap_base(self._bwrap), *mounts, "--chdir", str(cwd), "--", *argv]
+
+    def _launcher_python(self) -> str | None:
+        """An interpreter the sandbox shows: ours, unless it lives somewhere hidden (a
+        virtualenv or pyenv under HOME or the source tree), else the system's python3."""
+        ours = Path(os.path.realpath(sys.executable))
+        if self._visible(ours) and self._visible(Path(sys.base_prefix).resolve()):
+            return str(ours)
+        for name in ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"):
+            path = Path(os.path.realpath(name))
+            if path.is_file() and os.access(path, os.X_OK) and self._visible(path):
+                return str(path)
+        return None
+
+    def open_job(self, workspace: Path, track: str) -> None:
+        """The job in `workspace` starts: its steps share one sandbox (started at its first
+        step). `track`: a prefix of its steps' tracking ids, carried by the sandbox's bwrap."""
+        if self.mode == "namespaces" and self.per_job:
+            self._jobs[workspace] = _JobSlot(track)
+
+    def close_job(self, workspace: Path) -> None:
+        """The job ended (none of its steps runs any more): its sandbox goes."""
+        slot = self._jobs.pop(workspace, None)
+        if slot is not None and slot.box is not None:
+            slot.box.close()
+
+    async def _spawn_in_job(
+        self,
+        slot: _JobSlot,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        workspace: Path,
+        readable: Sequence[Path],
+    ) -> StepProcess | None:
+        """The step through its job's sandbox, started or replaced first when needed: a new
+        sandbox when the last one died or this step's mounts would differ from its (another
+        `readable`, a hidden file that appeared). None: no job sandbox here, spawn per step."""
+        assert self._bwrap is not None
+        mounts = self._mounts(workspace, readable)
+        box = slot.box
+        if box is None or box.dead is not None or box.plan != mounts:
+            if box is not None:
+                box.close()
+            slot.box = None
+            python = self._launcher_python()
+            if python is None:
+                self._per_step(slot, "no Python interpreter visible in the sandbox")
+                return None
+            launcher = [python, "-I", "-S", "-"]  # its source comes on stdin
+            args = [*bwrap_base(self._bwrap), "--as-pid-1", *mounts]
+            args += ["--chdir", str(self._shared(workspace)), "--", *launcher]
+            try:
+                box = await JobSandbox.start(args, env={TRACK_VAR: slot.track}, plan=mounts)
+            except OSError as exc:
+                self._per_step(slot, str(exc))
+                return None
+            slot.box = box
+        try:
+            return await box.run(argv, cwd=cwd, env=env)
+        except SandboxGone:
+            if box.plan is not mounts:  # not the one just started: it died between steps
+                return await self._spawn_in_job(
+                    slot, argv, cwd=cwd, env=env, workspace=workspace, readable=readable
+                )
+            raise
+
+    def _per_step(self, slot: _JobSlot, why: str) -> None:
+        log.warning("no job sandbox (%s): this job's steps get a sandbox each", why)
+        slot.per_step = True
 
     async def spawn(
         self,
@@ -432,6 +444,13 @@ class Sandbox:
         env = {**env, TRACK_VAR: track}
         env.setdefault("TMPDIR", str(tmpdir))
         window, executable = None, None
+        slot = self._jobs.get(workspace)
+        if slot is not None and not slot.per_step:
+            job_step = await self._spawn_in_job(
+                slot, argv, cwd=cwd, env=env, workspace=workspace, readable=readable
+            )
+            if job_step is not None:
+                return job_step
         if self.mode == "namespaces":
             argv = self._wrap(argv, cwd=cwd, workspace=workspace, readable=readable)
         else:
@@ -457,8 +476,11 @@ class Sandbox:
     async def kill(self, proc: StepProcess, track: str) -> None:
         """SIGKILL everything the step started. Under bwrap, killing the outer process kills the
         namespace (parent-death signal to its PID 1); the scan catches `setsid` escapees in
-        `none` mode."""
-        _signal_group(proc.pid, signal.SIGKILL)
+        `none` mode; a job sandbox's launcher kills all but itself."""
+        if isinstance(proc, JobStep):
+            proc.signal_all(signal.SIGKILL)
+            return
+        signal_group(proc.pid, signal.SIGKILL)
         if self.mode == "none":
             window = self._windows.get(proc)
             few = recent_pids(window)
@@ -470,12 +492,14 @@ class Sandbox:
 
     async def terminate(self, proc: StepProcess, track: str, grace_seconds: float) -> None:
         """SIGTERM the step's processes, give them `grace_seconds`, then SIGKILL the rest."""
-        if self.mode == "namespaces":
+        if isinstance(proc, JobStep):
+            proc.signal_all(signal.SIGTERM)  # through the launcher, to all but itself
+        elif self.mode == "namespaces":
             # SIGTERM to bwrap itself would kill the namespace at once; the step's own processes
             # get it and the whole namespace is killed when the grace period ends.
             await asyncio.to_thread(kill_tracked, track, signal.SIGTERM, spare=proc.pid)
         else:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             window = self._windows.get(proc)
             await asyncio.to_thread(kill_tracked, track, signal.SIGTERM, window=window)
         with contextlib.suppress(TimeoutError):

@@ -24,7 +24,7 @@ from app.models import Build, BuildJob, BuildSnapshot, BuildStatus, JobStatus
 from app.runners.base import JobResult, JobRun
 from app.secrets import build_secrets
 from app.services import concurrency, results, state
-from app.services.handoff import SpecCache, parsed_spec
+from app.services.handoff import Noted, SpecCache, parsed_spec
 from app.services.plan import (
     BuildActions,
     JobSetupError,
@@ -47,6 +47,8 @@ _RESULTS = {J.success: "success", J.skipped: "skipped", J.cancelled: "cancelled"
 _RANK = {"success": 0, "skipped": 1, "cancelled": 2, "failure": 3}
 # The scheduler's claim inside the executor's first transaction: the build as claimed, or None.
 Claim = Callable[[AsyncSession], Awaitable[Build | None]]
+Pins = dict[str, Any] | None
+Rows = Sequence[BuildJob] | None
 
 
 async def _snapshot(session: AsyncSession, build_id: int) -> BuildSnapshot | None:
@@ -83,7 +85,6 @@ class BuildExecutor:
         self._groups: dict[str, concurrency.Group] = {}  # jobs that hold a concurrency group
         self._specs = specs
         self._pins: dict[str, Any] = {}  # the snapshot's pinned actions
-        self._first: frozenset[str] = frozenset()  # jobs the claim's transaction started
 
     def _condition_contexts(self, job: JobSpec) -> dict[str, Any]:
         assert self._build is not None
@@ -94,14 +95,15 @@ class BuildExecutor:
         contexts["env"] = dict(self._spec.env)
         return contexts
 
-    async def claim(self, claim: Claim) -> bool:
+    async def claim(self, claim: Claim, noted: Noted | None = None) -> bool:
         """Claim the build and start its first ready jobs in one transaction: the dispatch
         path's only write before its first step's. `claim` is the scheduler's conditional
-        update inside that transaction (None: not claimable, nothing written). What needs
-        more than that transaction (a job's concurrency group, a matrix, an `if` that does not
-        evaluate, remote actions to fetch, a spec not at hand) is left to `run`, as before."""
+        update inside it (None: not claimable, nothing written); what needs more (a
+        concurrency group, a matrix, a spec not at hand...) is left to `run`. `noted`: what
+        this replica's create noted, when the caller already took it (app/services/claims.py)."""
         ctx = self.ctx
-        noted = self._specs.take(ctx.build_id) if self._specs is not None else None
+        if noted is None and self._specs is not None:
+            noted = self._specs.take(ctx.build_id)
         snapshot, spec = None, noted.spec if noted is not None else None
         if noted is None:  # created elsewhere: read and parse first, outside the transaction
             async with ctx.db.read() as session:
@@ -117,15 +119,26 @@ class BuildExecutor:
                 if any(row.status != J.pending for row in rows):  # a re-run's reused jobs
                     self._outputs = await results.job_outputs(session, ctx.build_id)
             pins = noted.actions if noted is not None else snapshot.actions if snapshot else None
-            try:
-                self._load(build, pins, rows, spec)
-            except Exception:
-                log.debug("build %s: loading at claim failed; run loads again", ctx.build_id)
-                self._build = None
-                return True
-            if not pins:  # fetching remote actions may fail: no job runs before that
-                self._first = await self._start_first(session)
+            for name in self.claimed(build, pins, rows, spec):
+                if await state.job(session, ctx.build_id, name, J.running):
+                    self._statuses[name] = J.running
         return True
+
+    def started(self, names: list[str]) -> None:
+        """The claim's transaction moved these jobs to running; `run` follows them."""
+        self._statuses.update(dict.fromkeys(names, J.running))
+
+    def claimed(self, build: Build, pins: Pins, rows: Rows, spec: WorkflowSpec) -> list[str]:
+        """Load the build as claimed (no I/O); the first jobs to start in the claim's
+        transaction. None when the load fails (run loads again) or remote actions are to be
+        fetched (that may fail: no job runs before)."""
+        try:
+            self._load(build, pins, rows, spec)
+        except Exception:
+            log.debug("build %s: loading at claim failed; run loads again", self.ctx.build_id)
+            self._build = None
+            return []
+        return [] if pins else self._first_ready()
 
     async def run(self, *, resume: bool = False) -> None:
         ctx = self.ctx
@@ -175,13 +188,7 @@ class BuildExecutor:
         self._load(build, snapshot.actions, rows, spec)
         return True
 
-    def _load(
-        self,
-        build: Build,
-        pins: dict[str, Any] | None,
-        rows: Sequence[BuildJob] | None,
-        spec: WorkflowSpec,
-    ) -> None:
+    def _load(self, build: Build, pins: Pins, rows: Rows, spec: WorkflowSpec) -> None:
         """The build's state, as read, into this executor (no I/O). `rows` None: every job of
         the spec pending, as a create this replica made wrote them."""
         ctx = self.ctx
@@ -228,15 +235,15 @@ class BuildExecutor:
             contexts=self._condition_contexts(job),
         )
 
-    async def _start_first(self, session: AsyncSession) -> frozenset[str]:
-        """In the claim's transaction: move to running the ready jobs `_start_ready` would
-        start with one UPDATE each (an `if` that holds; no matrix, concurrency group or
-        max-parallel; within max_jobs). Anything else stays pending for the walk."""
+    def _first_ready(self) -> list[str]:
+        """The ready jobs `_start_ready` would start with one UPDATE each (an `if` that holds;
+        no matrix, concurrency group or max-parallel; within max_jobs). Anything else stays
+        pending for the walk."""
         if self.ctx.cancel.is_set():
-            return frozenset()
+            return []
         statuses = self._statuses
         running = sum(1 for s in statuses.values() if s == J.running)
-        started: set[str] = set()
+        first: list[str] = []
         for name in graph.ready(
             list(self._jobs),
             self._needs,
@@ -244,19 +251,14 @@ class BuildExecutor:
             is_finished=lambda n: statuses[n].finished,
         ):
             job = self._jobs[name]
-            if running >= self.ctx.max_jobs:
+            if running + len(first) >= self.ctx.max_jobs:
                 break
             if job.matrix_template is not None or job.concurrency or job.max_parallel:
                 continue
-            try:
-                run = self._should_run(job)
-            except ExpressionError:
-                continue  # the walk records the error
-            if run and await state.job(session, self.ctx.build_id, name, J.running):
-                statuses[name] = J.running
-                running += 1
-                started.add(name)
-        return frozenset(started)
+            with contextlib.suppress(ExpressionError):  # the walk records the error
+                if self._should_run(job):
+                    first.append(name)
+        return first
 
     def _start(self, job: JobSpec, *, reattach: bool = False) -> None:
         assert self._build is not None

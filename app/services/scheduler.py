@@ -33,8 +33,9 @@ from app.models import Build, BuildStatus
 from app.models.types import utcnow
 from app.queue.base import BuildQueue
 from app.services import concurrency, state
+from app.services.claims import ClaimBatch
 from app.services.executor import BuildExecutor
-from app.services.handoff import SpecCache
+from app.services.handoff import Noted, SpecCache
 from app.services.notify import CancelRequested
 from app.services.reporting import BuildContext
 
@@ -68,6 +69,7 @@ class Scheduler:
         self._wakers: set[asyncio.Task[None]] = set()
         # Specs parsed by this replica's creates, for its executors (app/services/handoff.py).
         self.specs = SpecCache()
+        self._claims = ClaimBatch(self.db, self._claim_values, self._claimed_together)
 
     @property
     def lease(self) -> timedelta:
@@ -84,6 +86,7 @@ class Scheduler:
         """Stop consuming, let running builds finish within the grace period, then stop them."""
         self._stopping = True
         await self.queue.stop()
+        await self._claims.drain()  # what it claims is spawned, so waited for below
         tasks = [task for _, task in self._running.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
@@ -147,8 +150,11 @@ class Scheduler:
         await self._slots.acquire()
         ctx = self.core.build_context(build_id)
         executor = BuildExecutor(ctx, self.specs)
+        noted = self.specs.take(build_id)
+        if noted is not None and await self._claim_together(executor, noted):
+            return
         try:
-            claimed = await executor.claim(functools.partial(self._claim, build_id))
+            claimed = await executor.claim(functools.partial(self._claim, build_id), noted)
         except BaseException:
             self._slots.release()
             raise
@@ -157,16 +163,43 @@ class Scheduler:
             return
         self._spawn(ctx, executor, resume=False)
 
-    async def _claim(self, build_id: int, session: AsyncSession) -> Build | None:
-        """Inside the executor's first transaction: the build as claimed (running, leased to
-        this replica), or None."""
+    async def _claim_together(self, executor: BuildExecutor, noted: Noted) -> bool:
+        """A build created here: claimed in the next group commit (app/services/claims.py).
+        True when it was claimed there (and its executor spawned); False when the caller is
+        to claim it alone. Its slot is given back when the claim fails, also when this
+        delivery is cancelled meanwhile (the batch decides either way)."""
+        decided = self._claims.submit(executor, noted)
+        try:
+            return await asyncio.shield(decided)
+        except asyncio.CancelledError:
+            decided.add_done_callback(self._release_unless_claimed)
+            raise
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _release_unless_claimed(self, decided: asyncio.Future[bool]) -> None:
+        if decided.cancelled() or decided.exception() is not None or not decided.result():
+            self._slots.release()
+
+    def _claim_values(self) -> dict[str, Any]:
         now = utcnow()
-        claimed = {
+        return {
             "lease_owner": self.owner,
             "lease_expires_at": now + self.lease,
             "waiting_reason": None,
             "started_at": now,
         }
+
+    def _claimed_together(self, executor: BuildExecutor, build: Build) -> None:
+        waited = (build.started_at or utcnow()) - build.created_at
+        self.metrics.queue_wait.observe(waited.total_seconds())
+        self._spawn(executor.ctx, executor, resume=False)
+
+    async def _claim(self, build_id: int, session: AsyncSession) -> Build | None:
+        """Inside the executor's first transaction: the build as claimed (running, leased to
+        this replica), or None."""
+        claimed = self._claim_values()
         # Detached once claimed: the executor's changes to it (secrets put back into its
         # variables) are never flushed.
         build = await state.claim_ungrouped(session, build_id, claimed)
@@ -176,7 +209,7 @@ class Scheduler:
             build = await self._claim_read(session, build_id, claimed)
             if build is None:
                 return None
-        self.metrics.queue_wait.observe((now - build.created_at).total_seconds())
+        self.metrics.queue_wait.observe((claimed["started_at"] - build.created_at).total_seconds())
         return build
 
     async def _claim_read(

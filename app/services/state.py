@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, Update, bindparam, update
+from sqlalchemy import Table, Update, bindparam, tuple_, update
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -106,6 +106,51 @@ async def claim_ungrouped(
     if claimed is not None:
         record_event(session, BuildStatusEvent(build_id=build_id, status=to))
     return claimed
+
+
+async def claim_ungrouped_many(
+    session: AsyncSession, build_ids: list[int], extra: dict[str, Any]
+) -> list[Build]:
+    """claim_ungrouped for several builds in one statement (a group commit of claims): the
+    builds that moved, as updated; the others have a group or are not queued."""
+    to = B.running
+    stmt = (
+        update(Build)
+        .where(
+            col(Build.id).in_(build_ids),
+            col(Build.status).in_(_sources(BUILD_TRANSITIONS, to)),
+            col(Build.concurrency_key).is_(None),
+        )
+        .values(status=str(to), **{**_timestamps(to, utcnow()), **extra})
+        .returning(Build)
+        .execution_options(synchronize_session=False)
+    )
+    claimed: list[Build] = list((await session.exec(stmt)).scalars().all())
+    for build_ in claimed:
+        assert build_.id is not None
+        record_event(session, BuildStatusEvent(build_id=build_.id, status=to))
+    return claimed
+
+
+async def start_jobs(session: AsyncSession, wanted: list[tuple[int, str]]) -> set[tuple[int, str]]:
+    """pending -> running for (build id, job name) pairs of several builds in one statement;
+    the pairs that moved."""
+    if not wanted:
+        return set()
+    to = J.running
+    result = await session.exec(
+        update(JOBS)
+        .where(
+            tuple_(JOBS.c.build_id, JOBS.c.name).in_(wanted),
+            JOBS.c.status.in_(_sources(UNIT_TRANSITIONS, to)),
+        )
+        .values(status=str(to), **_timestamps(to, utcnow()))
+        .returning(JOBS.c.build_id, JOBS.c.name)
+    )
+    moved = {(int(row[0]), str(row[1])) for row in result.all()}
+    for build_id, name in sorted(moved, key=wanted.index):
+        record_event(session, JobStatusEvent(build_id=build_id, job_name=name, status=to))
+    return moved
 
 
 async def jobs(

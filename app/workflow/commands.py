@@ -67,6 +67,11 @@ def _unescape(text: str, table: tuple[tuple[str, str], ...]) -> str:
     return text
 
 
+def mask_value(message: str) -> str:
+    """The value an `::add-mask::` message asks to mask (escapes decoded, as on GitHub)."""
+    return _unescape(message, _MESSAGE_ESCAPES).strip()
+
+
 def _properties(text: str | None) -> dict[str, str]:
     result: dict[str, str] = {}
     for part in (text or "").split(","):
@@ -146,7 +151,7 @@ class CommandParser:
                 )
             return True
         if name == "add-mask":
-            value = _unescape(message, _MESSAGE_ESCAPES).strip()
+            value = mask_value(message)
             if value:
                 effects.masks.append(value)
             return False

@@ -315,9 +315,23 @@ def test_builds_get_a_hardened_namespace_of_their_own(render: Renderer) -> None:
     policy = one(docs, "NetworkPolicy")["spec"]
     assert policy["podSelector"]["matchExpressions"][0]["key"] == "ci-executor/build-id"
     assert policy["ingress"] == []
-    (dns, world) = policy["egress"]
+    (dns, world, executor) = policy["egress"]
     assert {p["port"] for p in dns["ports"]} == {53}
     assert "10.0.0.0/8" in world["to"][0]["ipBlock"]["except"]
+    # Build pods reach the executor's API pods (artifacts, caches) on the service port, and those
+    # only: not the migration hook's pods, not other releases.
+    (peer,) = executor["to"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "team-a"}
+    server = one(docs, "Service")["spec"]["selector"]
+    assert peer["podSelector"]["matchLabels"] == server
+    assert executor["ports"] == [{"protocol": "TCP", "port": 10056}]
+    data = one(docs, "ConfigMap")["data"]
+    service = one(docs, "Service")["metadata"]["name"]
+    assert data["ACTIONS_PUBLIC_URL"] == f"http://{service}.team-a.svc:10056"
+    closed = render({"builds": {"networkPolicy": {"allowExecutor": False}}})
+    assert len(one(closed, "NetworkPolicy")["spec"]["egress"]) == 2
+    mirror = render({"config": {"actionsPublicUrl": "https://ci.example.com"}})
+    assert one(mirror, "ConfigMap")["data"]["ACTIONS_PUBLIC_URL"] == "https://ci.example.com"
     opened = render({"builds": {"networkPolicy": {"allowClusterAccess": True}}})
     assert "except" not in one(opened, "NetworkPolicy")["spec"]["egress"][1]["to"][0]["ipBlock"]
     given = render({"builds": {"namespace": "shared", "createNamespace": False}})

@@ -176,8 +176,16 @@ async def test_daemon_does_not_keep_the_step_running_nor_survive_it(
             {"api_tokens": f"ci:{WRITE_TOKEN}:write", "local_isolation": "namespaces"},
             marks=needs_namespaces,
         ),
+        pytest.param(
+            {
+                "api_tokens": f"ci:{WRITE_TOKEN}:write",
+                "local_isolation": "namespaces",
+                "local_sandbox": "step",
+            },
+            marks=needs_namespaces,
+        ),
     ],
-    ids=["none", "namespaces"],
+    ids=["none", "namespaces", "sandbox-per-step"],
 )
 async def test_cancel_and_timeout_kill_setsid_daemons(client: httpx.AsyncClient) -> None:
     cancelled, timed = _marker(), _marker()
@@ -216,6 +224,75 @@ async def test_cancel_and_timeout_kill_setsid_daemons(client: httpx.AsyncClient)
         return not pids_with(f"sleep {cancelled}") and not pids_with(f"sleep {timed}")
 
     await wait_until(gone, timeout=10)
+
+
+@needs_namespaces
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"api_tokens": f"ci:{WRITE_TOKEN}:write", "local_isolation": "namespaces"}],
+)
+async def test_a_background_process_is_dead_before_the_next_step_starts(
+    client: httpx.AsyncClient,
+) -> None:
+    # Under namespaces the job's steps share one sandbox: its launcher kills the rest of the
+    # namespace before it reports a step's end, so the next step looks for the daemon in vain.
+    marker = _marker()
+    body = await create(
+        client,
+        workflow(
+            f"""
+            jobs:
+              a:
+                steps:
+                  - run: setsid sleep {marker} & sleep {marker}1 & echo started
+                  - run: |
+                      n=$(for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < "$f"; echo; done \\
+                          | grep -c '[s]leep {marker}' || true)
+                      echo "left=$n"
+            """
+        ),
+    )
+    done = await wait_for_build(client, body["id"], timeout=30)
+    text = await log_text(client, body["id"])
+    assert done["status"] == "success", text
+    assert "left=0" in text
+
+
+@needs_namespaces
+async def test_a_killed_job_sandbox_fails_the_step_as_an_infrastructure_error(
+    client: httpx.AsyncClient,
+) -> None:
+    marker = _marker()
+    body = await create(
+        client,
+        workflow(
+            f"""
+            jobs:
+              a:
+                steps:
+                  - run: echo first
+                  - run: echo up; sleep {marker}
+                  - run: echo never
+            """
+        ),
+    )
+    await wait_for_output(client, body["id"], "up")
+    (sleeper,) = await wait_until(lambda: pids_with(f"sleep {marker}"))
+    # sleep's parent is the step's bash, whose parent is the job sandbox's launcher (PID 1).
+    launcher = _parent(_parent(sleeper))
+    assert "-I -S -" in Path(f"/proc/{launcher}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    os.kill(launcher, signal.SIGKILL)
+    done = await wait_for_build(client, body["id"], timeout=30)
+    text = await log_text(client, body["id"])
+    assert done["status"] == "error", text
+    assert step_statuses(done, "a") == [("success", 0), ("error", None), ("skipped", None)]
+    assert "job sandbox" in (job(done, "a").get("error") or text)
+    assert "never" not in text
+
+
+def _parent(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("\nPPid:\t", 1)[1].split()[0])
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ DATABASE_URL QUEUE_URL API_TOKENS K8S_MARKER_SECRET
 
 {{/* Settings the chart itself writes into the ConfigMap. */}}
 {{- define "ci-executor.chartKeys" -}}
-RUNNER HOST PORT WORKSPACE_ROOT PIPELINE_SERVICE_URL K8S_NAMESPACE K8S_DEFAULT_IMAGE K8S_TTL_SECONDS_AFTER_FINISHED MAX_CONCURRENT_BUILDS LEASE_SECONDS SHUTDOWN_GRACE_SECONDS LOG_LEVEL
+RUNNER HOST PORT WORKSPACE_ROOT PIPELINE_SERVICE_URL K8S_NAMESPACE K8S_DEFAULT_IMAGE K8S_TTL_SECONDS_AFTER_FINISHED MAX_CONCURRENT_BUILDS LEASE_SECONDS SHUTDOWN_GRACE_SECONDS LOG_LEVEL ACTIONS_PUBLIC_URL
 {{- end -}}
 
 {{/* ConfigMap data, shared with the Deployment's checksum so a config change rolls the pods. */}}
@@ -111,6 +111,8 @@ MAX_CONCURRENT_BUILDS: {{ .Values.config.maxConcurrentBuilds | quote }}
 LEASE_SECONDS: {{ .Values.config.leaseSeconds | quote }}
 SHUTDOWN_GRACE_SECONDS: {{ .Values.config.shutdownGraceSeconds | quote }}
 LOG_LEVEL: {{ .Values.config.logLevel | quote }}
+{{- /* Build pods call the artifact and cache API here: by default the Service's in-cluster name. */}}
+ACTIONS_PUBLIC_URL: {{ .Values.config.actionsPublicUrl | default (printf "http://%s.%s.svc:%v" (include "ci-executor.fullname" .) .Release.Namespace .Values.service.port) | quote }}
 {{- $secretKeys := splitList " " (include "ci-executor.secretKeys" .) }}
 {{- $chartKeys := splitList " " (include "ci-executor.chartKeys" .) }}
 {{- range $key, $value := .Values.extraConfig }}
