@@ -326,18 +326,26 @@ class LocalRunner:
         request = session.send(None)
         if request is None:
             return None
-        await reporter.step_started(step.index)
-        while request is not None:
-            reply: Any = None
-            if isinstance(request, Invocation):
-                reply = await self._invoke(job, step, request, workspace, reporter, deadline)
-            elif isinstance(request, Log):
-                await reporter.step_output(step.index, request.text.encode())
-            else:
-                reply = await session.load(
-                    request, functools.partial(_read_text, workspace=workspace)
-                )
-            request = session.send(reply)
+        # The step's durable start commits while its files are prepared; its process is not
+        # spawned before it did (_invoke_in awaits it), so a re-attaching replica still finds
+        # the start before anything the process does.
+        started = asyncio.ensure_future(reporter.step_started(step.index))
+        try:
+            while request is not None:
+                reply: Any = None
+                if isinstance(request, Invocation):
+                    reply = await self._invoke(
+                        job, step, request, workspace, reporter, deadline, started
+                    )
+                elif isinstance(request, Log):
+                    await reporter.step_output(step.index, request.text.encode())
+                else:
+                    reply = await session.load(
+                        request, functools.partial(_read_text, workspace=workspace)
+                    )
+                request = session.send(reply)
+        finally:
+            await started
         end = session.end
         run = dataclasses.replace(step, continue_on_error=end.continue_on_error)
         return run, cast(StepOutcome, end.status), end.exit_code, end.message
@@ -350,15 +358,19 @@ class LocalRunner:
         workspace: Path,
         reporter: JobReporter,
         deadline: float | None,
+        started: Awaitable[None],
     ) -> Ran:
-        """One process of a step, its runtime files created before and read back after."""
+        """One process of a step, its runtime files created before and read back after; the
+        process once `started` (the step's durable start) is done."""
         temp = self.temp_dir(job.build_id, job.job_name)
         try:
             folder = open_temp(self.workspace_root / str(job.build_id), temp)
         except OSError as exc:
             return Ran("error", None, message=f"the job's temp dir is not usable: {exc}")
         try:
-            return await self._invoke_in(job, step, request, workspace, reporter, deadline, folder)
+            return await self._invoke_in(
+                job, step, request, workspace, reporter, deadline, folder, started
+            )
         finally:
             os.close(folder)
 
@@ -371,6 +383,7 @@ class LocalRunner:
         reporter: JobReporter,
         deadline: float | None,
         folder: int,
+        started: Awaitable[None],
     ) -> Ran:
         """_invoke with the job's temp dir open as `folder`."""
         try:
@@ -399,6 +412,7 @@ class LocalRunner:
         assert runtime is not None
         for tree in request.readable:
             await asyncio.to_thread(_stage, Path(tree), Path(runtime.step_path(Path(tree))))
+        await started
         status, code, message = await self._run_step(
             job, run, workspace, reporter, deadline, argv=request.argv
         )
