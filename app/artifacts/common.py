@@ -13,9 +13,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+from sqlalchemy import bindparam
+from sqlmodel import col, select
+from sqlmodel.sql.expression import Select
+
+from app.artifacts.models import Artifact, ArtifactStatus, CacheEntry, CacheStatus
 from app.artifacts.tokens import RuntimeClaims
 from app.config import Settings
-from app.models import BuildStatus
+from app.db import Database
+from app.models import Build, BuildStatus
 
 log = logging.getLogger("app.artifacts")
 BlobKind = Literal["artifact", "cache"]
@@ -38,6 +44,33 @@ class ArtifactError(Exception):
 
 def _not_found(message: str) -> ArtifactError:
     return ArtifactError("not_found", message)
+
+
+_UPLOADABLE: dict[str, Select[str, str]] = {}
+
+
+async def check_uploadable(db: Database, kind: BlobKind, object_id: int) -> None:
+    """An upload may still take blobs: its row is not finalized and its build still runs. One
+    statement with no ORM instances: a block upload (one per 8 MiB of an artifact) paid two
+    ORM loads on the event loop for this check."""
+    statement = _UPLOADABLE.get(kind)
+    if statement is None:  # built once per kind (its construction showed in a block PUT profile)
+        table = Artifact if kind == "artifact" else CacheEntry
+        statement = _UPLOADABLE[kind] = (
+            select(col(table.status), col(Build.status))
+            .select_from(table)
+            .outerjoin(Build, col(Build.id) == col(table.build_id))
+            .where(col(table.id) == bindparam("object_id"))
+        )
+    async with db.read() as session:
+        found = (await session.exec(statement, params={"object_id": object_id})).first()
+    if found is None:
+        raise _not_found(f"no such {kind} upload")
+    status, build_status = found
+    if status not in (ArtifactStatus.uploading, CacheStatus.reserved):
+        raise ArtifactError("failed_precondition", f"this {kind} is already finalized")
+    if build_status not in ACTIVE:  # None: the build was deleted
+        raise ArtifactError("unauthenticated", "the build of this upload has finished")
 
 
 def _invalid(message: str) -> ArtifactError:

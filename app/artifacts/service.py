@@ -29,6 +29,7 @@ from app.artifacts.common import (
     _block_rank,
     _invalid,
     _not_found,
+    check_uploadable,
     validate_cache_key,
     validate_name,
 )
@@ -141,19 +142,13 @@ class ArtifactService:
         return f"uploads/{kind}-{object_id}"
 
     async def _uploadable(self, kind: BlobKind, object_id: int) -> Artifact | CacheEntry:
+        await check_uploadable(self.db, kind, object_id)
         async with self.db.read() as session:
             row: Artifact | CacheEntry | None = await session.get(
                 Artifact if kind == "artifact" else CacheEntry, object_id
             )
-            build = None
-            if row is not None and row.build_id is not None:
-                build = await session.get(Build, row.build_id)
-        if row is None:
+        if row is None:  # deleted in between
             raise _not_found(f"no such {kind} upload")
-        if row.status not in (ArtifactStatus.uploading, CacheStatus.reserved):
-            raise ArtifactError("failed_precondition", f"this {kind} is already finalized")
-        if build is None or build.status not in ACTIVE:
-            raise ArtifactError("unauthenticated", "the build of this upload has finished")
         return row
 
     async def stage_block(
@@ -169,7 +164,7 @@ class ArtifactService:
         key = f"{self._staging(kind, object_id)}/{_block_name(block_id)}"
         # Clients number their blocks (Azure SDK: base64 of a prefix and a zero-padded index).
         self.storage.announce(key, _block_rank(block_id))
-        await self._uploadable(kind, object_id)
+        await check_uploadable(self.db, kind, object_id)
         return await self.storage.put(
             key, body, Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes, staging=True)
         )

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from app.artifacts.chain import Chain
+
 if TYPE_CHECKING:
     from app.config import Settings
 
@@ -196,69 +198,6 @@ def _flush_and_sync(handle: BinaryIO) -> None:
     os.fsync(handle.fileno())
 
 
-class _Chain:
-    """The sha256 of one upload's staged blocks, computed while the upload is still going on,
-    in the order the blocks' writes started (the order clients send them in). Used at compose
-    time only when the block list names exactly these blocks in exactly this order; anything
-    else (a block rewritten or failed, another order, blocks that went to another replica)
-    falls back to hashing the parts at compose time."""
-
-    def __init__(self) -> None:
-        self.ranks: dict[str, bytes] = {}  # block key -> its expected place in the list
-        self.hashed: list[str] = []  # the blocks in `sha256`, in rank order
-        self.started: set[str] = set()  # writes begun
-        self.done: set[str] = set()  # written, fsync'd and renamed into place
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.broken = False
-        self.lock = asyncio.Lock()
-        self.tasks: set[asyncio.Future[None]] = set()  # hashing in progress (kept referenced)
-
-    def feed(self, path: Path) -> None:
-        try:
-            # One reused buffer: a fresh 4 MiB `read` per chunk was an mmap'd allocation
-            # faulted in page by page (CPU) and most of the serve process's peak RSS.
-            buffer = bytearray(WRITE_BUFFER)
-            view = memoryview(buffer)
-            with path.open("rb", buffering=0) as handle:
-                while count := handle.readinto(buffer):
-                    self.sha256.update(view[:count])
-                    self.size += count
-        except OSError:
-            self.broken = True
-
-    def next(self) -> str | None:
-        """The block to hash next: the lowest-ranked one not hashed yet."""
-        hashed = set(self.hashed)
-        pending = [key for key in self.ranks if key not in hashed]
-        return min(pending, key=self.ranks.__getitem__) if pending else None
-
-    def stream(self, key: str) -> _Stream | None:
-        """When `key` is the next block as its write starts, it is hashed as it is written (no
-        second read from disk), on a copy of the digest, adopted only if it is still next."""
-        if self.broken or self.next() != key:
-            return None
-        return _Stream(key, len(self.hashed), self.sha256.copy())
-
-    def adopt(self, stream: _Stream) -> None:
-        if not self.broken and len(self.hashed) == stream.base and self.next() == stream.key:
-            self.sha256 = stream.sha256
-            self.size += stream.size
-            self.hashed.append(stream.key)
-
-
-@dataclass
-class _Stream:
-    key: str
-    base: int  # how many blocks the chain had hashed when this one began
-    sha256: hashlib._Hash
-    size: int = 0
-
-    def update(self, piece: bytes) -> None:
-        self.sha256.update(piece)
-        self.size += len(piece)
-
-
 class DirectoryStorage:
     """Objects as files under `root`; temp files in `root/.tmp` (same filesystem: rename is
     atomic).
@@ -273,7 +212,7 @@ class DirectoryStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.tmp = self.root / ".tmp"
-        self._chains: dict[str, _Chain] = {}
+        self._chains: dict[str, Chain] = {}
 
     async def start(self) -> None:
         # Nothing to create yet: the directory appears with the first write, so an instance
@@ -293,9 +232,8 @@ class DirectoryStorage:
         digest = _Digest(expect)
         chain = self._chain_for(key) if digest.expect.staging else None
         stream = chain.stream(key) if chain is not None else None
-        await asyncio.to_thread(self.tmp.mkdir, parents=True, exist_ok=True)
         temp = self.tmp / f"{uuid.uuid4().hex}.part"
-        handle = await asyncio.to_thread(open, temp, "wb", buffering=0)
+        handle = await asyncio.to_thread(self._open_temp, temp)
 
         def write(pieces: list[bytes]) -> None:
             for piece in pieces:
@@ -304,6 +242,7 @@ class DirectoryStorage:
                     stream.update(piece)
             _write_all(handle.fileno(), pieces)
 
+        committing = False
         try:
             # Write-behind: one batch is hashed and written in a thread while the next one is
             # received (waiting for each write would stall the socket: uvicorn stops reading a
@@ -316,19 +255,15 @@ class DirectoryStorage:
                     writing = asyncio.ensure_future(asyncio.to_thread(write, block))
                 if writing is not None:
                     await writing
-                # Durable before it becomes visible: a crash never leaves a short file. Staged
-                # blocks too, so that the flush overlaps the upload of the other blocks.
-                await asyncio.to_thread(_flush_and_sync, handle)
             finally:
                 if writing is not None and not writing.done():
                     await asyncio.wait([writing])  # never close under a running write
-                await asyncio.to_thread(handle.close)
-            result = digest.finish(key)
-            await asyncio.to_thread(self._install, temp, target)
+            committing = True  # from here the commit closes the handle, whatever happens
+            result = await asyncio.to_thread(self._commit, handle, digest, key, temp, target)
         except BaseException:
             if chain is not None:
                 chain.broken = True
-            await asyncio.to_thread(temp.unlink, missing_ok=True)
+            await asyncio.to_thread(self._discard, None if committing else handle, temp)
             raise
         if chain is not None:
             if stream is not None:
@@ -347,17 +282,17 @@ class DirectoryStorage:
             chain.broken = True  # sent twice, or after a block it precedes was hashed
         chain.ranks[key] = rank
 
-    def _chain(self, key: str) -> _Chain:
+    def _chain(self, key: str) -> Chain:
         """The in-order hash of the upload `key` is a block of (its parent prefix)."""
         parent = key.rpartition("/")[0]
         chain = self._chains.get(parent)
         if chain is None:
             if len(self._chains) >= _MAX_CHAINS:  # abandoned uploads: forget the oldest
                 del self._chains[next(iter(self._chains))]
-            chain = self._chains[parent] = _Chain()
+            chain = self._chains[parent] = Chain()
         return chain
 
-    def _chain_for(self, key: str) -> _Chain:
+    def _chain_for(self, key: str) -> Chain:
         chain = self._chain(key)
         if key in chain.started:
             chain.broken = True  # a block written twice: the order is no longer known
@@ -366,7 +301,7 @@ class DirectoryStorage:
             chain.ranks[key] = len(chain.ranks).to_bytes(8, "big")
         return chain
 
-    async def _advance(self, chain: _Chain) -> None:
+    async def _advance(self, chain: Chain) -> None:
         """Hash the blocks that are next in order and complete (from the page cache)."""
         async with chain.lock:
             while not chain.broken and (key := chain.next()) is not None:
@@ -374,6 +309,32 @@ class DirectoryStorage:
                     break
                 await asyncio.to_thread(chain.feed, self._path(key))
                 chain.hashed.append(key)
+
+    def _open_temp(self, temp: Path) -> BinaryIO:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        return open(temp, "wb", buffering=0)
+
+    def _commit(
+        self, handle: BinaryIO, digest: _Digest, key: str, temp: Path, target: Path
+    ) -> StoredObject:
+        """The end of a write, in one thread hop (each hop costs the event loop a wake-up):
+        durable before it becomes visible (a crash never leaves a short file; staged blocks
+        too, so that the flush overlaps the upload of the other blocks), checked, installed."""
+        try:
+            _flush_and_sync(handle)
+        finally:
+            handle.close()
+        result = digest.finish(key)
+        self._install(temp, target)
+        return result
+
+    @staticmethod
+    def _discard(handle: BinaryIO | None, temp: Path) -> None:
+        try:
+            if handle is not None:
+                handle.close()
+        finally:
+            temp.unlink(missing_ok=True)
 
     def _install(self, temp: Path, target: Path) -> None:
         """Rename a finished file or segment directory into place, replacing what is there."""

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
@@ -63,14 +65,37 @@ def is_data_error(error: BaseException) -> bool:
         return isinstance(error.orig, ValueError | UnicodeError)
     if isinstance(error, sa_exc.DataError | sa_exc.IntegrityError):
         return True
+    # The drivers' own errors: what Database.commit_alone raises (no SQLAlchemy around it).
     return isinstance(
         error,
-        asyncpg.DataError | asyncpg.IntegrityConstraintViolationError | ValueError | UnicodeError,
+        asyncpg.DataError
+        | asyncpg.IntegrityConstraintViolationError
+        | sqlite3.DataError
+        | sqlite3.IntegrityError
+        | ValueError
+        | UnicodeError,
     )
 
 
 # A status change to store in the same transaction as the build's next log batch.
 Transition = Callable[[AsyncSession], Awaitable[object]]
+
+
+class CommitsAlone(Protocol):
+    """A transition that, when it is all a flush has to store, can commit by itself without a
+    session (a step's end and the next one's start: app/services/state.py StepChange)."""
+
+    @property
+    def alone(self) -> bool: ...
+
+    def commit_alone(self, db: Database) -> Awaitable[object]: ...
+
+
+def _alone(transitions: Sequence[Transition]) -> CommitsAlone | None:
+    if len(transitions) != 1:
+        return None
+    transition = transitions[0]
+    return transition if getattr(transition, "alone", False) else None  # type: ignore[return-value]
 
 
 @dataclass
@@ -209,6 +234,11 @@ class LogWriter:
         written before it. Stored by the next flush() or at the latest one interval later."""
         self._buffers[build_id].transitions.append(transition)
 
+    def queued(self, build_id: int, transition: Transition) -> bool:
+        """Is this transition still waiting for a flush (not yet being stored)?"""
+        buf = self._buffers.get(build_id)
+        return buf is not None and any(t is transition for t in buf.transitions)
+
     def _backoff(self, buf: _Buffer) -> float:
         return float(min(MAX_BACKOFF_SECONDS, self._interval * 2 ** min(buf.failures, 16)))
 
@@ -235,7 +265,13 @@ class LogWriter:
                 )
                 parts.append((last.job_name, last.step_index, note))
             try:
-                await self._store(build_id, parts, offsets, transitions)
+                # Nothing but a step change, and no other build's flush to share a commit
+                # with (the group commit is idle): one statement through the driver.
+                alone = None if parts or offsets or not self._group.idle else _alone(transitions)
+                if alone is not None:
+                    await alone.commit_alone(self._db)
+                else:
+                    await self._store(build_id, parts, offsets, transitions)
             except Exception as error:
                 left: list[Part] | None = parts
                 if is_data_error(error):

@@ -17,6 +17,7 @@ def create_runner(settings: Settings, *, database_id: str | None = None) -> Runn
             isolation=settings.local_isolation,
             hidden=settings.paths_hidden_from_steps,
             install_key=settings.database_url,
+            sandbox_per=settings.local_sandbox,
         )
     from app.runners.kubernetes import KubernetesRunner, KubernetesSettings
 

@@ -108,8 +108,8 @@ def run_step(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> No
         return
     try:
         pid = spawn(message, fds[0])
-    except OSError as exc:
-        send(sock, {"error": str(exc), "errno": exc.errno or 0})
+    except (OSError, ValueError) as exc:  # ValueError: a NUL or an unencodable character
+        send(sock, {"error": str(exc), "errno": getattr(exc, "errno", 0) or 0})
         return
     finally:
         os.close(fds[0])  # the step's processes hold the only write ends left

@@ -3,9 +3,9 @@
 Every step runs as `bash -eo pipefail -c SCRIPT` (or `sh -c SCRIPT`) in the job's workspace
 `WORKSPACE_ROOT/<build>/<job>`, through app/runners/sandbox.py: in its job's namespaces (one
 bubblewrap sandbox per job) where the machine allows it, else in its own session with a tracking
-variable. A cancel or a timeout stops the
-whole tree (SIGTERM, then SIGKILL after a grace period), and when the step's main process exits
-anything it left running is killed too, daemons included, as a CI user expects.
+variable. A cancel or a timeout stops the whole tree (SIGTERM, then SIGKILL after a grace period),
+and when the step's main process exits anything it left running is killed too, daemons included,
+as a CI user expects.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import unquote
 
 from app.runners.base import (
@@ -169,8 +169,10 @@ class LocalRunner:
         isolation: IsolationSetting = "none",
         hidden: tuple[Path, ...] = (),
         install_key: str = "",
+        sandbox_per: Literal["job", "step"] = "job",
     ) -> None:
         self.workspace_root = workspace_root.resolve()
+        self._sandbox_per = sandbox_per
         self.kill_grace_seconds = kill_grace_seconds
         self.isolation_setting: IsolationSetting = isolation
         self._hidden = hidden
@@ -189,6 +191,7 @@ class LocalRunner:
             workspace_root=self.workspace_root,
             hidden=self._hidden,
             install_key=self._install_key,
+            per_job=self._sandbox_per == "job",
         )
         log.info("local runner isolation: %s (%s)", choice.mode, choice.reason)
 
@@ -323,18 +326,26 @@ class LocalRunner:
         request = session.send(None)
         if request is None:
             return None
-        await reporter.step_started(step.index)
-        while request is not None:
-            reply: Any = None
-            if isinstance(request, Invocation):
-                reply = await self._invoke(job, step, request, workspace, reporter, deadline)
-            elif isinstance(request, Log):
-                await reporter.step_output(step.index, request.text.encode())
-            else:
-                reply = await session.load(
-                    request, functools.partial(_read_text, workspace=workspace)
-                )
-            request = session.send(reply)
+        # The step's durable start commits while its files are prepared; its process is not
+        # spawned before it did (_invoke_in awaits it), so a re-attaching replica still finds
+        # the start before anything the process does.
+        started = asyncio.ensure_future(reporter.step_started(step.index))
+        try:
+            while request is not None:
+                reply: Any = None
+                if isinstance(request, Invocation):
+                    reply = await self._invoke(
+                        job, step, request, workspace, reporter, deadline, started
+                    )
+                elif isinstance(request, Log):
+                    await reporter.step_output(step.index, request.text.encode())
+                else:
+                    reply = await session.load(
+                        request, functools.partial(_read_text, workspace=workspace)
+                    )
+                request = session.send(reply)
+        finally:
+            await started
         end = session.end
         run = dataclasses.replace(step, continue_on_error=end.continue_on_error)
         return run, cast(StepOutcome, end.status), end.exit_code, end.message
@@ -347,15 +358,19 @@ class LocalRunner:
         workspace: Path,
         reporter: JobReporter,
         deadline: float | None,
+        started: Awaitable[None],
     ) -> Ran:
-        """One process of a step, its runtime files created before and read back after."""
+        """One process of a step, its runtime files created before and read back after; the
+        process once `started` (the step's durable start) is done."""
         temp = self.temp_dir(job.build_id, job.job_name)
         try:
             folder = open_temp(self.workspace_root / str(job.build_id), temp)
         except OSError as exc:
             return Ran("error", None, message=f"the job's temp dir is not usable: {exc}")
         try:
-            return await self._invoke_in(job, step, request, workspace, reporter, deadline, folder)
+            return await self._invoke_in(
+                job, step, request, workspace, reporter, deadline, folder, started
+            )
         finally:
             os.close(folder)
 
@@ -368,6 +383,7 @@ class LocalRunner:
         reporter: JobReporter,
         deadline: float | None,
         folder: int,
+        started: Awaitable[None],
     ) -> Ran:
         """_invoke with the job's temp dir open as `folder`."""
         try:
@@ -396,6 +412,7 @@ class LocalRunner:
         assert runtime is not None
         for tree in request.readable:
             await asyncio.to_thread(_stage, Path(tree), Path(runtime.step_path(Path(tree))))
+        await started
         status, code, message = await self._run_step(
             job, run, workspace, reporter, deadline, argv=request.argv
         )

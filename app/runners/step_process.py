@@ -66,9 +66,12 @@ class StepProcess:
         )
 
     @classmethod
-    async def start(cls, argv: Sequence[str], *, cwd: Path, env: dict[str, str]) -> StepProcess:
-        """A child of this process, in a new session (see ChildStep)."""
-        return await ChildStep.start_child(argv, cwd=cwd, env=env)
+    async def start(
+        cls, argv: Sequence[str], *, cwd: Path, env: dict[str, str], executable: str | None = None
+    ) -> StepProcess:
+        """A child of this process, in a new session (see ChildStep). `executable`: argv[0]
+        already looked up on the PATH (see Sandbox.spawn)."""
+        return await ChildStep.start_child(argv, cwd=cwd, env=env, executable=executable)
 
 
 class ChildStep(StepProcess):
@@ -110,11 +113,14 @@ class ChildStep(StepProcess):
         super()._exited_with(code)
 
     @classmethod
-    async def start_child(cls, argv: Sequence[str], *, cwd: Path, env: dict[str, str]) -> ChildStep:
+    async def start_child(
+        cls, argv: Sequence[str], *, cwd: Path, env: dict[str, str], executable: str | None = None
+    ) -> ChildStep:
         """Fork and exec as asyncio's subprocess_exec does (vfork, close_fds), in a new session.
         Raises OSError if it cannot start."""
         popen = subprocess.Popen(
             argv,
+            executable=executable,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,

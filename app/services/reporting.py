@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -63,6 +64,9 @@ class BuildReporter(JobReporter):
         self._annotations: dict[int, list[Annotation]] = {}
         self._lines: dict[int, LineAssembler] = {}
         self._started: dict[int, float] = {}  # for the duration metric (not after re-attach)
+        # The last step end this reporter queued in the writer: the next step's start joins
+        # its statement while it is still queued.
+        self._ending: _StepEnd | None = None
 
     def _assembler(self, index: int) -> LineAssembler:
         if index not in self._lines:
@@ -73,11 +77,14 @@ class BuildReporter(JobReporter):
         """Durable before the step runs (a re-attaching replica needs it). One transaction also
         stores the previous step's last output and its end, queued by step_finished."""
         self._started[index] = time.monotonic()
-        build_id, job_name = self.ctx.build_id, self.job_name
-        self.ctx.writer.add_transition(
-            build_id, lambda session: state.step(session, build_id, job_name, index, J.running)
-        )
-        if not await self.ctx.writer.flush(build_id):
+        build_id, writer = self.ctx.build_id, self.ctx.writer
+        ending, self._ending = self._ending, None
+        if ending is not None and writer.queued(build_id, ending):
+            ending.change.start = index
+        else:
+            change = state.StepChange(build_id, self.job_name, start=index)
+            writer.add_transition(build_id, _StepEnd(change))
+        if not await writer.flush(build_id):
             # Kept by the writer and retried; the step must not run unrecorded meanwhile.
             raise RuntimeError(f"could not record the start of step {index}: database error")
 
@@ -124,23 +131,13 @@ class BuildReporter(JobReporter):
         outputs = self.runtime.step_outputs.get(index, {}) if self.runtime else {}
         summary = self.runtime.summaries.get(index) if self.runtime else None
         annotations = self._annotations.pop(index, [])
-
-        async def record(session: AsyncSession) -> None:
-            await state.step(session, build_id, job_name, index, to, exit_code=exit_code)
-            await results.store_step(
-                session,
-                build_id,
-                job_name,
-                index,
-                outputs=outputs,
-                summary=summary,
-                annotations=annotations,
-            )
-
+        change = state.StepChange(build_id, job_name, end=index, to=to, exit_code=exit_code)
+        results_ = (outputs, summary, annotations) if outputs or summary or annotations else None
         # Stored after the step's output in the writer's next transaction: the next step's
-        # start, the job's end (the executor flushes the writer first) or the writer's next
-        # interval, whichever comes first. One write per step transition instead of two.
-        self.ctx.writer.add_transition(build_id, record)
+        # start (in the same statement), the job's end (the executor flushes the writer first)
+        # or the writer's next interval, whichever comes first.
+        self._ending = _StepEnd(change, results_)
+        self.ctx.writer.add_transition(build_id, self._ending)
         started = self._started.pop(index, None)
         if started is not None:
             self.ctx.metrics.step_duration.labels(status).observe(time.monotonic() - started)
@@ -155,3 +152,35 @@ class BuildReporter(JobReporter):
                 )
             ).first()
         return job.log_offset if job else 0
+
+
+class _StepEnd:
+    """A transition for the log writer: a StepChange, and the ended step's results when it has
+    any (outputs, summary, annotations). With nothing but the change to store, it can commit
+    alone, through the driver (the writer's choice: nothing else is waiting to be stored)."""
+
+    def __init__(self, change: state.StepChange, stored: tuple[Any, ...] | None = None) -> None:
+        self.change = change
+        self._stored = stored
+
+    async def __call__(self, session: AsyncSession) -> None:
+        change = self.change
+        await state.change_steps(session, change)
+        if self._stored is not None and change.end is not None:
+            outputs, summary, annotations = self._stored
+            await results.store_step(
+                session,
+                change.build_id,
+                change.job_name,
+                change.end,
+                outputs=outputs,
+                summary=summary,
+                annotations=annotations,
+            )
+
+    @property
+    def alone(self) -> bool:
+        return self._stored is None
+
+    async def commit_alone(self, db: Database) -> None:
+        await state.change_steps_alone(db, self.change)

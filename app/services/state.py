@@ -10,6 +10,7 @@ final status sets finished_at.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy import Table, Update, bindparam, tuple_, update
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db import record_event
+from app.db import Database, DriverStatement, record_event
 from app.models import Build, BuildJob, BuildStatus, BuildStep, JobStatus
 from app.models.schemas import BuildStatusEvent, JobStatusEvent, StepStatusEvent
 from app.models.types import UTCDateTime, utcnow
@@ -248,6 +249,108 @@ async def step(
 ) -> bool:
     return bool(
         await steps(session, build_id, to, job_name=job_name, index=index, exit_code=exit_code)
+    )
+
+
+@dataclass
+class StepChange:
+    """A job's step transitions that commit together, as one conditional UPDATE: step `end`
+    moving to `to` and step `start` to running (either may be absent). A runner's steps follow
+    each other, so a step's end and the next one's start are one statement instead of two; the
+    rules are the ones every transition here follows (legal sources, timestamps, events)."""
+
+    build_id: int
+    job_name: str
+    end: int | None = None
+    to: JobStatus | None = None
+    exit_code: int | None = None
+    start: int | None = None
+
+    def statement(self) -> DriverStatement:
+        return _change_statement(self.to)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "b": self.build_id,
+            "j": self.job_name,
+            "e": self.end,
+            "s": self.start,
+            "x": self.exit_code,
+            "ts": utcnow(),
+        }
+
+    def events(self, rows: list[Any]) -> list[StepStatusEvent]:
+        """The transitions that happened, from the statement's rows (each row: its index)."""
+        moved = {row[0] for row in rows}
+        events = []
+        if self.end is not None and self.to is not None and self.end in moved:
+            events.append(self._event(self.end, self.to, self.exit_code))
+        if self.start is not None and self.start in moved:
+            events.append(self._event(self.start, J.running, None))
+        return events
+
+    def _event(self, index: int, to: JobStatus, exit_code: int | None) -> StepStatusEvent:
+        return StepStatusEvent(
+            build_id=self.build_id,
+            job_name=self.job_name,
+            step_index=index,
+            status=to,
+            exit_code=exit_code,
+        )
+
+
+async def change_steps(session: AsyncSession, change: StepChange) -> list[StepStatusEvent]:
+    """A StepChange inside the caller's transaction."""
+    conn = await session.connection()
+    rows = (await conn.execute(change.statement().clause, change.params())).all()
+    events = change.events(list(rows))
+    for event in events:
+        record_event(session, event)
+    return events
+
+
+async def change_steps_alone(db: Database, change: StepChange) -> list[StepStatusEvent]:
+    """A StepChange as a transaction of its own, through the driver (Database.commit_alone)."""
+    events: list[StepStatusEvent] = []
+
+    def moved(rows: list[Any]) -> list[StepStatusEvent]:
+        events.extend(change.events(rows))
+        return events
+
+    await db.commit_alone(change.statement(), change.params(), moved)
+    return events
+
+
+def _quoted(statuses: Iterable[str]) -> str:
+    return ", ".join(f"'{s}'" for s in statuses)
+
+
+@cache
+def _change_statement(to: JobStatus | None) -> DriverStatement:
+    """StepChange's UPDATE: with `to` None only a start (`:s`); else an end (`:e`, NULL when
+    absent) and a start (`:s`, NULL when absent) in one statement, each row guarded by its
+    own legal sources."""
+    types = {"ts": UTCDateTime()}
+    starts = _quoted(_sources(UNIT_TRANSITIONS, J.running))
+    where = "build_id = :b AND job_name = :j"
+    if to is None:
+        return DriverStatement(
+            f"UPDATE build_steps SET status = 'running', started_at = :ts WHERE {where} "
+            f'AND "index" = :s AND status IN ({starts}) RETURNING "index"',
+            types,
+        )
+    assert to.finished
+    ends = _quoted(_sources(UNIT_TRANSITIONS, to))
+    ending = '"index" = :e'
+    return DriverStatement(
+        "UPDATE build_steps SET "
+        f"status = CASE WHEN {ending} THEN '{to}' ELSE 'running' END, "
+        f"started_at = CASE WHEN {ending} THEN started_at ELSE :ts END, "
+        f"finished_at = CASE WHEN {ending} THEN :ts ELSE finished_at END, "
+        f"exit_code = CASE WHEN {ending} THEN :x ELSE exit_code END "
+        f"WHERE {where} AND (({ending} AND status IN ({ends})) "
+        f'OR ("index" = :s AND status IN ({starts}))) RETURNING "index"',
+        types,
     )
 
 

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import create, job, log_text, step_statuses, ts, wait_for_build, workflow
+from tests.support import (
+    create,
+    job,
+    log_text,
+    run_workflow,
+    step_statuses,
+    ts,
+    wait_for_build,
+    workflow,
+)
 
 
 async def test_job_conditions_follow_github_semantics(client: httpx.AsyncClient) -> None:
@@ -225,23 +234,17 @@ async def test_checkout_from_a_local_repository(client: httpx.AsyncClient, tmp_p
 async def test_add_mask_of_a_long_escaped_value(client: httpx.AsyncClient) -> None:
     # A 300 kB value (longer than a held line), written in two pieces, with `%25` in it: none
     # of it reaches the log, and the decoded value printed later is masked whole.
-    body = await create(
-        client,
-        workflow(
-            """
-            jobs:
-              a:
-                steps:
-                  - run: |
-                      v=$(head -c 150000 /dev/zero | tr '\\0' S)
-                      w=$(head -c 150000 /dev/zero | tr '\\0' T)
-                      printf '::add-mask::%s' "$v"; printf '%s%%25end\\n' "$w"
-                      echo "later $v$w%end!"
-            """
-        ),
-    )
-    await wait_for_build(client, body["id"])
-    text = await log_text(client, body["id"])
+    steps = """
+        jobs:
+          a:
+            steps:
+              - run: |
+                  v=$(head -c 150000 /dev/zero | tr '\\0' S)
+                  w=$(head -c 150000 /dev/zero | tr '\\0' T)
+                  printf '::add-mask::%s' "$v"; printf '%s%%25end\\n' "$w"
+                  echo "later $v$w%end!"
+        """
+    text = await log_text(client, (await run_workflow(client, steps))["id"])
     assert "later ***!" in text
     assert "SSSS" not in text and "TTTT" not in text and "end" not in text.replace("later", "")
 

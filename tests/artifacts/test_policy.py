@@ -152,6 +152,32 @@ async def test_block_for_a_finished_upload_is_refused_and_not_stored(
     assert list((tmp_path / "store" / ".tmp").glob("*.part")) == []
 
 
+async def test_block_checks_its_upload_and_build(app: Any, client: httpx.AsyncClient) -> None:
+    """A staged block is refused, before its body is stored, once its build has finished or
+    its upload is gone (the one-statement check of check_uploadable), and accepted before."""
+    build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
+    created = await client.post(
+        f"{ARTIFACTS}/CreateArtifact", json={"name": "open"}, headers=auth(build_id)
+    )
+    url = created.json()["signed_upload_url"]
+    accepted = await client.put(f"{url}&comp=block&blockid=QUFB", content=b"early")
+    assert accepted.status_code == 201, accepted.text
+    service = service_of(app)
+    async with service.db.transaction() as session:
+        await session.exec(  # type: ignore[call-overload]
+            text("UPDATE builds SET status = 'success' WHERE id = :i"), params={"i": build_id}
+        )
+    late = await client.put(f"{url}&comp=block&blockid=QkJC", content=b"late")
+    assert late.status_code == 401 and "has finished" in late.text
+    async with service.db.transaction() as session:
+        await session.exec(text("DELETE FROM artifacts"))  # type: ignore[call-overload]
+    gone = await client.put(f"{url}&comp=block&blockid=Q0ND", content=b"gone")
+    assert gone.status_code == 404 and "no such artifact upload" in gone.text
+    # Only the early block was staged: the refused ones left nothing behind.
+    artifact_id = urlsplit(url).path.split("/")[4]
+    assert len(await service.storage.list_children(f"uploads/artifact-{artifact_id}")) == 1
+
+
 def tamper(url: str, **changes: str) -> str:
     parts = urlsplit(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}

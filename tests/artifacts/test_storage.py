@@ -219,17 +219,17 @@ async def test_directory_hashes_the_next_block_as_it_is_written(
     """A block that is next in order when its write starts is hashed from memory as it is
     written, not read back from disk; one that only looked next (a block ranked before it
     arrived meanwhile) is read back instead, and the digest is the list's either way."""
-    from app.artifacts import storage as storage_module
+    from app.artifacts.chain import Chain
 
     store = DirectoryStorage(tmp_path / "store")
     read_back: list[str] = []
-    feed = storage_module._Chain.feed
+    feed = Chain.feed
 
-    def counting_feed(chain: storage_module._Chain, path: Path) -> None:
+    def counting_feed(chain: Chain, path: Path) -> None:
         read_back.append(path.name)
         feed(chain, path)
 
-    monkeypatch.setattr(storage_module._Chain, "feed", counting_feed)
+    monkeypatch.setattr(Chain, "feed", counting_feed)
     blocks = [os.urandom(2 * 1024 * 1024 + i) for i in range(3)]
     digest = hashlib.sha256(b"".join(blocks)).hexdigest()
 

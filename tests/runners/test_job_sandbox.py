@@ -282,3 +282,45 @@ async def test_exit_codes_directory_and_signals_as_before(job: Job) -> None:
     assert await proc.stdout.read() == f"{job.workspace}/sub\n{job.tmp}\nerr\n".encode()
     assert await proc.wait() == -signal.SIGKILL
     assert proc.lost is None
+
+
+async def test_an_unspawnable_command_is_refused_and_the_sandbox_lives_on(job: Job) -> None:
+    for env in ({"PATH": "/usr/bin:/bin", "BAD": "nul\0byte"}, {"PATH": "/usr/bin", "X": "\ud800"}):
+        with pytest.raises(OSError, match=r"null|encode"):
+            await job.sandbox.spawn(
+                ["true"],
+                cwd=job.workspace,
+                env=env,
+                workspace=job.workspace,
+                tmpdir=job.tmp,
+                track="test/1/job/0/",
+            )
+    before = job.sandbox._jobs[job.workspace].box
+    assert (await job.run("echo ok"))[1] == "ok\n"
+    assert job.sandbox._jobs[job.workspace].box is before
+
+
+@pytest.mark.parametrize("why", ["LOCAL_SANDBOX=step", "no visible Python"])
+async def test_a_sandbox_per_step_when_asked_or_when_no_launcher_can_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    sandbox = Sandbox(
+        probe_isolation("namespaces"),
+        workspace_root=tmp_path / "ws",
+        hidden=(Path.cwd(),),
+        per_job=why != "LOCAL_SANDBOX=step",
+    )
+    if why == "no visible Python":
+        monkeypatch.setattr(sandbox, "_launcher_python", lambda: None)
+    job = await _open(sandbox, tmp_path, 1)
+    try:
+        marker = f"600.{uuid.uuid4().int % 10**9}"
+        proc = await job.start(f"setsid sleep {marker} & echo $$")
+        assert not isinstance(proc, JobStep)
+        assert (await proc.stdout.read()).strip() in (b"1", b"2")  # PID 1 or bwrap's child
+        assert await proc.wait() == 0
+        await sandbox.kill(proc, "test/1/job/0/")
+        proc.close()
+        await wait_until(lambda: not pids_with(f"sleep {marker}"), "the daemon to die")
+    finally:
+        sandbox.close_job(job.workspace)

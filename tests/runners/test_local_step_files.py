@@ -4,8 +4,14 @@ and script: one set of paths per job, emptied before each step (app/workflow/run
 
 from __future__ import annotations
 
-import httpx
+import os
+from pathlib import Path
+from typing import Any
 
+import httpx
+import pytest
+
+from app.runners.step_files import prepare_files, read_runtime_files
 from tests.helpers import job, log_text
 from tests.helpers import run_workflow as run
 
@@ -111,3 +117,37 @@ async def test_a_temp_dir_replaced_by_a_symlink_is_not_followed(
     steps = job(done, "build")["steps"]
     assert [s["status"] for s in steps] == ["success", "error"], done
     assert "second-step-ran" not in await log_text(client, done["id"])
+
+
+def test_empty_files_are_left_as_they_are_and_read_without_opening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most steps write none of their runtime files: an empty regular file is neither opened
+    to be emptied nor opened to be read; one with content, or a symlink, is handled as ever."""
+    for name in ("out", "env", "full"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "full").write_text("x=1\n")
+    (tmp_path / "target").write_text("keep")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    opened: list[str] = []
+    real_open = os.open
+
+    def counted(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        opened.append(str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    folder = real_open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        monkeypatch.setattr(os, "open", counted)
+        prepare_files(folder, ["out", "env", "full", "link", "new"], "step.sh", "true")
+        assert sorted(opened) == ["full", "link", "link", "new", "step.sh"], opened
+        assert (tmp_path / "target").read_text() == "keep"
+        assert not (tmp_path / "link").is_symlink() and (tmp_path / "link").read_text() == ""
+        assert (tmp_path / "full").read_text() == "" and (tmp_path / "new").is_file()
+        (tmp_path / "full").write_text("x=2\n")
+        opened.clear()
+        files = read_runtime_files(folder, {"GITHUB_OUTPUT": "full", "GITHUB_ENV": "env"})
+        assert (files.output, files.env) == ("x=2\n", "")
+        assert opened == ["full"], opened
+    finally:
+        os.close(folder)

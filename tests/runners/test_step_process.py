@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.runners.sandbox import StepProcess
+from app.runners.sandbox import Isolation, Sandbox, StepProcess
 
 
 @pytest.fixture(params=["pidfd", "thread"])
@@ -60,3 +60,46 @@ async def test_a_cancelled_wait_loses_nothing(tmp_path: Path) -> None:
 async def test_a_missing_program_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         await StepProcess.start(["/nonexistent/program"], cwd=tmp_path, env={})
+
+
+async def _spawned(tmp_path: Path, argv: list[str], path: str) -> bytes:
+    """Run through Sandbox.spawn without a sandbox (where the PATH lookup happens)."""
+    sandbox = Sandbox(Isolation("none", "test"), workspace_root=tmp_path)
+    proc = await sandbox.spawn(
+        argv,
+        cwd=tmp_path / "ws",
+        env={"PATH": path},
+        workspace=tmp_path,
+        tmpdir=tmp_path,
+        track="t/1/",
+    )
+    assert proc.stdout is not None
+    out = await proc.stdout.read()
+    assert await proc.wait() == 0
+    proc.close()
+    return out
+
+
+def _tool(directory: Path, name: str, text: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(f"#!/bin/sh\necho {text}\n")
+    (directory / name).chmod(0o755)
+
+
+async def test_the_program_is_the_first_on_the_steps_path(tmp_path: Path) -> None:
+    """Looked up once on the step's own PATH (not the service's), first entry first; the
+    process still sees argv[0] as given."""
+    (tmp_path / "ws").mkdir()
+    _tool(tmp_path / "late", "tool", "late")
+    assert await _spawned(tmp_path, ["tool"], f"/nonexistent:{tmp_path}/late") == b"late\n"
+    _tool(tmp_path / "early", "tool", "early")
+    path = f"{tmp_path}/early:{tmp_path}/late"
+    assert await _spawned(tmp_path, ["tool"], path) == b"early\n"
+    argv = ["bash", "-c", 'tr "\\0" " " < /proc/$$/cmdline']
+    assert await _spawned(tmp_path, argv, os.environ["PATH"]) == f"{' '.join(argv)} ".encode()
+
+
+async def test_a_relative_path_entry_is_the_steps_directory(tmp_path: Path) -> None:
+    """`bin` on the PATH means the step's directory's bin, as the child resolves it."""
+    _tool(tmp_path / "ws" / "bin", "tool", "step-dir")
+    assert await _spawned(tmp_path, ["tool"], f"bin:{os.defpath}") == b"step-dir\n"

@@ -176,8 +176,16 @@ async def test_daemon_does_not_keep_the_step_running_nor_survive_it(
             {"api_tokens": f"ci:{WRITE_TOKEN}:write", "local_isolation": "namespaces"},
             marks=needs_namespaces,
         ),
+        pytest.param(
+            {
+                "api_tokens": f"ci:{WRITE_TOKEN}:write",
+                "local_isolation": "namespaces",
+                "local_sandbox": "step",
+            },
+            marks=needs_namespaces,
+        ),
     ],
-    ids=["none", "namespaces"],
+    ids=["none", "namespaces", "sandbox-per-step"],
 )
 async def test_cancel_and_timeout_kill_setsid_daemons(client: httpx.AsyncClient) -> None:
     cancelled, timed = _marker(), _marker()

@@ -31,8 +31,17 @@ ONE_STEP = workflow(
 @contextmanager
 def write_transactions(app: Any) -> Iterator[list[list[str]]]:
     """The committed transactions that wrote something, each as its statements (first words
-    and table), in commit order."""
-    engine = app.state.services.db.engine.sync_engine
+    and table), in commit order; a statement committed alone through the driver
+    (Database.commit_alone, a step's start or end) is one of them."""
+    db = app.state.services.db
+    engine = db.engine.sync_engine
+    commit_alone = db.commit_alone
+
+    async def alone(statement: Any, params: dict[str, Any], events: Any) -> list[Any]:
+        rows = await commit_alone(statement, params, events)
+        committed.append([" ".join(statement.sql.split()[:3]).upper()])
+        return rows
+
     open_: dict[int, list[str]] = {}
     committed: list[list[str]] = []
 
@@ -51,9 +60,11 @@ def write_transactions(app: Any) -> Iterator[list[list[str]]]:
     event.listen(engine, "before_cursor_execute", executed)
     event.listen(engine, "commit", commit)
     event.listen(engine, "rollback", rollback)
+    db.commit_alone = alone
     try:
         yield committed
     finally:
+        db.commit_alone = commit_alone
         event.remove(engine, "before_cursor_execute", executed)
         event.remove(engine, "commit", commit)
         event.remove(engine, "rollback", rollback)
