@@ -293,7 +293,7 @@ class GroupCommit:
     @property
     def idle(self) -> bool:
         """No transaction of the group running or waiting: a unit now would commit alone."""
-        return self._task is None and not self._queue
+        return self._active == 0 and not self._queue
 
     async def run(self, unit: Unit) -> None:
         """Commit `unit` with whatever else is queued; raises what its transaction raised."""
