@@ -236,7 +236,8 @@ class LocalRunner:
         self._jobs.setdefault(job.build_id, set()).add(job)
         # Under namespaces the job's steps share one sandbox (app/runners/job_sandbox.py).
         workspace = self.workspace(job.build_id, job.job_name)
-        self.sandbox.open_job(workspace, self.sandbox.track_id(job.build_id, workspace.name))
+        track = self.sandbox.track_id(job.build_id, workspace.name)
+        self.sandbox.open_job(workspace, track, len(job.steps))
         try:
             return await self._run(job, reporter)
         finally:

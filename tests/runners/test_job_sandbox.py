@@ -58,10 +58,10 @@ def _sandbox(tmp_path: Path, hidden: tuple[Path, ...] = ()) -> Sandbox:
     return Sandbox(choice, workspace_root=tmp_path / "ws", hidden=(*hidden, Path.cwd()))
 
 
-async def _open(sandbox: Sandbox, tmp_path: Path, build: int) -> Job:
+async def _open(sandbox: Sandbox, tmp_path: Path, build: int, steps: int = 3) -> Job:
     workspace = tmp_path / "ws" / str(build) / "job"
     workspace.mkdir(parents=True)
-    sandbox.open_job(workspace, f"test/{build}/")
+    sandbox.open_job(workspace, f"test/{build}/", steps)
     return Job(sandbox, workspace, tmp_path)
 
 
@@ -300,7 +300,7 @@ async def test_an_unspawnable_command_is_refused_and_the_sandbox_lives_on(job: J
     assert job.sandbox._jobs[job.workspace].box is before
 
 
-@pytest.mark.parametrize("why", ["LOCAL_SANDBOX=step", "no visible Python"])
+@pytest.mark.parametrize("why", ["LOCAL_SANDBOX=step", "no visible Python", "a one-step job"])
 async def test_a_sandbox_per_step_when_asked_or_when_no_launcher_can_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
 ) -> None:
@@ -312,7 +312,7 @@ async def test_a_sandbox_per_step_when_asked_or_when_no_launcher_can_run(
     )
     if why == "no visible Python":
         monkeypatch.setattr(sandbox, "_launcher_python", lambda: None)
-    job = await _open(sandbox, tmp_path, 1)
+    job = await _open(sandbox, tmp_path, 1, steps=1 if why == "a one-step job" else 3)
     try:
         marker = f"600.{uuid.uuid4().int % 10**9}"
         proc = await job.start(f"setsid sleep {marker} & echo $$")
