@@ -68,7 +68,7 @@ async def sandbox_loop(steps: int, *, per_job: bool = False) -> float | None:
         if per_job:
             if not hasattr(sandbox, "open_job"):
                 return None
-            sandbox.open_job(workspace, "bench/")
+            sandbox.open_job(workspace, "bench/", steps + 1)
             warm = await sandbox.spawn(
                 ["true"], cwd=workspace, env=env, workspace=workspace, tmpdir=tmp, track="b/"
             )
