@@ -18,31 +18,10 @@ from app.models import BuildStatus, JobStatus
 from app.models.schemas import BuildStatusEvent
 from app.services import builds, state
 from app.services.builds import NewBuild
+from tests.support.contract import LEGAL_BUILD, LEGAL_UNIT
 
 B, J = BuildStatus, JobStatus
 
-LEGAL_BUILD: set[tuple[str, str]] = {
-    ("queued", "running"),
-    ("queued", "cancelled"),
-    ("queued", "error"),
-    ("running", "success"),
-    ("running", "failed"),
-    ("running", "cancelled"),
-    ("running", "timed_out"),
-    ("running", "error"),
-}
-# Jobs and steps share one vocabulary and one table.
-LEGAL_UNIT: set[tuple[str, str]] = {
-    ("pending", "running"),
-    ("pending", "skipped"),
-    ("pending", "cancelled"),
-    ("pending", "error"),
-    ("running", "success"),
-    ("running", "failed"),
-    ("running", "cancelled"),
-    ("running", "timed_out"),
-    ("running", "error"),
-}
 BUILD_FINISHED = {"success", "failed", "cancelled", "timed_out", "error"}
 UNIT_FINISHED = BUILD_FINISHED | {"skipped"}
 

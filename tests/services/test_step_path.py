@@ -19,21 +19,9 @@ from app.models import JobStatus
 from app.services import builds, state
 from app.services.builds import NewBuild
 from tests.support import create, pids_with, wait_for_build, wait_until
+from tests.support.contract import LEGAL_UNIT as LEGAL
 
 J = JobStatus
-# The legal sources of a step's transitions, written out from the contract (as in
-# tests/services/test_state_machine.py), not read from the module under test.
-LEGAL: set[tuple[str, str]] = {
-    ("pending", "running"),
-    ("pending", "skipped"),
-    ("pending", "cancelled"),
-    ("pending", "error"),
-    ("running", "success"),
-    ("running", "failed"),
-    ("running", "cancelled"),
-    ("running", "timed_out"),
-    ("running", "error"),
-}
 ENDS = [J.success, J.failed, J.cancelled, J.timed_out, J.error, J.skipped]
 
 
