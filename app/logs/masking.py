@@ -17,13 +17,12 @@ from app.workflow.commands import mask_value
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)
 MIN_SECRET_LENGTH = 4
 MASK = "***"
+MAX_VALUE_PIECE = 64 * 1024
 ADD_MASK = "::add-mask::"
 # Up to this many values, a chunk is first searched for each value with `in` (a C substring
 # search, about 4 GB/s here) and the regex runs only on a chunk that holds one; the alternation
 # regex scans at about 0.2 GB/s whatever it finds, which was most of the CPU of a 100 MB log.
 _SCAN_VALUES = 16
-# An `::add-mask::` value longer than this (a whole line held back) is masked in pieces of it.
-_MASK_PIECE = 1 << 20
 # The characters str.splitlines() ends a line at, besides "\n" (which no value contains).
 _LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
@@ -58,13 +57,20 @@ class Masker:
             # A secret with surrounding whitespace also leaks its core once a shell word-splits
             # it (`echo $SECRET`): mask the stripped core too, unless it is trivially short.
             for candidate in (line, line.strip()):
-                if len(candidate) >= MIN_SECRET_LENGTH:
-                    new.add(candidate)
+                # A longer value is masked as consecutive pieces (each still a secret's part):
+                # an endless line holds back the longest value, and a megabyte one made every
+                # read of a long line rescan it (seconds of event-loop CPU per line).
+                for i in range(0, len(candidate), MAX_VALUE_PIECE):
+                    piece = candidate[i : i + MAX_VALUE_PIECE]
+                    if len(piece) >= MIN_SECRET_LENGTH:
+                        new.add(piece)
         if new - self._values:
             self._values |= new
             # Longest first so a secret containing another is replaced whole.
             ordered = sorted(self._values, key=len, reverse=True)
-            self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+            # Adjacent matches as one mask: a value cut into pieces (MAX_VALUE_PIECE) shows
+            # as one *** like any other.
+            self._pattern = re.compile("(?:" + "|".join(re.escape(v) for v in ordered) + ")+")
             self._breaks = any(_LINE_BREAKS.search(v) for v in self._values)
 
     @property
@@ -174,16 +180,17 @@ class LineAssembler:
 
     def _absorb(self, text: str) -> str:
         """Collect the part of an over-long `::add-mask::` line in `text`; what follows its
-        newline is returned for the usual path (empty while the line goes on). The value is
-        masked whole at the line's end (every _MASK_PIECE characters of a longer one), and a
-        possible escape (`%0A`) split by the read is held back to be decoded whole."""
+        newline is returned for the usual path (empty while the line goes on). What is
+        collected is masked at the line's end, or every max_partial characters of a longer one
+        (Masker.add cuts a long value into pieces anyway). A possible escape (`%0A`) split by
+        the read is held back to be decoded whole."""
         end = text.find("\n")
         if end < 0:
             keep = len(text) - 2 if "%" in text[-2:] else len(text)
             self._mask_value.append(text[:keep])
             self._partial = text[keep:]
             self._mask_size += keep
-            if self._mask_size >= _MASK_PIECE:
+            if self._mask_size >= self._max_partial:
                 self._end_mask_value()
             return ""
         self._mask_value.append(text[:end])

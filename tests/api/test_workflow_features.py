@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import subprocess
 from pathlib import Path
 
@@ -239,14 +240,16 @@ async def test_add_mask_of_a_long_escaped_value(client: httpx.AsyncClient) -> No
           a:
             steps:
               - run: |
-                  v=$(head -c 150000 /dev/zero | tr '\\0' S)
-                  w=$(head -c 150000 /dev/zero | tr '\\0' T)
+                  v=$(seq 100000 125000 | tr -d '\\n')
+                  w=$(seq 200000 225000 | tr -d '\\n')
                   printf '::add-mask::%s' "$v"; printf '%s%%25end\\n' "$w"
                   echo "later $v$w%end!"
         """
     text = await log_text(client, (await run_workflow(client, steps))["id"])
-    assert "later ***!" in text
-    assert "SSSS" not in text and "TTTT" not in text and "end" not in text.replace("later", "")
+    # A line longer than the hold is released in parts, each masked: one *** per part.
+    assert re.search(r"later (\*\*\*)+!", text), text[:300]
+    for fragment in ("100000100001", "124999125000", "200000200001", "224999225000", "end"):
+        assert fragment not in text.replace("later", "")
 
 
 async def test_secrets_masked_in_logs_and_responses(client: httpx.AsyncClient) -> None:

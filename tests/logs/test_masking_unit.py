@@ -5,7 +5,13 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.logs.masking import LineAssembler, Masker, masked_variables, secret_names
+from app.logs.masking import (
+    MAX_VALUE_PIECE,
+    LineAssembler,
+    Masker,
+    masked_variables,
+    secret_names,
+)
 
 
 def _feed(masker: Masker, parts: list[bytes], max_partial: int = 64 * 1024) -> str:
@@ -136,7 +142,10 @@ def test_add_mask_value_is_decoded_like_the_command() -> None:
 def test_an_add_mask_line_longer_than_the_hold_never_reaches_the_log(split: int) -> None:
     # Held lines are released in pieces past max_partial; an `::add-mask::` line must not be:
     # its value's tail would be stored unmasked. Read in two pieces cut anywhere.
-    value = ("S" * 100_000 + "T%25" * 20_000).encode()
+    # Not a run of one character: a value longer than MAX_VALUE_PIECE is masked piece by piece,
+    # and a piece of a repetitive value could match at another offset.
+    digits = "".join(str(n) for n in range(100_000, 125_000))
+    value = f"{digits[:80_000]}%25{digits[80_000:]}".encode()
     line = b"::add-mask::" + value + b"\nafter\n"
     masker = Masker()
     out = _feed(masker, [line[:split], line[split:]], max_partial=64 * 1024)
@@ -144,3 +153,14 @@ def test_an_add_mask_line_longer_than_the_hold_never_reaches_the_log(split: int)
     assert out.replace("::add-mask::***\n", "") == "after\n"
     decoded = value.decode().replace("%25", "%")
     assert _feed(masker, [f"x{decoded}y\n".encode()]) == "x***y\n"
+
+
+def test_a_value_longer_than_a_piece_is_masked_in_pieces() -> None:
+    # The longest value is what an endless line holds back: values are cut into pieces of
+    # MAX_VALUE_PIECE, each masked, so a value printed whole is still masked whole.
+    value = "".join(chr(65 + i % 26) for i in range(3 * MAX_VALUE_PIECE + 5))
+    masker = Masker([value])
+    assert masker.longest == MAX_VALUE_PIECE
+    out = _feed(masker, [f"[{value}]\n".encode()])
+    assert out.replace("***", "") == "[]\n"
+    assert value[:10] not in out and value[-10:] not in out
