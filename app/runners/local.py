@@ -69,6 +69,7 @@ _PIPE_SIZE = 1024 * 1024
 _DRAIN_SECONDS = 5.0
 
 
+@functools.lru_cache(maxsize=4096)  # asked several times per step (a regex and a sha256)
 def job_dir_name(job_name: str) -> str:
     """A filesystem-safe, unique directory name for a job ("test (3.11)" → "test-3.11-1a2b3c4d")."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", job_name).strip("-")[:60] or "job"

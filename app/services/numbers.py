@@ -5,28 +5,52 @@ number, and none is skipped: a create that fails rolls its number back)."""
 from __future__ import annotations
 
 import secrets
+from functools import cache
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import col
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import PipelineCounter
 from app.services.state import BUILDS
 
+COUNTERS: Table = SQLModel.metadata.tables[PipelineCounter.__tablename__]
+
+
+# The statements are built once, their values bound at execution: building one (an upsert with
+# RETURNING) cost more of a create's CPU than running it.
+@cache
+def _increment(dialect: str) -> Any:
+    """The pipeline's counter (`:p`) incremented, or created at 1; returns the new number."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(COUNTERS)
+        .values(pipeline_id=bindparam("p"), last_number=1)
+        .on_conflict_do_update(
+            index_elements=["pipeline_id"],
+            set_={"last_number": COUNTERS.c.last_number + 1},
+        )
+        .returning(COUNTERS.c.last_number)
+    )
+
+
+@cache
+def _number_last() -> Any:
+    counter = _increment("postgresql").cte("n")
+    return (
+        update(BUILDS)
+        .where(BUILDS.c.id == bindparam("b"))
+        .values(number=select(counter.c.last_number).scalar_subquery())
+        .returning(BUILDS.c.number)
+    )
+
 
 async def next_number(session: AsyncSession, pipeline_id: str) -> int:
     dialect = session.bind.dialect.name if session.bind else "sqlite"
-    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(PipelineCounter)
-    stmt = (
-        ins.values(pipeline_id=pipeline_id, last_number=1)
-        .on_conflict_do_update(
-            index_elements=["pipeline_id"],
-            set_={"last_number": col(PipelineCounter.last_number) + 1},
-        )
-        .returning(col(PipelineCounter.last_number))
-    )
-    return int((await session.exec(stmt)).scalar_one())
+    result = await session.exec(_increment(dialect), params={"p": pipeline_id})
+    return int(result.scalar_one())
 
 
 def placeholder_number() -> int:
@@ -41,20 +65,5 @@ async def number_last(session: AsyncSession, build_id: int, pipeline_id: str) ->
     statement. The counter's row lock serialises a pipeline's creates until they commit;
     taken last, it is held for this statement and the commit only, not for the whole create
     (50 POSTs to one pipeline at once otherwise queued one create at a time)."""
-    counter = (
-        postgresql.insert(PipelineCounter)
-        .values(pipeline_id=pipeline_id, last_number=1)
-        .on_conflict_do_update(
-            index_elements=["pipeline_id"],
-            set_={"last_number": col(PipelineCounter.last_number) + 1},
-        )
-        .returning(col(PipelineCounter.last_number))
-        .cte("n")
-    )
-    result = await session.exec(
-        update(BUILDS)
-        .where(BUILDS.c.id == build_id)
-        .values(number=select(counter.c.last_number).scalar_subquery())
-        .returning(BUILDS.c.number)
-    )
+    result = await session.exec(_number_last(), params={"b": build_id, "p": pipeline_id})
     return int(result.scalar_one())

@@ -17,6 +17,7 @@ the moment a step starts (`if`, `env`, `run`, `with`, `working-directory`, `time
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
@@ -126,7 +127,12 @@ def parse_key_values(text: str, what: str) -> dict[str, str]:
 def shell_command(shell: str, script_path: str) -> tuple[str, ...]:
     """argv for a known shell or a custom `cmd {0}` template."""
     template = SHELLS[shell][0] if shell in SHELLS else shell
-    return tuple(part.replace("{0}", script_path) for part in shlex.split(template))
+    return tuple(part.replace("{0}", script_path) for part in _split(template))
+
+
+@functools.lru_cache(maxsize=256)  # shlex is slow, and a job's steps share one or two shells
+def _split(template: str) -> tuple[str, ...]:
+    return tuple(shlex.split(template))
 
 
 def input_name(name: str) -> str:
