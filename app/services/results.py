@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import bindparam, delete, insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -104,25 +104,24 @@ async def job_outputs(session: AsyncSession, build_id: int) -> dict[str, dict[st
     return result
 
 
+# Built once, the build's id bound at execution (`:b`): see builds.detail.
+_ANNOTATIONS = (
+    select(BuildAnnotation)
+    .where(BuildAnnotation.build_id == bindparam("b"))
+    .order_by(col(BuildAnnotation.id))
+)
+_SUMMARIES = select(BuildStepSummary).where(BuildStepSummary.build_id == bindparam("b"))
+_OUTPUTS = (
+    select(BuildOutput).where(BuildOutput.build_id == bindparam("b")).order_by(col(BuildOutput.id))
+)
+
+
 async def for_detail(session: AsyncSession, build_id: int) -> dict[str, Any]:
     """Annotations, step summaries and outputs of a build, for the build detail."""
-    annotations = (
-        await session.exec(
-            select(BuildAnnotation)
-            .where(BuildAnnotation.build_id == build_id)
-            .order_by(col(BuildAnnotation.id))
-        )
-    ).all()
-    summaries = (
-        await session.exec(select(BuildStepSummary).where(BuildStepSummary.build_id == build_id))
-    ).all()
-    outputs = (
-        await session.exec(
-            select(BuildOutput)
-            .where(BuildOutput.build_id == build_id)
-            .order_by(col(BuildOutput.id))
-        )
-    ).all()
+    by_build = {"b": build_id}
+    annotations = (await session.exec(_ANNOTATIONS, params=by_build)).all()
+    summaries = (await session.exec(_SUMMARIES, params=by_build)).all()
+    outputs = (await session.exec(_OUTPUTS, params=by_build)).all()
     return {"annotations": annotations, "summaries": summaries, "outputs": outputs}
 
 

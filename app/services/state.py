@@ -72,16 +72,34 @@ async def build(
     if to.finished:
         values["lease_owner"] = None
         values["lease_expires_at"] = None
-    result = await session.exec(
-        update(BUILDS)
-        .where(BUILDS.c.id == build_id, BUILDS.c.status.in_(sources))
-        .values(**values)
-        .returning(BUILDS.c.id)
-    )
+    stmt = _build_update(tuple(sources), tuple(values))
+    result = await session.exec(stmt, params={"id_": build_id, **values})
     if result.first() is None:
         return False
     record_event(session, BuildStatusEvent(build_id=build_id, status=to, error=error))
     return True
+
+
+# The shapes of build() and jobs(), built once each (constructing an UPDATE cost more CPU than
+# running it): the legal sources and the columns set are the shape, every value is bound at
+# execution under its column's name (the ids under names no column has).
+@cache
+def _build_update(sources: tuple[str, ...], columns: tuple[str, ...]) -> Update:
+    return (
+        update(BUILDS)
+        .where(BUILDS.c.id == bindparam("id_"), BUILDS.c.status.in_(sources))
+        .values({name: bindparam(name, type_=BUILDS.c[name].type) for name in columns})
+        .returning(BUILDS.c.id)
+    )
+
+
+@cache
+def _jobs_update(sources: tuple[str, ...], columns: tuple[str, ...], by_name: bool) -> Update:
+    stmt = update(JOBS).where(JOBS.c.build_id == bindparam("b_"), JOBS.c.status.in_(sources))
+    if by_name:
+        stmt = stmt.where(JOBS.c.name.in_(bindparam("names_", expanding=True)))
+    values = {name: bindparam(name, type_=JOBS.c[name].type) for name in columns}
+    return stmt.values(values).returning(JOBS.c.name)
 
 
 async def claim_ungrouped(
@@ -166,12 +184,11 @@ async def jobs(
     values: dict[str, Any] = {"status": str(to), **_timestamps(to, utcnow())}
     if error is not None:
         values["error"] = error
-    stmt = update(JOBS).where(
-        JOBS.c.build_id == build_id, JOBS.c.status.in_(_sources(UNIT_TRANSITIONS, to))
-    )
+    stmt = _jobs_update(tuple(_sources(UNIT_TRANSITIONS, to)), tuple(values), names is not None)
+    params = {"b_": build_id, **values}
     if names is not None:
-        stmt = stmt.where(JOBS.c.name.in_(list(names)))
-    result = await session.exec(stmt.values(**values).returning(JOBS.c.name))
+        params["names_"] = list(names)
+    result = await session.exec(stmt, params=params)
     moved = [row[0] for row in result.all()]
     for name in moved:
         record_event(
