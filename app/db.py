@@ -291,6 +291,11 @@ class GroupCommit:
         self._active = 0
 
     @property
+    def waiting(self) -> int:
+        """Units queued for the next transaction."""
+        return len(self._queue)
+
+    @property
     def idle(self) -> bool:
         """No transaction of the group running or waiting: a unit now would commit alone."""
         return self._active == 0 and not self._queue

@@ -20,7 +20,7 @@ from sqlmodel import col, select
 
 from app.actions.support import ActionSupport
 from app.config import Settings
-from app.db import Database
+from app.db import Database, GroupCommit
 from app.installation import read_installation_id
 from app.logs.hub import LiveHub
 from app.logs.masking import Masker
@@ -78,6 +78,7 @@ class Services(Core):
     queue: BuildQueue
     scheduler: Scheduler
     listener: PgListener | None  # only on Postgres (cross-replica NOTIFY)
+    creates: GroupCommit  # POST /builds' transactions (services.builds.submit)
 
 
 async def _start_core(
@@ -175,6 +176,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             queue=queue,
             scheduler=scheduler,
             listener=listener,
+            creates=GroupCommit(core.db),
         )
 
 

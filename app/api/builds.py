@@ -90,6 +90,7 @@ async def create_build(
         new,
         actions=functools.partial(fetcher_for, settings),
         specs=services.scheduler.specs,
+        creates=services.creates,
     )
     if not created:
         response.status_code = 200
