@@ -43,6 +43,9 @@ def masked_variables(variables: Mapping[str, str]) -> dict[str, str]:
 class Masker:
     def __init__(self, values: Iterable[str] = ()) -> None:
         self._values: set[str] = set()
+        # Compiled on first use after a change (_regex): every build's masker gets its own
+        # runtime token, and compiling the alternation cost a millisecond of each build's
+        # dispatch, also for builds whose output never needs it.
         self._pattern: re.Pattern[str] | None = None
         # True once a value holds a line break other than "\n": then a match could span two
         # of the lines mask_line sees, and whole-chunk masking would not be the same.
@@ -66,12 +69,18 @@ class Masker:
                         new.add(piece)
         if new - self._values:
             self._values |= new
+            self._pattern = None
+            self._breaks = self._breaks or any(_LINE_BREAKS.search(v) for v in new)
+
+    def _regex(self) -> re.Pattern[str] | None:
+        """The values as one pattern, or None when there are none."""
+        if self._pattern is None and self._values:
             # Longest first so a secret containing another is replaced whole.
             ordered = sorted(self._values, key=len, reverse=True)
             # Adjacent matches as one mask: a value cut into pieces (MAX_VALUE_PIECE) shows
             # as one *** like any other.
             self._pattern = re.compile("(?:" + "|".join(re.escape(v) for v in ordered) + ")+")
-            self._breaks = any(_LINE_BREAKS.search(v) for v in self._values)
+        return self._pattern
 
     @property
     def longest(self) -> int:
@@ -86,22 +95,24 @@ class Masker:
             # what is masked is what the step will print.
             self.add(mask_value(body[len(ADD_MASK) :]))
             return ADD_MASK + MASK + line[len(stripped) :]
-        if self._pattern is None:
+        pattern = self._regex()
+        if pattern is None:
             return line
-        return self._pattern.sub(MASK, line)
+        return pattern.sub(MASK, line)
 
     def safe_cut(self, text: str, cut: int) -> int:
         """Where to release text[:cut] of an endless line so that no secret complete in `text`
         is split: released unmasked up to the cut, its tail would no longer match. A secret
         straddling `cut` moves it to the secret's end (the matches are those mask_text sees)."""
-        if self._pattern is None:
+        pattern = self._regex()
+        if pattern is None:
             return cut
         whole = ADD_MASK not in text and not self._breaks
         start = 0
         for line in [text] if whole else text.splitlines(keepends=True):
             end = start + len(line)
             if start < cut < end:
-                for match in self._pattern.finditer(line):
+                for match in pattern.finditer(line):
                     if start + match.start() >= cut:
                         break
                     if start + match.end() > cut:
@@ -117,11 +128,12 @@ class Masker:
         line-by-line result (a regex of literals matches at a position the same way whether
         the text after the line's end is there or not)."""
         if ADD_MASK not in text and not self._breaks:
-            pattern = self._pattern
-            if pattern is None:
+            if not self._values:
                 return text
             if len(self._values) <= _SCAN_VALUES and not any(v in text for v in self._values):
                 return text
+            pattern = self._regex()
+            assert pattern is not None
             return pattern.sub(MASK, text)
         return "".join(self.mask_line(line) for line in text.splitlines(keepends=True))
 
