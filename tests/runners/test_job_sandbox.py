@@ -236,6 +236,24 @@ async def test_a_missing_program_raises_and_the_sandbox_lives_on(job: Job) -> No
     assert (await job.run("echo ok"))[1] == "ok\n"
 
 
+async def test_an_error_message_of_any_characters_reaches_the_service(job: Job) -> None:
+    """The launcher's JSON of the error, with quotes, backslashes and non-ASCII in it."""
+    name = 'no "such" program\n-é-😀'
+    with pytest.raises(FileNotFoundError) as caught:
+        await job.sandbox.spawn(
+            [name],
+            cwd=job.workspace,
+            env={"PATH": "/usr/bin:/bin"},
+            workspace=job.workspace,
+            tmpdir=job.tmp,
+            track="test/1/job/0/",
+        )
+    assert repr(name) in str(caught.value)
+    before = job.sandbox._jobs[job.workspace].box
+    assert (await job.run("echo ok"))[1] == "ok\n"
+    assert job.sandbox._jobs[job.workspace].box is before
+
+
 async def test_a_closed_job_leaves_nothing_behind(tmp_path: Path) -> None:
     sandbox = _sandbox(tmp_path)
     job = await _open(sandbox, tmp_path, 1)
