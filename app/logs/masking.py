@@ -44,8 +44,8 @@ class Masker:
     def __init__(self, values: Iterable[str] = ()) -> None:
         self._values: set[str] = set()
         # Compiled on first use after a change (_regex): every build's masker gets its own
-        # runtime token, and compiling the alternation cost ~0.3 ms of each job's start on
-        # the event loop (0.6 ms with a service secret), also for output that never needs it.
+        # runtime token, and compiling the alternation (~0.3 ms for one token) ran on the
+        # event loop at every job start, also for output that never needs it.
         self._pattern: re.Pattern[str] | None = None
         # True once a value holds a line break other than "\n": then a match could span two
         # of the lines mask_line sees, and whole-chunk masking would not be the same.
