@@ -83,12 +83,17 @@ async def build(
 # The shapes of build() and jobs(), built once each (constructing an UPDATE cost more CPU than
 # running it): the legal sources and the columns set are the shape, every value is bound at
 # execution under its column's name (the ids under names no column has).
+def _bound(table: Table, columns: tuple[str, ...]) -> dict[str, Any]:
+    """SET values for `columns`, each bound at execution under its column's name and type."""
+    return {name: bindparam(name, type_=table.c[name].type) for name in columns}
+
+
 @cache
 def _build_update(sources: tuple[str, ...], columns: tuple[str, ...]) -> Update:
     return (
         update(BUILDS)
         .where(BUILDS.c.id == bindparam("id_"), BUILDS.c.status.in_(sources))
-        .values({name: bindparam(name, type_=BUILDS.c[name].type) for name in columns})
+        .values(_bound(BUILDS, columns))
         .returning(BUILDS.c.id)
     )
 
@@ -98,8 +103,7 @@ def _jobs_update(sources: tuple[str, ...], columns: tuple[str, ...], by_name: bo
     stmt = update(JOBS).where(JOBS.c.build_id == bindparam("b_"), JOBS.c.status.in_(sources))
     if by_name:
         stmt = stmt.where(JOBS.c.name.in_(bindparam("names_", expanding=True)))
-    values = {name: bindparam(name, type_=JOBS.c[name].type) for name in columns}
-    return stmt.values(values).returning(JOBS.c.name)
+    return stmt.values(_bound(JOBS, columns)).returning(JOBS.c.name)
 
 
 async def claim_ungrouped(
@@ -153,7 +157,7 @@ def _claim_many(columns: tuple[str, ...]) -> Any:
             col(Build.status).in_(_sources(BUILD_TRANSITIONS, B.running)),
             col(Build.concurrency_key).is_(None),
         )
-        .values({name: bindparam(name, type_=BUILDS.c[name].type) for name in columns})
+        .values(_bound(BUILDS, columns))
         .returning(Build)
         .execution_options(synchronize_session=False)
     )
