@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# What a client is told of an unexpected error: the trace stays in the service log.
+INTERNAL_ERROR = "internal error; see the service log"
+
 
 class ServiceError(Exception):
     status_code = 500

@@ -10,13 +10,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
 
 from app.api import artifacts, builds, health, logs, viewer
 from app.api.event_stream import EventStreamHandoff
 from app.api.limits import RequestGuard
 from app.api.openapi import document_responses
 from app.config import PROJECT_ROOT, Settings, get_settings
-from app.errors import ServiceError
+from app.errors import INTERNAL_ERROR, ServiceError
 from app.ui import Compress, mount_ui
 from app.wiring import running_services
 
@@ -42,9 +43,18 @@ def _error(status: int, detail: Any) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
+class _App(FastAPI):
+    """FastAPI with the SSE streams run outside its whole middleware stack, FastAPI's own
+    (error, telemetry and body-limit middleware) included: an idle stream then holds none of
+    their frames (bench/sse_idle.py; app/api/event_stream.py says why)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return EventStreamHandoff(super().build_middleware_stack(), suffix="/logs/stream")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(
+    app = _App(
         title="ci-executor",
         version="0.1.0",
         description="The execution plane of the CI system: builds, their DAG of jobs and steps, "
@@ -76,12 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:
         # Logged with its trace here; the client gets no internals.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal error; see the service log")
+        return _error(500, INTERNAL_ERROR)
 
     app.add_middleware(RequestGuard, settings=settings, exempt=artifacts.BLOB_PATH_PREFIXES)
 
     app.add_middleware(Compress, exempt=artifacts.BLOB_PATH_PREFIXES)
-    # Added last, so outermost: SSE streams run after the rest of the stack has returned.
-    app.add_middleware(EventStreamHandoff, suffix="/logs/stream")
     mount_ui(app, WEB_DIST)
     return app

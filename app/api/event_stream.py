@@ -9,10 +9,13 @@ iterator sends its own keep-alive comments and notices a server shutdown on the 
 makes anyway to poll (app/logs/stream.py), and one small task per stream waits for the client
 to disconnect (the ASGI server only reports that through `receive`).
 
-And the stream does not run inside the route's call stack: `EventStreamHandoff`, the outermost
-middleware, runs it after the route (validation, authentication) returned. An idle stream then
-holds none of FastAPI's dependency and exception-handling frames, the other middleware's
-wrapped receive/send or the request objects (about 6 KiB per stream, measured the same way).
+And the stream does not run inside the route's call stack: `EventStreamHandoff`, wrapped around
+the app's whole middleware stack (FastAPI's own error, telemetry and body-limit middleware
+included, app/main.py), runs it after the route (validation, authentication) returned. An idle
+stream then holds none of FastAPI's dependency and exception-handling frames, the middleware's
+wrapped receive/send or the request objects (about 6 KiB per stream, measured the same way,
+and 1 to 2 KiB more for FastAPI's own three). Outside that stack no exception handler catches
+what the stream's check raises, so `stream` answers those errors itself, as the handlers do.
 The route's database check (`check`, a 404 for an unknown build) runs here too, before any
 header: it waits its turn for a read, and a thousand streams connecting at once would otherwise
 each wait holding a whole request stack, leaving about 10 KiB per stream of freed but
@@ -23,13 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ServiceError
+from app.errors import INTERNAL_ERROR, ServiceError
+
+log = logging.getLogger(__name__)
 
 # The scope key where EventStreamHandoff waits for the route's stream (the router and
 # FastAPI pass the same scope dict down to the route).
@@ -83,6 +89,11 @@ class EventStream(Response):
                 error = JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
                 await error(scope, receive, send)
                 return
+            except Exception:
+                log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+                error = JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
+                await error(scope, receive, send)
+                return
         start = {"type": "http.response.start", "status": self.status_code}
         await send({**start, "headers": self.raw_headers})
         if scope.get("method") == "HEAD":
@@ -119,8 +130,8 @@ class EventStream(Response):
 
 class EventStreamHandoff:
     """Runs the EventStream a route whose path ends with `suffix` returned after the whole app
-    stack below this middleware has returned (see the module docstring). Must be the outermost
-    middleware, so nothing else holds frames or wrappers while the stream is open."""
+    stack below it has returned (see the module docstring). Wraps the app's whole middleware
+    stack (app/main.py), so nothing else holds frames or wrappers while the stream is open."""
 
     def __init__(self, app: ASGIApp, suffix: str) -> None:
         self.app = app

@@ -5,15 +5,18 @@ from a wake-up of its own."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from app.config import Settings
 from app.db import Database
+from app.errors import INTERNAL_ERROR
 from app.logs.store import insert_chunks
 from tests.support import create, sse_events, wait_until, workflow
 
@@ -48,6 +51,30 @@ async def test_unknown_build_or_bad_resume_id_is_an_error(client: httpx.AsyncCli
         f"/builds/{body['id']}/logs/stream", headers={"Last-Event-ID": "not-a-seq"}
     )
     assert bad.status_code == 422
+
+
+async def test_a_failing_build_check_is_a_500_without_internals(
+    client: httpx.AsyncClient, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The check runs outside every exception handler of the app (EventStreamHandoff wraps the
+    # whole stack), so it answers an infrastructure failure itself, as the app's handler would.
+    body = await create(client, "jobs:\n  a:\n    steps:\n      - run: echo hi\n")
+    db = Database(database_url)
+    try:
+        async with db.transaction() as session:
+            await session.exec(text("ALTER TABLE builds RENAME TO builds_away"))  # type: ignore[call-overload]
+        try:
+            with caplog.at_level(logging.ERROR):
+                failed = await client.get(f"/builds/{body['id']}/logs/stream")
+        finally:
+            async with db.transaction() as session:
+                await session.exec(text("ALTER TABLE builds_away RENAME TO builds"))  # type: ignore[call-overload]
+    finally:
+        await db.dispose()
+    assert failed.status_code == 500
+    assert failed.json() == {"detail": INTERNAL_ERROR}
+    assert "unhandled error on GET" in caplog.text  # the trace is in the log, not the answer
+    assert "Traceback" not in failed.text and "builds" not in failed.text
 
 
 async def _open_streams(live_url: str) -> float:
