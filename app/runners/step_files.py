@@ -85,6 +85,16 @@ def prepare_files(folder: int, empty: Iterable[str], script: str, text: str) -> 
             f.truncate(len(data))
 
 
+def present(folder: int, names: Iterable[str]) -> bool:
+    """Do these files exist already (one lstat each; preparing them then creates nothing)?"""
+    for name in names:
+        try:
+            os.lstat(name, dir_fd=folder)
+        except OSError:
+            return False
+    return True
+
+
 def small(folder: int, names: Iterable[str]) -> bool:
     """Are these files small enough to read on the event loop (or missing)?"""
     total = 0
