@@ -48,6 +48,7 @@ from app.runners.sandbox import (
 )
 from app.runners.step_files import (
     INLINE_BYTES,
+    look,
     names_in,
     open_temp,
     prepare_files,
@@ -396,8 +397,9 @@ class LocalRunner:
             # a job's first step: that one prepares in a worker thread, alongside its durable
             # start, instead of holding the event loop (every other build's work) ~3 ms.
             made = [*names.values(), request.script_name] if request.script else names.values()
-            if len(request.script) <= INLINE_BYTES and present(folder, made):
-                prepare_files(*prepare)
+            found = look(folder, made)
+            if len(request.script) <= INLINE_BYTES and present(found):
+                prepare_files(*prepare, found)
             else:
                 await asyncio.to_thread(prepare_files, *prepare)
         except OSError as exc:
@@ -423,8 +425,9 @@ class LocalRunner:
         status, code, message = await self._run_step(
             job, run, workspace, reporter, deadline, argv=request.argv
         )
-        if small(folder, names.values()):
-            texts = read_runtime_files(folder, names)
+        found = look(folder, names.values())
+        if small(found):
+            texts = read_runtime_files(folder, names, found)
         else:
             texts = await asyncio.to_thread(read_runtime_files, folder, names)
         return Ran(status, code, texts, message)

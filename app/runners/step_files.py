@@ -8,6 +8,7 @@ following one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 from collections.abc import Iterable
@@ -61,20 +62,37 @@ def _writable(folder: int, name: str, flags: int) -> int:
         return _open_regular(folder, name, flags | os.O_EXCL)
 
 
-def _empty_file(folder: int, name: str) -> bool:
-    """Is `name` an empty regular file (not a link to one)? Most steps write none of their
-    runtime files: one lstat, where opening to truncate or read cost three calls each."""
-    try:
-        found = os.lstat(name, dir_fd=folder)
-    except OSError:
-        return False
-    return stat.S_ISREG(found.st_mode) and found.st_size == 0
+Found = dict[str, os.stat_result | None]
 
 
-def prepare_files(folder: int, empty: Iterable[str], script: str, text: str) -> None:
-    """Empty (create or truncate) the invocation's runtime files; write its script."""
+def look(folder: int, names: Iterable[str]) -> Found:
+    """One lstat of each file of the temp dir (None: missing). A step's files are checked once
+    before it and once after it, and each check below reuses these results instead of its
+    own lstat (four passes over the same six files cost ~0.1 ms of a ~2.5 ms step here)."""
+    found: Found = {}
+    for name in names:
+        try:
+            found[name] = os.lstat(name, dir_fd=folder)
+        except OSError:
+            found[name] = None
+    return found
+
+
+def _empty(found: os.stat_result | None) -> bool:
+    """An empty regular file (not a link to one)? Most steps write none of their runtime
+    files: the lstat decides, where opening to truncate or read cost three calls each."""
+    return found is not None and stat.S_ISREG(found.st_mode) and found.st_size == 0
+
+
+def prepare_files(
+    folder: int, empty: Iterable[str], script: str, text: str, found: Found | None = None
+) -> None:
+    """Empty (create or truncate) the invocation's runtime files; write its script. `found`:
+    what `look` saw of them just before (without it, they are looked at here)."""
+    empty = list(empty)
+    seen = found if found is not None else look(folder, empty)
     for name in empty:
-        if not _empty_file(folder, name):
+        if not _empty(seen.get(name)):
             os.close(_writable(folder, name, os.O_TRUNC))
     if script:
         # Overwritten, then cut to length: truncating a file that holds data to zero first
@@ -85,31 +103,26 @@ def prepare_files(folder: int, empty: Iterable[str], script: str, text: str) -> 
             f.truncate(len(data))
 
 
-def present(folder: int, names: Iterable[str]) -> bool:
-    """Do these files exist already (one lstat each; preparing them then creates nothing)?"""
-    for name in names:
-        try:
-            os.lstat(name, dir_fd=folder)
-        except OSError:
-            return False
-    return True
+def present(found: Found) -> bool:
+    """Do all these files exist already (preparing them then creates nothing)?"""
+    return all(entry is not None for entry in found.values())
 
 
-def small(folder: int, names: Iterable[str]) -> bool:
+def small(found: Found) -> bool:
     """Are these files small enough to read on the event loop (or missing)?"""
-    total = 0
-    for name in names:
-        with contextlib.suppress(OSError):
-            total += os.lstat(name, dir_fd=folder).st_size
-    return total <= INLINE_BYTES
+    return sum(entry.st_size for entry in found.values() if entry is not None) <= INLINE_BYTES
 
 
-def read_runtime_files(folder: int, names: dict[str, str]) -> RuntimeFiles:
+def read_runtime_files(
+    folder: int, names: dict[str, str], found: Found | None = None
+) -> RuntimeFiles:
     """An invocation's runtime files, each read up to MAX_FILE_BYTES (a step cannot make the
-    service hold an arbitrarily large file in memory)."""
+    service hold an arbitrarily large file in memory). `found`: what `look` saw of them just
+    before, with nothing awaited in between (without it, they are looked at here)."""
+    seen = found if found is not None else look(folder, names.values())
     texts: dict[str, str] = {}
     for key, name in names.items():
-        if _empty_file(folder, name):
+        if _empty(seen.get(name)):
             texts[key] = ""
             continue
         try:
@@ -127,11 +140,18 @@ def read_runtime_files(folder: int, names: dict[str, str]) -> RuntimeFiles:
     )
 
 
-def names_in(temp: Path, files: dict[str, str]) -> dict[str, str]:
-    """The runtime files' names in the temp dir, where the runtime puts them all."""
-    names = {}
-    for key, path in files.items():
-        if Path(path).parent != temp:
+@functools.lru_cache(maxsize=1024)
+def _names_in(temp: str, paths: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    names = []
+    for key, path in paths:
+        parent, _, name = path.rpartition("/")
+        if Path(parent) != Path(temp) or not name:
             raise OSError(f"{path} is not in the job's temp dir")
-        names[key] = Path(path).name
-    return names
+        names.append((key, name))
+    return tuple(names)
+
+
+def names_in(temp: Path, files: dict[str, str]) -> dict[str, str]:
+    """The runtime files' names in the temp dir, where the runtime puts them all (the same
+    paths for every step of a local job: worked out once)."""
+    return dict(_names_in(str(temp), tuple(files.items())))

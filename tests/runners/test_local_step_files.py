@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.runners.step_files import prepare_files, read_runtime_files
+from app.runners.step_files import look, prepare_files, present, read_runtime_files, small
 from tests.helpers import job, log_text
 from tests.helpers import run_workflow as run
 
@@ -149,5 +149,25 @@ def test_empty_files_are_left_as_they_are_and_read_without_opening(
         files = read_runtime_files(folder, {"GITHUB_OUTPUT": "full", "GITHUB_ENV": "env"})
         assert (files.output, files.env) == ("x=2\n", "")
         assert opened == ["full"], opened
+        # With what `look` saw just before, neither looks at the files again (one lstat pass
+        # before a step and one after it, not one per check).
+        names = {"GITHUB_OUTPUT": "full", "GITHUB_ENV": "env"}
+        found = look(folder, names.values())
+        assert small(found) and present(found) and not present(look(folder, ["gone"]))
+        looked: list[str] = []
+        real_lstat = os.lstat
+
+        def counted_lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            looked.append(str(path))
+            return real_lstat(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "lstat", counted_lstat)
+        opened.clear()
+        again = read_runtime_files(folder, names, found)
+        prepare_files(folder, names.values(), "", "", found)
+        assert (again.output, again.env) == ("x=2\n", "")
+        assert looked == [], looked
+        assert opened == ["full", "full"], opened  # read it, then emptied it
+        assert (tmp_path / "full").read_text() == ""
     finally:
         os.close(folder)
