@@ -185,6 +185,9 @@ class LocalRunner:
             Isolation("none", "not started"), workspace_root=self.workspace_root, hidden=hidden
         )
         self._jobs: dict[int, set[JobRun]] = {}
+        # Each running job's wait for its cancel, shared by its steps (one task a job, where a
+        # task a step cost a creation and a cancellation, each a pass of the event loop).
+        self._cancel_waits: dict[JobRun, asyncio.Task[Literal[True]]] = {}
 
     async def start(self) -> None:
         self.workspace_root.mkdir(parents=True, exist_ok=True)
@@ -241,9 +244,11 @@ class LocalRunner:
         workspace = self.workspace(job.build_id, job.job_name)
         track = self.sandbox.track_id(job.build_id, workspace.name)
         self.sandbox.open_job(workspace, track, len(job.steps))
+        self._cancel_waits[job] = asyncio.create_task(job.cancel.wait())
         try:
             return await self._run(job, reporter)
         finally:
+            self._cancel_waits.pop(job).cancel()
             self.sandbox.close_job(workspace)
             jobs = self._jobs.get(job.build_id)
             if jobs is not None:
@@ -496,8 +501,8 @@ class LocalRunner:
             return "error", None, f"could not start {argv[0]}: {exc}"
         assert proc.stdout is not None
         pump = asyncio.create_task(self._pump(proc.stdout, step.index, reporter))
-        waiter = asyncio.create_task(proc.wait())
-        canceller = asyncio.create_task(job.cancel.wait())
+        waiter: asyncio.Future[Any] = proc.exit()
+        canceller: asyncio.Future[Any] = self._cancel_waits[job]
         timeouts = [t for t in (step.timeout_seconds,) if t]
         if job_deadline is not None:
             timeouts.append(max(0.0, job_deadline - time.monotonic()))
@@ -526,7 +531,6 @@ class LocalRunner:
             await self._drain(pump)
             return status, _exit_code(proc.returncode), None
         finally:
-            canceller.cancel()
             if not waiter.done():
                 _kill_group(proc.pid, signal.SIGKILL)
                 if self.sandbox.mode == "none":
