@@ -106,6 +106,16 @@ class Subscription:
         return 0 if queue is None else queue.qsize()
 
 
+class _SharedRead:
+    """A chunk read several streams wait for (LiveHub.chunks_read)."""
+
+    __slots__ = ("began", "result")
+
+    def __init__(self) -> None:
+        self.began: float | None = None  # loop time it got its turn; None: still waiting
+        self.result: asyncio.Future[Any]
+
+
 class LiveHub:
     def __init__(
         self, queue_size: int = 1000, shared_read_seconds: float = 0.5, stream_reads: int = 10
@@ -117,6 +127,8 @@ class LiveHub:
         self._subs: dict[int, set[Subscription]] = defaultdict(set)
         self._shared_read_seconds = shared_read_seconds
         self._reads: dict[int, tuple[float, asyncio.Future[Any]]] = {}
+        self._chunk_reads: dict[tuple[int, int], _SharedRead] = {}
+        self._published: dict[int, float] = {}  # builds with subscribers only
         self._pollers: dict[int, asyncio.Task[None]] = {}
 
     def poll(
@@ -164,13 +176,59 @@ class LiveHub:
         `shared_read_seconds` of it (the result is at most that old). A thousand idle streams
         on one build then poll the database once, not a thousand times, per interval. Only for
         the polling fallback: a stream told something changed reads the database itself."""
+        result, _ = await self.shared_read_at(build_id, load)
+        return result
+
+    async def shared_read_at(
+        self, build_id: int, load: Callable[[], Awaitable[T]], since: float | None = None
+    ) -> tuple[T, float]:
+        """`shared_read`, and when (loop time) the shared read began: it saw everything
+        stored before then. `since`: only a read that began at or after that time is shared
+        (a stream's first look at its build must not predate its subscription)."""
         now = asyncio.get_running_loop().time()
         entry = self._reads.get(build_id)
-        if entry is None or now - entry[0] > self._shared_read_seconds:
+        if (
+            entry is None
+            or now - entry[0] > self._shared_read_seconds
+            or (since is not None and entry[0] < since)
+        ):
             entry = (now, asyncio.ensure_future(load()))
             self._reads[build_id] = entry
         # Shielded: one subscriber going away must not cancel the read the others wait for.
         result: T = await asyncio.shield(entry[1])
+        return result, entry[0]
+
+    async def chunks_read(
+        self, build_id: int, after: int, since: float, load: Callable[[], Awaitable[T]]
+    ) -> T:
+        """One read of a build's chunks after seq `after`, shared by the streams that need
+        them at once: a stream reading for itself was one read per stream, one after another
+        through `stream_reads` (200 streams connecting on SQLite kept the first live chunks
+        waiting ~0.3 s behind them: bench/sse_fanout.py). `since`: the loop time of what told
+        the stream to read (its subscription, a poll's read, a status it received); it joins a
+        read still waiting for its turn, or one that began at or after `since` (which sees
+        every chunk stored before then). `load` reads the database; the turn is taken here.
+        Nothing is kept once the read is done."""
+        key = (build_id, after)
+        read = self._chunk_reads.get(key)
+        if read is None or (read.began is not None and read.began < since):
+            read = _SharedRead()
+            self._chunk_reads[key] = read
+            made = read
+
+            async def gated() -> T:
+                async with self.stream_reads:
+                    made.began = asyncio.get_running_loop().time()
+                    return await load()
+
+            def forget(_: asyncio.Future[Any]) -> None:
+                if self._chunk_reads.get(key) is made:
+                    del self._chunk_reads[key]
+
+            read.result = asyncio.ensure_future(gated())
+            read.result.add_done_callback(forget)
+        # Shielded, as in shared_read_at: a stream leaving must not cancel the others' read.
+        result: T = await asyncio.shield(read.result)
         return result
 
     @property
@@ -190,12 +248,21 @@ class LiveHub:
                 if not subs:
                     del self._subs[build_id]
                     self._reads.pop(build_id, None)
+                    self._published.pop(build_id, None)
                     poller = self._pollers.pop(build_id, None)
                     if poller is not None:
                         poller.cancel()
 
+    def published_at(self, build_id: int) -> float:
+        """When (loop time) the latest event of this build was published here: whatever an
+        event published so far says was stored before then (events follow their commit)."""
+        return self._published.get(build_id, 0.0)
+
     def publish(self, event: HubEvent) -> None:
-        for sub in self._subs.get(event.build_id, ()):
+        subs = self._subs.get(event.build_id)
+        if subs:
+            self._published[event.build_id] = asyncio.get_running_loop().time()
+        for sub in subs or ():
             if not sub.lagged:
                 try:
                     sub.queue.put_nowait(event)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -80,23 +81,37 @@ class _Stream:
     on its subscription's signal (set by the hub) with a timeout, and that wake-up also serves
     the polling fallback, the keep-alive comment and noticing a server shutdown."""
 
-    __slots__ = ("build_id", "db", "hub", "last")
+    __slots__ = ("build_id", "db", "hub", "informed", "last")
 
     def __init__(self, db: Database, hub: LiveHub, build_id: int, after: int) -> None:
         self.db = db
         self.hub = hub
         self.build_id = build_id
         self.last = after
+        # When (loop time) the stream learnt the build's latest status: every chunk of the
+        # build was stored before then once that status is final (see stream_build's end).
+        self.informed = 0.0
 
-    async def catch_up(self) -> AsyncIterator[bytes]:
+    async def catch_up(self, since: float) -> AsyncIterator[bytes]:
+        """The stored chunks after the last one sent. `since`: the loop time of what told the
+        stream to read (see LiveHub.chunks_read: the read, and the frames' encoding, are shared
+        with the build's other streams reading from the same seq at the same time)."""
         while True:
-            async with stream_read(self.db, self.hub) as session:
-                batch = await chunks_after(session, self.build_id, self.last, limit=_BATCH)
-            for chunk in batch:
-                self.last = chunk.seq
-                yield log_frame(chunk)
+            after = self.last
+            batch = await self.hub.chunks_read(
+                self.build_id, after, since, functools.partial(self._frames_after, after)
+            )
+            for seq, frame in batch:
+                self.last = seq
+                yield frame
             if len(batch) < _BATCH:
                 return
+
+    async def _frames_after(self, after: int) -> list[tuple[int, bytes]]:
+        # Its turn at stream_reads is taken by hub.chunks_read, which calls this.
+        async with self.db.read() as session:
+            batch = await chunks_after(session, self.build_id, after, limit=_BATCH)
+        return [(chunk.seq, log_frame(chunk)) for chunk in batch]
 
     async def live(self, sub: Subscription) -> AsyncIterator[bytes | BuildStatus | None]:
         """What one wake-up brings: frames, and the build's status (None: gone) when read."""
@@ -107,7 +122,7 @@ class _Stream:
                 if item.chunk.seq <= self.last:
                     continue
                 if item.chunk.seq != self.last + 1:  # a gap (another writer): read it first
-                    async for frame in self.catch_up():
+                    async for frame in self.catch_up(asyncio.get_running_loop().time()):
                         yield frame
                     if item.chunk.seq <= self.last:
                         continue
@@ -116,20 +131,22 @@ class _Stream:
             elif isinstance(item, StatusEvent):
                 yield status_event(item).encode()
                 if item.kind == "build" and BuildStatus(item.status).finished:
+                    self.informed = self.hub.published_at(self.build_id)
                     yield BuildStatus(item.status)
             elif isinstance(item, Wakeup):
                 reread = fresh = True
         if reread:
-            found, stored = await (
-                _build_state(self.db, self.hub, self.build_id)
-                if fresh
-                else self.hub.shared_read(
+            if fresh:
+                since = asyncio.get_running_loop().time()
+                found, stored = await _build_state(self.db, self.hub, self.build_id)
+            else:
+                (found, stored), since = await self.hub.shared_read_at(
                     self.build_id, lambda: _build_state(self.db, self.hub, self.build_id)
                 )
-            )
+            self.informed = since
             yield found
             if stored > self.last:
-                async for frame in self.catch_up():
+                async for frame in self.catch_up(since):
                     yield frame
 
 
@@ -150,9 +167,16 @@ async def stream_build(
     loop = asyncio.get_running_loop()
     with hub.subscribe(build_id) as sub:
         hub.poll(build_id, lambda: _build_state(db, hub, build_id), poll_seconds, stopping)
-        async for frame in stream.catch_up():
+        # What was stored before the subscription is read; what came after is in the queue.
+        # Both reads are shared with the build's other streams that subscribed before them
+        # (a hundred tabs opened together: one read each, one after another, delayed the
+        # first live chunk behind them: bench/sse_fanout.py).
+        subscribed = loop.time()
+        async for frame in stream.catch_up(subscribed):
             yield frame
-        status, _ = await _build_state(db, hub, build_id)
+        (status, _), stream.informed = await hub.shared_read_at(
+            build_id, lambda: _build_state(db, hub, build_id), since=subscribed
+        )
         if status is not None:
             yield status_event(BuildStatusEvent(build_id=build_id, status=status)).encode()
         quiet_since = loop.time()
@@ -175,8 +199,9 @@ async def stream_build(
             if loop.time() - quiet_since >= ping_seconds:
                 quiet_since = loop.time()
                 yield ping_frame()
-        # Everything is stored before a build's final status commits; send what is left.
-        async for frame in stream.catch_up():
+        # Everything is stored before a build's final status commits; send what is left
+        # (a read begun after the stream learnt that status sees all of it).
+        async for frame in stream.catch_up(stream.informed):
             yield frame
         if status is not None:
             yield end_event(status).encode()
