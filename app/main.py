@@ -17,7 +17,7 @@ from app.api.event_stream import EventStreamHandoff
 from app.api.limits import RequestGuard
 from app.api.openapi import document_responses
 from app.config import PROJECT_ROOT, Settings, get_settings
-from app.errors import INTERNAL_ERROR, ServiceError
+from app.errors import ServiceError, answer
 from app.ui import Compress, mount_ui
 from app.wiring import running_services
 
@@ -71,8 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     document_responses(app)
 
     @app.exception_handler(ServiceError)
-    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-        return _error(exc.status_code, exc.detail)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(*answer(exc, f"{request.method} {request.url.path}"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -83,10 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(422, errors)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:
-        # Logged with its trace here; the client gets no internals.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, INTERNAL_ERROR)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _error(*answer(exc, f"{request.method} {request.url.path}"))
 
     app.add_middleware(RequestGuard, settings=settings, exempt=artifacts.BLOB_PATH_PREFIXES)
 

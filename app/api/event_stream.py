@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import INTERNAL_ERROR, ServiceError
-
-log = logging.getLogger(__name__)
+from app.errors import answer
 
 # The scope key where EventStreamHandoff waits for the route's stream (the router and
 # FastAPI pass the same scope dict down to the route).
@@ -85,14 +82,9 @@ class EventStream(Response):
         if check is not None:
             try:
                 await check()
-            except ServiceError as exc:
-                error = JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-                await error(scope, receive, send)
-                return
-            except Exception:
-                log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-                error = JSONResponse({"detail": INTERNAL_ERROR}, status_code=500)
-                await error(scope, receive, send)
+            except Exception as exc:  # answered as the app's exception handlers would
+                status, detail = answer(exc, f"{scope.get('method')} {scope.get('path')}")
+                await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
                 return
         start = {"type": "http.response.start", "status": self.status_code}
         await send({**start, "headers": self.raw_headers})

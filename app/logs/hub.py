@@ -128,7 +128,6 @@ class LiveHub:
         self._shared_read_seconds = shared_read_seconds
         self._reads: dict[int, tuple[float, asyncio.Future[Any]]] = {}
         self._chunk_reads: dict[tuple[int, int], _SharedRead] = {}
-        self._published: dict[int, float] = {}  # builds with subscribers only
         self._pollers: dict[int, asyncio.Task[None]] = {}
 
     def poll(
@@ -205,7 +204,7 @@ class LiveHub:
         them at once: a stream reading for itself was one read per stream, one after another
         through `stream_reads` (200 streams connecting on SQLite kept the first live chunks
         waiting ~0.3 s behind them: bench/sse_fanout.py). `since`: the loop time of what told
-        the stream to read (its subscription, a poll's read, a status it received); it joins a
+        the stream to read (its subscription, a poll's read, its build's end); it joins a
         read still waiting for its turn, or one that began at or after `since` (which sees
         every chunk stored before then). `load` reads the database; the turn is taken here.
         Nothing is kept once the read is done."""
@@ -248,21 +247,12 @@ class LiveHub:
                 if not subs:
                     del self._subs[build_id]
                     self._reads.pop(build_id, None)
-                    self._published.pop(build_id, None)
                     poller = self._pollers.pop(build_id, None)
                     if poller is not None:
                         poller.cancel()
 
-    def published_at(self, build_id: int) -> float:
-        """When (loop time) the latest event of this build was published here: whatever an
-        event published so far says was stored before then (events follow their commit)."""
-        return self._published.get(build_id, 0.0)
-
     def publish(self, event: HubEvent) -> None:
-        subs = self._subs.get(event.build_id)
-        if subs:
-            self._published[event.build_id] = asyncio.get_running_loop().time()
-        for sub in subs or ():
+        for sub in self._subs.get(event.build_id, ()):
             if not sub.lagged:
                 try:
                     sub.queue.put_nowait(event)

@@ -81,16 +81,13 @@ class _Stream:
     on its subscription's signal (set by the hub) with a timeout, and that wake-up also serves
     the polling fallback, the keep-alive comment and noticing a server shutdown."""
 
-    __slots__ = ("build_id", "db", "hub", "informed", "last")
+    __slots__ = ("build_id", "db", "hub", "last")
 
     def __init__(self, db: Database, hub: LiveHub, build_id: int, after: int) -> None:
         self.db = db
         self.hub = hub
         self.build_id = build_id
         self.last = after
-        # When (loop time) the stream learnt the build's latest status: every chunk of the
-        # build was stored before then once that status is final (see stream_build's end).
-        self.informed = 0.0
 
     async def catch_up(self, since: float) -> AsyncIterator[bytes]:
         """The stored chunks after the last one sent. `since`: the loop time of what told the
@@ -131,7 +128,6 @@ class _Stream:
             elif isinstance(item, StatusEvent):
                 yield status_event(item).encode()
                 if item.kind == "build" and BuildStatus(item.status).finished:
-                    self.informed = self.hub.published_at(self.build_id)
                     yield BuildStatus(item.status)
             elif isinstance(item, Wakeup):
                 reread = fresh = True
@@ -143,7 +139,6 @@ class _Stream:
                 (found, stored), since = await self.hub.shared_read_at(
                     self.build_id, lambda: _build_state(self.db, self.hub, self.build_id)
                 )
-            self.informed = since
             yield found
             if stored > self.last:
                 async for frame in self.catch_up(since):
@@ -174,7 +169,7 @@ async def stream_build(
         subscribed = loop.time()
         async for frame in stream.catch_up(subscribed):
             yield frame
-        (status, _), stream.informed = await hub.shared_read_at(
+        (status, _), _ = await hub.shared_read_at(
             build_id, lambda: _build_state(db, hub, build_id), since=subscribed
         )
         if status is not None:
@@ -199,9 +194,10 @@ async def stream_build(
             if loop.time() - quiet_since >= ping_seconds:
                 quiet_since = loop.time()
                 yield ping_frame()
-        # Everything is stored before a build's final status commits; send what is left
-        # (a read begun after the stream learnt that status sees all of it).
-        async for frame in stream.catch_up(stream.informed):
+        # Everything is stored before a build's final status commits; send what is left. The
+        # build's streams end together, woken by the same status: they share the read that
+        # is still waiting for its turn (LiveHub.chunks_read).
+        async for frame in stream.catch_up(loop.time()):
             yield frame
         if status is not None:
             yield end_event(status).encode()

@@ -401,8 +401,8 @@ class LocalRunner:
             # Creating a file costs ~0.5 ms of kernel CPU on the bench machine's ext4, six for
             # a job's first step: that one prepares in a worker thread, alongside its durable
             # start, instead of holding the event loop (every other build's work) ~3 ms.
-            made = [*names.values(), request.script_name] if request.script else names.values()
-            found = look(folder, made)
+            needed = [*names.values(), request.script_name] if request.script else names.values()
+            found = look(folder, needed)
             if len(request.script) <= INLINE_BYTES and present(found):
                 prepare_files(*prepare, found)
             else:
