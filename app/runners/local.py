@@ -157,6 +157,24 @@ def _stage(tree: Path, dest: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+async def _record_start(reporter: JobReporter, index: int) -> str | None:
+    """A step's start, stored; None once committed, else why it could not be.
+
+    The local runner spawns the step while this commits instead of after it (a 100-step build
+    paid one commit per step in full: bench/RESULTS.md), as GitHub's runner and act_runner
+    report their timeline asynchronously. What that gives up is nothing a reader can see: the
+    writer stores the step's output and end in later transactions than its start (one lock per
+    build, kept in order on retries), and the local runner never re-attaches (a dead replica's
+    local jobs end `error`). A start that cannot be stored stops the step and the job ends
+    `error`, as before; the Kubernetes runner, which re-attaches, still waits for it."""
+    try:
+        await reporter.step_started(index)
+    except Exception as exc:
+        log.warning("step %d: %s", index, exc)
+        return str(exc) or type(exc).__name__
+    return None
+
+
 _Ran = tuple[StepRun, StepOutcome, int | None, str | None]
 
 
@@ -316,8 +334,15 @@ class LocalRunner:
         """A step without GitHub semantics (no runtime): its `if:`, then its script inline."""
         if not should_run_step(step, failed=failed, cancelled=False):
             return None
-        await reporter.step_started(step.index)
-        status, code, message = await self._run_step(job, step, workspace, reporter, deadline)
+        started = asyncio.ensure_future(_record_start(reporter, step.index))
+        try:
+            status, code, message = await self._run_step(
+                job, step, workspace, reporter, deadline, started=started
+            )
+        finally:
+            problem = await started
+        if problem is not None:
+            status, code, message = "error", None, problem
         return step, status, code, message
 
     async def _session(
@@ -335,10 +360,9 @@ class LocalRunner:
         request = session.send(None)
         if request is None:
             return None
-        # The step's durable start commits while its files are prepared; its process is not
-        # spawned before it did (_invoke_in awaits it), so a re-attaching replica still finds
-        # the start before anything the process does.
-        started = asyncio.ensure_future(reporter.step_started(step.index))
+        # The step's start commits while its files are prepared and its process runs (see
+        # _record_start); its output and end are stored after it all the same.
+        started = asyncio.ensure_future(_record_start(reporter, step.index))
         try:
             while request is not None:
                 reply: Any = None
@@ -354,9 +378,11 @@ class LocalRunner:
                     )
                 request = session.send(reply)
         finally:
-            await started
+            problem = await started
         end = session.end
         run = dataclasses.replace(step, continue_on_error=end.continue_on_error)
+        if problem is not None:
+            return run, "error", None, problem
         return run, cast(StepOutcome, end.status), end.exit_code, end.message
 
     async def _invoke(
@@ -367,10 +393,10 @@ class LocalRunner:
         workspace: Path,
         reporter: JobReporter,
         deadline: float | None,
-        started: Awaitable[None],
+        started: asyncio.Future[str | None],
     ) -> Ran:
         """One process of a step, its runtime files created before and read back after; the
-        process once `started` (the step's durable start) is done."""
+        process stopped if `started` (the step's start, see _record_start) fails."""
         temp = self.temp_dir(job.build_id, job.job_name)
         try:
             folder = open_temp(self.workspace_root / str(job.build_id), temp)
@@ -392,7 +418,7 @@ class LocalRunner:
         reporter: JobReporter,
         deadline: float | None,
         folder: int,
-        started: Awaitable[None],
+        started: asyncio.Future[str | None],
     ) -> Ran:
         """_invoke with the job's temp dir open as `folder`."""
         try:
@@ -426,9 +452,10 @@ class LocalRunner:
         assert runtime is not None
         for tree in request.readable:
             await asyncio.to_thread(_stage, Path(tree), Path(runtime.step_path(Path(tree))))
-        await started
+        if started.done() and (problem := started.result()) is not None:
+            return Ran("error", None, message=problem)  # known before the spawn: none
         status, code, message = await self._run_step(
-            job, run, workspace, reporter, deadline, argv=request.argv
+            job, run, workspace, reporter, deadline, argv=request.argv, started=started
         )
         found = look(folder, names.values())
         if small(found):
@@ -470,7 +497,10 @@ class LocalRunner:
         reporter: JobReporter,
         job_deadline: float | None,
         argv: Sequence[str] | None = None,
+        started: asyncio.Future[str | None] | None = None,
     ) -> tuple[StepOutcome, int | None, str | None]:
+        """One process of a step, waited for; stopped on cancel, timeout or when its `started`
+        tells that its start could not be stored."""
         cwd = workspace
         if step.working_directory:
             cwd = (workspace / step.working_directory).resolve()
@@ -507,10 +537,21 @@ class LocalRunner:
         if job_deadline is not None:
             timeouts.append(max(0.0, job_deadline - time.monotonic()))
         timeout = min(timeouts) if timeouts else None
+        until = time.monotonic() + timeout if timeout is not None else None
+        watched = {waiter, canceller} if started is None else {waiter, canceller, started}
         try:
-            done, _ = await asyncio.wait(
-                {waiter, canceller}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            while True:
+                left = None if until is None else max(0.0, until - time.monotonic())
+                done, _ = await asyncio.wait(
+                    watched, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                if started not in done or waiter in done:
+                    break
+                watched.discard(started)
+                if (problem := started.result()) is not None:
+                    await self._terminate(proc, track)
+                    await self._drain(pump)
+                    return "error", None, problem
             if waiter in done:
                 status: StepOutcome = "success" if proc.returncode == 0 else "failed"
                 code = _exit_code(proc.returncode)

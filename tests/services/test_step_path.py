@@ -6,7 +6,6 @@ thread on SQLite, one statement on Postgres); a build of N steps makes one such 
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -205,66 +204,33 @@ async def test_one_write_per_step_with_nothing_else_to_store(
     assert all(s["started_at"] <= s["finished_at"] for s in steps), steps
 
 
-@pytest.mark.parametrize("settings_overrides", [{"local_isolation": "none"}])
-async def test_a_step_finds_its_own_start_committed(
-    client: httpx.AsyncClient, database_url: str, tmp_path: Any
-) -> None:
-    """The start commits while the step's files are prepared, never after its process began:
-    each step, on its own database connection, finds its row already `running` (what a
-    re-attaching replica would read), and the step before it ended."""
-    probe = tmp_path / "probe.py"
-    probe.write_text(PROBE)
-    url = database_url.replace("sqlite+aiosqlite:///", "").replace("+asyncpg", "")
-    run = f"{sys.executable} {probe} '{url}' ${{{{ github.run_id }}}} INDEX"
-    yaml = "jobs:\n  a:\n    steps:\n" + "".join(
-        f'      - run: "{run.replace("INDEX", str(i))}"\n' for i in range(4)
-    )
-    detail = await wait_for_build(client, (await create(client, yaml))["id"])
-    logs = (await client.get(f"/builds/{detail['id']}/logs/raw")).text
-    assert detail["status"] == "success", logs
-    assert logs.splitlines() == [
-        "0: running started",
-        *(f"{i}: running started, before it success" for i in range(1, 4)),
-    ], logs
-
-
-PROBE = """
-import asyncio, sqlite3, sys
-
-url, build, index = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-query = (
-    'SELECT "index", status, started_at IS NOT NULL FROM build_steps '
-    'WHERE build_id = {b} AND "index" IN ({i}, {i} - 1) ORDER BY "index"'
-).format(b=build, i=index)
-if url.startswith("postgresql"):
-    import asyncpg
-
-    async def read():
-        conn = await asyncpg.connect(url)
-        try:
-            return [tuple(r) for r in await conn.fetch(query)]
-        finally:
-            await conn.close()
-
-    rows = asyncio.run(read())
-else:
-    rows = sqlite3.connect(url).execute(query).fetchall()
-mine = [r for r in rows if r[0] == index][0]
-line = f"{index}: {mine[1]}{' started' if mine[2] else ''}"
-before = [r for r in rows if r[0] == index - 1]
-print(line + (f", before it {before[0][1]}" if before else ""))
-"""
+async def _step_rows(db: Database, build_id: int) -> tuple[list[str], int]:
+    """The build's step statuses and how many log chunks it has stored."""
+    async with db.read() as session:
+        steps = await session.exec(  # type: ignore[call-overload]
+            text('SELECT status FROM build_steps WHERE build_id = :b ORDER BY "index"'),
+            params={"b": build_id},
+        )
+        chunks = await session.exec(  # type: ignore[call-overload]
+            text("SELECT count(*) FROM build_log_chunks WHERE build_id = :b"),
+            params={"b": build_id},
+        )
+        return [row[0] for row in steps.all()], chunks.scalar_one()
 
 
 @pytest.mark.parametrize("settings_overrides", [{"local_isolation": "none"}])
-async def test_no_process_before_its_start_committed(
-    app: Any, client: httpx.AsyncClient, tmp_path: Any
+async def test_nothing_of_a_step_is_stored_before_its_start(
+    app: Any, client: httpx.AsyncClient
 ) -> None:
-    """The first step's start is held inside its commit: its files get prepared meanwhile, but
-    no process of the step exists until the commit is let through."""
-    db: Database = app.state.services.db
-    commit_alone = db.commit_alone
-    entered, release = asyncio.Event(), asyncio.Event()
+    """The local runner spawns a step while its start commits (it never re-attaches, so no
+    replica reads the start back first). Held inside that commit, the step runs and its output
+    reaches the log writer, yet nothing of it is stored before the start: a reader never sees a
+    step's output before it saw the step running. (The runner reports the step's end only once
+    its start is stored.)"""
+    services = app.state.services
+    db: Database = services.db
+    commit_alone, write = db.commit_alone, services.writer.write
+    entered, release, written = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def gated(statement: Any, params: dict[str, Any], events: Any) -> list[Any]:
         if params.get("s") == 0:
@@ -272,16 +238,65 @@ async def test_no_process_before_its_start_committed(
             await release.wait()
         return await commit_alone(statement, params, events)
 
+    async def watched(build_id: int, job: Any, step: Any, text: str, *rest: Any) -> None:
+        await write(build_id, job, step, text, *rest)
+        if "out" in text:
+            written.set()
+
     db.commit_alone = gated  # type: ignore[method-assign]
+    services.writer.write = watched
     try:
-        build = await create(client, "jobs:\n  a:\n    steps:\n      - run: sleep 0.2\n")
-        script = tmp_path / "workspaces" / str(build["id"]) / ".tmp" / "a" / "step.sh"
-        await wait_until(lambda: entered.is_set() and script.is_file(), "start held, files ready")
-        assert script.read_text() == "sleep 0.2"
-        assert pids_with(str(script)) == []
+        build = await create(client, "jobs:\n  a:\n    steps:\n      - run: echo out\n")
+        await wait_until(lambda: entered.is_set() and written.is_set(), "output, start held")
+        # A flush now waits for the start's: the writer stores a build's batches in order.
+        flushing = asyncio.ensure_future(services.writer.flush(build["id"]))
+        assert await _step_rows(db, build["id"]) == (["pending"], 0)
+        assert not flushing.done()
         release.set()
+        assert await flushing
         detail = await wait_for_build(client, build["id"])
     finally:
         release.set()
         db.commit_alone = commit_alone  # type: ignore[method-assign]
-    assert detail["status"] == "success", detail
+        services.writer.write = write
+    logs = (await client.get(f"/builds/{build['id']}/logs/raw")).text
+    assert detail["status"] == "success", logs
+    assert logs == "out\n"
+    step = detail["jobs"][0]["steps"][0]
+    assert step["status"] == "success" and step["started_at"] <= step["finished_at"], step
+
+
+@pytest.mark.parametrize("settings_overrides", [{"local_isolation": "none"}])
+async def test_a_start_that_cannot_be_stored_stops_the_step(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    """The database refuses a step's start (a lost connection, once): the step, already
+    spawned, is stopped instead of running on unrecorded, its job ends `error` saying why, and
+    the start and end the writer kept are stored once the database answers again."""
+    db: Database = app.state.services.db
+    commit_alone = db.commit_alone
+    refused = asyncio.Event()
+
+    async def refusing(statement: Any, params: dict[str, Any], events: Any) -> list[Any]:
+        if params.get("s") == 0 and not refused.is_set():
+            refused.set()
+            raise ConnectionResetError("connection to the database lost")
+        return await commit_alone(statement, params, events)
+
+    db.commit_alone = refusing  # type: ignore[method-assign]
+    try:
+        build = await create(client, "jobs:\n  a:\n    steps:\n      - run: sleep 300\n")
+        # Without the stop, the build would outlast this wait by minutes.
+        detail = await wait_for_build(client, build["id"], timeout=30)
+    finally:
+        db.commit_alone = commit_alone  # type: ignore[method-assign]
+    assert refused.is_set()
+    job = detail["jobs"][0]
+    assert (detail["status"], job["status"], job["steps"][0]["status"]) == (
+        "error",
+        "error",
+        "error",
+    ), detail
+    assert "could not record the start of step 0" in (job["error"] or ""), job
+    assert job["steps"][0]["started_at"] is not None, job
+    assert pids_with("sleep 300") == []
