@@ -20,6 +20,8 @@ from sqlalchemy.types import TypeEngine
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import sqlite_driver
+
 log = logging.getLogger(__name__)
 SessionFactory = async_sessionmaker[AsyncSession]
 NOTIFY_CHANNEL = "ci_executor_events"
@@ -46,7 +48,11 @@ def create_engine(url: str, pool_size: int | None = None, pool_timeout: float = 
     pool = pool_options(url, pool_size, pool_timeout)
     if url.startswith("sqlite"):
         engine = create_async_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_SECONDS}, hide_parameters=True, **pool
+            url,
+            connect_args={"timeout": SQLITE_BUSY_SECONDS},
+            hide_parameters=True,
+            module=sqlite_driver.dbapi(),  # one trip to aiosqlite's thread per statement
+            **pool,
         )
 
         @event.listens_for(engine.sync_engine, "connect")

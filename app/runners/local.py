@@ -56,6 +56,7 @@ from app.runners.step_files import (
     read_runtime_files,
     small,
 )
+from app.runners.step_process import step_timeout, wait_step
 from app.workflow.invocation import Invocation, Log, Ran
 from app.workflow.runtime import MAX_FILE_BYTES, RuntimeFiles
 
@@ -158,15 +159,9 @@ def _stage(tree: Path, dest: Path) -> None:
 
 
 async def _record_start(reporter: JobReporter, index: int) -> str | None:
-    """A step's start, stored; None once committed, else why it could not be.
-
-    The local runner spawns the step while this commits instead of after it (a 100-step build
-    paid one commit per step in full: bench/RESULTS.md), as GitHub's runner and act_runner
-    report their timeline asynchronously. What that gives up is nothing a reader can see: the
-    writer stores the step's output and end in later transactions than its start (one lock per
-    build, kept in order on retries), and the local runner never re-attaches (a dead replica's
-    local jobs end `error`). A start that cannot be stored stops the step and the job ends
-    `error`, as before; the Kubernetes runner, which re-attaches, still waits for it."""
+    """A step's start, stored; None once committed, else why not. The local runner spawns the
+    step meanwhile (docs/logs.md says why no reader can tell): a step whose start cannot be
+    stored is stopped and its job ends `error`."""
     try:
         await reporter.step_started(index)
     except Exception as exc:
@@ -533,25 +528,13 @@ class LocalRunner:
         pump = asyncio.create_task(self._pump(proc.stdout, step.index, reporter))
         waiter: asyncio.Future[Any] = proc.exit()
         canceller: asyncio.Future[Any] = self._cancel_waits[job]
-        timeouts = [t for t in (step.timeout_seconds,) if t]
-        if job_deadline is not None:
-            timeouts.append(max(0.0, job_deadline - time.monotonic()))
-        timeout = min(timeouts) if timeouts else None
-        until = time.monotonic() + timeout if timeout is not None else None
-        watched = {waiter, canceller} if started is None else {waiter, canceller, started}
+        timeout = step_timeout(step.timeout_seconds, job_deadline)
         try:
-            while True:
-                left = None if until is None else max(0.0, until - time.monotonic())
-                done, _ = await asyncio.wait(
-                    watched, timeout=left, return_when=asyncio.FIRST_COMPLETED
-                )
-                if started not in done or waiter in done:
-                    break
-                watched.discard(started)
-                if (problem := started.result()) is not None:
-                    await self._terminate(proc, track)
-                    await self._drain(pump)
-                    return "error", None, problem
+            done, problem = await wait_step(waiter, canceller, started, timeout)
+            if problem is not None:
+                await self._terminate(proc, track)
+                await self._drain(pump)
+                return "error", None, problem
             if waiter in done:
                 status: StepOutcome = "success" if proc.returncode == 0 else "failed"
                 code = _exit_code(proc.returncode)

@@ -8,9 +8,10 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 # The output pipe's read buffer, asyncio's default for subprocess pipes.
 PIPE_LIMIT = 2**16
@@ -142,3 +143,31 @@ class ChildStep(StepProcess):
             popen.stdout.close()
             raise
         return proc
+
+
+def step_timeout(own: float | None, job_deadline: float | None) -> float | None:
+    """Seconds the step may run: its own timeout or what is left of its job's, the shorter."""
+    timeouts = [t for t in (own,) if t]
+    if job_deadline is not None:
+        timeouts.append(max(0.0, job_deadline - time.monotonic()))
+    return min(timeouts) if timeouts else None
+
+
+async def wait_step(
+    waiter: asyncio.Future[Any],
+    canceller: asyncio.Future[Any],
+    started: asyncio.Future[str | None] | None,
+    timeout: float | None,
+) -> tuple[set[asyncio.Future[Any]], str | None]:
+    """Until the step exits or is cancelled (in the set returned; nothing: it timed out), or
+    its start could not be stored (the reason returned)."""
+    until = time.monotonic() + timeout if timeout is not None else None
+    watched = {waiter, canceller} if started is None else {waiter, canceller, started}
+    while True:
+        left = None if until is None else max(0.0, until - time.monotonic())
+        done, _ = await asyncio.wait(watched, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        if started is None or started not in done or waiter in done:
+            return done, None
+        watched.discard(started)
+        if (problem := started.result()) is not None:
+            return done, problem
