@@ -448,7 +448,7 @@ class LocalRunner:
         for tree in request.readable:
             await asyncio.to_thread(_stage, Path(tree), Path(runtime.step_path(Path(tree))))
         if started.done() and (problem := started.result()) is not None:
-            return Ran("error", None, message=problem)  # known before the spawn: none
+            return Ran("error", None, message=problem)  # refused already: nothing spawned
         status, code, message = await self._run_step(
             job, run, workspace, reporter, deadline, argv=request.argv, started=started
         )
