@@ -6,6 +6,7 @@ thread on SQLite, one statement on Postgres); a build of N steps makes one such 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -268,24 +269,28 @@ async def test_nothing_of_a_step_is_stored_before_its_start(
 
 @pytest.mark.parametrize("settings_overrides", [{"local_isolation": "none"}])
 async def test_a_start_that_cannot_be_stored_stops_the_step(
-    app: Any, client: httpx.AsyncClient
+    app: Any, client: httpx.AsyncClient, tmp_path: Any
 ) -> None:
-    """The database refuses a step's start (a lost connection, once): the step, already
-    spawned, is stopped instead of running on unrecorded, its job ends `error` saying why, and
-    the start and end the writer kept are stored once the database answers again."""
+    """The database refuses a step's start (a lost connection, once) while the step already
+    runs: the step is stopped instead of running on unrecorded, its job ends `error` saying
+    why, and the start and end the writer kept are stored once the database answers again."""
     db: Database = app.state.services.db
     commit_alone = db.commit_alone
     refused = asyncio.Event()
+    ran = tmp_path / "ran"
+    sleep = f"sleep 300.{uuid.uuid4().int % 10**9}"  # this test's own, for pids_with
 
     async def refusing(statement: Any, params: dict[str, Any], events: Any) -> list[Any]:
         if params.get("s") == 0 and not refused.is_set():
+            await wait_until(ran.exists, "the step running")
             refused.set()
             raise ConnectionResetError("connection to the database lost")
         return await commit_alone(statement, params, events)
 
     db.commit_alone = refusing  # type: ignore[method-assign]
     try:
-        build = await create(client, "jobs:\n  a:\n    steps:\n      - run: sleep 300\n")
+        yaml = f"jobs:\n  a:\n    steps:\n      - run: touch {ran} && {sleep}\n"
+        build = await create(client, yaml)
         # Without the stop, the build would outlast this wait by minutes.
         detail = await wait_for_build(client, build["id"], timeout=30)
     finally:
@@ -299,4 +304,4 @@ async def test_a_start_that_cannot_be_stored_stops_the_step(
     ), detail
     assert "could not record the start of step 0" in (job["error"] or ""), job
     assert job["steps"][0]["started_at"] is not None, job
-    assert pids_with("sleep 300") == []
+    assert pids_with(sleep) == []
