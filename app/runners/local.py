@@ -447,8 +447,6 @@ class LocalRunner:
         assert runtime is not None
         for tree in request.readable:
             await asyncio.to_thread(_stage, Path(tree), Path(runtime.step_path(Path(tree))))
-        if started.done() and (problem := started.result()) is not None:
-            return Ran("error", None, message=problem)  # refused already: nothing spawned
         status, code, message = await self._run_step(
             job, run, workspace, reporter, deadline, argv=request.argv, started=started
         )
@@ -494,8 +492,7 @@ class LocalRunner:
         argv: Sequence[str] | None = None,
         started: asyncio.Future[str | None] | None = None,
     ) -> tuple[StepOutcome, int | None, str | None]:
-        """One process of a step, waited for; stopped on cancel, timeout or when its `started`
-        tells that its start could not be stored."""
+        """One process of a step, waited for; stopped on cancel, timeout or a start not stored."""
         cwd = workspace
         if step.working_directory:
             cwd = (workspace / step.working_directory).resolve()
@@ -511,6 +508,8 @@ class LocalRunner:
         env.update({"LANG": "C.UTF-8"})
         env.update(step.env)
         env["CI_WORKSPACE"] = str(workspace)
+        if started is not None and started.done() and (problem := started.result()) is not None:
+            return "error", None, problem  # refused already: nothing is spawned
         track = self.sandbox.track_id(job.build_id, workspace.name, step.index)
         try:
             proc = await self.sandbox.spawn(

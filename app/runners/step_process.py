@@ -147,7 +147,7 @@ class ChildStep(StepProcess):
 
 def step_timeout(own: float | None, job_deadline: float | None) -> float | None:
     """Seconds the step may run: its own timeout or what is left of its job's, the shorter."""
-    timeouts = [t for t in (own,) if t]
+    timeouts = [own] if own else []
     if job_deadline is not None:
         timeouts.append(max(0.0, job_deadline - time.monotonic()))
     return min(timeouts) if timeouts else None
