@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert
-from sqlmodel import col, select
+from sqlalchemy import Table, bindparam, delete, insert
+from sqlalchemy import select as core_select
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import BuildAnnotation, BuildOutput, BuildStepSummary
@@ -105,23 +106,28 @@ async def job_outputs(session: AsyncSession, build_id: int) -> dict[str, dict[st
 
 
 # Built once, the build's id bound at execution (`:b`): see builds.detail.
+# Table columns: rows as mappings, not ORM objects (see builds.detail).
+_ANNOTATION_T: Table = SQLModel.metadata.tables[BuildAnnotation.__tablename__]
+_SUMMARY_T: Table = SQLModel.metadata.tables[BuildStepSummary.__tablename__]
+_OUTPUT_T: Table = SQLModel.metadata.tables[BuildOutput.__tablename__]
 _ANNOTATIONS = (
-    select(BuildAnnotation)
-    .where(BuildAnnotation.build_id == bindparam("b"))
-    .order_by(col(BuildAnnotation.id))
+    core_select(*_ANNOTATION_T.c)
+    .where(_ANNOTATION_T.c.build_id == bindparam("b"))
+    .order_by(_ANNOTATION_T.c.id)
 )
-_SUMMARIES = select(BuildStepSummary).where(BuildStepSummary.build_id == bindparam("b"))
+_SUMMARIES = core_select(*_SUMMARY_T.c).where(_SUMMARY_T.c.build_id == bindparam("b"))
 _OUTPUTS = (
-    select(BuildOutput).where(BuildOutput.build_id == bindparam("b")).order_by(col(BuildOutput.id))
+    core_select(*_OUTPUT_T.c).where(_OUTPUT_T.c.build_id == bindparam("b")).order_by(_OUTPUT_T.c.id)
 )
 
 
 async def for_detail(session: AsyncSession, build_id: int) -> dict[str, Any]:
     """Annotations, step summaries and outputs of a build, for the build detail."""
     by_build = {"b": build_id}
-    annotations = (await session.exec(_ANNOTATIONS, params=by_build)).all()
-    summaries = (await session.exec(_SUMMARIES, params=by_build)).all()
-    outputs = (await session.exec(_OUTPUTS, params=by_build)).all()
+    conn = await session.connection()
+    annotations = (await conn.execute(_ANNOTATIONS, by_build)).mappings().all()
+    summaries = (await conn.execute(_SUMMARIES, by_build)).mappings().all()
+    outputs = (await conn.execute(_OUTPUTS, by_build)).mappings().all()
     return {"annotations": annotations, "summaries": summaries, "outputs": outputs}
 
 
