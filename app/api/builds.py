@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.actions.support import fetcher_for
 from app.api.deps import (
     DbDep,
     QueueDep,
@@ -88,7 +86,7 @@ async def create_build(
         services.db,
         services.queue,
         new,
-        actions=functools.partial(fetcher_for, settings),
+        actions=services.actions.fetcher,
         specs=services.scheduler.specs,
         creates=services.creates,
     )
