@@ -25,6 +25,9 @@ from app import sqlite_driver
 log = logging.getLogger(__name__)
 SessionFactory = async_sessionmaker[AsyncSession]
 NOTIFY_CHANNEL = "ci_executor_events"
+# session.info key: async callables (session) -> None that `transaction()` runs, in order, just
+# before its commit (writes its units deferred to be made together).
+BEFORE_COMMIT = "before commit"
 # How long a SQLite writer waits for the write lock (the busy timeout), in this process's
 # queue as in SQLite's own.
 SQLITE_BUSY_SECONDS = 30
@@ -175,6 +178,10 @@ class Database:
         async with self._write_turn(), self.sessions() as session:
             try:
                 yield session
+                # Writes deferred to the end of the transaction, in order (builds' creates:
+                # one INSERT per table for all the transaction's creates).
+                for write in session.info.pop(BEFORE_COMMIT, []):
+                    await write(session)
                 pending = session.info.get("events")
                 if pending and self.notify is not None:
                     # One statement, one round trip, for all (a group commit touches many

@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, update
@@ -24,7 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.actions.fetch import ActionFetcher
 from app.actions.support import remote_uses, resolve_actions
-from app.db import Database, GroupCommit, record_event
+from app.db import BEFORE_COMMIT, Database, GroupCommit, record_event
 from app.errors import Conflict, Invalid, NotFound
 from app.logs import store
 from app.logs.masking import masked_variables
@@ -49,14 +50,18 @@ from app.services.dag import (
     BUILDS,
     JOB_FIELDS,
     SNAPSHOTS,
+    WrittenDag,
     insert_dag,
+    insert_dags,
+    insert_returning_ids,
     insert_row,
+    plan_dag,
     with_defaults,
     written_detail,
 )
 from app.services.handoff import SpecCache
 from app.services.notify import CancelRequested
-from app.services.numbers import next_number, number_last, placeholder_number
+from app.services.numbers import next_number, number_last, placeholder_number, take_numbers
 from app.services.plan import post_uses
 from app.services.state import JOBS, STEPS
 from app.workflow import WorkflowError, WorkflowSpec, parse_workflow
@@ -112,30 +117,91 @@ async def create_build(
     return build
 
 
-async def create_written(session: AsyncSession, new: NewBuild, spec: WorkflowSpec) -> BuildDetail:
+@dataclass
+class Written:
+    """A create of `submit`: its detail, set once its rows are written. A create whose
+    workflow has no `concurrency` is written with the other creates of its transaction, one
+    INSERT per table for all of them, just before the commit (_write_planned): a group of 50
+    creates took 250 statements one after another, now 6."""
+
+    detail: BuildDetail | None = None
+
+
+@dataclass
+class _Planned:
+    values: dict[str, Any]  # the builds row; its number and id are set when it is written
+    snapshot: dict[str, Any]
+    dag: WrittenDag
+    event: Any
+    written: Written
+
+
+_PLANNED = "planned creates"  # session.info: the transaction's creates not written yet
+
+
+async def create_written(session: AsyncSession, new: NewBuild, spec: WorkflowSpec) -> Written:
     """create_build for `submit`: the new build's detail made from what was written (no read
-    back), its row inserted by one Core INSERT (no ORM instance, no unit-of-work flush) unless
-    the workflow's `concurrency` needs the instance."""
-    return (await _create(session, new, spec, orm=False))[1]
-
-
-async def _create(
-    session: AsyncSession, new: NewBuild, spec: WorkflowSpec | None, *, orm: bool
-) -> tuple[Build | None, BuildDetail]:
-    if spec is None:
-        # Parsing a large workflow takes a while: never on the event loop.
-        spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
+    back), its rows inserted by Core INSERTs shared with the transaction's other creates (no
+    ORM instance, no unit-of-work flush) unless the workflow's `concurrency` needs the
+    instance (then at once). The detail is there once the transaction has committed."""
+    if spec.concurrency is not None:
+        return Written((await _create(session, new, spec, orm=False))[1])
     _check_job_names(spec)
-    now = utcnow()
-    # On Postgres the number is taken last (see app/services/numbers.py), unless the workflow's
-    # `concurrency` may read it (github.run_number) and locks the pipeline anyway.
-    late = session.bind is not None and session.bind.dialect.name == "postgresql"
-    late = late and spec.concurrency is None
-    values = with_defaults(
+    values = _build_values(new, utcnow(), number=0)
+    written = Written()
+    planned = _Planned(
+        values=values,
+        snapshot=_snapshot_row(new),
+        dag=plan_dag(spec, checkout=bool(new.repo_url), posts=post_uses(new.actions)),
+        event=new.event,
+        written=written,
+    )
+    pending: list[_Planned] | None = session.info.get(_PLANNED)
+    if pending is None:
+        pending = session.info[_PLANNED] = []
+        session.info.setdefault(BEFORE_COMMIT, []).append(_write_planned)
+    pending.append(planned)
+    return written
+
+
+async def _write_planned(session: AsyncSession) -> None:
+    """The transaction's planned creates, written: their numbers (one counter upsert per
+    pipeline, the pipelines in order so two transactions never wait for each other's
+    counters), then one bulk INSERT per table for all of them."""
+    planned: list[_Planned] = session.info.pop(_PLANNED, [])
+    by_pipeline: dict[str, list[_Planned]] = {}
+    for p in planned:
+        by_pipeline.setdefault(p.values["pipeline_id"], []).append(p)
+    for pipeline_id in sorted(by_pipeline):
+        group = by_pipeline[pipeline_id]
+        last = await take_numbers(session, pipeline_id, len(group))
+        for offset, p in enumerate(group):
+            p.values["number"] = last - len(group) + 1 + offset
+    await insert_returning_ids(session, Build, [p.values for p in planned])
+    snapshots = [{**p.snapshot, "build_id": p.values["id"]} for p in planned]
+    await insert_returning_ids(session, BuildSnapshot, snapshots)
+    await insert_dags(session, [(p.values["id"], p.dag) for p in planned])
+    for p in planned:
+        shown = public_row(p.values)
+        p.written.detail = written_detail(shown, p.snapshot["yaml_sha256"], p.event, p.dag)
+
+
+def _snapshot_row(new: NewBuild) -> dict[str, Any]:
+    return {
+        "pipeline_id": new.pipeline_id,
+        "yaml_sha256": hashlib.sha256(new.workflow_yaml.encode()).hexdigest(),
+        "workflow_yaml": new.workflow_yaml,
+        "actions": new.actions,
+    }
+
+
+def _build_values(new: NewBuild, now: datetime, number: int) -> dict[str, Any]:
+    """The builds row of a create, every column (its id aside) as the insert leaves it."""
+    return with_defaults(
         Build,
         {
             "pipeline_id": new.pipeline_id,
-            "number": placeholder_number() if late else await next_number(session, new.pipeline_id),
+            "number": number,
             "triggered_by": new.triggered_by,
             "status": BuildStatus.queued.value,
             "commit_sha": new.commit_sha,
@@ -154,6 +220,21 @@ async def _create(
             "dispatched_at": now if new.dispatch else None,
         },
     )
+
+
+async def _create(
+    session: AsyncSession, new: NewBuild, spec: WorkflowSpec | None, *, orm: bool
+) -> tuple[Build | None, BuildDetail]:
+    if spec is None:
+        # Parsing a large workflow takes a while: never on the event loop.
+        spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
+    _check_job_names(spec)
+    # On Postgres the number is taken last (see app/services/numbers.py), unless the workflow's
+    # `concurrency` may read it (github.run_number) and locks the pipeline anyway.
+    late = session.bind is not None and session.bind.dialect.name == "postgresql"
+    late = late and spec.concurrency is None
+    number = placeholder_number() if late else await next_number(session, new.pipeline_id)
+    values = _build_values(new, utcnow(), number)
     build: Build | None = None
     if orm or spec.concurrency is not None:
         build = Build(**values)
@@ -164,11 +245,8 @@ async def _create(
         await concurrency.on_create(session, build, spec)
     else:
         build_id = await insert_row(session, BUILDS, values)
-    sha = hashlib.sha256(new.workflow_yaml.encode()).hexdigest()
-    snapshot = {"build_id": build_id, "pipeline_id": new.pipeline_id, "yaml_sha256": sha}
-    await insert_row(
-        session, SNAPSHOTS, {**snapshot, "workflow_yaml": new.workflow_yaml, "actions": new.actions}
-    )
+    snapshot = _snapshot_row(new)
+    await insert_row(session, SNAPSHOTS, {**snapshot, "build_id": build_id})
     dag = await insert_dag(
         session, build_id, spec, checkout=bool(new.repo_url), posts=post_uses(new.actions)
     )
@@ -177,7 +255,7 @@ async def _create(
         if build is not None:
             set_committed_value(build, "number", values["number"])
     shown = public(build) if build is not None else public_row({**values, "id": build_id})
-    return build, written_detail(shown, sha, new.event, dag)
+    return build, written_detail(shown, snapshot["yaml_sha256"], new.event, dag)
 
 
 def _check_job_names(spec: WorkflowSpec) -> None:
@@ -458,7 +536,7 @@ async def submit(
     queue: BuildQueue,
     new: NewBuild,
     *,
-    actions: Callable[[], ActionFetcher] | None = None,
+    actions: ActionFetcher | None = None,
     specs: SpecCache | None = None,
     creates: GroupCommit | None = None,
 ) -> tuple[BuildDetail, bool]:
@@ -485,8 +563,8 @@ async def submit(
         if specs is not None:
             specs.remember(sha, spec)
     if actions is not None and new.actions is None:
-        # No remote action: the pins resolve_actions would return, without making a fetcher.
-        pins = await resolve_actions(spec, actions()) if remote_uses(spec) else {}
+        # No remote action: the pins resolve_actions would return, without a call.
+        pins = await resolve_actions(spec, actions) if remote_uses(spec) else {}
         new = dataclasses.replace(new, actions=pins)
     try:
         written = await _store(db, creates, new, spec)
@@ -514,16 +592,19 @@ async def _store(
     whose statements follow one another, where 50 separate creates queued one behind the other,
     each holding the lock across its own loop turns. A create failing in a shared transaction
     (a refused row, an idempotency race) makes every create of it run again alone."""
-    if creates is None:
-        async with db.transaction() as session:
-            return await create_written(session, new, spec)
-    made: list[BuildDetail] = []
+    made: list[Written] = []
 
     async def unit(session: AsyncSession) -> None:
         made[:] = [await create_written(session, new, spec)]  # a rerun alone replaces it
 
-    await creates.run(unit)
-    return made[0]
+    if creates is None:
+        async with db.transaction() as session:
+            await unit(session)
+    else:
+        await creates.run(unit)
+    detail = made[0].detail
+    assert detail is not None  # written before the commit that let us here
+    return detail
 
 
 async def retry(

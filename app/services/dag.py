@@ -77,7 +77,7 @@ def _bulk_insert(table: Table) -> Any:
     return insert(table).returning(table.c.id, sort_by_parameter_order=True)
 
 
-async def _insert_returning_ids(
+async def insert_returning_ids(
     session: AsyncSession, model: type[SQLModel], rows: list[dict[str, Any]]
 ) -> None:
     """One bulk INSERT … RETURNING id (in the order of `rows`); sets each row's "id"."""
@@ -89,18 +89,13 @@ async def _insert_returning_ids(
         row["id"] = int(row_id)
 
 
-async def insert_dag(
-    session: AsyncSession,
-    build_id: int,
-    spec: WorkflowSpec,
-    *,
-    checkout: bool,
-    posts: frozenset[str] = frozenset(),
+def plan_dag(
+    spec: WorkflowSpec, *, checkout: bool, posts: frozenset[str] = frozenset()
 ) -> WrittenDag:
-    """The build's jobs, `needs` edges and planned steps, all pending, in three bulk inserts."""
+    """The rows of a build's jobs, `needs` edges and planned steps, all pending (no I/O; the
+    build id and the row ids are set when they are inserted: insert_dags)."""
     jobs = [
         {
-            "build_id": build_id,
             "name": j.name,
             "display_name": clip(j.display_name),
             "index": j.index,
@@ -112,19 +107,45 @@ async def insert_dag(
         }
         for j in spec.jobs
     ]
-    await _insert_returning_ids(session, BuildJob, jobs)
-    edges = [{"build_id": build_id, "from_job": a, "to_job": b} for a, b in spec.edges]
-    await _insert_returning_ids(session, BuildJobEdge, edges)
+    edges = [{"from_job": a, "to_job": b} for a, b in spec.edges]
     steps = [
-        {"build_id": build_id, "job_name": j.name, "index": s.index, "name": clip(s.name)}
+        {"job_name": j.name, "index": s.index, "name": clip(s.name)}
         for j in spec.jobs
         if j.matrix_template is None  # a placeholder's steps are its combinations' to plan
         for s in planned_steps(j, checkout=checkout, posts=posts)
     ]
-    # none when every job is a placeholder (a matrix computed at run time)
-    await _insert_returning_ids(session, BuildStep, steps)
-    await session.flush()
     return WrittenDag(jobs=jobs, edges=edges, steps=steps)
+
+
+async def insert_dags(session: AsyncSession, dags: list[tuple[int, WrittenDag]]) -> None:
+    """The planned rows of several builds (build id, rows): one bulk INSERT per table for all
+    of them, whatever their number; each row gets its build id and its own id."""
+    for table in (BuildJob, BuildJobEdge, BuildStep):
+        rows = []
+        for build_id, dag in dags:
+            part = (
+                dag.jobs if table is BuildJob else dag.edges if table is BuildJobEdge else dag.steps
+            )
+            for row in part:
+                row["build_id"] = build_id
+            rows.extend(part)
+        # none for edges without `needs`, or steps when every job is a matrix placeholder
+        await insert_returning_ids(session, table, rows)
+
+
+async def insert_dag(
+    session: AsyncSession,
+    build_id: int,
+    spec: WorkflowSpec,
+    *,
+    checkout: bool,
+    posts: frozenset[str] = frozenset(),
+) -> WrittenDag:
+    """The build's jobs, `needs` edges and planned steps, all pending, in three bulk inserts."""
+    dag = plan_dag(spec, checkout=checkout, posts=posts)
+    await insert_dags(session, [(build_id, dag)])
+    await session.flush()
+    return dag
 
 
 def written_detail(

@@ -23,14 +23,15 @@ COUNTERS: Table = SQLModel.metadata.tables[PipelineCounter.__tablename__]
 # RETURNING) cost more of a create's CPU than running it.
 @cache
 def _increment(dialect: str) -> Any:
-    """The pipeline's counter (`:p`) incremented, or created at 1; returns the new number."""
+    """The pipeline's counter (`:p`) advanced by `:k`, or created at `:k`; returns the new
+    value (the last of the `:k` numbers taken)."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
         insert(COUNTERS)
-        .values(pipeline_id=bindparam("p"), last_number=1)
+        .values(pipeline_id=bindparam("p"), last_number=bindparam("k"))
         .on_conflict_do_update(
             index_elements=["pipeline_id"],
-            set_={"last_number": COUNTERS.c.last_number + 1},
+            set_={"last_number": COUNTERS.c.last_number + bindparam("k")},
         )
         .returning(COUNTERS.c.last_number)
     )
@@ -48,8 +49,14 @@ def _number_last() -> Any:
 
 
 async def next_number(session: AsyncSession, pipeline_id: str) -> int:
+    return await take_numbers(session, pipeline_id, 1)
+
+
+async def take_numbers(session: AsyncSession, pipeline_id: str, count: int) -> int:
+    """`count` consecutive numbers of the pipeline; returns the last (the first is
+    last - count + 1)."""
     dialect = session.bind.dialect.name if session.bind else "sqlite"
-    result = await session.exec(_increment(dialect), params={"p": pipeline_id})
+    result = await session.exec(_increment(dialect), params={"p": pipeline_id, "k": count})
     return int(result.scalar_one())
 
 
@@ -65,5 +72,6 @@ async def number_last(session: AsyncSession, build_id: int, pipeline_id: str) ->
     statement. The counter's row lock serialises a pipeline's creates until they commit;
     taken last, it is held for this statement and the commit only, not for the whole create
     (50 POSTs to one pipeline at once otherwise queued one create at a time)."""
-    result = await session.exec(_number_last(), params={"b": build_id, "p": pipeline_id})
+    params = {"b": build_id, "p": pipeline_id, "k": 1}
+    result = await session.exec(_number_last(), params=params)
     return int(result.scalar_one())
