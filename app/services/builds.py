@@ -53,7 +53,6 @@ from app.services.dag import (
     WrittenDag,
     insert_dag,
     insert_dags,
-    insert_planned_pg,
     insert_returning_ids,
     insert_row,
     plan_dag,
@@ -178,16 +177,10 @@ async def _write_planned(session: AsyncSession) -> None:
         last = await take_numbers(session, pipeline_id, len(group))
         for offset, p in enumerate(group):
             p.values["number"] = last - len(group) + 1 + offset
-    rows = [p.values for p in planned]
-    snapshots = [dict(p.snapshot) for p in planned]
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        await insert_planned_pg(session, rows, snapshots, [p.dag for p in planned])
-    else:
-        await insert_returning_ids(session, Build, rows)
-        for row, snapshot in zip(rows, snapshots, strict=True):
-            snapshot["build_id"] = row["id"]
-        await insert_returning_ids(session, BuildSnapshot, snapshots)
-        await insert_dags(session, [(p.values["id"], p.dag) for p in planned])
+    await insert_returning_ids(session, Build, [p.values for p in planned])
+    snapshots = [{**p.snapshot, "build_id": p.values["id"]} for p in planned]
+    await insert_returning_ids(session, BuildSnapshot, snapshots)
+    await insert_dags(session, [(p.values["id"], p.dag) for p in planned])
     for p in planned:
         shown = public_row(p.values)
         p.written.detail = written_detail(shown, p.snapshot["yaml_sha256"], p.event, p.dag)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, insert, text
+from sqlalchemy import Table, insert
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -117,72 +117,20 @@ def plan_dag(
     return WrittenDag(jobs=jobs, edges=edges, steps=steps)
 
 
-TableRows = list[tuple[type[SQLModel], list[dict[str, Any]]]]
-
-
-def dag_rows(dags: list[tuple[int, WrittenDag]]) -> TableRows:
-    """The planned rows of several builds (build id, rows) by table, each with its build id."""
-    jobs: list[dict[str, Any]] = []
-    edges: list[dict[str, Any]] = []
-    steps: list[dict[str, Any]] = []
-    for build_id, dag in dags:
-        for part, rows in ((dag.jobs, jobs), (dag.edges, edges), (dag.steps, steps)):
-            for row in part:
-                row["build_id"] = build_id
-            rows.extend(part)
-    return [(BuildJob, jobs), (BuildJobEdge, edges), (BuildStep, steps)]
-
-
 async def insert_dags(session: AsyncSession, dags: list[tuple[int, WrittenDag]]) -> None:
     """The planned rows of several builds (build id, rows): one bulk INSERT per table for all
     of them, whatever their number; each row gets its build id and its own id."""
-    for model, rows in dag_rows(dags):
+    for table in (BuildJob, BuildJobEdge, BuildStep):
+        rows = []
+        for build_id, dag in dags:
+            part = (
+                dag.jobs if table is BuildJob else dag.edges if table is BuildJobEdge else dag.steps
+            )
+            for row in part:
+                row["build_id"] = build_id
+            rows.extend(part)
         # none for edges without `needs`, or steps when every job is a matrix placeholder
-        await insert_returning_ids(session, model, rows)
-
-
-@cache
-def _take_ids() -> Any:
-    """Postgres: ids for new builds, jobs and steps (`:b`, `:j`, `:s` of each) from their
-    sequences, in one statement of one shape whatever the counts."""
-
-    def taken(table: str, count: str) -> str:
-        return (
-            f"ARRAY(SELECT nextval(pg_get_serial_sequence('{table}', 'id')) "
-            f"FROM generate_series(1, CAST(:{count} AS integer)))"
-        )
-
-    return text(
-        f"SELECT {taken('builds', 'b')}, {taken('build_jobs', 'j')}, {taken('build_steps', 's')}"
-    )
-
-
-async def insert_planned_pg(
-    session: AsyncSession,
-    builds: list[dict[str, Any]],
-    snapshots: list[dict[str, Any]],
-    dags: list[WrittenDag],
-) -> None:
-    """Postgres: new builds (each row's id set), their snapshots (each given its build's id)
-    and their planned rows. The ids come from the sequences first, so every INSERT is an
-    executemany without RETURNING: one statement prepared once, its rows sent in one round
-    trip (a multi-row INSERT … RETURNING has a new shape, a new statement to prepare and
-    compile, for every number of rows)."""
-    conn = await session.connection()
-    jobs = [row for dag in dags for row in dag.jobs]
-    steps = [row for dag in dags for row in dag.steps]
-    counts = {"b": len(builds), "j": len(jobs), "s": len(steps)}
-    ids = (await conn.execute(_take_ids(), counts)).one()
-    for rows, taken in zip((builds, jobs, steps), ids, strict=True):
-        for row, row_id in zip(rows, taken, strict=True):
-            row["id"] = int(row_id)
-    for build, snapshot in zip(builds, snapshots, strict=True):
-        snapshot["build_id"] = build["id"]
-    tables: TableRows = [(Build, builds), (BuildSnapshot, snapshots)]
-    tables += dag_rows([(build["id"], dag) for build, dag in zip(builds, dags, strict=True)])
-    for model, rows in tables:
-        if rows:
-            await conn.execute(insert(SQLModel.metadata.tables[str(model.__tablename__)]), rows)
+        await insert_returning_ids(session, table, rows)
 
 
 async def insert_dag(
