@@ -303,6 +303,63 @@ async def test_creates_arriving_together_share_one_transaction(
         assert [j["name"] for j in detail["jobs"]] == ["build"]
 
 
+async def test_a_shared_create_transaction_numbers_each_pipeline_and_keeps_every_row(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    """One group transaction with creates of two pipelines, one of them a workflow with
+    `concurrency` (written at once, with an ORM instance) among the planned ones (written
+    together before the commit): each pipeline numbered 1..n without gaps, every build answered
+    with its own id, jobs, steps and needs, and the stored detail equal to the answer."""
+    grouped = workflow(
+        """
+        concurrency: deploy
+        jobs:
+          build:
+            steps:
+              - run: echo one
+        """
+    )
+    two_jobs = workflow(
+        """
+        jobs:
+          a:
+            steps:
+              - run: echo a
+              - run: echo b
+          b:
+            needs: a
+            steps:
+              - run: echo c
+        """
+    )
+    plan = [("p1", ONE_STEP), ("p2", two_jobs), ("p1", grouped), ("p2", ONE_STEP), ("p1", two_jobs)]
+    with write_transactions(app) as transactions:
+        async with creates_held(app) as release:
+            posts = [
+                asyncio.ensure_future(
+                    create(client, yaml_text, dispatch=False, pipeline_id=pipeline)
+                )
+                for pipeline, yaml_text in plan
+            ]
+            await release(len(plan))
+            created = await asyncio.gather(*posts)
+    inserts = [t for t in transactions if any(s.startswith("INSERT INTO BUILDS") for s in t)]
+    assert len(inserts) == 1, transactions
+    by_pipeline: dict[str, list[int]] = {}
+    for (pipeline, _), build in zip(plan, created, strict=True):
+        assert build["pipeline_id"] == pipeline
+        by_pipeline.setdefault(pipeline, []).append(build["number"])
+    assert sorted(by_pipeline["p1"]) == [1, 2, 3]
+    assert sorted(by_pipeline["p2"]) == [1, 2]
+    assert len({b["id"] for b in created}) == len(plan)
+    for build in created:
+        stored = (await client.get(f"/builds/{build['id']}")).json()
+        assert stored == build
+        assert all(step["id"] for job in stored["jobs"] for step in job["steps"])
+    assert [j["needs"] for j in created[1]["jobs"]] == [[], ["a"]]
+    assert [len(j["steps"]) for j in created[4]["jobs"]] == [2, 1]
+
+
 async def test_a_create_refused_in_a_shared_transaction_does_not_sink_the_others(
     app: Any, client: httpx.AsyncClient
 ) -> None:
