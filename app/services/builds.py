@@ -143,7 +143,8 @@ async def create_written(session: AsyncSession, new: NewBuild, spec: WorkflowSpe
     """create_build for `submit`: the new build's detail made from what was written (no read
     back), its rows inserted by Core INSERTs shared with the transaction's other creates (no
     ORM instance, no unit-of-work flush) unless the workflow's `concurrency` needs the
-    instance (then at once). The detail is there once the transaction has committed."""
+    instance (then at once). The detail is there once the transaction has committed; the
+    session must be one of `Database.transaction()`, which runs the deferred writes."""
     if spec.concurrency is not None:
         return Written((await _create(session, new, spec, orm=False))[1])
     _check_job_names(spec)
