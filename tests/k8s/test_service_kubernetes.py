@@ -5,9 +5,11 @@ CI_K8S_REAL_CLUSTER=1 (`make test-k8s`; the image must have `sh`)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,108 @@ async def test_cancel_deletes_the_jobs(
             return emulator.control("processes") == []
 
         await wait_until(no_processes, timeout=20)
+
+
+async def test_cancel_delivers_term_to_the_running_step(
+    k8s_serve: Callable[[str], ServeProcess], emulator: EmulatorProcess | None
+) -> None:
+    """The kubelet signals PID 1 only. A cancelled step must still get SIGTERM, not just die
+    with the pod: its TERM trap runs (it leaves a file), which SIGKILL after the grace period
+    would never let happen. Emulator only: the file is on this machine."""
+    if emulator is None:
+        pytest.skip("the step's trap leaves its mark on the emulator's machine")
+    # Where the pod's user (not root) may write: pytest's own temp dirs are root's, 0700.
+    shared = Path(tempfile.mkdtemp(prefix="ci-term-"))
+    shared.chmod(0o777)
+    mark = shared / "got-term"
+    script = f"trap 'echo term > {mark}; exit 0' TERM; echo up; sleep 300 & wait $!"
+    server = k8s_serve("a")
+    async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
+        body = await create(client, f'jobs:\n  s:\n    steps:\n      - run: "{script}"\n')
+        await wait_for_output(client, body["id"], "up")
+        assert not mark.exists()
+        assert (await client.post(f"/builds/{body['id']}/cancel")).status_code == 202
+        done = await wait_for_build(client, body["id"], timeout=60)
+        assert done["status"] == "cancelled"
+
+    async def trapped() -> bool:
+        return mark.exists()
+
+    # Well within the pod's grace period (10 s): the trap ran on TERM, before any SIGKILL.
+    try:
+        await wait_until(trapped, timeout=8)
+        assert mark.read_text().strip() == "term"
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+async def test_what_a_step_leaves_running_ends_with_it(
+    k8s_serve: Callable[[str], ServeProcess], emulator: EmulatorProcess | None
+) -> None:
+    """A step's background process is killed when the step ends (its process group, by the
+    program that started it), so it neither outlives the step nor holds the pod's CPU: the next
+    step finds it gone. The image's /bin/sh runs that kill (busybox's or dash's `kill`)."""
+    marker = f"sleep 31{os.getpid() % 1000:03d}"
+    server = k8s_serve("a")
+    async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
+        body = await create(
+            client,
+            workflow(
+                f"""
+                jobs:
+                  s:
+                    steps:
+                      - run: {marker} &
+                      - run: |
+                          sleep 0.5
+                          for p in /proc/[0-9]*; do
+                            if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^{marker}'; then
+                              echo "left running: $p"; exit 1
+                            fi
+                          done
+                          echo none left
+                """
+            ),
+        )
+        done = await wait_for_build(client, body["id"], timeout=60)
+        text = await log_text(client, body["id"])
+    assert done["status"] == "success", text
+    assert "none left" in text
+    if emulator is not None:
+        assert not [p for p in emulator.control("processes") if marker in str(p)]
+
+
+async def test_a_step_past_its_timeout_gets_term(
+    k8s_serve: Callable[[str], ServeProcess], emulator: EmulatorProcess | None
+) -> None:
+    """`timeout-minutes` on Kubernetes: the runner signals the step's process group with TERM
+    (its trap runs and leaves a file), well before the 300 s it would otherwise run."""
+    shared = Path(tempfile.mkdtemp(prefix="ci-timeout-"))
+    shared.chmod(0o777)
+    mark = shared / "got-term"
+    server = k8s_serve("a")
+    try:
+        async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
+            body = await create(
+                client,
+                workflow(
+                    f"""
+                    jobs:
+                      s:
+                        steps:
+                          - run: |
+                              trap 'echo term > {mark}; exit 0' TERM
+                              sleep 300 & wait $!
+                            timeout-minutes: 0.05
+                    """
+                ),
+            )
+            done = await wait_for_build(client, body["id"], timeout=60)
+        assert done["jobs"][0]["steps"][0]["status"] == "timed_out", done
+        if emulator is not None:
+            assert mark.read_text().strip() == "term"
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _serve_exit(env: dict[str, str], database_url: str) -> tuple[int, str]:

@@ -27,6 +27,9 @@ _POD_OWNED = frozenset({"CI_WORKSPACE", "CI_RUN_DIR", "HOME", "HOSTNAME"})
 # PID 1. Without a TERM handler, a container's PID 1 ignores the kubelet's SIGTERM and the step
 # runs on until SIGKILL after the grace period. This one forwards TERM to every step's process
 # group, waits for them to exit (the kubelet's SIGKILL bounds the wait), then exits.
+# `kill -SIG -PGID`, never `kill -SIG -- -PGID`: the kill builtins of dash and busybox (the
+# images' /bin/sh) refuse `--` ("Illegal number"), and with their stderr discarded no step was
+# signalled: PID 1 exited at once and the runtime SIGKILLed the steps (no TERM trap ran).
 INIT = r"""
 d="$CI_RUN_DIR"
 mkdir -p "$d" "$HOME" || exit 1
@@ -36,11 +39,11 @@ mkdir -p "$d" "$HOME" || exit 1
 # repository to fetch from) is no other tenant's.
 [ -e "$HOME/.gitconfig" ] || printf '[safe]\n\tdirectory = *\n' > "$HOME/.gitconfig"
 stop() {
-  for f in "$d"/*.pgid; do [ -f "$f" ] && kill -TERM -- "-$(cat "$f")" 2>/dev/null; done
+  for f in "$d"/*.pgid; do [ -f "$f" ] && kill -TERM "-$(cat "$f")" 2>/dev/null; done
   while :; do
     alive=0
     for f in "$d"/*.pgid; do
-      [ -f "$f" ] && kill -0 -- "-$(cat "$f")" 2>/dev/null && alive=1
+      [ -f "$f" ] && kill -0 "-$(cat "$f")" 2>/dev/null && alive=1
     done
     [ "$alive" = 0 ] && exit 143
     sleep 0.1 2>/dev/null || sleep 1
@@ -97,7 +100,7 @@ _START = r"""
     PATH=$P0
     echo "$p" > "$d/$i.pgid"
     wait "$p"; rc=$?
-    kill -KILL -- "-$p" 2>/dev/null
+    kill -KILL "-$p" 2>/dev/null
   fi
   echo "$rc" > "$d/$i.rc.tmp" && mv "$d/$i.rc.tmp" "$d/$i.rc"
   exit "$rc"
@@ -282,7 +285,7 @@ def state_program() -> bytes:
 def signal_program(index: int | str, signal: Literal["TERM", "KILL"]) -> bytes:
     return (
         _header(index, 0)
-        + f'p=$(cat "$d/$i.pgid" 2>/dev/null) && kill -{signal} -- "-$p" 2>/dev/null; exit 0\n'
+        + f'p=$(cat "$d/$i.pgid" 2>/dev/null) && kill -{signal} "-$p" 2>/dev/null; exit 0\n'
     ).encode()
 
 
