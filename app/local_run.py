@@ -26,8 +26,8 @@ from app.migrate import upgrade
 from app.models import BuildDetail, BuildStatus
 from app.models.schemas import StatusEvent
 from app.secrets import seal_request
-from app.services import builds, state
-from app.services.builds import NewBuild
+from app.services import builds, create, state
+from app.services.create import NewBuild
 from app.services.executor import BuildExecutor
 from app.wiring import Core, running_core
 
@@ -161,10 +161,10 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
     # (as act does); flags win.
     local = {} if args.repo else await asyncio.to_thread(git_context, Path(args.workflow))
     try:
-        spec = await asyncio.to_thread(builds.parse_or_422, yaml_text)
+        spec = await asyncio.to_thread(create.parse_or_422, yaml_text)
         pins = await resolve_actions(spec, fetcher_for(core.settings))
         async with core.db.transaction() as session:
-            build = await builds.create_build(
+            build = await create.create_build(
                 session,
                 NewBuild(
                     # The pipeline id is github.repository when there is no repo URL.

@@ -35,7 +35,7 @@ from app.models import (
 from app.secrets import seal_request
 from app.services import builds as service
 from app.services import listing
-from app.services.builds import NewBuild
+from app.services.create import NewBuild
 
 router = APIRouter(tags=["builds"])
 

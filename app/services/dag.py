@@ -12,6 +12,7 @@ from sqlalchemy import Table, insert
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.logs.masking import masked_variables
 from app.models import (
     Build,
     BuildDetail,
@@ -181,3 +182,14 @@ def written_detail(
         jobs=jobs,
         edges=[EdgePublic(from_job=e["from_job"], to_job=e["to_job"]) for e in dag.edges],
     )
+
+
+def public(build: Build) -> BuildPublic:
+    out = BuildPublic.model_validate(build)
+    out.variables = masked_variables(build.variables)
+    return out
+
+
+def public_row(row: dict[str, Any]) -> BuildPublic:
+    """`public` of a builds row as a mapping (every column)."""
+    return BuildPublic.model_validate({**row, "variables": masked_variables(row["variables"])})

@@ -17,7 +17,7 @@ from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.models import Build, BuildPage, BuildPublic, BuildStatus
-from app.services.builds import public_row
+from app.services.dag import public_row
 
 FILTERS = ("pipeline_id", "status", "branch", "triggered_by")
 # Exactly the columns BuildPublic shows, in its field order.

@@ -14,8 +14,7 @@ from sqlalchemy import text
 from app.db import Database
 from app.logs.writer import LogWriter
 from app.metrics import Metrics
-from app.services import builds
-from app.services.builds import NewBuild
+from app.services.create import NewBuild, create_build
 from tests.helpers import all_logs, create, log_text, wait_for_build, wait_until
 
 QUEUED = "jobs:\n  a:\n    steps:\n      - run: x\n"
@@ -97,7 +96,7 @@ async def _refuse_poison(db: Database) -> None:
 
 async def _new_build(db: Database) -> int:
     async with db.transaction() as session:
-        build = await builds.create_build(
+        build = await create_build(
             session,
             NewBuild(pipeline_id="p", triggered_by="t", workflow_yaml=QUEUED, dispatch=False),
         )

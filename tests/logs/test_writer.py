@@ -12,8 +12,8 @@ from sqlalchemy import text
 from app.db import Database
 from app.logs.writer import LogWriter
 from app.metrics import Metrics
-from app.services import builds
-from app.services.builds import NewBuild
+from app.services import create
+from app.services.create import NewBuild
 
 HAS_LZ4 = (
     "SELECT COALESCE(bool_or('lz4' = ANY(enumvals)), false) FROM pg_settings "
@@ -53,7 +53,7 @@ async def test_failed_flush_keeps_data_and_is_counted(
 
 async def _new_build(db: Database) -> int:
     async with db.transaction() as session:
-        build = await builds.create_build(
+        build = await create.create_build(
             session,
             NewBuild(
                 pipeline_id="p",

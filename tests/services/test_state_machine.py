@@ -16,8 +16,8 @@ from sqlalchemy import text
 from app.db import Database
 from app.models import BuildStatus, JobStatus
 from app.models.schemas import BuildStatusEvent
-from app.services import builds, state
-from app.services.builds import NewBuild
+from app.services import create, state
+from app.services.create import NewBuild
 from tests.support.contract import LEGAL_BUILD, LEGAL_UNIT
 
 B, J = BuildStatus, JobStatus
@@ -47,7 +47,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 @pytest.fixture
 async def build_id(db: Database) -> int:
     async with db.transaction() as session:
-        build = await builds.create_build(
+        build = await create.create_build(
             session,
             NewBuild(
                 pipeline_id="p",

@@ -16,8 +16,8 @@ from sqlalchemy import event, text
 
 from app.db import Database
 from app.models import JobStatus
-from app.services import builds, state
-from app.services.builds import NewBuild
+from app.services import state
+from app.services.create import NewBuild, create_build
 from tests.support import create, pids_with, wait_for_build, wait_until
 from tests.support.contract import LEGAL_UNIT as LEGAL
 
@@ -38,7 +38,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 
 async def _two_steps(db: Database) -> int:
     async with db.transaction() as session:
-        build = await builds.create_build(
+        build = await create_build(
             session,
             NewBuild(
                 pipeline_id="p", triggered_by="t", workflow_yaml=steps_yaml(2), dispatch=False
