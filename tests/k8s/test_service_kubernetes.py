@@ -168,18 +168,25 @@ async def test_cancel_deletes_the_jobs(
         await wait_until(no_processes, timeout=20)
 
 
+@pytest.fixture
+def term_mark() -> Iterator[Path]:
+    """Where a step's TERM trap leaves its mark: a directory the pod's user (not root) may
+    write to (pytest's own temp dirs are root's, 0700), removed afterwards."""
+    shared = Path(tempfile.mkdtemp(prefix="ci-term-"))
+    shared.chmod(0o777)
+    yield shared / "got-term"
+    shutil.rmtree(shared, ignore_errors=True)
+
+
 async def test_cancel_delivers_term_to_the_running_step(
-    k8s_serve: Callable[[str], ServeProcess], emulator: EmulatorProcess | None
+    k8s_serve: Callable[[str], ServeProcess], emulator: EmulatorProcess | None, term_mark: Path
 ) -> None:
     """The kubelet signals PID 1 only. A cancelled step must still get SIGTERM, not just die
     with the pod: its TERM trap runs (it leaves a file), which SIGKILL after the grace period
     would never let happen. Emulator only: the file is on this machine."""
     if emulator is None:
         pytest.skip("the step's trap leaves its mark on the emulator's machine")
-    # Where the pod's user (not root) may write: pytest's own temp dirs are root's, 0700.
-    shared = Path(tempfile.mkdtemp(prefix="ci-term-"))
-    shared.chmod(0o777)
-    mark = shared / "got-term"
+    mark = term_mark
     script = f"trap 'echo term > {mark}; exit 0' TERM; echo up; sleep 300 & wait $!"
     server = k8s_serve("a")
     async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
@@ -194,11 +201,16 @@ async def test_cancel_delivers_term_to_the_running_step(
         return mark.exists()
 
     # Well within the pod's grace period (10 s): the trap ran on TERM, before any SIGKILL.
-    try:
-        await wait_until(trapped, timeout=8)
-        assert mark.read_text().strip() == "term"
-    finally:
-        shutil.rmtree(shared, ignore_errors=True)
+    await wait_until(trapped, timeout=8)
+    assert mark.read_text().strip() == "term"
+
+
+async def _run_to_end(server: ServeProcess, yaml_text: str) -> tuple[dict[str, Any], str]:
+    """A build of `yaml_text` on `server`, waited for: its detail and its log."""
+    async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
+        body = await create(client, workflow(yaml_text))
+        done = await wait_for_build(client, body["id"], timeout=60)
+        return done, await log_text(client, body["id"])
 
 
 async def test_what_a_step_leaves_running_ends_with_it(
@@ -208,29 +220,23 @@ async def test_what_a_step_leaves_running_ends_with_it(
     program that started it), so it neither outlives the step nor holds the pod's CPU: the next
     step finds it gone. The image's /bin/sh runs that kill (busybox's or dash's `kill`)."""
     marker = f"sleep 31{os.getpid() % 1000:03d}"
-    server = k8s_serve("a")
-    async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
-        body = await create(
-            client,
-            workflow(
-                f"""
-                jobs:
-                  s:
-                    steps:
-                      - run: {marker} &
-                      - run: |
-                          sleep 0.5
-                          for p in /proc/[0-9]*; do
-                            if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^{marker}'; then
-                              echo "left running: $p"; exit 1
-                            fi
-                          done
-                          echo none left
-                """
-            ),
-        )
-        done = await wait_for_build(client, body["id"], timeout=60)
-        text = await log_text(client, body["id"])
+    done, text = await _run_to_end(
+        k8s_serve("a"),
+        f"""
+        jobs:
+          s:
+            steps:
+              - run: {marker} &
+              - run: |
+                  sleep 0.5
+                  for p in /proc/[0-9]*; do
+                    if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^{marker}'; then
+                      echo "left running: $p"; exit 1
+                    fi
+                  done
+                  echo none left
+        """,
+    )
     assert done["status"] == "success", text
     assert "none left" in text
     if emulator is not None:
@@ -238,36 +244,25 @@ async def test_what_a_step_leaves_running_ends_with_it(
 
 
 async def test_a_step_past_its_timeout_gets_term(
-    k8s_serve: Callable[[str], ServeProcess], emulator: EmulatorProcess | None
+    k8s_serve: Callable[[str], ServeProcess], emulator: EmulatorProcess | None, term_mark: Path
 ) -> None:
     """`timeout-minutes` on Kubernetes: the runner signals the step's process group with TERM
     (its trap runs and leaves a file), well before the 300 s it would otherwise run."""
-    shared = Path(tempfile.mkdtemp(prefix="ci-timeout-"))
-    shared.chmod(0o777)
-    mark = shared / "got-term"
-    server = k8s_serve("a")
-    try:
-        async with httpx.AsyncClient(base_url=f"{server.url}/api/v1", timeout=30) as client:
-            body = await create(
-                client,
-                workflow(
-                    f"""
-                    jobs:
-                      s:
-                        steps:
-                          - run: |
-                              trap 'echo term > {mark}; exit 0' TERM
-                              sleep 300 & wait $!
-                            timeout-minutes: 0.05
-                    """
-                ),
-            )
-            done = await wait_for_build(client, body["id"], timeout=60)
-        assert done["jobs"][0]["steps"][0]["status"] == "timed_out", done
-        if emulator is not None:
-            assert mark.read_text().strip() == "term"
-    finally:
-        shutil.rmtree(shared, ignore_errors=True)
+    done, _ = await _run_to_end(
+        k8s_serve("a"),
+        f"""
+        jobs:
+          s:
+            steps:
+              - run: |
+                  trap 'echo term > {term_mark}; exit 0' TERM
+                  sleep 300 & wait $!
+                timeout-minutes: 0.05
+        """,
+    )
+    assert done["jobs"][0]["steps"][0]["status"] == "timed_out", done
+    if emulator is not None:
+        assert term_mark.read_text().strip() == "term"
 
 
 def _serve_exit(env: dict[str, str], database_url: str) -> tuple[int, str]:
