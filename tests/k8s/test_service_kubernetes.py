@@ -218,7 +218,7 @@ async def test_what_a_step_leaves_running_ends_with_it(
 ) -> None:
     """A step's background process is killed when the step ends (its process group, by the
     program that started it), so it neither outlives the step nor holds the pod's CPU: the next
-    step finds it gone. The image's /bin/sh runs that kill (busybox's or dash's `kill`)."""
+    step finds it gone. The pod's /bin/sh runs that kill (dash's here, as in Debian images)."""
     marker = f"sleep 31{os.getpid() % 1000:03d}"
     done, text = await _run_to_end(
         k8s_serve("a"),

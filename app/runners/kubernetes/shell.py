@@ -27,9 +27,10 @@ _POD_OWNED = frozenset({"CI_WORKSPACE", "CI_RUN_DIR", "HOME", "HOSTNAME"})
 # PID 1. Without a TERM handler, a container's PID 1 ignores the kubelet's SIGTERM and the step
 # runs on until SIGKILL after the grace period. This one forwards TERM to every step's process
 # group, waits for them to exit (the kubelet's SIGKILL bounds the wait), then exits.
-# `kill -SIG -PGID`, never `kill -SIG -- -PGID`: the kill builtins of dash and busybox (the
-# images' /bin/sh) refuse `--` ("Illegal number"), and with their stderr discarded no step was
-# signalled: PID 1 exited at once and the runtime SIGKILLed the steps (no TERM trap ran).
+# `kill -SIG -PGID`, never `kill -SIG -- -PGID`: dash's kill (/bin/sh of Debian and Ubuntu
+# images) refuses `--` ("Illegal number") and signals nothing; with stderr discarded, PID 1
+# exited at once and the runtime SIGKILLed the steps (no TERM trap ran). busybox's kill only
+# complains about `--`.
 INIT = r"""
 d="$CI_RUN_DIR"
 mkdir -p "$d" "$HOME" || exit 1
