@@ -132,7 +132,7 @@ async def create_written(session: AsyncSession, new: NewBuild, spec: WorkflowSpe
 
 async def _write_planned(session: AsyncSession) -> None:
     """The transaction's planned creates, written: their numbers (one counter upsert per
-    pipeline, the pipelines in order so two transactions never wait for each other's
+    pipeline, the pipelines in sorted order so two transactions never deadlock on each other's
     counters), then one bulk INSERT per table for all of them."""
     planned: list[_Planned] = session.info.pop(_PLANNED, [])
     by_pipeline: dict[str, list[_Planned]] = {}
