@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlparse
 
-from app.actions.support import fetcher_for, resolve_actions
+from app.actions.support import resolve_actions
 from app.config import Settings
 from app.errors import Invalid, Unavailable
 from app.logs.hub import HubEvent, LogEvent
@@ -162,7 +162,7 @@ async def _create(args: argparse.Namespace, yaml_text: str, core: Core, out: Tex
     local = {} if args.repo else await asyncio.to_thread(git_context, Path(args.workflow))
     try:
         spec = await asyncio.to_thread(create.parse_or_422, yaml_text)
-        pins = await resolve_actions(spec, fetcher_for(core.settings))
+        pins = await resolve_actions(spec, core.actions.fetcher)
         async with core.db.transaction() as session:
             build = await create.create_build(
                 session,

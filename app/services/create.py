@@ -23,7 +23,6 @@ from app.models import Build, BuildDetail, BuildSnapshot, BuildStatus
 from app.models.types import NAME_MAX, utcnow
 from app.services import concurrency
 from app.services.dag import (
-    BUILDS,
     SNAPSHOTS,
     WrittenDag,
     insert_dag,
@@ -77,9 +76,7 @@ async def create_build(
 
     Raises Invalid (422, every problem with line and column) before anything is written.
     `spec`: the workflow already parsed (callers parse before opening the transaction)."""
-    build, _ = await _create(session, new, spec, orm=True)
-    assert build is not None
-    return build
+    return (await _create(session, new, spec))[0]
 
 
 @dataclass
@@ -111,7 +108,7 @@ async def create_written(session: AsyncSession, new: NewBuild, spec: WorkflowSpe
     instance (then at once). The detail is there once the transaction has committed; the
     session must be one of `Database.transaction()`, which runs the deferred writes."""
     if spec.concurrency is not None:
-        return Written((await _create(session, new, spec, orm=False))[1])
+        return Written((await _create(session, new, spec))[1])
     _check_job_names(spec)
     values = _build_values(new, utcnow(), number=0)
     written = Written()
@@ -189,8 +186,10 @@ def _build_values(new: NewBuild, now: datetime, number: int) -> dict[str, Any]:
 
 
 async def _create(
-    session: AsyncSession, new: NewBuild, spec: WorkflowSpec | None, *, orm: bool
-) -> tuple[Build | None, BuildDetail]:
+    session: AsyncSession, new: NewBuild, spec: WorkflowSpec | None
+) -> tuple[Build, BuildDetail]:
+    """One create written at once, with its ORM instance (a `concurrency` workflow's group is
+    looked up with it; create_build's callers use it)."""
     if spec is None:
         # Parsing a large workflow takes a while: never on the event loop.
         spec = await asyncio.to_thread(parse_or_422, new.workflow_yaml)
@@ -201,27 +200,21 @@ async def _create(
     late = late and spec.concurrency is None
     number = placeholder_number() if late else await next_number(session, new.pipeline_id)
     values = _build_values(new, utcnow(), number)
-    build: Build | None = None
-    if orm or spec.concurrency is not None:
-        build = Build(**values)
-        session.add(build)
-        await session.flush()
-        assert build.id is not None
-        build_id = build.id
-        await concurrency.on_create(session, build, spec)
-    else:
-        build_id = await insert_row(session, BUILDS, values)
+    build = Build(**values)
+    session.add(build)
+    await session.flush()
+    assert build.id is not None
+    build_id = build.id
+    await concurrency.on_create(session, build, spec)
     snapshot = _snapshot_row(new)
     await insert_row(session, SNAPSHOTS, {**snapshot, "build_id": build_id})
     dag = await insert_dag(
         session, build_id, spec, checkout=bool(new.repo_url), posts=post_uses(new.actions)
     )
     if late:
-        values["number"] = await number_last(session, build_id, new.pipeline_id)
-        if build is not None:
-            set_committed_value(build, "number", values["number"])
-    shown = public(build) if build is not None else public_row({**values, "id": build_id})
-    return build, written_detail(shown, snapshot["yaml_sha256"], new.event, dag)
+        number = await number_last(session, build_id, new.pipeline_id)
+        set_committed_value(build, "number", number)
+    return build, written_detail(public(build), snapshot["yaml_sha256"], new.event, dag)
 
 
 def _check_job_names(spec: WorkflowSpec) -> None:

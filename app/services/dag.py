@@ -121,17 +121,17 @@ def plan_dag(
 async def insert_dags(session: AsyncSession, dags: list[tuple[int, WrittenDag]]) -> None:
     """The planned rows of several builds (build id, rows): one bulk INSERT per table for all
     of them, whatever their number; each row gets its build id and its own id."""
-    for table in (BuildJob, BuildJobEdge, BuildStep):
-        rows = []
-        for build_id, dag in dags:
-            part = (
-                dag.jobs if table is BuildJob else dag.edges if table is BuildJobEdge else dag.steps
-            )
+    jobs: list[dict[str, Any]] = []
+    edges: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = []
+    for build_id, dag in dags:
+        for part, rows in ((dag.jobs, jobs), (dag.edges, edges), (dag.steps, steps)):
             for row in part:
                 row["build_id"] = build_id
             rows.extend(part)
-        # none for edges without `needs`, or steps when every job is a matrix placeholder
-        await insert_returning_ids(session, table, rows)
+    # none for edges without `needs`, or steps when every job is a matrix placeholder
+    for model, rows in ((BuildJob, jobs), (BuildJobEdge, edges), (BuildStep, steps)):
+        await insert_returning_ids(session, model, rows)
 
 
 async def insert_dag(

@@ -105,8 +105,8 @@ async def job_outputs(session: AsyncSession, build_id: int) -> dict[str, dict[st
     return result
 
 
-# Built once, the build's id bound at execution (`:b`): see builds.detail.
-# Table columns: rows as mappings, not ORM objects (see builds.detail).
+# Built once, the build's id bound at execution (`:b`), on table columns (rows as mappings, not
+# ORM objects): see builds.detail.
 _ANNOTATION_T: Table = SQLModel.metadata.tables[BuildAnnotation.__tablename__]
 _SUMMARY_T: Table = SQLModel.metadata.tables[BuildStepSummary.__tablename__]
 _OUTPUT_T: Table = SQLModel.metadata.tables[BuildOutput.__tablename__]
