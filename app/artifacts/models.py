@@ -43,6 +43,7 @@ class Artifact(SQLModel, table=True):
 
 class CacheStatus:
     reserved = "reserved"  # an upload is in progress
+    uploaded = "uploaded"  # archive complete; FinalizeCacheEntryUpload (or v1 commit) not done
     ready = "ready"
 
 
@@ -62,7 +63,6 @@ class CacheEntry(SQLModel, table=True):
     version: str = Field(max_length=128)
     status: str = Field(default=CacheStatus.reserved, max_length=16)
     size: int = Field(default=0, sa_type=BigInteger)
-    sha256: str | None = Field(default=None, max_length=64)
     # The build that saved it; caches outlive their builds.
     build_id: int | None = Field(
         default=None,

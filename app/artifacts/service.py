@@ -162,12 +162,16 @@ class ArtifactService:
         if not block_id or len(block_id) > 1024:
             raise _invalid("blockid must be 1-1024 characters")
         key = f"{self._staging(kind, object_id)}/{_block_name(block_id)}"
-        # Clients number their blocks (Azure SDK: base64 of a prefix and a zero-padded index).
-        self.storage.announce(key, _block_rank(block_id))
+        hashed = kind == "artifact"  # caches carry no digest (storage.Expect.hashed)
+        if hashed:
+            # Clients number their blocks (Azure SDK: base64 of a prefix and a zero-padded
+            # index): the storage hashes them in that order while they arrive.
+            self.storage.announce(key, _block_rank(block_id))
         await check_uploadable(self.db, kind, object_id)
-        return await self.storage.put(
-            key, body, Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes, staging=True)
+        expect = Expect(
+            md5=md5, max_bytes=self.settings.artifact_max_bytes, staging=True, hashed=hashed
         )
+        return await self.storage.put(key, body, expect)
 
     async def commit_blocks(
         self, kind: BlobKind, object_id: int, block_ids: list[str]
@@ -179,9 +183,8 @@ class ArtifactService:
             if await self.storage.size(key) is None:
                 raise _invalid("the block list names a block that was never uploaded")
 
-        stored = await self.storage.compose(
-            self._final_key(row), keys, Expect(max_bytes=self.settings.artifact_max_bytes)
-        )
+        expect = Expect(max_bytes=self.settings.artifact_max_bytes, hashed=kind == "artifact")
+        stored = await self.storage.compose(self._final_key(row), keys, expect)
         await self._record_blob(kind, object_id, stored)
         await self.storage.delete_prefix(staging)
         return stored
@@ -193,7 +196,7 @@ class ArtifactService:
         stored = await self.storage.put(
             self._final_key(row),
             body,
-            Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes),
+            Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes, hashed=kind == "artifact"),
         )
         await self._record_blob(kind, object_id, stored)
         return stored
@@ -210,7 +213,7 @@ class ArtifactService:
                 await session.exec(
                     update(CacheEntry)
                     .where(col(CacheEntry.id) == object_id)
-                    .values(size=stored.size, sha256=stored.sha256)
+                    .values(size=stored.size, status=CacheStatus.uploaded)
                 )
 
     # --- artifacts ---------------------------------------------------------------------------
@@ -354,7 +357,7 @@ class ArtifactService:
             existing = (await session.exec(_cache_entry(caller, key, version))).first()
             if existing is not None:
                 abandoned = (
-                    existing.status == CacheStatus.reserved
+                    existing.status != CacheStatus.ready
                     and existing.created_at < utcnow() - STALE_UPLOAD
                 )
                 if not abandoned:
@@ -405,7 +408,9 @@ class ArtifactService:
         await self._uploadable("cache", cache_id)
         key = f"{self._staging('cache', cache_id)}/{start:020d}"
         await self.storage.put(
-            key, body, Expect(max_bytes=self.settings.artifact_max_bytes, staging=True)
+            key,
+            body,
+            Expect(max_bytes=self.settings.artifact_max_bytes, staging=True, hashed=False),
         )
 
     async def commit_cache_ranges(self, caller: Caller, cache_id: int, size: int) -> CacheEntry:
@@ -425,7 +430,9 @@ class ArtifactService:
         row = await self._uploadable("cache", cache_id)
 
         parts = [f"{staging}/{name}" for name in names]
-        stored = await self.storage.compose(self._final_key(row), parts, Expect(size=size))
+        stored = await self.storage.compose(
+            self._final_key(row), parts, Expect(size=size, hashed=False)
+        )
         await self._record_blob("cache", cache_id, stored)
         await self.storage.delete_prefix(staging)
         return await self.finalize_cache(caller, cache_id, size)
@@ -436,7 +443,7 @@ class ArtifactService:
             if entry is None or entry.build_id != caller.claims.build_id:
                 raise _not_found("no such cache reservation in this build")
             if entry.status != CacheStatus.ready:
-                if entry.sha256 is None:
+                if entry.status != CacheStatus.uploaded:
                     raise ArtifactError("failed_precondition", "the cache archive was not uploaded")
                 if size is not None and size != entry.size:
                     raise _invalid(f"size mismatch: {size} announced, {entry.size} stored")

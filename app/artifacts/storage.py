@@ -75,6 +75,10 @@ class Expect:
     max_bytes: int | None = None
     # A staged part of a bigger object: no sha256 of its own (the composed object is hashed).
     staging: bool = False
+    # Whether the object gets a sha256 at all. Artifacts do (FinalizeArtifact checks the
+    # client's digest against it); caches do not: neither cache protocol carries a digest, and
+    # nothing would ever compare one (hashing 200 MB was a fifth of a cache save here).
+    hashed: bool = True
 
 
 def check_key(key: str) -> str:
@@ -86,18 +90,22 @@ def check_key(key: str) -> str:
 class _Digest:
     def __init__(self, expect: Expect | None) -> None:
         self.expect = expect or Expect()
-        self.sha256 = None if self.expect.staging else hashlib.sha256()
+        self.sha256 = hashlib.sha256() if self.expect.hashed and not self.expect.staging else None
         self.md5 = hashlib.md5(usedforsecurity=False) if self.expect.md5 else None
         self.size = 0
 
     def update(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.expect.max_bytes is not None and self.size > self.expect.max_bytes:
-            raise ObjectTooLarge(f"object larger than {self.expect.max_bytes} bytes")
+        self.count(len(chunk))
         if self.sha256 is not None:
             self.sha256.update(chunk)
         if self.md5 is not None:
             self.md5.update(chunk)
+
+    def count(self, size: int) -> None:
+        """`size` more bytes (read, or already stored and not read again)."""
+        self.size += size
+        if self.expect.max_bytes is not None and self.size > self.expect.max_bytes:
+            raise ObjectTooLarge(f"object larger than {self.expect.max_bytes} bytes")
 
     def finish(self, key: str) -> StoredObject:
         result = StoredObject(
@@ -134,7 +142,8 @@ class Storage(Protocol):
     async def compose(
         self, key: str, parts: list[str], expect: Expect | None = None
     ) -> StoredObject:
-        """Store the concatenation of the objects `parts` under `key` (atomically, hashed)."""
+        """Store the concatenation of the objects `parts` under `key` (atomically; hashed
+        unless `expect.hashed` is false)."""
         ...
 
     def announce(self, key: str, rank: bytes) -> None:
@@ -230,7 +239,8 @@ class DirectoryStorage:
     ) -> StoredObject:
         target = self._path(key)
         digest = _Digest(expect)
-        chain = self._chain_for(key) if digest.expect.staging else None
+        hashed_later = digest.expect.staging and digest.expect.hashed
+        chain = self._chain_for(key) if hashed_later else None
         stream = chain.stream(key) if chain is not None else None
         temp = self.tmp / f"{uuid.uuid4().hex}.part"
         handle = await asyncio.to_thread(self._open_temp, temp)
@@ -360,7 +370,7 @@ class DirectoryStorage:
         self, key: str, parts: list[str], expect: Expect | None = None
     ) -> StoredObject:
         """Move the parts into a segment directory (consumed on success, put back on failure),
-        hash them in order, and rename the directory into place."""
+        hash them in order (when the object is hashed), and rename the directory into place."""
         target = self._path(key)
         sources = [self._path(p) for p in parts]
         if len(set(sources)) != len(sources):
@@ -373,16 +383,17 @@ class DirectoryStorage:
             return await self.put(key, chained(), expect)
         digest = _Digest(expect)
         chain = self._chains.pop(parts[0].rpartition("/")[0], None) if parts else None
-        hashed = False
-        if chain is not None and len(chain.ranks) == len(parts) and digest.md5 is None:
+        # No pass over the bytes when there is nothing to compute (the parts were fsync'd when
+        # staged), or when the chain hashed them in this order as they arrived.
+        read = digest.sha256 is not None or digest.md5 is not None
+        counted = False  # the size is the chain's
+        if read and chain is not None and len(chain.ranks) == len(parts) and digest.md5 is None:
             await self._advance(chain)  # the blocks not hashed yet, after any in progress
             async with chain.lock:
-                hashed = not chain.broken and chain.hashed == parts
-        if hashed and chain is not None:
-            # Every block was hashed in this order as it arrived, and fsync'd: no second pass.
-            digest.sha256, digest.size = chain.sha256, chain.size
-            if digest.expect.max_bytes is not None and digest.size > digest.expect.max_bytes:
-                raise ObjectTooLarge(f"object larger than {digest.expect.max_bytes} bytes")
+                if not chain.broken and chain.hashed == parts:
+                    digest.sha256 = chain.sha256
+                    digest.count(chain.size)
+                    read, counted = False, True
 
         def work() -> StoredObject:
             for source, name in zip(sources, parts, strict=True):
@@ -398,12 +409,15 @@ class DirectoryStorage:
                     segment = staging / f"{index:06d}"
                     os.replace(source, segment)
                     moved.append((segment, source))
-                    if not hashed:
+                    size = segment.stat().st_size
+                    if read:
                         with segment.open("rb") as handle:
                             while chunk := handle.read(WRITE_BUFFER * 4):
                                 digest.update(chunk)
                             os.fsync(handle.fileno())
-                    sizes.append(segment.stat().st_size)
+                    elif not counted:
+                        digest.count(size)
+                    sizes.append(size)
                 result = digest.finish(key)
                 manifest = staging / _SEGMENTS
                 manifest.write_text(json.dumps({"sizes": sizes}))

@@ -44,7 +44,7 @@ async def sweep(self: ArtifactService) -> dict[str, int]:
             (
                 await session.exec(
                     select(CacheEntry).where(
-                        CacheEntry.status == CacheStatus.reserved,
+                        CacheEntry.status != CacheStatus.ready,
                         col(CacheEntry.created_at) < now - STALE_UPLOAD,
                     )
                 )

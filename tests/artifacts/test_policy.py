@@ -259,3 +259,65 @@ async def test_public_api_not_found(client: httpx.AsyncClient) -> None:
     assert (await client.delete("/build-caches/1", params={"pipeline_id": "p1"})).status_code == 404
     listing = await client.get("/build-caches", params={"pipeline_id": "p1"})
     assert listing.json() == {"items": [], "total_bytes": 0}
+
+
+CACHES = "http://test/twirp/github.actions.results.api.v1.CacheService"
+
+
+async def _cache_call(
+    client: httpx.AsyncClient, build_id: int, method: str, **body: Any
+) -> httpx.Response:
+    return await client.post(f"{CACHES}/{method}", json=body, headers=auth(build_id))
+
+
+async def test_cache_archive_is_stored_unhashed_and_finalized_by_status(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    """A cache archive gets no sha256 (neither cache protocol has a digest to compare): the
+    commit of its blocks records `uploaded`, which FinalizeCacheEntryUpload requires. An
+    uploaded archive never finalized is abandoned like a reservation: swept, and its key free
+    again."""
+    build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
+    entry = {"key": "deps-1", "version": "v" * 64}
+    created = await _cache_call(client, build_id, "CreateCacheEntry", **entry)
+    assert created.status_code == 200, created.text
+    url = created.json()["signed_upload_url"]
+    early = await _cache_call(client, build_id, "FinalizeCacheEntryUpload", **entry, size_bytes="6")
+    assert early.status_code == 412 and "not uploaded" in early.text
+    for block_id, part in (("QUFB", b"abc"), ("QkJC", b"def")):
+        staged = await client.put(f"{url}&comp=block&blockid={block_id}", content=part)
+        assert staged.status_code == 201, staged.text
+    blocklist = b"<BlockList><Latest>QUFB</Latest><Latest>QkJC</Latest></BlockList>"
+    assert (await client.put(f"{url}&comp=blocklist", content=blocklist)).status_code == 201
+    service = service_of(app)
+    async with service.db.read() as session:
+        rows = (
+            await session.exec(  # type: ignore[call-overload]
+                text("SELECT id, status, size FROM action_caches WHERE key = 'deps-1'")
+            )
+        ).all()
+    assert [(row[1], row[2]) for row in rows] == [("uploaded", 6)]
+    cache_id = rows[0][0]
+    assert not service.storage._chains  # no in-order hashing was ever set up for it
+    wrong = await _cache_call(client, build_id, "FinalizeCacheEntryUpload", **entry, size_bytes="7")
+    assert wrong.status_code == 400 and "size mismatch" in wrong.text
+
+    # Left uploaded past STALE_UPLOAD: abandoned.
+    async with service.db.transaction() as session:
+        await session.exec(  # type: ignore[call-overload]
+            text("UPDATE action_caches SET created_at = :t WHERE id = :i"),
+            params={"t": utcnow() - timedelta(hours=7), "i": cache_id},
+        )
+    again = await _cache_call(client, build_id, "CreateCacheEntry", **entry)
+    assert again.status_code == 200, again.text  # the abandoned entry made way
+    async with service.db.transaction() as session:
+        await session.exec(  # type: ignore[call-overload]
+            text("UPDATE action_caches SET status = 'uploaded', created_at = :t"),
+            params={"t": utcnow() - timedelta(hours=7)},
+        )
+    counts = await service.sweep()
+    assert counts["abandoned"] == 1
+    async with service.db.read() as session:
+        left = (await session.exec(text("SELECT count(*) FROM action_caches"))).one()  # type: ignore[call-overload]
+    assert left[0] == 0
+    assert await service.storage.size(f"caches/{cache_id}") is None

@@ -74,6 +74,26 @@ async def test_compose_concatenates_and_hashes(storage: Storage) -> None:
     assert await storage.size("final/other") is None
 
 
+async def test_compose_unhashed_counts_and_checks_without_a_digest(storage: Storage) -> None:
+    """Caches: no sha256 anywhere, but the size and the size cap still hold."""
+    parts = [os.urandom(3 * 1024 * 1024), os.urandom(777)]
+    keys = [f"uploads/c/{i}" for i in range(len(parts))]
+    for key, part in zip(keys, parts, strict=True):
+        staged = await storage.put(key, chunks(part), Expect(staging=True, hashed=False))
+        assert staged.size == len(part) and staged.sha256 is None
+    whole = b"".join(parts)
+    with pytest.raises(ObjectTooLarge):
+        await storage.compose("caches/1", keys, Expect(max_bytes=len(whole) - 1, hashed=False))
+    with pytest.raises(ChecksumMismatch):
+        await storage.compose("caches/1", keys, Expect(size=len(whole) + 1, hashed=False))
+    assert await storage.size("caches/1") is None
+    stored = await storage.compose("caches/1", keys, Expect(size=len(whole), hashed=False))
+    assert (stored.size, stored.sha256) == (len(whole), None)
+    assert await read_all(storage, "caches/1") == whole
+    whole_put = await storage.put("caches/2", chunks(whole), Expect(hashed=False))
+    assert (whole_put.size, whole_put.sha256) == (len(whole), None)
+
+
 async def test_compose_hash_follows_the_block_list_not_the_upload_order(
     storage: Storage,
 ) -> None:
