@@ -50,6 +50,12 @@ from app.models.types import utcnow
 log = logging.getLogger(__name__)
 
 
+def _hashed(kind: BlobKind) -> bool:
+    """Whether a blob of this kind gets a sha256: artifacts do (FinalizeArtifact compares the
+    client's digest with it); caches do not (neither cache protocol carries a digest)."""
+    return kind == "artifact"
+
+
 def _cache_entry(caller: Caller, key: str, version: str) -> SelectOfScalar[CacheEntry]:
     """The entry for (key, version) in the caller's pipeline and branch scope: at most one."""
     return select(CacheEntry).where(
@@ -162,7 +168,7 @@ class ArtifactService:
         if not block_id or len(block_id) > 1024:
             raise _invalid("blockid must be 1-1024 characters")
         key = f"{self._staging(kind, object_id)}/{_block_name(block_id)}"
-        hashed = kind == "artifact"  # caches carry no digest (storage.Expect.hashed)
+        hashed = _hashed(kind)
         if hashed:
             # Clients number their blocks (Azure SDK: base64 of a prefix and a zero-padded
             # index): the storage hashes them in that order while they arrive.
@@ -183,7 +189,7 @@ class ArtifactService:
             if await self.storage.size(key) is None:
                 raise _invalid("the block list names a block that was never uploaded")
 
-        expect = Expect(max_bytes=self.settings.artifact_max_bytes, hashed=kind == "artifact")
+        expect = Expect(max_bytes=self.settings.artifact_max_bytes, hashed=_hashed(kind))
         stored = await self.storage.compose(self._final_key(row), keys, expect)
         await self._record_blob(kind, object_id, stored)
         await self.storage.delete_prefix(staging)
@@ -196,7 +202,7 @@ class ArtifactService:
         stored = await self.storage.put(
             self._final_key(row),
             body,
-            Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes, hashed=kind == "artifact"),
+            Expect(md5=md5, max_bytes=self.settings.artifact_max_bytes, hashed=_hashed(kind)),
         )
         await self._record_blob(kind, object_id, stored)
         return stored
@@ -410,7 +416,9 @@ class ArtifactService:
         await self.storage.put(
             key,
             body,
-            Expect(max_bytes=self.settings.artifact_max_bytes, staging=True, hashed=False),
+            Expect(
+                max_bytes=self.settings.artifact_max_bytes, staging=True, hashed=_hashed("cache")
+            ),
         )
 
     async def commit_cache_ranges(self, caller: Caller, cache_id: int, size: int) -> CacheEntry:
@@ -431,7 +439,7 @@ class ArtifactService:
 
         parts = [f"{staging}/{name}" for name in names]
         stored = await self.storage.compose(
-            self._final_key(row), parts, Expect(size=size, hashed=False)
+            self._final_key(row), parts, Expect(size=size, hashed=_hashed("cache"))
         )
         await self._record_blob("cache", cache_id, stored)
         await self.storage.delete_prefix(staging)
