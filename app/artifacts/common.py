@@ -117,6 +117,12 @@ def validate_cache_key(key: str) -> str:
     return key
 
 
+def _hashed(kind: BlobKind) -> bool:
+    """Whether a blob of this kind gets a sha256: artifacts do (FinalizeArtifact compares the
+    client's digest with it); caches do not (neither cache protocol carries a digest)."""
+    return kind == "artifact"
+
+
 def _block_name(block_id: str) -> str:
     # Azure block ids are base64 (with / + =): hashed into a safe storage key.
     return hashlib.sha256(block_id.encode()).hexdigest()

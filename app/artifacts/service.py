@@ -27,6 +27,7 @@ from app.artifacts.common import (
     Caller,
     _block_name,
     _block_rank,
+    _hashed,
     _invalid,
     _not_found,
     check_uploadable,
@@ -48,12 +49,6 @@ from app.models import Build
 from app.models.types import utcnow
 
 log = logging.getLogger(__name__)
-
-
-def _hashed(kind: BlobKind) -> bool:
-    """Whether a blob of this kind gets a sha256: artifacts do (FinalizeArtifact compares the
-    client's digest with it); caches do not (neither cache protocol carries a digest)."""
-    return kind == "artifact"
 
 
 def _cache_entry(caller: Caller, key: str, version: str) -> SelectOfScalar[CacheEntry]:
