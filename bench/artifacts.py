@@ -40,13 +40,14 @@ ARTIFACTS = "/twirp/github.actions.results.api.v1.ArtifactService"
 CACHES = "/twirp/github.actions.results.api.v1.CacheService"
 
 
-def make_file(path: Path, size: int) -> None:
-    """Random (incompressible) bytes, written in 8 MiB pieces."""
+def make_file(path: Path, size: int, *, random: bool = True) -> None:
+    """`size` bytes written in 8 MiB pieces: random (incompressible), or zeros."""
+    zeros = bytes(8 * 1024 * 1024)
     with path.open("wb") as out:
         left = size
         while left:
-            piece = min(left, 8 * 1024 * 1024)
-            out.write(os.urandom(piece))
+            piece = min(left, len(zeros))
+            out.write(os.urandom(piece) if random else zeros[:piece])
             left -= piece
 
 
@@ -60,18 +61,14 @@ def cp_once(source: Path, dest: Path) -> None:
 def warm_pages(scratch: Path, size: int) -> None:
     """Write `size` bytes to a scratch file, then delete it unsynced (no disk I/O).
 
-    Why: this machine is a VM whose guest returns free memory to the host after about two
-    seconds (virtio-balloon free page reporting), and the first write to such a page faults in
-    the host. Writing 1 GiB into the page cache took 3.1-3.3 s on those pages and 0.3 s on pages
-    freed a moment before (`dd`, measured): a 10x difference that lands on whichever timing
-    happens to touch fresh memory first, `cp` or the transfer. Each timed operation here is
-    preceded by this, so both find recently freed pages, and the ratio compares the software."""
-    piece = bytes(8 * 1024 * 1024)
-    with scratch.open("wb") as out:
-        left = size
-        while left > 0:
-            out.write(piece[: min(left, len(piece))])
-            left -= len(piece)
+    Why: this machine is a VM whose guest hands free memory back to the host (virtio-balloon
+    free page reporting, here as soon as about 1 GiB is free: `min_free_ms=0`,
+    `max_waiting_mib=1024`), and the first write to such a page faults in the host. Writing
+    1 GiB into the page cache took 3.1-3.3 s on those pages and 0.3 s on pages freed a moment
+    before (`dd`, measured): a 10x difference that lands on whichever timing happens to touch
+    fresh memory first, `cp` or the transfer. Each timed operation here is preceded by this,
+    so both find recently freed pages, and the ratio compares the software."""
+    make_file(scratch, size, random=False)
     scratch.unlink()
 
 

@@ -26,7 +26,6 @@ class Chain:
         self.started: set[str] = set()  # writes begun
         self.done: set[str] = set()  # written, fsync'd and renamed into place
         self.sha256 = hashlib.sha256()
-        self.size = 0
         self.broken = False
         self.lock = asyncio.Lock()
         self.tasks: set[asyncio.Future[None]] = set()  # hashing in progress (kept referenced)
@@ -44,7 +43,6 @@ class Chain:
             with path.open("rb", buffering=0) as handle:
                 while count := handle.readinto(buffer):
                     self.sha256.update(view[:count])
-                    self.size += count
         except OSError:
             self.broken = True
 
@@ -64,7 +62,6 @@ class Chain:
     def adopt(self, stream: Stream) -> None:
         if not self.broken and len(self.hashed) == stream.base and self.next() == stream.key:
             self.sha256 = stream.sha256
-            self.size += stream.size
             self.hashed.append(stream.key)
 
 
@@ -73,8 +70,6 @@ class Stream:
     key: str
     base: int  # how many blocks the chain had hashed when this one began
     sha256: hashlib._Hash
-    size: int = 0
 
     def update(self, piece: bytes) -> None:
         self.sha256.update(piece)
-        self.size += len(piece)

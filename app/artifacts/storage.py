@@ -386,14 +386,11 @@ class DirectoryStorage:
         # No pass over the bytes when there is nothing to compute (the parts were fsync'd when
         # staged), or when the chain hashed them in this order as they arrived.
         read = digest.sha256 is not None or digest.md5 is not None
-        counted = False  # the size is the chain's
         if read and chain is not None and len(chain.ranks) == len(parts) and digest.md5 is None:
             await self._advance(chain)  # the blocks not hashed yet, after any in progress
             async with chain.lock:
                 if not chain.broken and chain.hashed == parts:
-                    digest.sha256 = chain.sha256
-                    digest.count(chain.size)
-                    read, counted = False, True
+                    digest.sha256, read = chain.sha256, False
 
         def work() -> StoredObject:
             for source, name in zip(sources, parts, strict=True):
@@ -415,7 +412,7 @@ class DirectoryStorage:
                             while chunk := handle.read(WRITE_BUFFER * 4):
                                 digest.update(chunk)
                             os.fsync(handle.fileno())
-                    elif not counted:
+                    else:
                         digest.count(size)
                     sizes.append(size)
                 result = digest.finish(key)

@@ -10,8 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,9 @@ def _catches_term(pid: int) -> bool:
 
 
 @pytest.fixture
-def step(tmp_path: Path, shell: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+async def step(
+    tmp_path: Path, shell: list[str]
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], Path]]:
     """A running step, as the pod starts one: its own session (one process group), its pgid in
     $CI_RUN_DIR/0.pgid, a TERM trap that leaves a mark."""
     run_dir = tmp_path / "run"
@@ -49,11 +50,8 @@ def step(tmp_path: Path, shell: list[str]) -> Iterator[tuple[subprocess.Popen[by
         [*shell, "-c", STEP], env={**os.environ, "MARK": str(mark)}, start_new_session=True
     )
     (run_dir / "0.pgid").write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + 10
-    while not _catches_term(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.01)  # the trap is not installed yet (nothing to wait on but /proc)
-    assert _catches_term(proc.pid)
     try:
+        await wait_until(lambda: _catches_term(proc.pid), "the step's TERM trap", timeout=10)
         yield proc, mark
     finally:
         if proc.poll() is None:
