@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,10 @@ class Chain:
     def __init__(self) -> None:
         self.ranks: dict[str, bytes] = {}  # block key -> its expected place in the list
         self.hashed: list[str] = []  # the blocks in `sha256`, in rank order
+        # The blocks not hashed yet, lowest rank first: `next` is asked several times per
+        # block, and a scan of every rank made a many-block upload quadratic (2,048 blocks
+        # spent 6 % of the event loop's samples in it).
+        self._pending: list[tuple[bytes, str]] = []
         self.started: set[str] = set()  # writes begun
         self.done: set[str] = set()  # written, fsync'd and renamed into place
         self.sha256 = hashlib.sha256()
@@ -46,11 +51,22 @@ class Chain:
         except OSError:
             self.broken = True
 
+    def place(self, key: str, rank: bytes) -> None:
+        """`key` is expected at `rank` in the block list (set once per block)."""
+        self.ranks[key] = rank
+        heapq.heappush(self._pending, (rank, key))
+
     def next(self) -> str | None:
         """The block to hash next: the lowest-ranked one not hashed yet."""
-        hashed = set(self.hashed)
-        pending = [key for key in self.ranks if key not in hashed]
-        return min(pending, key=self.ranks.__getitem__) if pending else None
+        return self._pending[0][1] if self._pending else None
+
+    def mark_hashed(self, key: str) -> None:
+        """`key`, the block `next` named, is now part of `sha256`."""
+        if self.next() != key:
+            self.broken = True  # cannot happen while callers hash only `next`; never guess
+            return
+        heapq.heappop(self._pending)
+        self.hashed.append(key)
 
     def stream(self, key: str) -> Stream | None:
         """When `key` is the next block as its write starts, it is hashed as it is written (no
@@ -62,7 +78,7 @@ class Chain:
     def adopt(self, stream: Stream) -> None:
         if not self.broken and len(self.hashed) == stream.base and self.next() == stream.key:
             self.sha256 = stream.sha256
-            self.hashed.append(stream.key)
+            self.mark_hashed(stream.key)
 
 
 @dataclass

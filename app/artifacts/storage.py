@@ -290,7 +290,8 @@ class DirectoryStorage:
         chain = self._chain(key)
         if key in chain.ranks or (chain.hashed and rank < chain.ranks[chain.hashed[-1]]):
             chain.broken = True  # sent twice, or after a block it precedes was hashed
-        chain.ranks[key] = rank
+            return
+        chain.place(key, rank)
 
     def _chain(self, key: str) -> Chain:
         """The in-order hash of the upload `key` is a block of (its parent prefix)."""
@@ -308,7 +309,7 @@ class DirectoryStorage:
             chain.broken = True  # a block written twice: the order is no longer known
         chain.started.add(key)
         if key not in chain.ranks:  # not announced: in the order the writes start
-            chain.ranks[key] = len(chain.ranks).to_bytes(8, "big")
+            chain.place(key, len(chain.ranks).to_bytes(8, "big"))
         return chain
 
     async def _advance(self, chain: Chain) -> None:
@@ -318,7 +319,7 @@ class DirectoryStorage:
                 if key not in chain.done:
                     break
                 await asyncio.to_thread(chain.feed, self._path(key))
-                chain.hashed.append(key)
+                chain.mark_hashed(key)
 
     def _open_temp(self, temp: Path) -> BinaryIO:
         self.tmp.mkdir(parents=True, exist_ok=True)

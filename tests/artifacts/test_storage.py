@@ -282,3 +282,41 @@ async def test_directory_hashes_the_next_block_as_it_is_written(
     stored = await store.compose("final/b", [f"uploads/b/{i}" for i in range(3)])
     # (Block 2 is read back too when it starts before block 1's read-back has run.)
     assert (stored.sha256, read_back[0], "0" in read_back) == (digest, "1", False)
+
+
+async def test_directory_chain_hashes_hundreds_of_blocks_once_each_in_list_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A many-block upload as a client sends one: blocks announced in order, eight in flight,
+    finishing in any order. The chain hashes each block exactly once, in list order, so the
+    compose reads nothing back; a chain fed out of order would be refused (`broken`) and the
+    digest recomputed, which this test would see."""
+    from app.artifacts.chain import Chain
+
+    store = DirectoryStorage(tmp_path / "store")
+    count, wave = 400, 8
+    blocks = [os.urandom(700 + i) for i in range(count)]
+    keys = [f"uploads/m/{i:04d}" for i in range(count)]
+    hashed: list[str] = []
+    mark = Chain.mark_hashed
+
+    def recording_mark(chain: Chain, key: str) -> None:
+        hashed.append(key)
+        mark(chain, key)
+
+    monkeypatch.setattr(Chain, "mark_hashed", recording_mark)
+    for start in range(0, count, wave):
+        batch = range(start, min(start + wave, count))
+        for i in batch:
+            store.announce(keys[i], i.to_bytes(4, "big"))
+        # Reversed: the last block of each wave starts (and usually ends) first.
+        await asyncio.gather(
+            *(
+                store.put(keys[i], chunks(blocks[i], 256), Expect(staging=True))
+                for i in reversed(batch)
+            )
+        )
+    chain = store._chains["uploads/m"]
+    stored = await store.compose("final/m", keys)
+    assert stored.sha256 == hashlib.sha256(b"".join(blocks)).hexdigest()
+    assert (chain.broken, chain.hashed, hashed) == (False, keys, keys)
