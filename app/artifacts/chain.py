@@ -12,6 +12,9 @@ from pathlib import Path
 
 # Staged blocks not hashed as they were written are read back in pieces of this size.
 READ_BACK = 4 * 1024 * 1024
+# A block list names at most this many blocks (Azure's limit, refused above it by the service):
+# a chain given more can never be used, and stops tracking them (its memory is bounded).
+MAX_BLOCKS = 50_000
 
 
 class Chain:
@@ -53,8 +56,19 @@ class Chain:
 
     def place(self, key: str, rank: bytes) -> None:
         """`key` is expected at `rank` in the block list (set once per block)."""
+        if self.broken:
+            return
+        if len(self.ranks) >= MAX_BLOCKS:
+            self.abandon()
+            return
         self.ranks[key] = rank
         heapq.heappush(self._pending, (rank, key))
+
+    def abandon(self) -> None:
+        """Stop hashing in order (compose then hashes the parts) and free what was tracked."""
+        self.broken = True
+        for kept in (self.ranks, self._pending, self.hashed, self.started, self.done):
+            kept.clear()
 
     def next(self) -> str | None:
         """The block to hash next: the lowest-ranked one not hashed yet."""

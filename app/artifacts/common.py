@@ -17,6 +17,7 @@ from sqlalchemy import bindparam
 from sqlmodel import col, select
 from sqlmodel.sql.expression import Select
 
+from app.artifacts.chain import MAX_BLOCKS
 from app.artifacts.models import Artifact, ArtifactStatus, CacheEntry, CacheStatus
 from app.artifacts.tokens import RuntimeClaims
 from app.config import Settings
@@ -29,6 +30,11 @@ ACTIVE = (BuildStatus.queued.value, BuildStatus.running.value)
 MAX_BLOCKLIST_BYTES = 4 * 1024 * 1024
 MAX_NAME = 255
 MAX_KEY = 512
+# Azure Blob Storage's limits for one block blob: a block list names at most 50,000 blocks,
+# and at most 100,000 uncommitted blocks are staged at a time. Without them one upload could
+# stage blocks without end: each is a file, and an entry in the upload's in-order hash.
+MAX_LISTED_BLOCKS = MAX_BLOCKS
+MAX_STAGED_BLOCKS = 100_000
 # An upload nobody finished within this long is abandoned: its staged blocks are swept.
 STALE_UPLOAD = timedelta(hours=6)
 
@@ -152,7 +158,40 @@ def parse_block_list(body: bytes) -> list[str]:
     ]
     if not ids or any(not i for i in ids):
         raise _invalid("invalid block list: no block ids")
+    if len(ids) > MAX_LISTED_BLOCKS:
+        raise _invalid(f"invalid block list: more than {MAX_LISTED_BLOCKS} blocks")
     return ids
+
+
+def staging_key(kind: BlobKind, object_id: int) -> str:
+    """Where an upload's blocks are staged until its block list is committed."""
+    return f"uploads/{kind}-{object_id}"
+
+
+class StagedBlocks:
+    """Block PUTs per upload on this replica, retries included, up to `MAX_STAGED_BLOCKS`.
+
+    In memory, and only for the `uploads` most recently active uploads: a bound on what one
+    upload can stage here (several replicas each count their own), not an exact count."""
+
+    def __init__(self, uploads: int = 4096) -> None:
+        self._counts: dict[tuple[BlobKind, int], int] = {}
+        self._uploads = uploads
+
+    def add(self, kind: BlobKind, object_id: int) -> None:
+        key = (kind, object_id)
+        count = self._counts.pop(key, 0) + 1  # re-inserted last: the dict is oldest first
+        if count > MAX_STAGED_BLOCKS:
+            raise ArtifactError(
+                "resource_exhausted",
+                f"an upload stages at most {MAX_STAGED_BLOCKS} blocks before its block list",
+            )
+        self._counts[key] = count
+        if len(self._counts) > self._uploads:
+            del self._counts[next(iter(self._counts))]
+
+    def forget(self, kind: BlobKind, object_id: int) -> None:
+        self._counts.pop((kind, object_id), None)
 
 
 def md5_header_hex(value: str | None) -> str | None:

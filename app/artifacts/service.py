@@ -1,10 +1,8 @@
 """Artifacts and caches: the state behind the toolkit-facing endpoints and the public API.
 
-Blobs are written to storage outside any database transaction (an upload may take minutes); the
-rows only change in short transactions around it. An upload is staged as blocks
-(`uploads/<kind>-<id>/<block>`) and composed into its final object when the client commits the
-block list; composing streams the blocks in order through sha256, so the digest the client sends
-at finalize is checked against the bytes actually stored.
+Blobs are written outside any database transaction (an upload may take minutes); rows change in
+short transactions around them. An upload is staged as blocks (`staging_key`) and composed when
+its block list is committed; an artifact's digest at finalize is checked against the bytes stored.
 """
 
 from __future__ import annotations
@@ -25,12 +23,14 @@ from app.artifacts.common import (
     ArtifactError,
     BlobKind,
     Caller,
+    StagedBlocks,
     _block_name,
     _block_rank,
     _hashed,
     _invalid,
     _not_found,
     check_uploadable,
+    staging_key,
     validate_cache_key,
     validate_name,
 )
@@ -67,6 +67,7 @@ class ArtifactService:
         self.storage = storage
         self.settings = settings
         self.secret = secret
+        self.staged = StagedBlocks()
 
     # --- tokens and the runtime environment ------------------------------------------------
 
@@ -138,10 +139,6 @@ class ArtifactService:
             return f"artifacts/{row.build_id}/{row.id}"
         return f"caches/{row.id}"
 
-    @staticmethod
-    def _staging(kind: BlobKind, object_id: int) -> str:
-        return f"uploads/{kind}-{object_id}"
-
     async def _uploadable(self, kind: BlobKind, object_id: int) -> Artifact | CacheEntry:
         await check_uploadable(self.db, kind, object_id)
         async with self.db.read() as session:
@@ -162,13 +159,14 @@ class ArtifactService:
     ) -> StoredObject:
         if not block_id or len(block_id) > 1024:
             raise _invalid("blockid must be 1-1024 characters")
-        key = f"{self._staging(kind, object_id)}/{_block_name(block_id)}"
+        key = f"{staging_key(kind, object_id)}/{_block_name(block_id)}"
         hashed = _hashed(kind)
         if hashed:
             # Clients number their blocks (Azure SDK: base64 of a prefix and a zero-padded
             # index): the storage hashes them in that order while they arrive.
             self.storage.announce(key, _block_rank(block_id))
         await check_uploadable(self.db, kind, object_id)
+        self.staged.add(kind, object_id)
         expect = Expect(
             md5=md5, max_bytes=self.settings.artifact_max_bytes, staging=True, hashed=hashed
         )
@@ -178,7 +176,7 @@ class ArtifactService:
         self, kind: BlobKind, object_id: int, block_ids: list[str]
     ) -> StoredObject:
         row = await self._uploadable(kind, object_id)
-        staging = self._staging(kind, object_id)
+        staging = staging_key(kind, object_id)
         keys = [f"{staging}/{_block_name(b)}" for b in block_ids]
         for key in keys:
             if await self.storage.size(key) is None:
@@ -188,6 +186,7 @@ class ArtifactService:
         stored = await self.storage.compose(self._final_key(row), keys, expect)
         await self._record_blob(kind, object_id, stored)
         await self.storage.delete_prefix(staging)
+        self.staged.forget(kind, object_id)
         return stored
 
     async def put_whole(
@@ -257,7 +256,7 @@ class ArtifactService:
             await session.flush()
             stale = existing.id if existing is not None else None
         if stale is not None:
-            await self.storage.delete_prefix(self._staging("artifact", stale))
+            await self.storage.delete_prefix(staging_key("artifact", stale))
             await self.storage.delete(f"artifacts/{build_id}/{stale}")
         return artifact
 
@@ -407,7 +406,7 @@ class ArtifactService:
         """A v1 PATCH chunk: stored as a block named by its offset."""
         await self.get_cache(caller, cache_id)
         await self._uploadable("cache", cache_id)
-        key = f"{self._staging('cache', cache_id)}/{start:020d}"
+        key = f"{staging_key('cache', cache_id)}/{start:020d}"
         await self.storage.put(
             key,
             body,
@@ -419,7 +418,7 @@ class ArtifactService:
     async def commit_cache_ranges(self, caller: Caller, cache_id: int, size: int) -> CacheEntry:
         """v1 commit: the chunks must tile [0, size) exactly."""
         await self.get_cache(caller, cache_id)
-        staging = self._staging("cache", cache_id)
+        staging = staging_key("cache", cache_id)
         names = await self.storage.list_children(staging)
         offset = 0
         for name in names:
@@ -548,7 +547,7 @@ class ArtifactService:
 
     async def _drop_cache_blobs(self, cache_id: int) -> None:
         await self.storage.delete(f"caches/{cache_id}")
-        await self.storage.delete_prefix(self._staging("cache", cache_id))
+        await self.storage.delete_prefix(staging_key("cache", cache_id))
 
     async def evict_caches(self) -> list[CacheEntry]:
         """Least recently used first until the ready caches fit CACHE_MAX_BYTES."""

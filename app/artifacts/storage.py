@@ -275,7 +275,7 @@ class DirectoryStorage:
                 chain.broken = True
             await asyncio.to_thread(self._discard, None if committing else handle, temp)
             raise
-        if chain is not None:
+        if chain is not None and not chain.broken:
             if stream is not None:
                 chain.adopt(stream)  # no await since the checks: no other hashing interleaves
             chain.done.add(key)
@@ -288,6 +288,8 @@ class DirectoryStorage:
 
     def announce(self, key: str, rank: bytes) -> None:
         chain = self._chain(key)
+        if chain.broken:
+            return
         if key in chain.ranks or (chain.hashed and rank < chain.ranks[chain.hashed[-1]]):
             chain.broken = True  # sent twice, or after a block it precedes was hashed
             return
@@ -305,6 +307,8 @@ class DirectoryStorage:
 
     def _chain_for(self, key: str) -> Chain:
         chain = self._chain(key)
+        if chain.broken:
+            return chain  # tracks nothing more: its blocks are hashed at compose time
         if key in chain.started:
             chain.broken = True  # a block written twice: the order is no longer known
         chain.started.add(key)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from app.artifacts import common
 from app.artifacts.service import ArtifactService
 from app.artifacts.tokens import issue_runtime_token
 from app.models.types import utcnow
@@ -176,6 +177,58 @@ async def test_block_checks_its_upload_and_build(app: Any, client: httpx.AsyncCl
     # Only the early block was staged: the refused ones left nothing behind.
     artifact_id = urlsplit(url).path.split("/")[4]
     assert len(await service.storage.list_children(f"uploads/artifact-{artifact_id}")) == 1
+
+
+async def test_block_counts_are_bounded_as_azure_bounds_them(
+    app: Any, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload stages at most MAX_STAGED_BLOCKS blocks before its list (retries count), and
+    a list names at most MAX_LISTED_BLOCKS: beyond, a clear 4xx, the body is not stored, and
+    the upload can still be committed with what it has. Limits lowered here to 3 and 2."""
+    monkeypatch.setattr(common, "MAX_STAGED_BLOCKS", 3)
+    monkeypatch.setattr(common, "MAX_LISTED_BLOCKS", 2)
+    build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
+
+    async def open_upload(name: str) -> str:
+        created = await client.post(
+            f"{ARTIFACTS}/CreateArtifact", json={"name": name}, headers=auth(build_id)
+        )
+        assert created.status_code == 200, created.text
+        url: str = created.json()["signed_upload_url"]
+        return url
+
+    url = await open_upload("many")
+    for block_id, part in (("QUFB", b"a"), ("QUFB", b"A"), ("QkJC", b"b")):  # one retried
+        assert (
+            await client.put(f"{url}&comp=block&blockid={block_id}", content=part)
+        ).status_code == 201
+    over = await client.put(f"{url}&comp=block&blockid=Q0ND", content=b"c")
+    assert over.status_code == 413 and "at most 3 blocks" in over.text
+    artifact_id = urlsplit(url).path.split("/")[4]
+    storage = service_of(app).storage
+    assert len(await storage.list_children(f"uploads/artifact-{artifact_id}")) == 2
+
+    def listing(*ids: str) -> bytes:
+        return (
+            "<BlockList>" + "".join(f"<Latest>{i}</Latest>" for i in ids) + "</BlockList>"
+        ).encode()
+
+    too_long = await client.put(f"{url}&comp=blocklist", content=listing("QUFB", "QkJC", "QUFB"))
+    assert too_long.status_code == 400 and "more than 2 blocks" in too_long.text
+    committed = await client.put(f"{url}&comp=blocklist", content=listing("QUFB", "QkJC"))
+    assert committed.status_code == 201, committed.text
+    finalized = await client.post(
+        f"{ARTIFACTS}/FinalizeArtifact",
+        json={"name": "many", "size": "2", "hash": "sha256:" + hashlib.sha256(b"Ab").hexdigest()},
+        headers=auth(build_id),
+    )
+    assert finalized.status_code == 200, finalized.text
+    # Another upload counts its own blocks.
+    other = await open_upload("other")
+    for block_id in ("QUFB", "QkJC", "Q0ND"):
+        assert (
+            await client.put(f"{other}&comp=block&blockid={block_id}", content=b"x")
+        ).status_code == 201
 
 
 def tamper(url: str, **changes: str) -> str:

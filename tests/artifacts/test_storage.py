@@ -320,3 +320,24 @@ async def test_directory_chain_hashes_hundreds_of_blocks_once_each_in_list_order
     stored = await store.compose("final/m", keys)
     assert stored.sha256 == hashlib.sha256(b"".join(blocks)).hexdigest()
     assert (chain.broken, chain.hashed, hashed) == (False, keys, keys)
+
+
+async def test_directory_chain_past_the_block_list_limit_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload with more blocks than a list can name (MAX_BLOCKS, lowered here to 4) stops
+    being tracked for the in-order hash and frees what it held; a compose of its blocks still
+    gets the right digest, from the parts."""
+    from app.artifacts import chain as chain_module
+
+    monkeypatch.setattr(chain_module, "MAX_BLOCKS", 4)
+    store = DirectoryStorage(tmp_path / "store")
+    blocks = [os.urandom(1000 + i) for i in range(6)]
+    keys = [f"uploads/n/{i}" for i in range(6)]
+    for i, key in enumerate(keys):
+        store.announce(key, bytes([i]))
+        await store.put(key, chunks(blocks[i]), Expect(staging=True))
+    chain = store._chains["uploads/n"]
+    assert chain.broken and not (chain.ranks or chain.hashed or chain.started or chain.done)
+    stored = await store.compose("final/n", keys[1:5])
+    assert stored.sha256 == hashlib.sha256(b"".join(blocks[1:5])).hexdigest()
