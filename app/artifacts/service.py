@@ -406,6 +406,7 @@ class ArtifactService:
         """A v1 PATCH chunk: stored as a block named by its offset."""
         await self.get_cache(caller, cache_id)
         await self._uploadable("cache", cache_id)
+        self.staged.add("cache", cache_id)
         key = f"{staging_key('cache', cache_id)}/{start:020d}"
         await self.storage.put(
             key,
@@ -430,13 +431,13 @@ class ArtifactService:
             raise _invalid(f"size mismatch: {size} announced, {offset} uploaded")
         # Block ids equal to their staged names: commit them in offset order.
         row = await self._uploadable("cache", cache_id)
-
         parts = [f"{staging}/{name}" for name in names]
         stored = await self.storage.compose(
             self._final_key(row), parts, Expect(size=size, hashed=_hashed("cache"))
         )
         await self._record_blob("cache", cache_id, stored)
         await self.storage.delete_prefix(staging)
+        self.staged.forget("cache", cache_id)
         return await self.finalize_cache(caller, cache_id, size)
 
     async def finalize_cache(self, caller: Caller, cache_id: int, size: int | None) -> CacheEntry:

@@ -374,3 +374,38 @@ async def test_cache_archive_is_stored_unhashed_and_finalized_by_status(
         left = (await session.exec(text("SELECT count(*) FROM action_caches"))).one()  # type: ignore[call-overload]
     assert left[0] == 0
     assert await service.storage.size(f"caches/{cache_id}") is None
+
+
+async def test_v1_cache_chunks_count_against_the_staged_block_limit(
+    app: Any, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The v1 cache protocol's PATCH chunks are staged blocks too: past MAX_STAGED_BLOCKS
+    (lowered to 2) a chunk gets 413 and is not stored; the commit of the chunks that were
+    stored still works and resets the count."""
+    monkeypatch.setattr(common, "MAX_STAGED_BLOCKS", 2)
+    build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
+    v1 = "http://test/_actions/cache/_apis/artifactcache"
+    reserved = await client.post(
+        f"{v1}/caches", json={"key": "v1-key", "version": "v" * 64}, headers=auth(build_id)
+    )
+    assert reserved.status_code == 201, reserved.text
+    cache_id = reserved.json()["cacheId"]
+
+    async def chunk(start: int, data: bytes) -> httpx.Response:
+        headers = {**auth(build_id), "content-range": f"bytes {start}-{start + len(data) - 1}/*"}
+        return await client.patch(f"{v1}/caches/{cache_id}", content=data, headers=headers)
+
+    assert (await chunk(0, b"abc")).status_code == 204
+    assert (await chunk(3, b"def")).status_code == 204
+    over = await chunk(6, b"ghi")
+    assert over.status_code == 413 and "at most 2 blocks" in over.text
+    storage = service_of(app).storage
+    assert await storage.list_children(f"uploads/cache-{cache_id}") == [
+        f"{0:020d}",
+        f"{3:020d}",
+    ]
+    committed = await client.post(
+        f"{v1}/caches/{cache_id}", json={"size": 6}, headers=auth(build_id)
+    )
+    assert committed.status_code == 204, committed.text
+    assert ("cache", cache_id) not in service_of(app).staged._counts
