@@ -77,7 +77,9 @@ class Chain:
     def mark_hashed(self, key: str) -> None:
         """`key`, the block `next` named, is now part of `sha256`."""
         if self.next() != key:
-            self.broken = True  # cannot happen while callers hash only `next`; never guess
+            # A block ranked before `key` was announced while `key` was being hashed: the
+            # digest no longer follows the list's order.
+            self.broken = True
             return
         heapq.heappop(self._pending)
         self.hashed.append(key)

@@ -11,7 +11,7 @@ import secrets
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import bindparam
 from sqlmodel import col, select
@@ -23,6 +23,9 @@ from app.artifacts.tokens import RuntimeClaims
 from app.config import Settings
 from app.db import Database
 from app.models import Build, BuildStatus
+
+if TYPE_CHECKING:
+    from app.artifacts.storage import Storage
 
 log = logging.getLogger("app.artifacts")
 BlobKind = Literal["artifact", "cache"]
@@ -169,28 +172,34 @@ def staging_key(kind: BlobKind, object_id: int) -> str:
 
 
 class StagedBlocks:
-    """Block PUTs per upload on this replica, retries included, up to `MAX_STAGED_BLOCKS`.
+    """The uploads' staged blocks: counted as they arrive, dropped together.
 
-    In memory, and only for the `uploads` most recently active uploads: a bound on what one
-    upload can stage here (several replicas each count their own), not an exact count."""
+    The count is of block PUTs per upload on this replica, retries included, up to
+    `MAX_STAGED_BLOCKS`; in memory, and only for the `uploads` most recently active uploads: a
+    bound on what one upload can stage here (several replicas each count their own), not an
+    exact count."""
 
-    def __init__(self, uploads: int = 4096) -> None:
+    def __init__(self, storage: Storage, uploads: int = 4096) -> None:
+        self.storage = storage
         self._counts: dict[tuple[BlobKind, int], int] = {}
         self._uploads = uploads
 
     def add(self, kind: BlobKind, object_id: int) -> None:
         key = (kind, object_id)
         count = self._counts.pop(key, 0) + 1  # re-inserted last: the dict is oldest first
+        # Kept at the limit when refused too: every later block of the upload is refused.
+        self._counts[key] = min(count, MAX_STAGED_BLOCKS)
+        if len(self._counts) > self._uploads:
+            del self._counts[next(iter(self._counts))]
         if count > MAX_STAGED_BLOCKS:
             raise ArtifactError(
                 "resource_exhausted",
                 f"an upload stages at most {MAX_STAGED_BLOCKS} blocks before its block list",
             )
-        self._counts[key] = count
-        if len(self._counts) > self._uploads:
-            del self._counts[next(iter(self._counts))]
 
-    def forget(self, kind: BlobKind, object_id: int) -> None:
+    async def drop(self, kind: BlobKind, object_id: int) -> None:
+        """Delete an upload's staged blocks (committed, replaced or abandoned) and its count."""
+        await self.storage.delete_prefix(staging_key(kind, object_id))
         self._counts.pop((kind, object_id), None)
 
 

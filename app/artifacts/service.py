@@ -67,7 +67,7 @@ class ArtifactService:
         self.storage = storage
         self.settings = settings
         self.secret = secret
-        self.staged = StagedBlocks()
+        self.staged = StagedBlocks(storage)
 
     # --- tokens and the runtime environment ------------------------------------------------
 
@@ -185,8 +185,7 @@ class ArtifactService:
         expect = Expect(max_bytes=self.settings.artifact_max_bytes, hashed=_hashed(kind))
         stored = await self.storage.compose(self._final_key(row), keys, expect)
         await self._record_blob(kind, object_id, stored)
-        await self.storage.delete_prefix(staging)
-        self.staged.forget(kind, object_id)
+        await self.staged.drop(kind, object_id)
         return stored
 
     async def put_whole(
@@ -256,7 +255,7 @@ class ArtifactService:
             await session.flush()
             stale = existing.id if existing is not None else None
         if stale is not None:
-            await self.storage.delete_prefix(staging_key("artifact", stale))
+            await self.staged.drop("artifact", stale)
             await self.storage.delete(f"artifacts/{build_id}/{stale}")
         return artifact
 
@@ -436,8 +435,7 @@ class ArtifactService:
             self._final_key(row), parts, Expect(size=size, hashed=_hashed("cache"))
         )
         await self._record_blob("cache", cache_id, stored)
-        await self.storage.delete_prefix(staging)
-        self.staged.forget("cache", cache_id)
+        await self.staged.drop("cache", cache_id)
         return await self.finalize_cache(caller, cache_id, size)
 
     async def finalize_cache(self, caller: Caller, cache_id: int, size: int | None) -> CacheEntry:
@@ -548,7 +546,7 @@ class ArtifactService:
 
     async def _drop_cache_blobs(self, cache_id: int) -> None:
         await self.storage.delete(f"caches/{cache_id}")
-        await self.storage.delete_prefix(staging_key("cache", cache_id))
+        await self.staged.drop("cache", cache_id)
 
     async def evict_caches(self) -> list[CacheEntry]:
         """Least recently used first until the ready caches fit CACHE_MAX_BYTES."""

@@ -288,8 +288,6 @@ class DirectoryStorage:
 
     def announce(self, key: str, rank: bytes) -> None:
         chain = self._chain(key)
-        if chain.broken:
-            return
         if key in chain.ranks or (chain.hashed and rank < chain.ranks[chain.hashed[-1]]):
             chain.broken = True  # sent twice, or after a block it precedes was hashed
             return

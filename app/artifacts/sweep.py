@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete
 from sqlmodel import col, select
 
-from app.artifacts.common import STALE_UPLOAD, staging_key
+from app.artifacts.common import STALE_UPLOAD
 from app.artifacts.models import Artifact, ArtifactStatus, CacheEntry, CacheStatus
 from app.artifacts.storage import StorageError
 from app.models import Build
@@ -60,8 +60,7 @@ async def sweep(self: ArtifactService) -> dict[str, int]:
     for artifact in expired + abandoned:
         assert artifact.id is not None
         await self.storage.delete(self._final_key(artifact))
-        await self.storage.delete_prefix(staging_key("artifact", artifact.id))
-        self.staged.forget("artifact", artifact.id)
+        await self.staged.drop("artifact", artifact.id)
     for entry in stale_caches:
         assert entry.id is not None
         await self._drop_cache_blobs(entry.id)
