@@ -174,20 +174,27 @@ def staging_key(kind: BlobKind, object_id: int) -> str:
 class StagedBlocks:
     """The uploads' staged blocks: counted as they arrive, dropped together.
 
-    The count is of block PUTs per upload on this replica, retries included, up to
-    `MAX_STAGED_BLOCKS`; in memory, and only for the `uploads` most recently active uploads: a
-    bound on what one upload can stage here (several replicas each count their own), not an
-    exact count."""
+    The count is of block PUTs per upload, retries included, up to `MAX_STAGED_BLOCKS`. It is
+    kept in memory for the `uploads` most recently active uploads of this replica. An upload
+    not counted here (its first block on this replica, or forgotten to make room for others)
+    starts from the blocks it has stored: forgetting an upload's count, or spreading its
+    blocks over replicas, never lets it stage more (the count was once reset by opening
+    4,096 other uploads)."""
 
     def __init__(self, storage: Storage, uploads: int = 4096) -> None:
         self.storage = storage
         self._counts: dict[tuple[BlobKind, int], int] = {}
         self._uploads = uploads
 
-    def add(self, kind: BlobKind, object_id: int) -> None:
+    async def add(self, kind: BlobKind, object_id: int) -> None:
         key = (kind, object_id)
-        count = self._counts.pop(key, 0) + 1  # re-inserted last: the dict is oldest first
-        # Kept at the limit when refused too: every later block of the upload is refused.
+        count = self._counts.pop(key, None)
+        if count is None:  # one listing per upload and replica, unless forgotten meanwhile
+            count = len(await self.storage.list_children(staging_key(kind, object_id)))
+            count = max(count, self._counts.pop(key, 0))  # counted during the listing
+        count += 1
+        # Re-inserted last (the dict is oldest first), and kept at the limit when refused too:
+        # every later block of the upload is refused.
         self._counts[key] = min(count, MAX_STAGED_BLOCKS)
         if len(self._counts) > self._uploads:
             del self._counts[next(iter(self._counts))]

@@ -166,7 +166,7 @@ class ArtifactService:
             # index): the storage hashes them in that order while they arrive.
             self.storage.announce(key, _block_rank(block_id))
         await check_uploadable(self.db, kind, object_id)
-        self.staged.add(kind, object_id)
+        await self.staged.add(kind, object_id)
         expect = Expect(
             md5=md5, max_bytes=self.settings.artifact_max_bytes, staging=True, hashed=hashed
         )
@@ -405,7 +405,7 @@ class ArtifactService:
         """A v1 PATCH chunk: stored as a block named by its offset."""
         await self.get_cache(caller, cache_id)
         await self._uploadable("cache", cache_id)
-        self.staged.add("cache", cache_id)
+        await self.staged.add("cache", cache_id)
         key = f"{staging_key('cache', cache_id)}/{start:020d}"
         await self.storage.put(
             key,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from app.artifacts.chain import Chain
+from app.artifacts.chain import MAX_BLOCKS, Chain
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -200,6 +200,11 @@ def _write_all(fd: int, pieces: list[bytes]) -> None:
 
 
 _MAX_CHAINS = 4096
+# All the chains of one storage together track at most this many blocks. MAX_BLOCKS bounds one
+# upload, but a build's token can open many uploads at once, each tracking up to MAX_BLOCKS
+# (about 0.4 KiB of memory per block): 4,096 of them could hold gigabytes. Past it the oldest
+# chains are dropped (their uploads are hashed at compose time instead, as for a broken chain).
+MAX_TRACKED = 4 * MAX_BLOCKS
 
 
 def _flush_and_sync(handle: BinaryIO) -> None:
@@ -222,6 +227,7 @@ class DirectoryStorage:
         self.root = root.resolve()
         self.tmp = self.root / ".tmp"
         self._chains: dict[str, Chain] = {}
+        self._tracked = 0  # blocks placed in chains since last counted: at least what they hold
 
     async def start(self) -> None:
         # Nothing to create yet: the directory appears with the first write, so an instance
@@ -291,7 +297,7 @@ class DirectoryStorage:
         if key in chain.ranks or (chain.hashed and rank < chain.ranks[chain.hashed[-1]]):
             chain.broken = True  # sent twice, or after a block it precedes was hashed
             return
-        chain.place(key, rank)
+        self._place(chain, key, rank)
 
     def _chain(self, key: str) -> Chain:
         """The in-order hash of the upload `key` is a block of (its parent prefix)."""
@@ -311,8 +317,23 @@ class DirectoryStorage:
             chain.broken = True  # a block written twice: the order is no longer known
         chain.started.add(key)
         if key not in chain.ranks:  # not announced: in the order the writes start
-            chain.place(key, len(chain.ranks).to_bytes(8, "big"))
+            self._place(chain, key, len(chain.ranks).to_bytes(8, "big"))
         return chain
+
+    def _place(self, chain: Chain, key: str, rank: bytes) -> None:
+        chain.place(key, rank)
+        self._tracked += 1
+        if self._tracked <= MAX_TRACKED:
+            return
+        # Counted exactly only here (chains shrink and vanish in many places): rare, and the
+        # oldest chains go until a quarter of the budget is free, so it stays rare.
+        self._tracked = sum(len(c.ranks) for c in self._chains.values())
+        for parent in list(self._chains):
+            if self._tracked <= MAX_TRACKED * 3 // 4:
+                break
+            dropped = self._chains.pop(parent)
+            self._tracked -= len(dropped.ranks)
+            dropped.abandon()
 
     async def _advance(self, chain: Chain) -> None:
         """Hash the blocks that are next in order and complete (from the page cache)."""

@@ -235,6 +235,36 @@ async def test_block_counts_are_bounded_as_azure_bounds_them(
         ).status_code == 201
 
 
+async def test_a_forgotten_block_count_starts_from_the_blocks_stored(
+    app: Any, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Block counts are kept for the most recently active uploads only (here: one). An upload
+    whose count was forgotten to make room for another starts again from the blocks it has
+    stored: opening other uploads never lets one stage more than MAX_STAGED_BLOCKS (3 here)."""
+    monkeypatch.setattr(common, "MAX_STAGED_BLOCKS", 3)
+    staged = service_of(app).staged
+    monkeypatch.setattr(staged, "_uploads", 1)
+    build_id = (await create(client, WORKFLOW, dispatch=False))["id"]
+    urls = []
+    for name in ("first", "second"):
+        created = await client.post(
+            f"{ARTIFACTS}/CreateArtifact", json={"name": name}, headers=auth(build_id)
+        )
+        assert created.status_code == 200, created.text
+        urls.append(created.json()["signed_upload_url"])
+    first, second = urls
+    for block_id in ("QUFB", "QkJC", "Q0ND"):
+        put = await client.put(f"{first}&comp=block&blockid={block_id}", content=b"x")
+        assert put.status_code == 201, put.text
+    assert (await client.put(f"{second}&comp=block&blockid=QUFB", content=b"y")).status_code == 201
+    first_id = int(urlsplit(first).path.split("/")[4])
+    assert ("artifact", first_id) not in staged._counts  # forgotten
+    over = await client.put(f"{first}&comp=block&blockid=RERE", content=b"z")
+    assert over.status_code == 413 and "at most 3 blocks" in over.text
+    listed = await service_of(app).storage.list_children(f"uploads/artifact-{first_id}")
+    assert len(listed) == 3
+
+
 def tamper(url: str, **changes: str) -> str:
     parts = urlsplit(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}

@@ -341,3 +341,28 @@ async def test_directory_chain_past_the_block_list_limit_is_dropped(
     assert chain.broken and not (chain.ranks or chain.hashed or chain.started or chain.done)
     stored = await store.compose("final/n", keys[1:5])
     assert stored.sha256 == hashlib.sha256(b"".join(blocks[1:5])).hexdigest()
+
+
+async def test_directory_chains_together_track_a_bounded_number_of_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many uploads at once (a build's token can open any number) track at most MAX_TRACKED
+    blocks between them, lowered here to 6: past it the oldest uploads' chains are dropped and
+    freed, and their composes still get the right digest, from the parts."""
+    from app.artifacts import storage as storage_module
+
+    monkeypatch.setattr(storage_module, "MAX_TRACKED", 6)
+    store = DirectoryStorage(tmp_path / "store")
+    blocks = {name: [os.urandom(900 + i) for i in range(3)] for name in "abc"}
+    chains = {}
+    for name, parts in blocks.items():
+        for i, part in enumerate(parts):
+            store.announce(f"uploads/{name}/{i}", bytes([i]))
+            await store.put(f"uploads/{name}/{i}", chunks(part), Expect(staging=True))
+            chains.setdefault(name, store._chains[f"uploads/{name}"])
+    assert sorted(store._chains) == ["uploads/b", "uploads/c"]
+    assert chains["a"].broken and not chains["a"].ranks
+    assert sum(len(chain.ranks) for chain in store._chains.values()) <= 6
+    for name, parts in blocks.items():
+        stored = await store.compose(f"final/{name}", [f"uploads/{name}/{i}" for i in range(3)])
+        assert stored.sha256 == hashlib.sha256(b"".join(parts)).hexdigest()
