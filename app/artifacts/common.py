@@ -177,9 +177,9 @@ class StagedBlocks:
     The count is of block PUTs per upload, retries included, up to `MAX_STAGED_BLOCKS`. It is
     kept in memory for the `uploads` most recently active uploads of this replica. An upload
     not counted here (its first block on this replica, or forgotten to make room for others)
-    starts from the blocks it has stored: forgetting an upload's count, or spreading its
-    blocks over replicas, never lets it stage more (the count was once reset by opening
-    4,096 other uploads)."""
+    starts from the blocks it has stored, so opening other uploads does not reset it. Replicas
+    still count apart after their first listing: an upload spread over n replicas at once can
+    stage up to n times the limit."""
 
     def __init__(self, storage: Storage, uploads: int = 4096) -> None:
         self.storage = storage
