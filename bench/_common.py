@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -325,3 +327,65 @@ def timer() -> Iterator[list[float]]:
         yield out
     finally:
         out.append(time.perf_counter() - start)
+
+
+class LeanClient:
+    """HTTP/1.1 with keep-alive over asyncio streams, JSON in and out: for the benchmarks where
+    the client's own CPU would be counted against the server.
+
+    Why not httpx there: the bench shares the machine's two cores with the server and its
+    steps, and httpx spends about a millisecond of CPU per request in this process (its
+    connection pool, header models, event hooks). pipeline_service, the real client, runs on
+    another machine. This client writes one prepared request and reads one Content-Length
+    answer; it does not follow redirects or read chunked bodies (it refuses them)."""
+
+    def __init__(self, base: str, connections: int = 20) -> None:
+        parts = urlsplit(base)
+        self.host = parts.netloc
+        self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._slots = asyncio.Semaphore(connections)
+        # (reader, writer, last used): uvicorn closes a connection idle for 5 s, so one idle
+        # for longer than IDLE is dropped rather than reused.
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    IDLE = 3.0
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(payload)}\r\n"
+            + ("Content-Type: application/json\r\n" if body is not None else "")
+            + "\r\n"
+        ).encode()
+        async with self._slots:
+            reader, writer = await self._connection()
+            try:
+                writer.write(head + payload)
+                head_bytes = await reader.readuntil(b"\r\n\r\n")
+                lines = head_bytes.decode("latin-1").split("\r\n")
+                status, size = int(lines[0].split(" ", 2)[1]), 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.lower() == "content-length":
+                        size = int(value)
+                    elif name.lower() == "transfer-encoding":
+                        raise RuntimeError(f"{method} {path}: a chunked answer (not read here)")
+                data = await reader.readexactly(size)
+            except BaseException:
+                writer.close()
+                raise
+            self._idle.append((reader, writer, time.monotonic()))
+        return status, json.loads(data) if data else None
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self._idle:
+            reader, writer, used = self._idle.pop()
+            if time.monotonic() - used < self.IDLE:
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(*self.address)
+
+    async def aclose(self) -> None:
+        for _, writer, _ in self._idle:
+            writer.close()
+        self._idle.clear()
