@@ -84,12 +84,23 @@ class Services(Core):
     creates: GroupCommit  # POST /builds' transactions (services.builds.submit)
 
 
+def pool_size(settings: Settings) -> int | None:
+    """DB_POOL_SIZE; unset (0) on Postgres, one connection kept per build this replica runs at
+    once, 20 at least. Builds that start together commit their steps' starts together, one
+    connection each: with 50 builds on a pool of 20 (+ 20 overflow), ~20 connections were
+    opened and closed again on every burst (2.4 ms of the event loop's CPU each and a Postgres
+    backend started each; bench/RESULTS.md). None: the database module's default (SQLite)."""
+    if settings.db_pool_size:
+        return settings.db_pool_size
+    if settings.database_url.startswith("sqlite"):
+        return None
+    return max(20, settings.max_concurrent_builds)
+
+
 async def _start_core(
     stack: AsyncExitStack, settings: Settings, *, hub_queue_size: int | None = None
 ) -> Core:
-    db = Database(
-        settings.database_url, settings.db_pool_size or None, settings.db_pool_timeout_seconds
-    )
+    db = Database(settings.database_url, pool_size(settings), settings.db_pool_timeout_seconds)
     stack.push_async_callback(db.dispose)
     metrics = Metrics()
     # SSE streams read the database through half the pool at most, and queue for it rather than

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.runners.step_process import PIPE_LIMIT, StepProcess
+from app.runners.step_process import PIPE_LIMIT, StepProcess, spawn
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +93,18 @@ class JobSandbox:
         launcher's socket fd number is appended. Raises OSError when it does not come up."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            popen = subprocess.Popen(
+            popen = await spawn(
                 [*argv, str(theirs.fileno())],
+                then=theirs.close,
                 env=env,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                start_new_session=True,
             )
         except BaseException:
             ours.close()
             raise
-        finally:
-            theirs.close()
         # The launcher's source on its stdin (`python -`): a few KiB, under a pipe's buffer.
         assert popen.stdin is not None
         with contextlib.suppress(OSError):

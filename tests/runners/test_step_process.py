@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.runners.sandbox import Isolation, Sandbox, StepProcess
+from app.runners.step_process import spawn
 
 
 @pytest.fixture(params=["pidfd", "thread"])
@@ -103,3 +110,62 @@ async def test_a_relative_path_entry_is_the_steps_directory(tmp_path: Path) -> N
     """`bin` on the PATH means the step's directory's bin, as the child resolves it."""
     _tool(tmp_path / "ws" / "bin", "tool", "step-dir")
     assert await _spawned(tmp_path, ["tool"], f"bin:{os.defpath}") == b"step-dir\n"
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within 10 s: {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_spawn_given_up_is_killed_and_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker thread finishes a spawn whatever happens to its caller: cancelled meanwhile,
+    the process it started is killed (its whole session) and its exit collected, and `then`
+    (the caller's inherited files closed) still runs."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    class Recorded(subprocess.Popen[bytes]):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    settled = asyncio.Event()
+    task = asyncio.create_task(spawn(["sleep", "300"], then=settled.set, stdout=subprocess.PIPE))
+    await asyncio.sleep(0)  # handed to the thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(settled.wait(), 10)
+    [popen] = started
+    await _until(lambda: popen.returncode is not None, "the process reaped")
+    assert popen.returncode == -signal.SIGKILL
+    assert popen.stdout is not None and popen.stdout.closed
+    assert os.getpgid(os.getpid()) != popen.pid  # it had a session (and group) of its own
+
+
+async def test_a_failed_spawn_raises_and_still_runs_then() -> None:
+    settled = asyncio.Event()
+    with pytest.raises(FileNotFoundError):
+        await spawn(["/nonexistent/program"], then=settled.set)
+    assert settled.is_set()
+
+
+async def test_popen_is_called_off_the_event_loop() -> None:
+    """A spawn's vfork waits for the child's exec, which on a loaded machine waits for a CPU:
+    the thread that calls Popen is a worker, never the event loop's."""
+    spawning_thread: list[int] = []
+
+    class Recorded(subprocess.Popen[bytes]):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            spawning_thread.append(threading.get_ident())
+            super().__init__(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess, "Popen", Recorded)
+        popen = await spawn(["true"], stdout=subprocess.DEVNULL)
+    assert await asyncio.to_thread(popen.wait) == 0
+    assert spawning_thread
+    assert spawning_thread[0] != threading.get_ident()
