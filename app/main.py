@@ -41,7 +41,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # lives as long as the app: kept out of the cyclic collector's full passes, which
         # otherwise walk it all. One such pass stopped the event loop for 90-110 ms in a
         # burst of 50 builds, 18-28 ms with this (gc callbacks, bench/RESULTS.md).
-        # Unfrozen at shutdown, so an app stopped in a longer-lived process is collectable.
+        # What of it later dies in a reference cycle waits for shutdown (bounded by what exists
+        # now). Unfrozen then, so an app stopped in a longer-lived process is collectable.
         gc.freeze()
         try:
             yield

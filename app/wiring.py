@@ -84,17 +84,24 @@ class Services(Core):
     creates: GroupCommit  # POST /builds' transactions (services.builds.submit)
 
 
+# The pool Postgres gets by default: one kept connection per concurrent build within these.
+# At most POOL_MOST kept (and as many again on overflow) so that a replica running hundreds of
+# builds does not take hundreds of Postgres connections unasked.
+POOL_LEAST, POOL_MOST = 20, 50
+
+
 def pool_size(settings: Settings) -> int | None:
     """DB_POOL_SIZE; unset (0) on Postgres, one connection kept per build this replica runs at
-    once, 20 at least. Builds that start together commit their steps' starts together, one
-    connection each: with 50 builds on a pool of 20 (+ 20 overflow), ~20 connections were
-    opened and closed again on every burst (2.4 ms of the event loop's CPU each and a Postgres
-    backend started each; bench/RESULTS.md). None: the database module's default (SQLite)."""
+    once, within POOL_LEAST..POOL_MOST. Builds that start together commit their steps' starts
+    together, one connection each: with 50 builds on a pool of 20 (+ 20 overflow), ~20
+    connections were opened and closed again on every burst (2.4 ms of the event loop's CPU
+    each and a Postgres backend started each; bench/RESULTS.md). None: the database module's
+    default (SQLite)."""
     if settings.db_pool_size:
         return settings.db_pool_size
     if settings.database_url.startswith("sqlite"):
         return None
-    return max(20, settings.max_concurrent_builds)
+    return min(POOL_MOST, max(POOL_LEAST, settings.max_concurrent_builds))
 
 
 async def _start_core(

@@ -54,13 +54,14 @@ def test_tokens_parse() -> None:
 
 def test_the_postgres_pool_keeps_a_connection_per_concurrent_build() -> None:
     """Unset (0), Postgres keeps one pooled connection per build a replica runs at once, 20 at
-    least; DB_POOL_SIZE wins; SQLite keeps the database module's default."""
+    least and 50 at most; DB_POOL_SIZE wins; SQLite keeps the database module's default."""
     pg = "postgresql+asyncpg://ci@db/ci"
 
     def size(**values: Any) -> int | None:
         return pool_size(Settings(_env_file=None, **values))
 
     assert size(database_url=pg) == 20
-    assert size(database_url=pg, max_concurrent_builds=50) == 50
+    assert size(database_url=pg, max_concurrent_builds=35) == 35
+    assert size(database_url=pg, max_concurrent_builds=500) == 50
     assert size(database_url=pg, max_concurrent_builds=50, db_pool_size=7) == 7
     assert size(database_url="sqlite+aiosqlite:///x.db", max_concurrent_builds=50) is None
