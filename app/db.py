@@ -35,13 +35,19 @@ SQLITE_BUSY_SECONDS = 30
 EventSink = Callable[[list[Any]], None]
 
 
+# Connections a Postgres pool keeps when no size is given (the service sizes its own from its
+# settings, never below this: app/wiring.pool_size).
+POSTGRES_POOL = 20
+
+
 def pool_options(url: str, pool_size: int | None, pool_timeout: float) -> dict[str, Any]:
-    """The connection pool: `pool_size` kept and as many again on overflow (default 20 on
-    Postgres; SQLAlchemy's 5 + 10 on SQLite); a checkout waits `pool_timeout` s at most."""
+    """The connection pool: `pool_size` kept and as many again on overflow (default
+    POSTGRES_POOL on Postgres; SQLAlchemy's 5 + 10 on SQLite); a checkout waits `pool_timeout`
+    s at most."""
     if pool_size is None:
         if url.startswith("sqlite"):
             return {"pool_timeout": pool_timeout}
-        pool_size = 20
+        pool_size = POSTGRES_POOL
     return {"pool_size": pool_size, "max_overflow": pool_size, "pool_timeout": pool_timeout}
 
 

@@ -20,7 +20,7 @@ from sqlmodel import col, select
 
 from app.actions.support import ActionSupport
 from app.config import Settings
-from app.db import Database, GroupCommit
+from app.db import POSTGRES_POOL, Database, GroupCommit
 from app.installation import read_installation_id
 from app.logs.hub import LiveHub
 from app.logs.masking import Masker
@@ -84,15 +84,14 @@ class Services(Core):
     creates: GroupCommit  # POST /builds' transactions (services.builds.submit)
 
 
-# The pool Postgres gets by default: one kept connection per concurrent build within these.
-# At most POOL_MOST kept (and as many again on overflow) so that a replica running hundreds of
-# builds does not take hundreds of Postgres connections unasked.
-POOL_LEAST, POOL_MOST = 20, 50
+# The most connections the default Postgres pool keeps (and as many again on overflow), so that
+# a replica running hundreds of builds does not take hundreds of Postgres connections unasked.
+POOL_MOST = 50
 
 
 def pool_size(settings: Settings) -> int | None:
     """DB_POOL_SIZE; unset (0) on Postgres, one connection kept per build this replica runs at
-    once, within POOL_LEAST..POOL_MOST. Builds that start together commit their steps' starts
+    once, within POSTGRES_POOL..POOL_MOST. Builds that start together commit their steps' starts
     together, one connection each: with 50 builds on a pool of 20 (+ 20 overflow), ~20
     connections were opened and closed again on every burst (2.4 ms of the event loop's CPU
     each and a Postgres backend started each; bench/RESULTS.md). None: the database module's
@@ -101,7 +100,7 @@ def pool_size(settings: Settings) -> int | None:
         return settings.db_pool_size
     if settings.database_url.startswith("sqlite"):
         return None
-    return min(POOL_MOST, max(POOL_LEAST, settings.max_concurrent_builds))
+    return min(POOL_MOST, max(POSTGRES_POOL, settings.max_concurrent_builds))
 
 
 async def _start_core(
