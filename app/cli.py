@@ -54,6 +54,7 @@ def _serve(_args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.serving import UVICORN_OPTIONS
 
     settings = _settings()
     problem = asyncio.run(_preflight(settings))
@@ -69,9 +70,7 @@ def _serve(_args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 15,
-        # uvloop forks each step's process noticeably slower than asyncio's default loop does
-        # (measured by bench/step_overhead.py), and steps are what this service spawns all day.
-        loop="asyncio",
+        **UVICORN_OPTIONS,
     )
     return 0
 

@@ -103,5 +103,5 @@ class Stream:
     base: int  # how many blocks the chain had hashed when this one began
     sha256: hashlib._Hash
 
-    def update(self, piece: bytes) -> None:
+    def update(self, piece: bytes | memoryview) -> None:
         self.sha256.update(piece)

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from app.artifacts.common import (
     ArtifactError,
@@ -43,6 +44,7 @@ from app.artifacts.storage import (
     create_storage,
 )
 from app.artifacts.tokens import job_backend_id
+from app.serving import FilesResponse, RequestBody, can_sendfile
 from app.wiring import Services
 
 log = logging.getLogger(__name__)
@@ -114,12 +116,15 @@ def _failure(exc: Exception) -> tuple[str, str]:
         return "not_found", "the blob is missing from storage"
     if isinstance(exc, ValueError):
         return "invalid_argument", str(exc)
+    if isinstance(exc, ClientDisconnect):  # nobody reads the answer: not worth a traceback
+        log.info("a blob upload ended early: %s", exc or "the client went away")
+        return "invalid_argument", "the request body ended early"
     # Storage or network trouble: ours, not the caller's; 503 makes the toolkit retry.
     log.warning("artifact storage failure: %s", exc)
     return "unavailable", "artifact storage is unavailable; retry later"
 
 
-HANDLED = (ArtifactError, StorageError, ValueError, OSError)
+HANDLED = (ArtifactError, StorageError, ValueError, OSError, ClientDisconnect)
 
 
 def _get(body: dict[str, Any], name: str) -> Any:
@@ -348,7 +353,7 @@ async def put_blob(
         comp = (query.get("comp") or "").lower()
         if comp == "block":
             await service.stage_block(
-                kind, object_id, query.get("blockid") or "", request.stream(), md5
+                kind, object_id, query.get("blockid") or "", RequestBody(request), md5
             )
         elif comp == "blocklist":
             raw = bytearray()
@@ -358,7 +363,7 @@ async def put_blob(
                     raise ArtifactError("invalid_argument", "block list too large")
             await service.commit_blocks(kind, object_id, parse_block_list(bytes(raw)))
         elif comp == "":
-            await service.put_whole(kind, object_id, request.stream(), md5)
+            await service.put_whole(kind, object_id, RequestBody(request), md5)
         else:
             raise ArtifactError("invalid_argument", f"unsupported operation comp={comp}")
     except HANDLED as exc:
@@ -381,6 +386,15 @@ async def get_blob(
         else:
             entry = await service.get_ready_cache(object_id)
             stream, row, media = service.read_cache(entry), entry, "application/octet-stream"
+        headers = {
+            "Content-Length": str(row.size),
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
+        }
+        # From the page cache to the socket by sendfile when the server and storage allow it.
+        files = await service.blob_files(row) if can_sendfile(request) else None
+        if files is not None:
+            await stream.aclose()
+            return FilesResponse(files, headers, media)
         first = await anext(stream, b"")  # a missing object fails here, before the headers
     except HANDLED as exc:
         return _blob_error(exc)
@@ -393,14 +407,7 @@ async def get_blob(
             async for chunk in stream:
                 yield chunk
 
-    return StreamingResponse(
-        body(),
-        media_type=media,
-        headers={
-            "Content-Length": str(row.size),
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
-        },
-    )
+    return StreamingResponse(body(), media_type=media, headers=headers)
 
 
 # --- @actions/cache, service v1 (REST) --------------------------------------------------------
@@ -505,7 +512,7 @@ async def v1_upload_chunk(cache_id: Id, request: Request) -> Response:
     try:
         caller = await service.authenticate(request.headers.get("authorization"))
         start = _content_range(request.headers.get("content-range"))
-        await service.stage_cache_range(caller, cache_id, start, request.stream())
+        await service.stage_cache_range(caller, cache_id, start, RequestBody(request))
     except HANDLED as exc:
         return _v1_error(exc)
     return Response(status_code=204)

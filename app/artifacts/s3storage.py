@@ -208,6 +208,9 @@ class S3Storage:
             raise StorageError(f"S3 head of {key} failed: {exc}") from exc
         return int(head["ContentLength"])
 
+    async def files(self, key: str) -> None:  # noqa: ARG002
+        return None  # objects live in the bucket: read() streams them
+
     async def delete(self, key: str) -> None:
         await self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 

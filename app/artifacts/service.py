@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import delete, func, update
@@ -500,6 +501,11 @@ class ArtifactService:
 
     def read_cache(self, entry: CacheEntry) -> AsyncGenerator[bytes, None]:
         return self.storage.read(self._final_key(entry))
+
+    async def blob_files(self, row: Artifact | CacheEntry) -> list[tuple[Path, int]] | None:
+        """The local files holding a ready artifact's or cache's bytes, in order (None when the
+        storage keeps no local files)."""
+        return await self.storage.files(self._final_key(row))
 
     async def get_ready_cache(self, cache_id: int) -> CacheEntry:
         async with self.db.read() as session:

@@ -22,11 +22,13 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 from app.artifacts.chain import MAX_BLOCKS, Chain
 
@@ -38,6 +40,8 @@ READ_CHUNK = 1024 * 1024
 WRITE_BUFFER = 1024 * 1024
 _SEGMENTS = ".segments"
 _IOV_MAX = 1024  # the POSIX minimum for writev's vector length
+# Request bodies read straight from their sockets at once (app/serving.py); more wait their turn.
+BODY_READERS = 16
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
@@ -94,7 +98,7 @@ class _Digest:
         self.md5 = hashlib.md5(usedforsecurity=False) if self.expect.md5 else None
         self.size = 0
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: bytes | memoryview) -> None:
         self.count(len(chunk))
         if self.sha256 is not None:
             self.sha256.update(chunk)
@@ -124,6 +128,19 @@ class _Digest:
         if expect.md5 is not None and expect.md5.lower() != (result.md5 or ""):
             raise ChecksumMismatch(f"md5 mismatch: expected {expect.md5}, got {result.md5}")
         return result
+
+
+@runtime_checkable
+class Pourable(Protocol):
+    """A body that can hand all its bytes to a sink from a worker thread instead of being
+    iterated (app.serving.RequestBody: the request's socket read by that thread)."""
+
+    async def pour(
+        self,
+        sink: Callable[[memoryview], None],
+        executor: Executor,
+        buffer: Callable[[], bytearray],
+    ) -> bool: ...
 
 
 class Storage(Protocol):
@@ -160,6 +177,11 @@ class Storage(Protocol):
         """The object's size, or None when it does not exist."""
         ...
 
+    async def files(self, key: str) -> list[tuple[Path, int]] | None:
+        """The local files whose concatenation is the object, with their sizes (served with
+        sendfile); None when the backend keeps no local files. ObjectNotFound if missing."""
+        ...
+
     async def delete(self, key: str) -> None: ...
 
     async def delete_prefix(self, prefix: str) -> None: ...
@@ -187,7 +209,7 @@ async def _rebatch(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[lis
         yield pending
 
 
-def _write_all(fd: int, pieces: list[bytes]) -> None:
+def _write_all(fd: int, pieces: Sequence[bytes | memoryview]) -> None:
     """`writev` until every byte of `pieces` is written (a regular file may take fewer)."""
     views = [memoryview(piece) for piece in pieces]
     while views:
@@ -228,6 +250,8 @@ class DirectoryStorage:
         self.tmp = self.root / ".tmp"
         self._chains: dict[str, Chain] = {}
         self._tracked = 0  # blocks placed in chains since last counted: at least what they hold
+        self._body_readers: ThreadPoolExecutor | None = None  # request bodies read from sockets
+        self._thread_buffers = threading.local()
 
     async def start(self) -> None:
         # Nothing to create yet: the directory appears with the first write, so an instance
@@ -235,7 +259,9 @@ class DirectoryStorage:
         return None
 
     async def close(self) -> None:
-        return None
+        if self._body_readers is not None:
+            self._body_readers.shutdown(wait=False, cancel_futures=True)
+            self._body_readers = None
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -251,7 +277,7 @@ class DirectoryStorage:
         temp = self.tmp / f"{uuid.uuid4().hex}.part"
         handle = await asyncio.to_thread(self._open_temp, temp)
 
-        def write(pieces: list[bytes]) -> None:
+        def write(pieces: Sequence[bytes | memoryview]) -> None:
             for piece in pieces:
                 digest.update(piece)
                 if stream is not None:
@@ -260,20 +286,13 @@ class DirectoryStorage:
 
         committing = False
         try:
-            # Write-behind: one batch is hashed and written in a thread while the next one is
-            # received (waiting for each write would stall the socket: uvicorn stops reading a
-            # request body once 64 KiB are waiting). At most two batches in memory.
-            writing: asyncio.Future[None] | None = None
-            try:
-                async for block in _rebatch(chunks, WRITE_BUFFER):
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(asyncio.to_thread(write, block))
-                if writing is not None:
-                    await writing
-            finally:
-                if writing is not None and not writing.done():
-                    await asyncio.wait([writing])  # never close under a running write
+            # A body read straight from its socket (app/serving.py) is written by the reading
+            # thread as it arrives; any other is received here and written behind.
+            if not (
+                isinstance(chunks, Pourable)
+                and await chunks.pour(lambda piece: write((piece,)), self._readers(), self._buffer)
+            ):
+                await self._write_behind(chunks, write)
             committing = True  # from here the commit closes the handle, whatever happens
             result = await asyncio.to_thread(self._commit, handle, digest, key, temp, target)
         except BaseException:
@@ -291,6 +310,41 @@ class DirectoryStorage:
             chain.tasks.add(task)
             task.add_done_callback(chain.tasks.discard)
         return result
+
+    @staticmethod
+    async def _write_behind(
+        chunks: AsyncIterable[bytes], write: Callable[[Sequence[bytes]], None]
+    ) -> None:
+        # One batch is hashed and written in a thread while the next one is received (waiting
+        # for each write would stall the socket: uvicorn stops reading a request body once 64
+        # KiB are waiting). At most two batches in memory.
+        writing: asyncio.Future[None] | None = None
+        try:
+            async for block in _rebatch(chunks, WRITE_BUFFER):
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(asyncio.to_thread(write, block))
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                await asyncio.wait([writing])  # never close under a running write
+
+    def _readers(self) -> ThreadPoolExecutor:
+        """The threads that read request bodies from their sockets: a pool of their own, as a
+        slow client holds its thread for the whole body (the default executor's few threads
+        also spawn steps and write logs)."""
+        if self._body_readers is None:
+            self._body_readers = ThreadPoolExecutor(BODY_READERS, thread_name_prefix="blob-body")
+        return self._body_readers
+
+    def _buffer(self) -> bytearray:
+        """The calling reader thread's buffer, allocated once: a fresh 1 MiB per block is a
+        new mapping, faulted in page by page."""
+        buffer: bytearray | None = getattr(self._thread_buffers, "buffer", None)
+        if buffer is None:
+            buffer = self._thread_buffers.buffer = bytearray(WRITE_BUFFER)
+        return buffer
 
     def announce(self, key: str, rank: bytes) -> None:
         chain = self._chain(key)
@@ -462,6 +516,20 @@ class DirectoryStorage:
         except FileNotFoundError:
             raise ObjectNotFound(str(path.relative_to(self.root))) from None
         return [(path / f"{i:06d}", int(size)) for i, size in enumerate(sizes)]
+
+    async def files(self, key: str) -> list[tuple[Path, int]]:
+        path = self._path(key)
+
+        def find() -> list[tuple[Path, int]]:
+            segments = self._segments(path)
+            if segments is not None:
+                return segments
+            try:
+                return [(path, path.stat().st_size)]
+            except FileNotFoundError:
+                raise ObjectNotFound(key) from None
+
+        return await asyncio.to_thread(find)
 
     async def read(
         self, key: str, start: int = 0, end: int | None = None

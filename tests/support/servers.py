@@ -27,6 +27,8 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from app.serving import UVICORN_OPTIONS
+
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "app.cli"]
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"  # the machine's RabbitMQ (.ci/run starts it)
@@ -66,7 +68,9 @@ async def uvicorn_server(
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+    # Served as `ci-executor serve` serves (its protocol, with the blob routes' extensions).
+    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, **UVICORN_OPTIONS)
+    server = uvicorn.Server(config)
     records = _Records()
     uvicorn_log = logging.getLogger("uvicorn.error")
     uvicorn_log.addHandler(records)
