@@ -152,6 +152,7 @@ class _Socket:
             except asyncio.CancelledError:
                 os.write(wake_write, b"\0")  # the thread stops at its next wait for bytes
                 await asyncio.wait([future])
+                future.exception()  # its _Gone is this cancellation: retrieved, not logged
                 raise
             future.result()
         except BaseException as exc:
@@ -236,6 +237,8 @@ class FilesResponse(Response):
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         await send(start)
         for path, size in self.files:
+            if not size:
+                continue  # sendfile(2) of nothing is refused
             # Opened one at a time (a composed artifact has a part per 8 MiB block). A part
             # deleted meanwhile ends the response short: the client sees a broken transfer.
             with path.open("rb") as file:
