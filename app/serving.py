@@ -22,9 +22,9 @@ import asyncio
 import contextlib
 import os
 import select
+import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,10 +34,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-# The scope extensions: a request's direct body (a callable; see `RequestBody`) and a response
-# body sent from a file with sendfile(2) (see `FilesResponse`).
-DIRECT_BODY = "ci-executor.direct_body"
-SENDFILE = "ci-executor.sendfile"
+# The scope extension under which BlobProtocol offers each request a `BlobIO`.
+BLOB_IO = "ci-executor.blob_io"
 # A direct body that sends nothing for this long is given up (its worker thread is freed).
 STALL_SECONDS = 60.0
 
@@ -45,7 +43,7 @@ Sink = Callable[[memoryview], None]
 
 
 class BlobProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, offering `DIRECT_BODY` to every request it starts."""
+    """uvicorn's httptools protocol, offering `BLOB_IO` to every request it starts."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -61,34 +59,8 @@ class BlobProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
-        extensions[DIRECT_BODY] = lambda: _take(self, cycle)
-        extensions[SENDFILE] = partial(self.sendfile, cycle)
+        extensions[BLOB_IO] = BlobIO(self, cycle)
         super()._start_asgi_task(cycle, app)
-
-    async def sendfile(
-        self, cycle: RequestResponseCycle, file: BinaryIO, offset: int, count: int
-    ) -> None:
-        """`count` bytes of `file` from `offset` as part of `cycle`'s response body (started
-        with a Content-Length), by sendfile(2): the bytes go from the page cache to the socket
-        without passing through Python. A client gone away raises ClientDisconnect."""
-        if (
-            self.cycle is not cycle
-            or not cycle.response_started
-            or cycle.response_complete
-            or cycle.chunked_encoding is not False
-            or count > cycle.expected_content_length
-        ):
-            raise RuntimeError("sendfile outside a response body of known length")
-        if cycle.disconnected or self.transport.is_closing():
-            raise ClientDisconnect()
-        try:
-            # asyncio's own: waits for the transport's buffer to empty, pauses its reading,
-            # and sends from the loop's thread as the socket drains (no worker thread).
-            await self.loop.sendfile(self.transport, file, offset, count)
-        except (ConnectionError, OSError) as exc:
-            self.transport.close()
-            raise ClientDisconnect(str(exc)) from None
-        cycle.expected_content_length -= count
 
     def fresh_parser(self) -> None:
         """A new parser for the next request: the old one still expects the body the worker
@@ -98,34 +70,76 @@ class BlobProtocol(HttpToolsProtocol):
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
 
 
-def _take(protocol: BlobProtocol, cycle: RequestResponseCycle) -> _Socket | None:
-    """The rest of `cycle`'s body as a socket to read, with the socket's reading paused; or
-    None when the body cannot be read directly (it is then read the ordinary way)."""
-    if (
-        protocol.cycle is not cycle
-        or protocol.parser is None
-        or protocol.scheme != "http"
-        or cycle.response_started
-        or cycle.disconnected
-        or not cycle.more_body
-        or protocol.transport.is_closing()
-    ):
-        return None
-    length = None
-    for name, value in cycle.scope["headers"]:
-        if name == b"transfer-encoding":
+class BlobIO:
+    """What BlobProtocol offers one request: its body's socket, and sendfile for its response.
+
+    It holds its protocol and cycle weakly: the scope holds it, and the cycle the scope, so
+    strong references make every request a reference cycle that only the garbage collector
+    frees (tests/test_serving.py counts them), and a collection pauses the event loop."""
+
+    __slots__ = ("_cycle", "_protocol")
+
+    def __init__(self, protocol: BlobProtocol, cycle: RequestResponseCycle) -> None:
+        self._protocol = weakref.ref(protocol)
+        self._cycle = weakref.ref(cycle)
+
+    def take_body(self) -> _Socket | None:
+        """The rest of the request's body as a socket to read, with the socket's reading
+        paused; or None when it cannot be read directly (then it is read the ordinary way)."""
+        protocol, cycle = self._protocol(), self._cycle()
+        if (
+            protocol is None
+            or cycle is None
+            or protocol.cycle is not cycle
+            or protocol.parser is None
+            or protocol.scheme != "http"
+            or cycle.response_started
+            or cycle.disconnected
+            or not cycle.more_body
+            or protocol.transport.is_closing()
+        ):
             return None
-        if name == b"content-length":
-            length = int(value)  # the parser accepted it: digits
-    sock = protocol.transport.get_extra_info("socket")
-    if length is None or sock is None or length <= protocol.body_seen:
-        return None
-    protocol.flow.pause_reading()
-    if cycle.waiting_for_100_continue:
-        protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        cycle.waiting_for_100_continue = False
-    prefix, cycle.body = bytes(cycle.body), bytearray()
-    return _Socket(protocol, cycle, sock.fileno(), prefix, length - protocol.body_seen)
+        length = None
+        for name, value in cycle.scope["headers"]:
+            if name == b"transfer-encoding":
+                return None
+            if name == b"content-length":
+                length = int(value)  # the parser accepted it: digits
+        sock = protocol.transport.get_extra_info("socket")
+        if length is None or sock is None or length <= protocol.body_seen:
+            return None
+        protocol.flow.pause_reading()
+        if cycle.waiting_for_100_continue:
+            protocol.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+        prefix, cycle.body = bytes(cycle.body), bytearray()
+        return _Socket(protocol, cycle, sock.fileno(), prefix, length - protocol.body_seen)
+
+    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
+        """`count` bytes of `file` from `offset` as part of the response body (started with a
+        Content-Length), by sendfile(2): the bytes go from the page cache to the socket
+        without passing through Python. A client gone away raises ClientDisconnect."""
+        protocol, cycle = self._protocol(), self._cycle()
+        if protocol is None or cycle is None:
+            raise ClientDisconnect()
+        if (
+            protocol.cycle is not cycle
+            or not cycle.response_started
+            or cycle.response_complete
+            or cycle.chunked_encoding is not False
+            or count > cycle.expected_content_length
+        ):
+            raise RuntimeError("sendfile outside a response body of known length")
+        if cycle.disconnected or protocol.transport.is_closing():
+            raise ClientDisconnect()
+        try:
+            # asyncio's own: waits for the transport's buffer to empty, pauses its reading,
+            # and sends from the loop's thread as the socket drains (no worker thread).
+            await protocol.loop.sendfile(protocol.transport, file, offset, count)
+        except (ConnectionError, OSError) as exc:
+            protocol.transport.close()
+            raise ClientDisconnect(str(exc)) from None
+        cycle.expected_content_length -= count
 
 
 class _Gone(Exception):
@@ -203,8 +217,7 @@ class RequestBody:
 
     def __init__(self, request: Request) -> None:
         self._request = request
-        extensions = request.scope.get("extensions", {})
-        self._take: Callable[[], _Socket | None] | None = extensions.get(DIRECT_BODY)
+        self._io: BlobIO | None = request.scope.get("extensions", {}).get(BLOB_IO)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._request.stream()
@@ -216,7 +229,7 @@ class RequestBody:
         A client that goes away (or sends nothing for STALL_SECONDS) raises ClientDisconnect;
         an exception from `sink` is raised as it is. Either way the connection closes after
         the response."""
-        body = self._take() if self._take is not None else None
+        body = self._io.take_body() if self._io is not None else None
         if body is None:
             return False
         await body.pour(sink, executor, buffer)
@@ -225,7 +238,7 @@ class RequestBody:
 
 class FilesResponse(Response):
     """A response whose body is the concatenation of whole files, sent with sendfile(2): for a
-    server that offers `SENDFILE` only (see `can_sendfile`)."""
+    server that offers `BLOB_IO` only (see `can_sendfile`)."""
 
     def __init__(self, files: list[tuple[Path, int]], headers: dict[str, str], media_type: str):
         super().__init__(status_code=200, headers=headers, media_type=media_type)
@@ -233,7 +246,7 @@ class FilesResponse(Response):
         self.headers["content-length"] = str(sum(size for _, size in files))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002
-        sendfile = scope["extensions"][SENDFILE]
+        io: BlobIO = scope["extensions"][BLOB_IO]
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         await send(start)
         for path, size in self.files:
@@ -242,12 +255,12 @@ class FilesResponse(Response):
             # Opened one at a time (a composed artifact has a part per 8 MiB block). A part
             # deleted meanwhile ends the response short: the client sees a broken transfer.
             with path.open("rb") as file:
-                await sendfile(file, 0, size)
+                await io.sendfile(file, 0, size)
         await send({"type": "http.response.body", "body": b""})
 
 
 def can_sendfile(request: Request) -> bool:
-    return SENDFILE in request.scope.get("extensions", {})
+    return BLOB_IO in request.scope.get("extensions", {})
 
 
 # How `ci-executor serve` runs uvicorn (and the tests' in-process servers, so they serve the

@@ -66,12 +66,19 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:  # ci-executor serve's HTTP protocol
+        from app.serving import UVICORN_OPTIONS
+
+        http = UVICORN_OPTIONS["http"]
+    except ImportError:  # an app/ from before app/serving.py: uvicorn's own
+        http = "auto"
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         loop=sys.argv[1],
+        http=http,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 15,
     )
     if os.environ.get("BENCH_PIDFD") != "1":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -366,3 +367,56 @@ async def test_directory_chains_together_track_a_bounded_number_of_blocks(
     for name, parts in blocks.items():
         stored = await store.compose(f"final/{name}", [f"uploads/{name}/{i}" for i in range(3)])
         assert stored.sha256 == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+class Poured:
+    """A body handed over as `app.serving.RequestBody` hands a socket's: `pour` calls the sink
+    from a thread of the given executor, with views of that thread's reused buffer."""
+
+    def __init__(self, data: bytes, piece: int = 700_000) -> None:
+        self.data, self.piece = data, piece
+        self.threads: set[str] = set()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        raise AssertionError("a poured body is not iterated")
+
+    async def pour(self, sink, executor, buffer) -> bool:  # type: ignore[no-untyped-def]
+        def run() -> None:
+            self.threads.add(threading.current_thread().name)
+            view = memoryview(buffer())
+            for start in range(0, len(self.data), self.piece):
+                piece = self.data[start : start + self.piece]
+                view[: len(piece)] = piece
+                sink(view[: len(piece)])
+
+        await asyncio.get_running_loop().run_in_executor(executor, run)
+        return True
+
+
+async def test_directory_writes_a_poured_body_from_its_reader_threads(tmp_path: Path) -> None:
+    """Blocks whose bodies are poured (read from the socket by a reader thread) are written and
+    hashed in that thread, with the in-order chain as for received ones; one too large is
+    refused from the thread and leaves nothing."""
+    store = DirectoryStorage(tmp_path / "store")
+    try:
+        blocks = [os.urandom(3 * 1024 * 1024 + i) for i in range(4)]
+        bodies = [Poured(block) for block in blocks]
+        for i in range(4):
+            store.announce(f"uploads/p/{i}", bytes([i]))
+        await asyncio.gather(
+            *(
+                store.put(f"uploads/p/{i}", body, Expect(staging=True))
+                for i, body in enumerate(bodies)
+            )
+        )
+        assert all(t.startswith("blob-body") for b in bodies for t in b.threads)
+        stored = await store.compose("final/p", [f"uploads/p/{i}" for i in range(4)])
+        assert stored.sha256 == hashlib.sha256(b"".join(blocks)).hexdigest()
+        assert await read_all(store, "final/p") == b"".join(blocks)
+
+        with pytest.raises(ObjectTooLarge):
+            await store.put("big", Poured(os.urandom(2_000_000)), Expect(max_bytes=1_000_000))
+        assert await store.size("big") is None
+        assert list((tmp_path / "store" / ".tmp").iterdir()) == []
+    finally:
+        await store.close()
