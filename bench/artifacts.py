@@ -80,6 +80,24 @@ async def timed(scratch: Path, size: int, operation: Callable[[], Awaitable[obje
     return time.perf_counter() - started
 
 
+def _read_head(sock: socket.socket, what: str) -> tuple[int, dict[str, str], bytes]:
+    """An HTTP/1.1 answer's status and headers (names lowercased), and the body bytes read with
+    them."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        data = sock.recv(65536)
+        if not data:
+            raise RuntimeError(f"{what}: connection closed before the answer")
+        answer += data
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split(" ", 2)[1]), headers, rest
+
+
 class _BlockPutter:
     """A keep-alive HTTP/1.1 connection that PUTs file ranges with `socket.sendfile`.
 
@@ -104,22 +122,10 @@ class _BlockPutter:
         self.sock.sendall(head.encode())
         with path.open("rb") as f:
             self.sock.sendfile(f, offset, length)
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            data = self.sock.recv(65536)
-            if not data:
-                raise RuntimeError("connection closed before the answer")
-            answer += data
-        head_bytes, _, body = answer.partition(b"\r\n\r\n")
-        lines = head_bytes.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        size = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                size = int(value)
-            elif name.strip().lower() == "transfer-encoding":
-                raise RuntimeError("PUT block: a chunked answer (this client reads Content-Length)")
+        status, headers, body = _read_head(self.sock, "PUT block")
+        if "transfer-encoding" in headers:
+            raise RuntimeError("PUT block: a chunked answer (this client reads Content-Length)")
+        size = int(headers.get("content-length", "0"))
         while len(body) < size:
             data = self.sock.recv(65536)
             if not data:
@@ -175,22 +181,10 @@ def _get_once(url: str, dest: Path, piece: int) -> None:
     target = f"{parts.path}?{parts.query}" if parts.query else parts.path
     with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80)) as sock:
         sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = sock.recv(65536)
-            if not data:
-                raise RuntimeError("connection closed before the answer")
-            head += data
-        head, _, rest = head.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        length = None
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-        if status != 200 or length is None:
+        status, headers, rest = _read_head(sock, "GET")
+        if status != 200 or "content-length" not in headers:
             raise RuntimeError(f"GET: {status} {rest[:300]!r} (a Content-Length is expected)")
+        length = int(headers["content-length"])
         view = memoryview(bytearray(piece))
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:

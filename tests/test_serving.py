@@ -133,6 +133,16 @@ def put_head(path: str, size: int, *extra: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+async def send_part(
+    url: str, path: str, size: int, sent: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A PUT announcing `size` bytes of body, of which only `sent` are sent (for now)."""
+    reader, writer = await connect(url)
+    writer.write(put_head(path, size) + os.urandom(sent))
+    await writer.drain()
+    return reader, writer
+
+
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     status = int(head[0].split()[1])
@@ -218,9 +228,7 @@ async def test_a_client_gone_half_way_is_a_disconnect_and_frees_the_thread(
     served: tuple[str, Seen],
 ) -> None:
     url, seen = served
-    _, writer = await connect(url)
-    writer.write(put_head("/put", 4 * 1024 * 1024) + os.urandom(1024 * 1024))
-    await writer.drain()
+    _, writer = await send_part(url, "/put", 4 * 1024 * 1024, 1024 * 1024)
     await seen.first_piece.wait()
     writer.close()
     await seen.failed.wait()
@@ -239,9 +247,7 @@ async def test_a_stalled_body_is_given_up_and_its_connection_closed(
 ) -> None:
     monkeypatch.setattr(serving, "STALL_SECONDS", 0.3)
     url, seen = served
-    reader, writer = await connect(url)
-    writer.write(put_head("/put", 4 * 1024 * 1024) + os.urandom(512 * 1024))
-    await writer.drain()
+    reader, writer = await send_part(url, "/put", 4 * 1024 * 1024, 512 * 1024)
     await seen.failed.wait()
     assert isinstance(seen.errors[0], ClientDisconnect)
     assert "no body bytes" in str(seen.errors[0])
@@ -253,9 +259,7 @@ async def test_a_sink_that_refuses_gets_its_answer_out_and_the_connection_closes
     served: tuple[str, Seen],
 ) -> None:
     url, seen = served
-    reader, writer = await connect(url)
-    writer.write(put_head("/put?refuse=1", 8 * 1024 * 1024) + os.urandom(1024 * 1024))
-    await writer.drain()
+    reader, writer = await send_part(url, "/put?refuse=1", 8 * 1024 * 1024, 1024 * 1024)
     status, headers, answer = await read_response(reader)
     assert (status, answer) == (413, b"refused")
     assert headers["connection"] == "close"  # the rest of the body was never read
@@ -272,9 +276,7 @@ async def test_a_pour_cancelled_stops_its_thread_before_it_returns(
     served: tuple[str, Seen],
 ) -> None:
     url, seen = served
-    reader, writer = await connect(url)
-    writer.write(put_head("/cancelled", 4 * 1024 * 1024) + os.urandom(256 * 1024))
-    await writer.drain()
+    reader, writer = await send_part(url, "/cancelled", 4 * 1024 * 1024, 256 * 1024)
     await seen.first_piece.wait()
     # The connection is closed (its body was not read to the end): no answer comes.
     assert await reader.read() == b""
