@@ -122,9 +122,10 @@ class BlobIO:
         protocol, cycle = self._protocol(), self._cycle()
         if protocol is None or cycle is None:
             raise ClientDisconnect()
+        # (Not `protocol.cycle is cycle`: a request pipelined behind this one may be parsed
+        # already, and waits for this response to end.)
         if (
-            protocol.cycle is not cycle
-            or not cycle.response_started
+            not cycle.response_started
             or cycle.response_complete
             or cycle.chunked_encoding is not False
             or count > cycle.expected_content_length
@@ -135,10 +136,15 @@ class BlobIO:
         try:
             # asyncio's own: waits for the transport's buffer to empty, pauses its reading,
             # and sends from the loop's thread as the socket drains (no worker thread).
-            await protocol.loop.sendfile(protocol.transport, file, offset, count)
+            sent = await protocol.loop.sendfile(protocol.transport, file, offset, count)
         except (ConnectionError, OSError) as exc:
             protocol.transport.close()
             raise ClientDisconnect(str(exc)) from None
+        if sent != count:
+            # The file is shorter than it should be: the response can only end short, and the
+            # connection with it (the client must not read the next answer as these bytes).
+            protocol.transport.close()
+            raise OSError(f"{file.name!r} ended {count - sent} bytes short of its size")
         cycle.expected_content_length -= count
 
 
@@ -159,7 +165,15 @@ class _Socket:
     async def pour(self, sink: Sink, executor: Executor, buffer: Callable[[], bytearray]) -> None:
         loop = asyncio.get_running_loop()
         wake_read, wake_write = os.pipe()
-        future = loop.run_in_executor(executor, self._read, sink, wake_read, buffer)
+        # The thread reads its own descriptor of the socket, and closes it and `wake_read`
+        # itself: a descriptor closed under it could name another file by its next read.
+        fd = os.dup(self.fd)
+        try:
+            future = loop.run_in_executor(executor, self._read, fd, sink, wake_read, buffer)
+        except BaseException:
+            for unused in (fd, wake_read, wake_write):
+                os.close(unused)
+            raise
         try:
             try:
                 await asyncio.wait([future])
@@ -170,6 +184,9 @@ class _Socket:
                 raise
             future.result()
         except BaseException as exc:
+            if future.done() and future.cancelled():  # never ran (the pool was shut down)
+                os.close(fd)
+                os.close(wake_read)
             # The body was not read to its end: the connection cannot carry another request.
             self.cycle.keep_alive = False
             if isinstance(exc, (_Gone, asyncio.CancelledError)):
@@ -178,29 +195,36 @@ class _Socket:
                 raise ClientDisconnect(str(exc)) from None
             raise
         finally:
-            os.close(wake_read)
-            os.close(wake_write)
+            os.close(wake_write)  # the thread, if still waiting, wakes to the closed pipe
         self.protocol.fresh_parser()
         self.cycle.more_body = False
         self.protocol.flow.resume_reading()
 
-    def _read(self, sink: Sink, wake: int, buffer: Callable[[], bytearray]) -> None:
-        """In a worker thread: every remaining byte to `sink`, read into one buffer."""
+    def _read(self, fd: int, sink: Sink, wake: int, buffer: Callable[[], bytearray]) -> None:
+        """In a worker thread: every remaining byte from `fd` to `sink`, through one buffer.
+        Closes `fd` and `wake` when done."""
+        try:
+            self._read_all(fd, sink, wake, buffer)
+        finally:
+            os.close(fd)
+            os.close(wake)
+
+    def _read_all(self, fd: int, sink: Sink, wake: int, buffer: Callable[[], bytearray]) -> None:
         if self.prefix:
             sink(memoryview(self.prefix))
         left = self.left
         view = memoryview(buffer())
         poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
+        poller.register(fd, select.POLLIN)
         poller.register(wake, select.POLLIN)
         while left:
             try:
-                count = os.readv(self.fd, [view[: min(len(view), left)]])
+                count = os.readv(fd, [view[: min(len(view), left)]])
             except BlockingIOError:
                 ready = poller.poll(STALL_SECONDS * 1000)
                 if not ready:
                     raise _Gone(f"no body bytes for {STALL_SECONDS:.0f} s") from None
-                if any(fd == wake for fd, _ in ready):
+                if any(ready_fd == wake for ready_fd, _ in ready):
                     raise _Gone("the request was cancelled") from None
                 continue
             except ConnectionError as exc:

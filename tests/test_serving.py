@@ -93,7 +93,7 @@ def make_app(seen: Seen) -> Starlette:
         async def guarded(scope, receive, send):  # type: ignore[no-untyped-def]
             try:
                 await response(scope, receive, send)
-            except ClientDisconnect as exc:
+            except (ClientDisconnect, OSError) as exc:
                 seen.errors.append(exc)
                 seen.failed.set()
                 raise
@@ -300,6 +300,14 @@ async def test_files_are_sent_whole_and_in_order_with_sendfile(
             assert answer.headers["content-length"] == str(sum(map(len, contents)))
             assert answer.content == b"".join(contents)
         assert (await client.get(f"{url}/ping")).text == "pong"
+    # Pipelined: the second request is parsed while the first one's files are being sent.
+    reader, writer = await connect(url)
+    writer.write(b"GET /get HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
+    await writer.drain()
+    for _ in range(2):
+        status, _, body = await read_response(reader)
+        assert (status, body == b"".join(contents)) == (200, True)
+    writer.close()
 
 
 async def test_a_download_abandoned_half_way_is_a_disconnect(
@@ -347,3 +355,25 @@ async def test_a_request_leaves_no_reference_cycle_for_the_collector(
             gc.set_debug(0)
             gc.garbage.clear()
     assert found == []
+
+
+async def test_a_file_shorter_than_its_size_ends_the_response_and_the_connection(
+    served: tuple[str, Seen], tmp_path: Path
+) -> None:
+    """A part that lost bytes cannot be answered in full: the client gets a short body and a
+    closed connection, never the next answer's bytes read as this one's."""
+    url, seen = served
+    data = os.urandom(300_000)
+    (tmp_path / "short").write_bytes(data)
+    seen.files.append((tmp_path / "short", len(data) + 1000))
+    reader, writer = await connect(url)
+    writer.write(b"GET /get HTTP/1.1\r\nHost: t\r\n\r\nGET /ping HTTP/1.1\r\nHost: t\r\n\r\n")
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"content-length: 301000" in head.lower()
+    with pytest.raises(asyncio.IncompleteReadError) as short:
+        await reader.readexactly(len(data) + 1000)
+    assert short.value.partial == data  # and no "pong" after it
+    await seen.failed.wait()
+    assert "1000 bytes short" in str(seen.errors[0])
+    writer.close()
