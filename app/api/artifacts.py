@@ -151,7 +151,7 @@ async def download_artifact(
     """Download one artifact, streamed: the zip upload-artifact made (or the single file it
     uploaded unarchived), with its sha256 in the `Digest` header."""
     artifact = await _ready_artifact(service, build_id, artifact_id)
-    stream = service.read_artifact(artifact)
+    stream = service.read_blob(artifact)
     try:
         first = await anext(stream, b"")
     except ObjectNotFound:

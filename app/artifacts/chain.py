@@ -1,6 +1,7 @@
 """The in-order sha256 of an upload's staged blocks, computed while the blocks arrive
-(DirectoryStorage): each block hashed as it is written when it is next in order, else read back
-once from the page cache after its write, so the composed object needs no second pass."""
+(`app.artifacts.directory`): each block hashed as it is written when it is next in order, else
+read back once from the page cache after its write, so the composed object needs no second
+pass."""
 
 from __future__ import annotations
 

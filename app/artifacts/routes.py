@@ -382,10 +382,10 @@ async def get_blob(
         service.check_blob_signature(kind, object_id, "download", query.get("se"), query.get("sig"))
         if kind == "artifact":
             artifact = await service.get_artifact(object_id)
-            stream, row, media = service.read_artifact(artifact), artifact, artifact.mime_type
+            stream, row, media = service.read_blob(artifact), artifact, artifact.mime_type
         else:
             entry = await service.get_ready_cache(object_id)
-            stream, row, media = service.read_cache(entry), entry, "application/octet-stream"
+            stream, row, media = service.read_blob(entry), entry, "application/octet-stream"
         headers = {
             "Content-Length": str(row.size),
             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",

@@ -319,9 +319,6 @@ class ArtifactService:
             raise _not_found("no such artifact (or it has expired)")
         return artifact
 
-    def read_artifact(self, artifact: Artifact) -> AsyncGenerator[bytes, None]:
-        return self.storage.read(self._final_key(artifact))
-
     async def delete_artifact(self, build_id: int, name: str) -> Artifact:
         async with self.db.transaction() as session:
             artifact = (
@@ -499,12 +496,11 @@ class ArtifactService:
             )
         return found
 
-    def read_cache(self, entry: CacheEntry) -> AsyncGenerator[bytes, None]:
-        return self.storage.read(self._final_key(entry))
+    def read_blob(self, row: Artifact | CacheEntry) -> AsyncGenerator[bytes, None]:
+        return self.storage.read(self._final_key(row))
 
     async def blob_files(self, row: Artifact | CacheEntry) -> list[tuple[Path, int]] | None:
-        """The local files holding a ready artifact's or cache's bytes, in order (None when the
-        storage keeps no local files)."""
+        """A ready blob's local files, in order (None: the storage keeps none)."""
         return await self.storage.files(self._final_key(row))
 
     async def get_ready_cache(self, cache_id: int) -> CacheEntry:

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from app.artifacts.directory import DirectoryStorage
 from app.artifacts.s3storage import S3Storage
-from app.artifacts.storage import DirectoryStorage, Storage
+from app.artifacts.storage import Storage
 from tests.artifacts.s3server import S3Server, run_s3_server
 
 STORAGES = ["directory", "s3"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from app.artifacts.directory import DirectoryStorage
 from app.artifacts.storage import (
     ChecksumMismatch,
-    DirectoryStorage,
     Expect,
     ObjectNotFound,
     ObjectTooLarge,
@@ -350,7 +350,7 @@ async def test_directory_chains_together_track_a_bounded_number_of_blocks(
     """Many uploads at once (a build's token can open any number) track at most MAX_TRACKED
     blocks between them, lowered here to 6: past it the oldest uploads' chains are dropped and
     freed, and their composes still get the right digest, from the parts."""
-    from app.artifacts import storage as storage_module
+    from app.artifacts import directory as storage_module
 
     monkeypatch.setattr(storage_module, "MAX_TRACKED", 6)
     store = DirectoryStorage(tmp_path / "store")
