@@ -38,6 +38,7 @@ class Seen:
     errors: list[BaseException] = field(default_factory=list)
     failed: asyncio.Event = field(default_factory=asyncio.Event)
     first_piece: asyncio.Event = field(default_factory=asyncio.Event)
+    freed: asyncio.Event = field(default_factory=asyncio.Event)
     files: list[tuple[Path, int]] = field(default_factory=list)
 
 
@@ -70,9 +71,12 @@ def make_app(seen: Seen) -> Starlette:
         )
 
     async def cancelled(request: Request) -> Response:
+        loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(
             RequestBody(request).pour(
-                lambda _: seen.first_piece.set(), seen.executor, lambda: bytearray(64 * 1024)
+                lambda _: loop.call_soon_threadsafe(seen.first_piece.set),
+                seen.executor,
+                lambda: bytearray(64 * 1024),
             )
         )
         await seen.first_piece.wait()
@@ -81,9 +85,10 @@ def make_app(seen: Seen) -> Starlette:
             await task
         except asyncio.CancelledError as exc:
             seen.errors.append(exc)
-        # Only true once the reader thread has stopped: the pool has one thread.
-        ran = await asyncio.wrap_future(seen.executor.submit(lambda: True))
-        return PlainTextResponse(f"thread free: {ran}")
+        # Runs only once the reader thread has stopped: the pool has one thread.
+        await asyncio.wrap_future(seen.executor.submit(lambda: None))
+        seen.freed.set()
+        return PlainTextResponse("unreachable: the connection is closed")
 
     async def get(request: Request) -> Response:
         assert can_sendfile(request)
@@ -272,14 +277,18 @@ async def test_a_sink_that_refuses_gets_its_answer_out_and_the_connection_closes
     writer.close()
 
 
-async def test_a_pour_cancelled_stops_its_thread_before_it_returns(
-    served: tuple[str, Seen],
+async def test_a_pour_cancelled_wakes_and_frees_its_thread(
+    served: tuple[str, Seen], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The client keeps the connection open and sends nothing more: only the wake-up on
+    cancellation ends the thread's wait (the stall limit is set far past the test's timeout)."""
+    monkeypatch.setattr(serving, "STALL_SECONDS", 3600.0)
     url, seen = served
     reader, writer = await send_part(url, "/cancelled", 4 * 1024 * 1024, 256 * 1024)
     await seen.first_piece.wait()
     # The connection is closed (its body was not read to the end): no answer comes.
     assert await reader.read() == b""
+    await seen.freed.wait()
     writer.close()
     assert isinstance(seen.errors[0], asyncio.CancelledError)
 

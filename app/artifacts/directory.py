@@ -347,19 +347,19 @@ class DirectoryStorage:
             raise ObjectNotFound(str(path.relative_to(self.root))) from None
         return [(path / f"{i:06d}", int(size)) for i, size in enumerate(sizes)]
 
-    async def files(self, key: str) -> list[tuple[Path, int]]:
+    def _files(self, key: str) -> list[tuple[Path, int]]:
+        """The object's files (its parts, or itself) with their sizes; ObjectNotFound."""
         path = self._path(key)
+        segments = self._segments(path)
+        if segments is not None:
+            return segments
+        try:
+            return [(path, path.stat().st_size)]
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
 
-        def find() -> list[tuple[Path, int]]:
-            segments = self._segments(path)
-            if segments is not None:
-                return segments
-            try:
-                return [(path, path.stat().st_size)]
-            except FileNotFoundError:
-                raise ObjectNotFound(key) from None
-
-        return await asyncio.to_thread(find)
+    async def files(self, key: str) -> list[tuple[Path, int]]:
+        return await asyncio.to_thread(self._files, key)
 
     async def read(
         self, key: str, start: int = 0, end: int | None = None
@@ -424,18 +424,13 @@ class DirectoryStorage:
                 handle.close()
 
     async def size(self, key: str) -> int | None:
-        path = self._path(key)
-
-        def stat() -> int | None:
+        def total() -> int | None:
             try:
-                segments = self._segments(path)
-                if segments is not None:
-                    return sum(size for _, size in segments)
-                return path.stat().st_size
-            except (FileNotFoundError, ObjectNotFound):
+                return sum(size for _, size in self._files(key))
+            except ObjectNotFound:
                 return None
 
-        return await asyncio.to_thread(stat)
+        return await asyncio.to_thread(total)
 
     async def delete(self, key: str) -> None:
         self._chains.pop(key, None)

@@ -382,10 +382,9 @@ async def get_blob(
         service.check_blob_signature(kind, object_id, "download", query.get("se"), query.get("sig"))
         if kind == "artifact":
             artifact = await service.get_artifact(object_id)
-            stream, row, media = service.read_blob(artifact), artifact, artifact.mime_type
+            row, media = artifact, artifact.mime_type
         else:
-            entry = await service.get_ready_cache(object_id)
-            stream, row, media = service.read_blob(entry), entry, "application/octet-stream"
+            row, media = await service.get_ready_cache(object_id), "application/octet-stream"
         headers = {
             "Content-Length": str(row.size),
             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
@@ -393,8 +392,8 @@ async def get_blob(
         # From the page cache to the socket by sendfile when the server and storage allow it.
         files = await service.blob_files(row) if can_sendfile(request) else None
         if files is not None:
-            await stream.aclose()
             return FilesResponse(files, headers, media)
+        stream = service.read_blob(row)
         first = await anext(stream, b"")  # a missing object fails here, before the headers
     except HANDLED as exc:
         return _blob_error(exc)
